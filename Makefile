@@ -1,0 +1,32 @@
+# The two commands a new user needs:  make demo  |  make test
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch 2.13.0 is pinned so pip takes the CPU wheel where one is on disk; on a GPU box install a CUDA build first.
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup demo test test-slow bench lint clean
+
+$(BIN)/stream-rec: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+setup: $(BIN)/stream-rec  ## create .venv and install stream-rec with its test tools
+
+demo: setup  ## embedded broker + worker + synthetic producer + live tail (Ctrl-C stops all)
+	$(BIN)/stream-rec demo
+
+test: setup  ## the default test run (real embedded broker, small generated data)
+	$(BIN)/python -m pytest -q
+
+test-slow: setup  ## slow tests and benchmarks: crash/rebalance/fuzz at scale
+	$(BIN)/python -m pytest -q -m slow
+
+bench: setup  ## throughput/latency benchmark against an embedded broker
+	$(BIN)/stream-rec bench
+
+clean:
+	rm -rf var runs .pytest_cache

@@ -1,0 +1,119 @@
+"""All stream-rec settings in one place.
+
+Every field can be set from an environment variable ``STREAM_REC_<FIELD>`` (upper case), and CLI flags
+override the environment (``Settings.from_env(**overrides)``). Defaults work for the embedded demo on
+one machine: localhost broker, localhost-only listeners, small batches with a short max wait.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "STREAM_REC_"
+
+
+def default_cache_dir() -> Path:
+    """Where derived artefacts (extracted encoder, embedding cache, demo model) live."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "stream-rec"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- Kafka -------------------------------------------------------------------------------------
+    broker: str = "127.0.0.1:9092"  # bootstrap servers, comma separated HOST:PORT
+    app_id: str = "stream-rec"  # consumer group id and prefix of changelog topics
+    topic_prefix: str = ""  # prepended to every topic name (multi-tenant clusters)
+    events_topic: str = "events"
+    catalog_topic: str = "catalog"
+    recommendations_topic: str = "recommendations"
+    dlq_topic: str = "events-dlq"
+    control_topic: str = "control"
+    partitions: int = 4  # partitions of events/recommendations/state tables (co-partitioned)
+    # faust-streaming hard-codes 1500 ms; on a quiet topic that is the event->rec latency floor.
+    fetch_max_wait_ms: int = 10
+    session_timeout_s: float = 6.0  # Faust waits ~half of this to join a group
+    # Security: PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    sasl_username: str = ""
+    sasl_password: str = ""
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+
+    # --- Worker ------------------------------------------------------------------------------------
+    data_dir: Path = Path("var/worker")  # RocksDB tables live under data_dir/<app_id>/
+    model: str = ""  # model directory, or a directory of model directories (newest is used)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9108
+    web_host: str = "127.0.0.1"  # Faust's own web server
+    web_port: int = 6066
+    batch_max_events: int = 256  # micro-batch: at most this many events ...
+    batch_max_wait_ms: int = 5  # ... or this long after the first one
+    encoder_batch_max: int = 64  # text encoder micro-batch (slower, sized separately)
+    top_k: int = 10
+    history_len: int = 50  # rolling item history kept per user
+    max_event_bytes: int = 16384  # larger events go to the DLQ as oversize
+    pseudonymize_key: str = ""  # when set, user ids are replaced by a keyed hash on ingest
+    device: str = "auto"  # auto | cpu | cuda
+
+    # --- Paths -------------------------------------------------------------------------------------
+    cache_dir: Path = field(default_factory=default_cache_dir)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Build settings from ``STREAM_REC_*`` variables, then apply non-None ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _coerce(f, raw)
+        values.update({k: _coerce(_field(k), v) if isinstance(v, str) else v
+                       for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a logical name (``events``, ``recommendations`` ...)."""
+        return self.topic_prefix + name
+
+    @property
+    def broker_url(self) -> str:
+        return ";".join(f"kafka://{h.strip()}" for h in self.broker.split(",") if h.strip())
+
+    @property
+    def table_dir(self) -> Path:
+        """RocksDB directory for this app id: the store path itself does not include the app id,
+        so sharing one data dir between two app ids would mix their offsets."""
+        return Path(self.data_dir) / self.app_id
+
+
+def _field(name: str) -> dataclasses.Field:
+    for f in fields(Settings):
+        if f.name == name:
+            return f
+    raise TypeError(f"unknown setting {name!r}")
+
+
+def _coerce(f: dataclasses.Field, raw: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if kind == "Path":
+            return Path(raw)
+    except ValueError as exc:
+        raise ValueError(f"setting {ENV_PREFIX}{f.name.upper()}={raw!r}: expected {kind}") from exc
+    return raw
