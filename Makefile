@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # torch 2.13.0 is pinned so pip takes the CPU wheel where one is on disk; on a GPU box install a CUDA build first.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow bench lint clean
+.PHONY: setup tools demo test test-slow bench lint clean
 
 $(BIN)/stream-rec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,13 @@ setup: $(BIN)/stream-rec  ## create .venv and install stream-rec with its test t
 demo: setup  ## embedded broker + worker + synthetic producer + live tail (Ctrl-C stops all)
 	$(BIN)/stream-rec demo
 
-test: setup  ## the default test run (real embedded broker, small generated data)
+tools:  ## non-Python test tools: promtool + prometheus (Debian package, installed when root + apt-get)
+	bash deploy/ensure-test-tools.sh
+
+test: setup tools  ## the default test run (real embedded broker, small generated data)
 	$(BIN)/python -m pytest -q
 
-test-slow: setup  ## slow tests and benchmarks: crash/rebalance/fuzz at scale
+test-slow: setup tools  ## slow tests and benchmarks: crash/rebalance/fuzz at scale
 	$(BIN)/python -m pytest -q -m slow
 
 bench: setup  ## throughput/latency benchmark against an embedded broker

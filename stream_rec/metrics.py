@@ -55,6 +55,13 @@ ONLINE_SCORED = Counter("stream_rec_online_scored_total",
 DRIFT_DETECTED = Counter("stream_rec_drift_detected_total", "Drift alarms from the online quality monitor",
                          registry=REGISTRY)
 
+# Label children of the stages every worker runs exist from the start (at 0), not from their first
+# observation: Prometheus's rate() ignores the first sample of a new series, so a series born at the
+# first batch would hide that batch from the dashboard's rate/quantile panels.
+for _stage in ("step", "topk"):
+    MODEL_STEP_SECONDS.labels(stage=_stage)
+BATCH_SIZE.labels(stage="events")
+
 
 def serve(host: str, port: int) -> None:
     """Expose ``/metrics`` on host:port (localhost by default, see Settings.metrics_host)."""

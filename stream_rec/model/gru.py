@@ -84,9 +84,10 @@ class HybridGRU(nn.Module):
 
     # --- full sequence (training) -------------------------------------------------------------------
     def forward(self, items: torch.Tensor, gaps: torch.Tensor | None = None,
-                h0: torch.Tensor | None = None) -> torch.Tensor:
+                h0: torch.Tensor | None = None, table: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden state after each position.  items [B, T] -> [B, T, H]"""
-        x = self.dropout(self._inputs(items, gaps, self.item_vectors()))
+        table = self.item_vectors() if table is None else table
+        x = self.dropout(self._inputs(items, gaps, table))
         out, _ = self.gru(x, None if h0 is None else h0.unsqueeze(0))
         return out
 

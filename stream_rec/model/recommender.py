@@ -8,17 +8,41 @@ and speaks numpy at the boundary so the stream never touches torch:
     lists  = rec.topk(states, k, exclude_rows)          # [(item_id, score), ...] per user, seen excluded
 
 The model stays resident on its device; each call moves its inputs in one transfer.
+
+Artifacts (``save`` / ``load``): a directory with
+
+* ``weights.safetensors`` -- the model's parameters (safetensors: tensors only, no pickle);
+* ``text_vectors.safetensors`` -- the frozen text vector of every item row (row 0 = padding);
+* ``config.json`` -- ``GRUConfig``, encoder id, training parameters, history and metrics;
+* ``items.json`` -- the item index (``item_ids[row-1]``) and each item's text, so the stream can tell a
+  changed catalog record from an unchanged one and encode new items the same way;
+* ``VERSION`` -- ``gru-<UTC date>-<hash of the weights>``.
+
+``load`` checks every piece against the config and raises :class:`ModelLoadError` with what is wrong.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import threading
-from typing import Sequence
+import time
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from .gru import PAD, GRUConfig, HybridGRU, topk_excluding
+
+
+ARTIFACT_FILES = ("weights.safetensors", "text_vectors.safetensors", "config.json", "items.json", "VERSION")
+ARTIFACT_FORMAT = 1
+
+
+class ModelLoadError(ValueError):
+    """A model directory is missing, incomplete or inconsistent."""
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -29,7 +53,8 @@ def pick_device(name: str = "auto") -> torch.device:
 
 class Recommender:
     def __init__(self, model: HybridGRU, item_ids: Sequence[str], version: str, *, trained: bool,
-                 device: str | torch.device = "auto"):
+                 device: str | torch.device = "auto", item_texts: Sequence[str] | None = None,
+                 encoder_id: str | None = None, meta: dict | None = None):
         if len(item_ids) != model.config.n_items:
             raise ValueError(f"{len(item_ids)} item ids for a model of {model.config.n_items} items")
         self.device = pick_device(device) if isinstance(device, str) else device
@@ -38,6 +63,11 @@ class Recommender:
         self.row_of: dict[str, int] = {item: row for row, item in enumerate(self.item_ids, start=1)}
         self.version = version
         self.trained = trained
+        self.item_texts: list[str] = list(item_texts) if item_texts is not None else [""] * len(self.item_ids)
+        self.encoder_id = encoder_id
+        self.meta: dict[str, Any] = dict(meta or {})  # training params, history, metrics (config.json)
+        # Learned state of a user with no history (stream_rec.recsys.coldstart), or None = zeros.
+        self.initial_state: np.ndarray | None = None
         self._lock = threading.Lock()
         self._refresh_item_table()
 
@@ -54,6 +84,109 @@ class Recommender:
             tv = torch.cat([torch.zeros(1, text_dim), torch.as_tensor(text_vectors, dtype=torch.float32)])
         return cls(HybridGRU(config, tv), item_ids, version="untrained-gru-0", trained=False, device=device)
 
+    # --- artifacts ---------------------------------------------------------------------------------
+    def save(self, model_dir: str | Path) -> Path:
+        """Write the artifact directory (see the module docstring); returns it. Sets ``version``."""
+        from safetensors.torch import save_file
+
+        model_dir = Path(model_dir)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        m = self.model
+        weights = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items() if k != "text_vectors"}
+        digest = hashlib.sha256()
+        for k in sorted(weights):
+            digest.update(k.encode())
+            digest.update(weights[k].numpy().tobytes())
+        if self.trained:
+            self.version = f"gru-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{digest.hexdigest()[:8]}"
+        save_file(weights, str(model_dir / "weights.safetensors"))
+        save_file({"text_vectors": m.text_vectors.detach().cpu().contiguous()}, str(model_dir / "text_vectors.safetensors"))
+        config = {"format": ARTIFACT_FORMAT, "gru": m.config.to_dict(), "encoder_id": self.encoder_id,
+                  "trained": self.trained, "version": self.version,
+                  "state_bytes_per_user": {"float32": 4 * self.hidden_size, "float16": 2 * self.hidden_size}} | {
+                      k: v for k, v in self.meta.items() if k not in ("format", "gru", "encoder_id", "trained", "version")}
+        (model_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        (model_dir / "items.json").write_text(json.dumps({"item_ids": self.item_ids, "texts": self.item_texts}))
+        if self.initial_state is not None:
+            from ..recsys.coldstart import save_initial_state
+            save_initial_state(model_dir, self.initial_state)
+        if self.initial_state is not None:
+            from ..recsys.coldstart import save_initial_state
+
+            save_initial_state(model_dir, self.initial_state)
+        (model_dir / "VERSION").write_text(self.version + "\n")
+        return model_dir
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: str = "auto") -> "Recommender":
+        """Load and validate an artifact directory, or the newest one inside a directory of them."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        model_dir = resolve_model_dir(model_dir)
+        try:
+            config = json.loads((model_dir / "config.json").read_text())
+            items = json.loads((model_dir / "items.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(f"{model_dir}: unreadable JSON ({exc})") from exc
+        if not isinstance(config, dict) or not isinstance(config.get("gru"), dict):
+            raise ModelLoadError(f"{model_dir}/config.json: no 'gru' section (not a stream-rec model?)")
+        if config.get("format", ARTIFACT_FORMAT) > ARTIFACT_FORMAT:
+            raise ModelLoadError(f"{model_dir}: artifact format {config['format']} is newer than this code ({ARTIFACT_FORMAT})")
+        try:
+            gru_config = GRUConfig(**config["gru"])
+        except TypeError as exc:
+            raise ModelLoadError(f"{model_dir}/config.json: bad 'gru' section: {exc}") from exc
+        item_ids = items.get("item_ids") if isinstance(items, dict) else None
+        if not isinstance(item_ids, list) or not all(isinstance(i, str) for i in item_ids):
+            raise ModelLoadError(f"{model_dir}/items.json: 'item_ids' must be a list of strings")
+        if len(item_ids) != gru_config.n_items:
+            raise ModelLoadError(f"{model_dir}: items.json has {len(item_ids)} items, config.json says {gru_config.n_items}")
+        if len(set(item_ids)) != len(item_ids):
+            raise ModelLoadError(f"{model_dir}/items.json: duplicate item ids")
+        texts = items.get("texts")
+        if texts is not None and (not isinstance(texts, list) or len(texts) != len(item_ids)):
+            raise ModelLoadError(f"{model_dir}/items.json: 'texts' must have one entry per item")
+        try:
+            weights = load_file(str(model_dir / "weights.safetensors"))
+            text_vectors = load_file(str(model_dir / "text_vectors.safetensors")).get("text_vectors")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelLoadError(f"{model_dir}: unreadable safetensors file ({exc})") from exc
+        n_rows = gru_config.n_items + 1
+        if text_vectors is None or text_vectors.dim() != 2 or text_vectors.shape[0] != n_rows:
+            shape = None if text_vectors is None else tuple(text_vectors.shape)
+            raise ModelLoadError(f"{model_dir}/text_vectors.safetensors: expected [{n_rows}, text_dim], got {shape}")
+        if gru_config.text_dim and text_vectors.shape[1] != gru_config.text_dim:
+            raise ModelLoadError(f"{model_dir}: text vectors have {text_vectors.shape[1]} dims, config says {gru_config.text_dim}")
+        model = HybridGRU(gru_config, text_vectors)
+        expected = {k: v.shape for k, v in model.state_dict().items() if k != "text_vectors"}
+        missing = sorted(set(expected) - set(weights))
+        unexpected = sorted(set(weights) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(weights) if tuple(weights[k].shape) != tuple(expected[k]))
+        if missing or unexpected or wrong:
+            details = [f"missing {missing}" if missing else "", f"unexpected {unexpected}" if unexpected else "",
+                       ", ".join(f"{k}: file {tuple(weights[k].shape)} != config {tuple(expected[k])}" for k in wrong)]
+            raise ModelLoadError(f"{model_dir}/weights.safetensors does not match config.json: "
+                                 + "; ".join(d for d in details if d))
+        model.load_state_dict(weights | {"text_vectors": text_vectors})
+        version = (model_dir / "VERSION").read_text().strip()
+        if not version:
+            raise ModelLoadError(f"{model_dir}/VERSION is empty")
+        meta = {k: v for k, v in config.items() if k not in ("gru",)}
+        rec = cls(model, item_ids, version, trained=bool(config.get("trained", True)), device=device,
+                  item_texts=texts, encoder_id=config.get("encoder_id"), meta=meta)
+        from ..recsys.coldstart import load_initial_state  # optional artifact: learned new-user state
+        try:
+            rec.initial_state = load_initial_state(model_dir, gru_config.hidden)
+        except Exception as exc:
+            raise ModelLoadError(f"{model_dir}: bad initial state file ({exc})") from exc
+        return rec
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of one user's serving state (the float32 hidden vector)."""
+        return 4 * self.hidden_size
+
     @property
     def hidden_size(self) -> int:
         return self.model.config.hidden
@@ -67,8 +200,13 @@ class Recommender:
         return [self.row_of.get(i, PAD) for i in item_ids]
 
     # --- serving -----------------------------------------------------------------------------------
+    # Learned initial state for new users (recsys/coldstart.py, file init_state.safetensors); None = zeros.
+    initial_state: np.ndarray | None = None
+
     @torch.no_grad()
     def init_state(self, n: int) -> np.ndarray:
+        if self.initial_state is not None:
+            return np.tile(np.asarray(self.initial_state, dtype=np.float32), (n, 1))
         return self.model.init_state(n).cpu().numpy()
 
     @torch.no_grad()
@@ -98,31 +236,75 @@ class Recommender:
 
     # --- live catalog ------------------------------------------------------------------------------
     @torch.no_grad()
-    def add_items(self, item_ids: Sequence[str], text_vectors: np.ndarray | None = None) -> list[int]:
-        """Append items not seen in training. They get a zero ID embedding and zero bias, so they are
-        scored through their text vector alone. Known ids are updated in place (new text vector).
+    def add_items(self, item_ids: Sequence[str], text_vectors: np.ndarray | None = None,
+                  texts: Sequence[str] | None = None) -> list[int]:
+        """Append items not seen in training. They get a zero ID embedding, so they are scored through
+        their text vector alone, and the median bias of the known items (a new item is assumed typical,
+        neither a blockbuster nor never watched). Known ids are updated in place (new text vector).
         Returns their rows."""
         m = self.model
-        rows = []
+        if text_vectors is not None and len(text_vectors) != len(item_ids):
+            raise ValueError(f"{len(item_ids)} item ids but {len(text_vectors)} text vectors")
         with self._lock:
-            for n, item in enumerate(item_ids):
-                vec = None
-                if text_vectors is not None:
-                    vec = torch.as_tensor(text_vectors[n], dtype=torch.float32, device=self.device)
-                row = self.row_of.get(item)
-                if row is None:
-                    row = len(self.item_ids) + 1
+            new = [i for i in dict.fromkeys(item_ids) if i not in self.row_of]
+            if new:
+                new_bias = float(m.item_bias[1:].median()) if m.item_bias.numel() > 1 else 0.0
+                for item in new:
+                    self.row_of[item] = len(self.item_ids) + 1
                     self.item_ids.append(item)
-                    self.row_of[item] = row
-                    m.id_embedding.weight = torch.nn.Parameter(torch.cat([m.id_embedding.weight, m.id_embedding.weight.new_zeros(1, m.id_embedding.weight.shape[1])]))
-                    m.item_bias = torch.nn.Parameter(torch.cat([m.item_bias, m.item_bias.new_full((1,), float(m.item_bias[1:].min()) if m.item_bias.numel() > 1 else 0.0)]))
-                    m.text_vectors = torch.cat([m.text_vectors, m.text_vectors.new_zeros(1, m.text_vectors.shape[1])])
-                if vec is not None and vec.shape[0] == m.text_vectors.shape[1]:
-                    m.text_vectors[row] = vec
-                rows.append(row)
+                    self.item_texts.append("")
+                emb = m.id_embedding.weight
+                m.id_embedding.weight = torch.nn.Parameter(torch.cat([emb, emb.new_zeros(len(new), emb.shape[1])]))
+                m.id_embedding.num_embeddings = m.id_embedding.weight.shape[0]
+                m.item_bias = torch.nn.Parameter(torch.cat([m.item_bias, m.item_bias.new_full((len(new),), new_bias)]))
+                m.text_vectors = torch.cat([m.text_vectors, m.text_vectors.new_zeros(len(new), m.text_vectors.shape[1])])
+                m.config = dataclasses.replace(m.config, n_items=len(self.item_ids))
+            rows = [self.row_of[i] for i in item_ids]
+            if text_vectors is not None:
+                vecs = torch.as_tensor(np.asarray(text_vectors), dtype=torch.float32, device=self.device)
+                if vecs.shape[1] != m.text_vectors.shape[1]:
+                    raise ValueError(f"text vectors have {vecs.shape[1]} dims, the model uses {m.text_vectors.shape[1]}")
+                m.text_vectors[torch.tensor(rows, device=self.device)] = vecs
+            if texts is not None:
+                for row, text in zip(rows, texts):
+                    self.item_texts[row - 1] = text
             self._refresh_item_table()
         return rows
+
+    def add_catalog(self, item_texts: dict[str, str], encoder_factory=None) -> list[str]:
+        """Make catalog items the model has never seen recommendable through their text vectors.
+        ``encoder_factory()`` returns a TextEncoder; it is only called when there is something to
+        encode (loading the encoder takes seconds). Returns the ids that were added."""
+        new = [i for i in item_texts if i not in self.row_of]
+        if not new:
+            return []
+        vectors = None
+        if self.model.config.use_text and encoder_factory is not None:
+            encoder = encoder_factory()
+            if self.encoder_id and encoder.encoder_id != self.encoder_id:
+                raise ValueError(f"model was trained with encoder {self.encoder_id}, got {encoder.encoder_id}")
+            vectors = encoder.encode_cached([item_texts[i] for i in new])
+        self.add_items(new, vectors, texts=[item_texts[i] for i in new])
+        return new
 
     def _refresh_item_table(self) -> None:
         with torch.no_grad():
             self._table = self.model.item_vectors()
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """``path`` itself when it holds a model, else the newest model directory directly inside it
+    (newest by VERSION file time): the worker can be pointed at a directory that training runs write into."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"model directory not found: {path}")
+    if not path.is_dir():
+        raise ModelLoadError(f"not a directory: {path} (a model is a directory with {', '.join(ARTIFACT_FILES)})")
+    if not (path / "config.json").exists():
+        candidates = [d for d in path.iterdir() if d.is_dir() and (d / "VERSION").is_file()]
+        if candidates:
+            path = max(candidates, key=lambda d: (d / "VERSION").stat().st_mtime)
+    missing = [f for f in ARTIFACT_FILES if not (path / f).is_file()]
+    if missing:
+        raise ModelLoadError(f"{path}: not a complete model directory, missing {', '.join(missing)}")
+    return path

@@ -1,0 +1,407 @@
+"""The Faust service: thin agents around :func:`stream_rec.pipeline.process_batch`.
+
+Data flow: ``events`` -> agent ``process_events`` (micro-batches) -> table ``user-state`` (RocksDB, with a
+changelog topic) -> ``recommendations`` (+ ``events-dlq`` for bad input). A background task keeps the live
+catalog of every worker up to date from the ``catalog`` topic.
+
+Design decisions
+----------------
+**Micro-batching with a RocksDB table and correct changelogs.** Writing a table from inside
+``stream.take()`` fails: the table and the RocksDB store use ``faust.streams.current_event()`` (a
+ContextVar holding a weakref to the event) to pick the store partition and the changelog partition, and
+inside ``take()`` no event is current. We iterate ``stream.take_events(max, within)`` instead, which
+yields the Faust ``Event`` objects, and for each user we set the current-event ContextVar to *that user's
+own last event in the batch* around the table read and write (:func:`event_context`). Events are keyed by
+``user_id`` and the table is co-partitioned with ``events`` (same key, same partition count), so the
+user's event partition *is* the partition of the user's table key: the value lands in the right RocksDB
+partition and the changelog record on the right changelog partition. Records whose Kafka key is not their
+``user_id`` are rejected (``key_mismatch``) because they would break that equality. ``take_events`` acks
+the batch's offsets only after our loop body returns, i.e. after states are written and every
+recommendation/DLQ send is acknowledged. tests/test_spine_kafka.py::test_restart_recovers_state checks
+the result end to end: a worker restarted on the same data dir continues each user's history.
+
+**Delivery semantics: at-least-once delivery, effectively-once state.** A crash after sending
+recommendations but before the offset commit redelivers events. Each state stores the (partition,
+offset) of the last event applied to it; redelivered events (offset <= stored) are skipped and counted in
+``stream_rec_events_duplicate_total``, so a user's GRU state and history never apply an event twice. A
+recommendation may be emitted twice for the same event (consumers key by user and keep the newest).
+
+**Table.** RocksDB store (``store='rocksdb://'``, faust-streaming's rocksdict backend), keys are UTF-8
+user ids and values our own binary codec (stream_rec/state.py, ``raw`` serializers: no pickle, no JSON
+of floats). Data dir = ``Settings.table_dir`` (= data_dir/app_id: Faust's own path leaves the app id out,
+so two apps sharing a data dir would mix offsets).
+
+**Sends are batched.** ``await topic.send`` per record caps the worker at ~2.6k ev/s. We hand every
+record of the batch to the producer (``producer.send`` returns a delivery future without waiting) and
+await all futures together at the end of the batch.
+
+**Low-latency fetches.** faust-streaming's aiokafka driver hard-codes ``fetch_max_wait_ms=1500``: on a
+quiet topic a fetch waits that long before returning, which becomes the event->recommendation latency
+floor. :class:`LowLatencyTransport` (URL scheme ``streamrec://``) sets ``Settings.fetch_max_wait_ms`` on
+the consumer before it starts.
+
+**Catalog per worker, not per partition.** Every worker needs the whole catalog to score, so the catalog
+is not a group-consumed agent (that would give each worker only some partitions): a background task in
+every worker reads the compacted ``catalog`` topic from the beginning with its own group-less consumer and
+applies records in batches through ``Recommender.add_items``. Events for items not in the catalog yet go
+to the DLQ as ``unknown_item``. ``--items FILE`` seeds the catalog at start.
+
+**Model.** Until a trained model directory is given (``--model``), the worker runs
+``Recommender.untrained`` (same HybridGRU, random weights) and says so in its logs, in ``model_version``
+("untrained-...") and in the ``stream_rec_model_info{trained="false"}`` metric.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import faust
+import numpy as np
+from faust.streams import _current_event
+from faust.transport import drivers as faust_drivers
+from faust.transport.drivers import aiokafka as aiokafka_driver
+
+from . import metrics
+from .kafka import client_kwargs, faust_credentials, fetched_end_offsets
+from .pipeline import Incoming, PipelineConfig, process_batch
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+STATE_TABLE = "user-state"
+
+
+# --- low-latency consumer ------------------------------------------------------------------------
+class LowLatencyConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport):
+        consumer = super()._create_worker_consumer(transport)
+        # read by AIOKafkaConsumer.start() when it builds its Fetcher
+        consumer._fetch_max_wait_ms = int(getattr(self.app, "fetch_max_wait_ms", 1500))
+        return consumer
+
+
+    async def _highwaters(self, partitions):
+        listed = await super()._highwaters(partitions)
+        if self.consumer.in_transaction:
+            return listed
+        transport = self.transport
+        conf = self.app.conf
+        return await fetched_end_offsets(
+            dict(listed), bootstrap_servers=aiokafka_driver.server_list(transport.url, transport.default_port),
+            **aiokafka_driver.credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context))
+
+
+class LowLatencyConsumer(aiokafka_driver.Consumer):
+    def _new_consumer_thread(self):
+        return LowLatencyConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class LowLatencyTransport(aiokafka_driver.Transport):
+    """faust-streaming's aiokafka transport whose consumer honours ``Settings.fetch_max_wait_ms`` and
+    checks end offsets with a fetch (:func:`stream_rec.kafka.fetched_end_offsets`: the embedded broker's
+    ListOffsets answer is too low after batched produces, which breaks table recovery)."""
+
+    Consumer = LowLatencyConsumer
+
+
+faust_drivers.TRANSPORTS.aliases["streamrec"] = f"{__name__}:LowLatencyTransport"
+
+
+def broker_urls(settings: Settings) -> str:
+    return ";".join(f"streamrec://{h.strip()}" for h in settings.broker.split(",") if h.strip())
+
+
+# --- current-event context (see module docstring) ------------------------------------------------
+@contextlib.contextmanager
+def event_context(event):
+    """Make ``event`` Faust's current event, so table reads/writes use its partition."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+# --- model -----------------------------------------------------------------------------------------
+def text_vectors_for(records: Sequence[dict]) -> np.ndarray | None:
+    """Hook: text vectors of catalog records (``title`` + ``text``), or None to go without.
+
+    The LLM encoder (stream_rec/model/encoder.py) plugs in here; until it does, items enter the
+    model through their ID embedding only."""
+    return None
+
+
+def load_catalog_file(path: str | Path) -> list[dict]:
+    """Catalog records from a JSONL file (one ``{item_id, title, text?, attributes?}`` per line) or a
+    CSV file with an ``item_id`` column."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--items: no such file {path}")
+    if path.suffix.lower() == ".csv":
+        import csv
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    else:
+        rows = []
+        with open(path) as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError as exc:
+                        raise ValueError(f"{path}:{n}: not JSON: {exc}") from exc
+    bad = [n for n, r in enumerate(rows, 1) if not isinstance(r, dict) or not r.get("item_id")]
+    if bad:
+        raise ValueError(f"{path}: records without item_id at lines {bad[:5]}")
+    return rows
+
+
+def load_model(settings: Settings, items: Sequence[dict]):
+    """The Recommender to serve: ``Settings.model`` if given, else untrained over ``items`` (None when
+    there are no items yet: the first catalog records create it)."""
+    from .model.recommender import Recommender
+
+    if settings.model:
+        if not hasattr(Recommender, "load"):
+            raise RuntimeError(f"--model {settings.model}: this build has no Recommender.load yet (issue 4); "
+                               "run without --model to serve the untrained model")
+        model = Recommender.load(settings.model, device=settings.device)
+        if items:
+            model.add_items([r["item_id"] for r in items if r["item_id"] not in model.row_of])
+        return model
+    if not items:
+        return None
+    return untrained_model(items, settings)
+
+
+def untrained_model(items: Sequence[dict], settings: Settings):
+    from .model.recommender import Recommender
+
+    model = Recommender.untrained([r["item_id"] for r in items], text_vectors_for(items), device=settings.device)
+    log.warning("SERVING AN UNTRAINED MODEL (%s, %d items): recommendations are random until a trained "
+                "model is given with --model", model.version, model.n_items)
+    return model
+
+
+class Spine:
+    """What the agents share: settings, the live model, the pipeline config."""
+
+    def __init__(self, settings: Settings, model=None):
+        self.settings = settings
+        self.model = model
+        self.config = PipelineConfig.from_settings(settings)
+        self.users_seen: set[str] = set()
+        self._announce_model()
+
+    def _announce_model(self) -> None:
+        if self.model is not None:
+            metrics.MODEL_INFO.clear()
+            metrics.MODEL_INFO.labels(version=self.model.version, trained=str(self.model.trained).lower()).set(1)
+
+    def apply_catalog(self, records: Sequence[dict]) -> int:
+        """Add new items / update known ones; returns how many records were applied."""
+        records = [r for r in records if isinstance(r, dict) and r.get("item_id")]
+        if not records:
+            return 0
+        for r in records:
+            r["item_id"] = str(r["item_id"])
+        if self.model is None:
+            self.model = untrained_model(records, self.settings)
+            self._announce_model()
+        else:
+            new = [r for r in records if r["item_id"] not in self.model.row_of]
+            vectors = text_vectors_for(records)
+            if vectors is not None:
+                self.model.add_items([r["item_id"] for r in records], vectors)
+            elif new:
+                self.model.add_items([r["item_id"] for r in new])
+        metrics.CATALOG_ITEMS.inc(len(records))
+        return len(records)
+
+
+def parse_catalog_record(raw: bytes | None) -> dict | None:
+    try:
+        doc = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) and doc.get("item_id") not in (None, "") else None
+
+
+# --- the app -----------------------------------------------------------------------------------------
+def build_app(settings: Settings, spine: Spine | None = None) -> faust.App:
+    """The Faust app with its topics, table, agent and timers. ``app.spine`` holds the live model."""
+    spine = spine or Spine(settings)
+    Path(settings.table_dir).mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=broker_urls(settings),
+        store="rocksdb://",
+        datadir=str(settings.table_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 6),
+        consumer_auto_offset_reset="earliest",
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+        producer_linger=0.002,
+        **faust_credentials(settings),
+    )
+    app.fetch_max_wait_ms = settings.fetch_max_wait_ms
+    app.spine = spine
+    raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    events = app.topic(settings.topic(settings.events_topic), partitions=settings.partitions, **raw)
+    recommendations = app.topic(settings.topic(settings.recommendations_topic), partitions=settings.partitions, **raw)
+    dlq = app.topic(settings.topic(settings.dlq_topic), partitions=1, **raw)
+    table = app.Table(STATE_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes)  # raw codec
+    app.state_table = table
+
+    @app.agent(events)
+    async def process_events(stream):
+        async for batch in stream.take_events(settings.batch_max_events, within=settings.batch_max_wait_ms / 1000.0):
+            await handle_batch(app, batch, recommendations.get_topic_name(), dlq.get_topic_name())
+
+    @app.task
+    async def follow_catalog():
+        await catalog_loop(app, settings)
+
+    @app.timer(interval=2.0)
+    async def report_lag():
+        metrics.CONSUMER_LAG.set(consumer_lag(app, events.get_topic_name()))
+
+    return app
+
+
+def _received_at(message, wall: float, mono: float) -> float:
+    time_in = getattr(message, "time_in", None)  # monotonic, set by Faust's monitor on arrival
+    return wall - (mono - time_in) if time_in else wall
+
+
+async def handle_batch(app: faust.App, batch: Sequence[Any], recs_topic: str, dlq_topic: str) -> None:
+    """Run one micro-batch: read states, process, write states, send records, update metrics."""
+    spine: Spine = app.spine
+    table = app.state_table
+    wall, mono = time.time(), time.monotonic()
+    incoming = [Incoming(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset,
+                         _received_at(e.message, wall, mono)) for e in batch]
+    first_event_of = {}
+    for e in batch:
+        first_event_of.setdefault(e.message.key, e)
+
+    def load_state(user_id: str) -> bytes | None:
+        event = first_event_of.get(user_id.encode())
+        with event_context(event):
+            return table.get(user_id.encode())
+
+    result = process_batch(incoming, load_state, spine.model, spine.config)
+
+    for user_id, state in result.states.items():
+        with event_context(batch[result.last_index[user_id]]):
+            table[user_id.encode()] = state
+
+    producer = app.producer
+    futures = []
+    for rec in result.recommendations:
+        futures.append(await producer.send(recs_topic, rec["user_id"].encode(), json.dumps(rec).encode(),
+                                           None, None, None))
+    for bad in result.dlq:
+        key = None if bad["original_key_b64"] is None else incoming_key(bad)
+        futures.append(await producer.send(dlq_topic, key, json.dumps(bad).encode(), None, None, None))
+    if futures:
+        await asyncio.gather(*futures)
+    sent = time.time()
+
+    metrics.EVENTS_CONSUMED.inc(len(batch))
+    metrics.BATCH_SIZE.labels(stage="events").observe(len(batch))
+    for reason, n in result.invalid.items():
+        metrics.EVENTS_INVALID.labels(reason=reason).inc(n)
+    metrics.EVENTS_DLQ.inc(len(result.dlq))
+    metrics.EVENTS_SKIPPED_DUPLICATE.inc(result.duplicates)
+    metrics.RECOMMENDATIONS_EMITTED.inc(len(result.recommendations))
+    if result.applied:
+        metrics.MODEL_STEP_SECONDS.labels(stage="step").observe(result.step_seconds)
+        metrics.MODEL_STEP_SECONDS.labels(stage="topk").observe(result.topk_seconds)
+        for ts in result.event_timestamps:
+            metrics.EVENT_TO_REC_LATENCY.observe(max(0.0, sent - ts))
+        for ts in result.received_at:
+            metrics.CONSUME_TO_REC_LATENCY.observe(max(0.0, sent - ts))
+        spine.users_seen.update(result.states)
+        metrics.USERS_IN_STATE.set(len(spine.users_seen))
+
+
+def incoming_key(dlq_record: dict) -> bytes:
+    import base64
+    return base64.b64decode(dlq_record["original_key_b64"])
+
+
+async def catalog_loop(app: faust.App, settings: Settings, poll_ms: int = 500) -> None:
+    """Read the whole catalog topic (group-less, from the beginning) and keep following it."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    topic = settings.topic(settings.catalog_topic)
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False,
+                                fetch_max_wait_ms=max(settings.fetch_max_wait_ms, 100))
+    await consumer.start()
+    try:
+        partitions = None
+        while partitions is None:
+            partitions = consumer.partitions_for_topic(topic)
+            if not partitions:
+                await consumer.force_metadata_update()
+                partitions = consumer.partitions_for_topic(topic) or None
+                if partitions is None:
+                    await asyncio.sleep(1.0)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while True:
+            fetched = await consumer.getmany(timeout_ms=poll_ms, max_records=1000)
+            records = [parse_catalog_record(m.value) for msgs in fetched.values() for m in msgs]
+            applied = app.spine.apply_catalog([r for r in records if r])
+            if applied:
+                log.info("catalog: applied %d records (%d items known)", applied, app.spine.model.n_items)
+    except asyncio.CancelledError:
+        raise
+    finally:
+        await consumer.stop()
+
+
+def consumer_lag(app: faust.App, topic: str) -> int:
+    """Sum over assigned partitions of ``topic``: high watermark - (last read offset + 1)."""
+    try:
+        consumer = app.consumer
+        read = getattr(consumer, "_read_offset", {})
+        lag = 0
+        for tp in consumer.assignment():
+            if tp.topic != topic:
+                continue
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            pos = read.get(tp)
+            lag += max(0, high - (pos + 1 if pos is not None else 0))
+        return lag
+    except Exception:  # not started / rebalancing: keep the last value
+        return int(metrics.CONSUMER_LAG._value.get())
+
+
+# --- running a worker ---------------------------------------------------------------------------------
+def make_worker(settings: Settings, items: Sequence[dict] = (), loglevel: str = "info", **worker_kwargs):
+    """A ``faust.Worker`` for the app (run it with ``.execute_from_commandline()``)."""
+    if settings.torch_threads > 0:
+        import torch
+        torch.set_num_threads(settings.torch_threads)
+    spine = Spine(settings, load_model(settings, items))
+    if spine.model is None:
+        log.warning("no catalog yet (no --items, no --model): waiting for records on the %s topic",
+                    settings.topic(settings.catalog_topic))
+    app = build_app(settings, spine)
+    return faust.Worker(app, loglevel=loglevel, **worker_kwargs)

@@ -1,0 +1,24 @@
+"""Flags shared by several sub-commands, and how they become a :class:`Settings`."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..settings import Settings
+
+
+def add_broker_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", metavar="HOST:PORT[,HOST:PORT]",
+                   help="Kafka bootstrap servers (env STREAM_REC_BROKER, default 127.0.0.1:9092)")
+    p.add_argument("--topic-prefix", metavar="PREFIX",
+                   help="prefix of every topic name, for shared clusters (env STREAM_REC_TOPIC_PREFIX)")
+    p.add_argument("--partitions", type=int, metavar="N",
+                   help="partitions of events/recommendations/state when this command creates them "
+                        "(env STREAM_REC_PARTITIONS, default 4)")
+
+
+def settings_from_args(args: argparse.Namespace, **extra) -> Settings:
+    """Settings from STREAM_REC_* env vars, overridden by the flags that were given."""
+    overrides = {name: getattr(args, name, None) for name in ("broker", "topic_prefix", "partitions")}
+    overrides.update(extra)
+    return Settings.from_env(**overrides)

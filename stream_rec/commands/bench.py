@@ -1,0 +1,198 @@
+"""`stream-rec bench`: throughput of the spine beside a bare Faust consumer, same broker, same run.
+
+1. start an embedded broker, publish N synthetic events (keyed by user, P partitions);
+2. **bare Faust**: a minimal Faust app (stock aiokafka driver) whose agent only counts
+   ``stream.take(1000, within=5 ms)`` batches -- the ceiling of Faust on this machine;
+3. **spine**: ``stream-rec worker`` (validation, RocksDB state + changelog, untrained GRU step, top-K,
+   recommendation sends), read through its own /metrics.
+
+Both read the same N events from the beginning in their own consumer group, each in a subprocess. Each
+rate is measured from the first consumed batch to the last event (so group join and model loading are
+not counted): ``(N - events in the first observation) / (t_last - t_first)``. The spine's count is
+"events consumed with their recommendations sent" (a batch is counted after its sends are acked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="spine throughput vs a bare Faust consumer (embedded broker)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=20000, help="events to publish (default 20000)")
+    p.add_argument("--users", type=int, default=1000, help="synthetic users (default 1000)")
+    p.add_argument("--partitions", type=int, default=4, help="partitions of the events topic (default 4)")
+    p.add_argument("--batch-max-events", type=int, default=256, help="spine micro-batch size (default 256)")
+    p.add_argument("--batch-max-wait-ms", type=int, default=5, help="spine micro-batch wait limit (default 5)")
+    p.add_argument("--skip-bare", action="store_true", help="measure the spine only")
+    p.add_argument("--out", default="runs/bench-spine.json", help="JSON results file (default runs/bench-spine.json)")
+    p.add_argument("--timeout", type=float, default=300, help="give up on a stage after this many seconds")
+    p.set_defaults(func=run)
+
+
+def bare_faust(broker: str, topic: str, n: int, app_id: str, datadir: str) -> None:
+    """Entry point of the bare-Faust subprocess: count ``take(1000)`` batches, print one JSON line, exit."""
+    import faust
+
+    app = faust.App(app_id, broker=f"kafka://{broker}", datadir=datadir, consumer_auto_offset_reset="earliest",
+                    broker_session_timeout=6.0, broker_heartbeat_interval=1.0, web_enabled=False)
+    events = app.topic(topic, key_type=bytes, value_type=bytes)
+    seen = {"count": 0, "first": None, "first_count": 0}
+
+    @app.agent(events)
+    async def count(stream):
+        async for values in stream.take(1000, within=0.005):
+            seen["count"] += len(values)
+            if seen["first"] is None:
+                seen["first"], seen["first_count"] = time.time(), seen["count"]
+            if seen["count"] >= n:
+                print(json.dumps({"count": seen["count"], "t_first": seen["first"], "first_count": seen["first_count"],
+                                  "t_last": time.time()}), flush=True)
+                os._exit(0)
+
+    faust.Worker(app, loglevel="warning", redirect_stdouts=False, quiet=True).execute_from_commandline()
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _histogram_quantile(text: str, name: str, q: float) -> float | None:
+    """Quantile from cumulative ``_bucket`` lines (upper bound of the bucket holding it)."""
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    total = buckets[-1][1]
+    for bound, count in sorted(buckets):
+        if count >= q * total:
+            return bound
+    return None
+
+
+def measure_spine(settings, items_file: Path, n: int, workdir: Path, timeout_s: float) -> dict:
+    import urllib.request
+
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    log_path = workdir / "spine-worker.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "stream_rec", "worker", "--items", str(items_file),
+                                 "--loglevel", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        url = f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
+        t_first = first_count = None
+        deadline = time.monotonic() + timeout_s
+        text = ""
+        try:
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"spine worker exited ({proc.returncode}); see {log_path}")
+                try:
+                    text = urllib.request.urlopen(url, timeout=2).read().decode()
+                except OSError:
+                    time.sleep(0.2)
+                    continue
+                consumed = _metric(text, "stream_rec_events_consumed_total")
+                now = time.time()
+                if consumed > 0 and t_first is None:
+                    t_first, first_count = now, consumed
+                if consumed >= n:
+                    break
+                time.sleep(0.02)
+            else:
+                raise RuntimeError(f"spine did not consume {n} events in {timeout_s:.0f} s; see {log_path}")
+            t_last = time.time()
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return {"count": consumed, "t_first": t_first, "first_count": first_count, "t_last": t_last,
+            "recommendations": _metric(text, "stream_rec_recommendations_emitted_total"),
+            "dlq": _metric(text, "stream_rec_events_dlq_total"),
+            "consume_to_rec_p50_s_le": _histogram_quantile(text, "stream_rec_consume_to_recommendation_seconds", 0.5),
+            "consume_to_rec_p99_s_le": _histogram_quantile(text, "stream_rec_consume_to_recommendation_seconds", 0.99),
+            "batch_mean": (_metric(text, 'stream_rec_batch_size_events_sum') /
+                           max(1.0, _metric(text, 'stream_rec_batch_size_events_count')))}
+
+
+def measure_bare(broker: str, topic: str, n: int, workdir: Path, timeout_s: float) -> dict:
+    code = ("import sys; from stream_rec.commands.bench import bare_faust; "
+            "bare_faust(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])")
+    proc = subprocess.run([sys.executable, "-c", code, broker, topic, str(n), f"bench-bare-{os.getpid()}",
+                           str(workdir / "bare-data")], capture_output=True, text=True, timeout=timeout_s)
+    for line in reversed(proc.stdout.splitlines()):
+        if '{"count"' in line:  # Faust's worker may prefix terminal control codes
+            return json.loads(line[line.index('{"count"'):])
+    raise RuntimeError(f"bare Faust consumer failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+
+
+def rate(r: dict) -> float:
+    span = r["t_last"] - r["t_first"]
+    return (r["count"] - r["first_count"]) / span if span > 0 else float("nan")
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ..broker import EmbeddedBroker, free_port
+    from ..kafka import ensure_topics, produce_json
+    from ..settings import Settings
+    from .produce import publish, synthetic_events
+
+    workdir = Path(tempfile.mkdtemp(prefix="stream-rec-bench-"))
+    results: dict = {"events": args.events, "users": args.users, "partitions": args.partitions,
+                     "batch_max_events": args.batch_max_events,
+                     "batch_max_wait_ms": args.batch_max_wait_ms, "cpus": os.cpu_count()}
+    with EmbeddedBroker(log_file=workdir / "broker.log") as broker:
+        settings = Settings.from_env(broker=broker.bootstrap, partitions=args.partitions, data_dir=workdir / "spine",
+                                     metrics_port=free_port(), web_port=free_port(), app_id="bench-spine",
+                                     batch_max_events=args.batch_max_events,
+                                     batch_max_wait_ms=args.batch_max_wait_ms)
+        asyncio.run(ensure_topics(settings))
+        items, events = synthetic_events(args.events, args.users, seed=0)
+        items_file = workdir / "items.jsonl"
+        items_file.write_text("".join(json.dumps(i) + "\n" for i in items))
+        topic = settings.topic(settings.events_topic)
+        print(f"[bench] broker {broker.bootstrap}; publishing {len(events)} events ({args.users} users, "
+              f"{args.partitions} partitions) ...", flush=True)
+        asyncio.run(publish(settings, topic, events, len(events), 0.0, True, progress=True))
+
+        if not args.skip_bare:
+            print("[bench] bare Faust consumer (take(1000)) ...", flush=True)
+            bare = measure_bare(broker.bootstrap, topic, len(events), workdir, args.timeout)
+            bare["events_per_s"] = rate(bare)
+            results["bare_faust"] = bare
+            print(f"[bench]   bare Faust: {bare['events_per_s']:,.0f} events/s", flush=True)
+        print("[bench] spine worker (validate + RocksDB state + GRU step + top-K + sends) ...", flush=True)
+        spine = measure_spine(settings, items_file, len(events), workdir, args.timeout)
+        spine["events_per_s"] = rate(spine)
+        results["spine"] = spine
+        print(f"[bench]   spine: {spine['events_per_s']:,.0f} events/s consumed with recommendations sent "
+              f"({spine['recommendations']:.0f} records, mean batch {spine['batch_mean']:.0f} events, "
+              f"consume->rec p50 <= {spine['consume_to_rec_p50_s_le']} s, p99 <= {spine['consume_to_rec_p99_s_le']} s)",
+              flush=True)
+    if "bare_faust" in results:
+        results["spine_over_bare"] = results["spine"]["events_per_s"] / results["bare_faust"]["events_per_s"]
+        print(f"[bench] spine / bare Faust = {results['spine_over_bare']:.2f}", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"[bench] results written to {out}", flush=True)
+    return 0

@@ -1,0 +1,121 @@
+"""`stream-rec demo`: embedded broker + worker + synthetic producer + live tail, in one command.
+
+Order of start: broker -> topics -> catalog -> worker (subprocess) -> producer + tail (this process).
+Order of stop (Ctrl-C, or --duration): producer and tail -> worker (SIGTERM, a clean Faust shutdown; SIGKILL
+after a grace period) -> broker. Worker and broker run in their own process groups, so a terminal Ctrl-C
+reaches only this process, which then stops them in that order: nothing is left running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="broker + worker + synthetic producer + live tail (Ctrl-C stops all)",
+                       description="Run the whole thing locally: an embedded broker, a worker serving the "
+                                   "untrained model (or --model), a synthetic event stream, and a live view of "
+                                   "the recommendations. Ctrl-C stops everything cleanly.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--port", type=int, default=0, help="broker port (0 = any free port)")
+    p.add_argument("--rate", type=float, default=20.0, help="synthetic events per second")
+    p.add_argument("--users", type=int, default=50, help="synthetic users")
+    p.add_argument("--events", type=int, default=100_000, help="stop producing after this many events")
+    p.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S seconds (0 = until Ctrl-C)")
+    p.add_argument("--data-dir", help="worker data dir and logs (default: a fresh temporary directory)")
+    p.add_argument("--model", help="trained model directory to serve (default: untrained)")
+    p.add_argument("--metrics-port", type=int, default=0, help="worker /metrics port (0 = any free port)")
+    p.set_defaults(func=run)
+
+
+def say(text: str) -> None:
+    print(f"[demo] {text}", flush=True)
+
+
+def stop_process(proc: subprocess.Popen | None, grace_s: float = 20.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ..broker import EmbeddedBroker, free_port
+    from ..kafka import ensure_topics, produce_json
+    from ..settings import Settings
+    from .produce import publish, synthetic_events
+    from .tail import follow
+
+    data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="stream-rec-demo-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    worker_log = data_dir / "worker.log"
+    worker = None
+    with EmbeddedBroker(args.port or None, log_file=data_dir / "broker.log") as broker:
+        settings = Settings.from_env(broker=broker.bootstrap, data_dir=data_dir / "worker",
+                                     metrics_port=args.metrics_port or free_port(), web_port=free_port(),
+                                     model=args.model)
+        say(f"broker on {broker.bootstrap} (embedded Tansu, in memory)")
+        asyncio.run(ensure_topics(settings))
+        items, events = synthetic_events(args.events, args.users, seed=0)
+        items_file = data_dir / "items.jsonl"
+        items_file.write_text("".join(json.dumps(i) + "\n" for i in items))
+        asyncio.run(produce_json(settings, settings.topic(settings.catalog_topic), items, "item_id"))
+        say(f"catalog: {len(items)} items published to '{settings.topic(settings.catalog_topic)}'")
+
+        env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        log_fh = open(worker_log, "wb")
+        worker = subprocess.Popen([sys.executable, "-m", "stream_rec", "worker", "--items", str(items_file)],
+                                  env=env, stdout=log_fh, stderr=subprocess.STDOUT, start_new_session=True)
+        say(f"worker pid {worker.pid} started (log: {worker_log}, metrics: "
+            f"http://{settings.metrics_host}:{settings.metrics_port}/metrics); it joins its group in ~10 s")
+        say(f"producing {args.rate:g} events/s for {args.users} users; recommendations below "
+            "(user, last items seen -> top items). Ctrl-C stops everything.")
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            producer = asyncio.create_task(publish(settings, settings.topic(settings.events_topic), events,
+                                                   len(events), args.rate, True, progress=False))
+            tail = asyncio.create_task(follow(settings, False, 0, 0, 5, False, stop=stop))
+            started = time.monotonic()
+            try:
+                while not tail.done():
+                    if worker.poll() is not None:
+                        say(f"worker exited with code {worker.returncode}; see {worker_log}")
+                        break
+                    if args.duration and time.monotonic() - started > args.duration:
+                        break
+                    await asyncio.sleep(0.2)
+            finally:
+                stop.set()
+                producer.cancel()
+                await asyncio.gather(producer, tail, return_exceptions=True)
+
+        try:
+            asyncio.run(main())
+        except KeyboardInterrupt:
+            pass
+        finally:
+            say("stopping worker ...")
+            try:
+                stop_process(worker)
+            except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
+                worker.kill()
+                worker.wait()
+            log_fh.close()
+            say("stopping broker ...")
+    say(f"stopped; worker log and state kept in {data_dir}")
+    return 0 if worker is None or worker.returncode in (0, -signal.SIGTERM, -signal.SIGKILL) else 1

@@ -1,0 +1,51 @@
+"""`stream-rec finetune`: continue training a model on recent events and write a new model version."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "finetune", help="fine-tune a model on recent events and write a new model version",
+        description="Continue training MODEL on the events in RECENT (a replay file or an export of the events "
+                    "topic) and write a new model directory the worker hot-reloads. Each user's last recent event "
+                    "is the validation target; the unchanged model counts as epoch 0, so the result is never worse "
+                    "on it than the input model. See stream_rec/recsys/finetune.py.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="model directory to start from (or a directory of them: newest)")
+    p.add_argument("--events", required=True, help="recent events: CSV user_id,item_id,timestamp or a MovieLens file/dir")
+    p.add_argument("--out", required=True, help="new model directory to write")
+    p.add_argument("--items", help="item catalog (CSV item_id,title or MovieLens file): items in RECENT that the model "
+                                   "does not know are added from their text; without it their events are skipped")
+    p.add_argument("--history", help="older events of the same users; each user's last --context-events of them are "
+                                     "put before the recent ones so training starts from a realistic state")
+    p.add_argument("--format", default="auto", choices=["auto", "csv", "ml-100k", "ml-1m"], help="file format of the inputs")
+    p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (the best one by validation is kept)")
+    p.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (training's default is 2e-3)")
+    p.add_argument("--batch-size", type=int, default=32, help="users per batch")
+    p.add_argument("--context-events", type=int, default=20, help="older events per user taken from --history")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from ..data import DataError
+    from ..model.recommender import ModelLoadError
+    from ..recsys.finetune import FinetuneParams, finetune_model_dir
+
+    params = FinetuneParams(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                            context_events=args.context_events, device=args.device, threads=args.threads)
+    try:
+        out, version, report = finetune_model_dir(args.model, args.events, args.out, args.items, args.history,
+                                                  args.format, params, progress=not args.quiet)
+    except (DataError, ModelLoadError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(json.dumps({"model": str(out), "version": version, "best_epoch": report.best_epoch,
+                      "users": report.users, "events": report.events, "added_items": report.added_items,
+                      "epochs": report.epochs, "seconds": round(report.seconds, 1)}, indent=2, default=str))
+    return 0

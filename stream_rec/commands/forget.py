@@ -1,0 +1,81 @@
+"""`stream-rec forget USER...`: erase users' state (right to erasure).
+
+Publishes one ``delete_user`` control event per user to the *events* topic, keyed by the user id like
+every other event of that user. Why the events topic and not a separate control topic:
+
+* ordering: Kafka orders records within a partition, so the deletion is applied after every event of
+  that user produced before it, and an event produced afterwards starts a fresh state — no race
+  between two topics;
+* placement: the worker deletes the table key while handling a record of the user's own partition, so
+  the RocksDB store and the changelog tombstone land on the partition that owns the user (the table
+  is co-partitioned with the events topic). A standby or a restored worker replays the tombstone and
+  the user stays gone; compaction later removes the old values from the changelog for good.
+
+The user id is sent as given (raw): with ``pseudonymize_key`` set, the worker hashes it on ingest exactly
+like the user's ordinary events, so the same pseudonym is deleted. The command prints no user ids
+back (they may be personal data in a terminal log), only counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+
+DELETE_USER = "delete_user"
+
+
+def delete_user_event(user_id: str, now: float | None = None) -> dict:
+    """The control event that asks the worker to erase ``user_id``'s state."""
+    if not isinstance(user_id, str) or not user_id.strip():
+        raise ValueError("user id must be a non-empty string")
+    return {"user_id": user_id, "event_type": DELETE_USER, "timestamp": time.time() if now is None else now}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "forget", help="erase users' state: publish delete_user control events",
+        description="Publish a delete_user control event for each USER to the events topic (keyed by the user "
+                    "id, so it is ordered after the user's earlier events). The worker deletes the user's state "
+                    "from its table, which writes a tombstone to the changelog: a restored worker does not bring "
+                    "the user back. Later events of the same user start a fresh state.")
+    p.add_argument("users", nargs="*", metavar="USER", help="user ids to erase (raw ids, as producers send them)")
+    p.add_argument("--file", help="also read user ids from this file, one per line ('-' for stdin)")
+    p.add_argument("--broker", help="bootstrap servers HOST:PORT[,HOST:PORT] (env STREAM_REC_BROKER)")
+    p.add_argument("--topic-prefix", help="prefix of every topic name (env STREAM_REC_TOPIC_PREFIX)")
+    p.set_defaults(func=run)
+
+
+def read_users(args: argparse.Namespace) -> list[str]:
+    users = list(args.users)
+    if args.file == "-":
+        users.extend(line.strip() for line in sys.stdin if line.strip())
+    elif args.file:
+        with open(args.file, encoding="utf-8") as f:
+            users.extend(line.strip() for line in f if line.strip())
+    return users
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..kafka import ensure_topics, produce_json
+    from ..settings import Settings
+
+    users = read_users(args)
+    if not users:
+        print("stream-rec forget: give at least one USER (or --file)", file=sys.stderr)
+        return 2
+    try:
+        events = [delete_user_event(u) for u in users]
+    except ValueError as exc:
+        print(f"stream-rec forget: {exc}", file=sys.stderr)
+        return 2
+    settings = Settings.from_env(broker=args.broker, topic_prefix=args.topic_prefix)
+
+    async def publish() -> int:
+        await ensure_topics(settings)
+        return await produce_json(settings, settings.topic(settings.events_topic), events, key_field="user_id")
+
+    sent = asyncio.run(publish())
+    print(f"published {sent} delete_user event(s) to {settings.topic(settings.events_topic)}")
+    return 0

@@ -1,0 +1,69 @@
+"""`stream-rec recommend`: top-k lists for every user of an event file, through the serving path."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._model_args import add_data_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "recommend", help="write top-k recommendations (JSON lines) for every user of an event file",
+        description="For every user in --events, step the incremental model through their events in timestamp "
+                    "order (exactly what the stream does) and write one JSON line {\"user_id\": ..., \"items\": "
+                    "[...]} with the top-k items, seen items excluded. Items of --items that the model was not "
+                    "trained on are encoded and become recommendable through their text vectors.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="model directory written by `stream-rec train`")
+    add_data_args(p, events_help="history events: CSV with user_id,item_id,timestamp, or a MovieLens file/directory",
+                  items_required=False)
+    p.add_argument("--k", type=int, default=10, help="items per user")
+    p.add_argument("--out", default="-", help="JSON-lines output file ('-' = stdout)")
+    p.add_argument("--scores", action="store_true", help="also write the scores (\"scores\": [...])")
+    p.add_argument("--batch-size", type=int, default=1024, help="users stepped together")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from tqdm import tqdm
+
+    from ..data import DataError, read_events, sequences
+    from ..model.encoder import shared_encoder
+    from ..model.evaluate import step_histories
+    from ..model.recommender import ModelLoadError, Recommender
+    from ..model.train import to_sequence
+    from ._model_args import read_item_texts
+    from ..settings import Settings
+
+    if args.k < 1:
+        raise SystemExit("error: --k must be at least 1")
+    try:
+        rec = Recommender.load(args.model, device=args.device)
+        item_texts = read_item_texts(args)
+        seqs = sequences(read_events(args.events, args.format))
+    except (ModelLoadError, DataError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    rec.add_catalog(item_texts, lambda: shared_encoder(Settings.from_env().cache_dir, args.device))
+    users = list(seqs)
+    out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")
+    try:
+        for s in tqdm(range(0, len(users), args.batch_size), desc="recommending", unit="batch", disable=args.quiet):
+            batch = users[s:s + args.batch_size]
+            histories = [to_sequence(seqs[u], rec.row_of) for u in batch]
+            states = step_histories(rec, [h.rows for h in histories], [h.gaps for h in histories])
+            lists = rec.topk(states, args.k, [h.rows.tolist() for h in histories])
+            for user, recs in zip(batch, lists):
+                line = {"user_id": user, "items": [i for i, _ in recs]}
+                if args.scores:
+                    line["scores"] = [round(v, 5) for _, v in recs]
+                out.write(json.dumps(line) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0

@@ -1,0 +1,229 @@
+"""`stream-rec replay`: stream a log through the real broker and worker and score the live recommendations
+prequentially (each emitted list against the user's next event), beside the offline numbers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "replay", help="replay a log through broker + worker and score the live recs (prequential HR/NDCG@10)",
+        description="Streams the events of E in timestamp order (stable: ties keep file order) through a real "
+                    "Kafka broker and a `stream-rec worker` serving MODEL, consumes the recommendations, and "
+                    "scores every emitted list against the user's next event (prequential HR@10 / NDCG@10). "
+                    "Prints JSON with the online numbers, the offline leave-one-out numbers of the same model on "
+                    "the same users (the `evaluate` code path) and the end-to-end latency, and writes a plot of "
+                    "quality and latency over time.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--events", required=True, metavar="E",
+                   help="events: CSV user_id,item_id,timestamp, MovieLens u.data / ratings.dat, or their directory")
+    p.add_argument("--items", metavar="I", help="items file (CSV item_id,title / u.item / movies.dat); only used to "
+                                                "report how many streamed items the model does not know")
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="trained model directory, or a directory of them (the newest is used)")
+    p.add_argument("--broker", default="embedded", metavar="HOST:PORT",
+                   help="Kafka bootstrap servers, or 'embedded' to start a Tansu broker for the run")
+    p.add_argument("--limit-users", type=int, default=0, metavar="N",
+                   help="replay only the first N users (in order of their first event in the file); 0 = all")
+    p.add_argument("--max-events", type=int, default=0, metavar="N",
+                   help="stop after the first N events of the time-ordered stream; 0 = all")
+    p.add_argument("--rate", type=float, default=0.0, metavar="EV/S",
+                   help="offered load in events/s; 0 = as fast as the producer can send")
+    p.add_argument("--batch-max-events", type=int, default=None, metavar="N",
+                   help="worker micro-batch size (default: Settings.batch_max_events)")
+    p.add_argument("--out", default="runs/replay", metavar="DIR", help="where replay.json, replay.png and the "
+                                                                        "worker log are written")
+    p.add_argument("--event-type", default="view", help="event_type of the replayed events")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                   help="give up waiting for the last recommendations after S seconds without any")
+    p.add_argument("--no-offline", action="store_true", help="skip the offline evaluation")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+    from pathlib import Path
+
+    from ..data import DataError
+
+    if args.limit_users < 0 or args.max_events < 0 or args.rate < 0:
+        raise SystemExit("replay: --limit-users, --max-events and --rate must be >= 0")
+    from ..broker import EmbeddedBroker
+
+    broker = EmbeddedBroker() if args.broker == "embedded" else None
+    try:
+        bootstrap = broker.start().bootstrap if broker else args.broker
+        result = asyncio.run(replay(args, bootstrap))
+    except DataError as exc:
+        raise SystemExit(f"replay: {exc}")
+    finally:
+        if broker is not None:
+            broker.stop()
+    out = Path(args.out)
+    print(json.dumps(result, indent=2))
+    print(f"wrote {out / 'replay.json'} and {out / 'replay.png'}")
+    return 0
+
+
+def build_stream(seqs: dict[str, list[tuple[str, float]]], users: list[str], max_events: int = 0):
+    """The time-ordered event stream of ``users`` (stable sort: each user's order is kept), cut after
+    ``max_events``; plus each user's streamed sequence and which users were streamed whole."""
+    flat = [(ts, u, item) for u in users for item, ts in seqs[u]]
+    flat.sort(key=lambda t: t[0])  # stable
+    if max_events:
+        flat = flat[:max_events]
+    streamed: dict[str, list[tuple[str, float]]] = {}
+    for ts, u, item in flat:
+        streamed.setdefault(u, []).append((item, ts))
+    complete = {u for u, s in streamed.items() if len(s) == len(seqs[u])}
+    return flat, streamed, complete
+
+
+def offline_numbers(rec, seqs: dict[str, list[tuple[str, float]]], users: list[str]) -> dict:
+    """Leave-one-out test numbers of ``rec`` on ``users`` through the `evaluate` code path: each user's
+    last event is the target, everything before it the history (seen items excluded)."""
+    import numpy as np
+
+    from ..live.models import gaps_from_timestamps
+    from ..model.evaluate import EvalCase, evaluate_scorer, recommender_scorer
+
+    cases = []
+    for u in users:
+        seq = seqs[u]
+        if len(seq) < 3:
+            continue
+        hist = [(rec.row_of[i], ts) for i, ts in seq[:-1] if i in rec.row_of]
+        target = rec.row_of.get(seq[-1][0])
+        if target is None or not hist:
+            continue
+        cases.append(EvalCase(u, np.array([r for r, _ in hist], dtype=np.int64),
+                              np.array(gaps_from_timestamps([t for _, t in hist]), dtype=np.float32), target))
+    return evaluate_scorer(recommender_scorer(rec), cases, desc="offline evaluate", progress=True)
+
+
+async def replay(args, bootstrap: str) -> dict:
+    import json
+    import shutil
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from ..data import read_events, read_items, sequences
+    from ..live import harness
+    from ..live.models import load_newest
+    from ..live.prequential import PrequentialScorer, plot_windows
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir, rec = load_newest(args.model, device="cpu")
+    seqs = sequences(read_events(args.events))
+    users = list(seqs)[: args.limit_users] if args.limit_users else list(seqs)
+    unknown_items = {i for u in users for i, _ in seqs[u] if i not in rec.row_of}
+    if args.items:
+        catalog = read_items(args.items)
+        unknown_items |= {i for i in catalog if i not in rec.row_of} & {i for u in users for i, _ in seqs[u]}
+    # the worker sends events for items its model does not know to the DLQ; leave them out of the log
+    n_before = sum(len(seqs[u]) for u in users)
+    seqs = {u: [(i, ts) for i, ts in seqs[u] if i in rec.row_of] for u in users}
+    dropped = n_before - sum(len(s) for s in seqs.values())
+    users = [u for u in users if seqs[u]]
+    flat, streamed, complete = build_stream(seqs, users, args.max_events)
+    test_index = {u: len(streamed[u]) - 1 for u in complete if len(streamed[u]) >= 3}
+    scorer = PrequentialScorer(streamed, test_index)
+    sent_at: dict[tuple[str, int], float] = {}
+    position: dict[str, int] = {}
+    log.info("replaying %d events of %d users through model %s (%s)", len(flat), len(streamed), rec.version, model_dir)
+
+    data_dir = tempfile.mkdtemp(prefix="stream-rec-replay-")
+    overrides = {"model": str(model_dir)}
+    if args.batch_max_events:
+        overrides["batch_max_events"] = args.batch_max_events
+    settings = harness.isolated_settings(bootstrap, data_dir, "replay", **overrides)
+    worker = harness.WorkerProcess(settings, log_file=out / "worker.log")
+    done_users: set[str] = set()
+    bar_recs = None
+
+    def on_record(record: dict, received: float) -> None:
+        if record.get("user_id") == harness.PROBE_USER:
+            return
+        scorer.add(record, received, sent_at)
+        if bar_recs is not None:
+            bar_recs.update(1)
+        u = record.get("user_id")
+        if u in streamed and scorer.done(u):
+            done_users.add(u)
+
+    def on_sent(_: int, ev: dict, t: float) -> None:
+        u = ev["user_id"]
+        i = position.get(u, -1) + 1
+        position[u] = i
+        sent_at[(u, i)] = t
+
+    collector = harness.RecCollector(settings, on_record=on_record)
+    t_start = time.time()
+    try:
+        await harness.ensure_topics(settings)
+        await collector.start()
+        worker.start()
+        try:
+            ready_s = await harness.wait_ready(settings, collector, rec.item_ids[0])
+        except TimeoutError:
+            raise SystemExit(f"replay: the worker sent no recommendation; its log ends with:\n{worker.log_tail()}")
+        log.info("worker ready after %.1f s", ready_s)
+        producer = await harness.make_producer(settings)
+        events = (harness.event_record(u, item, ts, args.event_type) for ts, u, item in flat)
+        bar_recs = tqdm(total=None, desc="recommendations", unit="rec", position=1, leave=False, mininterval=0.5)
+        with tqdm(total=len(flat), desc="events sent", unit="ev", position=0) as bar:
+            t_send = time.time()
+            await harness.send_events(producer, settings, events, rate=args.rate, on_sent=on_sent, progress=bar)
+            send_seconds = time.time() - t_send
+        await producer.stop()
+        finished = await collector.wait_for(lambda: len(done_users) >= len(streamed), timeout_s=1e9,
+                                            idle_s=args.timeout)
+        drain_seconds = time.time() - t_send
+        bar_recs.close()
+        if not worker.alive():
+            raise SystemExit(f"replay: the worker died; its log ends with:\n{worker.log_tail()}")
+    finally:
+        await collector.stop()
+        worker.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    summary = scorer.summary()
+    result = {
+        "model": {"dir": str(model_dir), "version": rec.version},
+        "events": args.events,
+        "users": len(streamed),
+        "users_streamed_whole": len(complete),
+        "events_streamed": len(flat),
+        "events_dropped_unknown_item": dropped,
+        "unknown_items": len(unknown_items),
+        "rate_offered": args.rate or "max",
+        "send_seconds": round(send_seconds, 2),
+        "events_per_s_end_to_end": round(len(flat) / drain_seconds, 1) if drain_seconds > 0 else None,
+        "all_recommendations_received": finished,
+        "prequential": summary,
+        "wall_seconds": round(time.time() - t_start, 1),
+    }
+    if not args.no_offline:
+        offline_users = sorted(complete)
+        result["offline_same_users"] = offline_numbers(rec, seqs, offline_users)
+        off = result["offline_same_users"].get("ndcg@10")
+        on = summary["test"].get("NDCG@10")
+        if off and on is not None:
+            result["prequential_test_vs_offline_ndcg"] = round(on / off, 3)
+    windows = scorer.windows()
+    result["windows"] = windows
+    (out / "replay.json").write_text(json.dumps(result, indent=2))
+    plot_windows(windows, out / "replay.png",
+                 title=f"replay of {len(flat)} events, {len(streamed)} users, model {rec.version}",
+                 offline_ndcg=(result.get("offline_same_users") or {}).get("ndcg@10"))
+    result.pop("windows")
+    return result

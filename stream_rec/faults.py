@@ -1,0 +1,380 @@
+"""Fault tools for the reliability tests and benchmarks: crash, pause, memory, malformed input.
+
+Everything here acts on real OS processes (a worker subprocess, the broker) or produces real bytes
+for the real broker; nothing mocks Kafka. The pieces:
+
+* ``kill_hard(proc)`` — ``SIGKILL``, no shutdown hooks, no final commit: the crash case.
+* ``paused(proc, seconds)`` — ``SIGSTOP`` then ``SIGCONT`` (the broker "hiccup": sockets stay open
+  but nothing answers, as with a long GC pause or a frozen VM).
+* ``RssSampler`` — samples ``VmRSS`` of a process (and its children) from ``/proc`` in a thread; the
+  peak is what a memory bound is checked against. ``VmHWM`` is the kernel's own high-water mark, read
+  at the end as a cross-check (the sampler can miss a short spike, the kernel cannot).
+* ``fuzz_corpus(...)`` — a seeded mix of malformed events of every kind the validator must survive,
+  interleaved with good ones, each labelled with whether it must reach the DLQ.
+
+Linux only (``/proc``, signals); the tests that use it are skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+# --- processes --------------------------------------------------------------------------------------
+
+
+def _pid(proc: "subprocess.Popen | int") -> int:
+    return proc if isinstance(proc, int) else proc.pid
+
+
+def kill_hard(proc: "subprocess.Popen | int", timeout_s: float = 10.0) -> None:
+    """SIGKILL the process and reap it (a Popen is waited for; a bare pid is polled until gone)."""
+    pid = _pid(proc)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    if isinstance(proc, subprocess.Popen):
+        proc.wait(timeout_s)
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def paused(proc: "subprocess.Popen | int", seconds: float | None = None) -> Iterator[None]:
+    """SIGSTOP the process on entry, SIGCONT on exit (always, even if the body raises).
+
+    With ``seconds`` the body's end is padded so the process stays stopped at least that long.
+    """
+    pid = _pid(proc)
+    os.kill(pid, signal.SIGSTOP)
+    started = time.monotonic()
+    try:
+        yield
+        if seconds is not None:
+            time.sleep(max(0.0, seconds - (time.monotonic() - started)))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def proc_status_kb(pid: int, field: str) -> int | None:
+    """A ``kB`` field (``VmRSS``, ``VmHWM`` ...) of ``/proc/PID/status``; None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return None
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct and indirect children of ``pid`` (from ``/proc/*/stat``)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    # comm may contain spaces/parentheses: the ppid follows the last ')'
+                    fields = f.read().rsplit(")", 1)[1].split()
+                parents[int(entry)] = int(fields[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    out, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        kids = [p for p, pp in parents.items() if pp == parent]
+        out.extend(kids)
+        frontier.extend(kids)
+    return out
+
+
+class RssSampler:
+    """Sample the resident memory of a process tree every ``interval_s`` in a background thread.
+
+        with RssSampler(worker.pid) as rss:
+            ... load ...
+        rss.peak_mb, rss.samples   # [(seconds since start, MB), ...]
+    """
+
+    def __init__(self, pid: int, interval_s: float = 0.2, include_children: bool = True):
+        self.pid = pid
+        self.interval_s = interval_s
+        self.include_children = include_children
+        self.samples: list[tuple[float, float]] = []
+        self.hwm_mb: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._t0 = time.monotonic()
+
+    def rss_mb(self) -> float | None:
+        pids = [self.pid] + (child_pids(self.pid) if self.include_children else [])
+        values = [proc_status_kb(p, "VmRSS") for p in pids]
+        if values[0] is None:
+            return None
+        return sum(v for v in values if v) / 1024.0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            mb = self.rss_mb()
+            if mb is None:
+                return
+            self.samples.append((time.monotonic() - self._t0, mb))
+            hwm = proc_status_kb(self.pid, "VmHWM")
+            if hwm is not None:
+                self.hwm_mb = hwm / 1024.0
+            self._stop.wait(self.interval_s)
+
+    @property
+    def peak_mb(self) -> float:
+        return max((mb for _, mb in self.samples), default=0.0)
+
+    def start(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def __enter__(self) -> "RssSampler":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def listening_sockets(pid: int) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket the process ``pid`` is *listening* on (IPv4 and IPv6), read
+    from ``/proc/PID/net/tcp*`` and matched to the process's own file descriptors by socket inode."""
+    import ipaddress
+
+    inodes = set()
+    fd_dir = f"/proc/{pid}/fd"
+    for fd in os.listdir(fd_dir):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"{fd_dir}/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    out = []
+    for table, width in (("tcp", 4), ("tcp6", 16)):
+        with contextlib.suppress(FileNotFoundError):
+            with open(f"/proc/{pid}/net/{table}") as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    local, state, inode = cols[1], cols[3], cols[9]
+                    if state != "0A" or inode not in inodes:  # 0A = TCP_LISTEN
+                        continue
+                    hex_ip, hex_port = local.split(":")
+                    raw = bytes.fromhex(hex_ip)
+                    # the kernel prints each 32-bit word in host (little endian) order
+                    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, width, 4))
+                    out.append((str(ipaddress.ip_address(raw)), int(hex_port, 16)))
+    return out
+
+
+# --- malformed input ------------------------------------------------------------------------------
+
+# Bad-event families. Each maps to the reasons the validator may legitimately give for it: the fuzz
+# test checks the DLQ record names *a* reason, not a precise one (e.g. a huge string may be rejected
+# as ``oversize`` or as a too-long field, both fine).
+FUZZ_KINDS = (
+    "random_bytes", "truncated_json", "not_an_object", "missing_field", "wrong_type", "huge_string",
+    "oversize", "unknown_event_type", "timestamp_far_future", "timestamp_far_past", "nan_value",
+    "nan_timestamp", "bad_utf8", "lone_surrogate", "empty", "null_user", "unknown_item",
+)
+
+
+@dataclass(frozen=True)
+class FuzzEvent:
+    key: bytes | None
+    value: bytes
+    kind: str  # "good" or one of FUZZ_KINDS
+    user_id: str | None = None  # for good events: whose history it must reach
+    item_id: str | None = None
+
+    @property
+    def good(self) -> bool:
+        return self.kind == "good"
+
+
+def _dumps(obj: object) -> bytes:
+    # allow_nan: json.dumps writes NaN/Infinity tokens, which Python's json.loads accepts by default:
+    # exactly the kind of "valid-looking" number the validator has to refuse.
+    return json.dumps(obj, allow_nan=True, ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+def _bad_event(kind: str, rng: random.Random, make_good: Callable[[str, str], dict], user: str, item: str,
+               max_event_bytes: int) -> bytes:
+    base = make_good(user, item)
+    if kind == "random_bytes":
+        return bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 200)))
+    if kind == "truncated_json":
+        raw = _dumps(base)
+        return raw[: rng.randint(1, len(raw) - 1)]
+    if kind == "not_an_object":
+        return _dumps(rng.choice([[base], "event", 42, None, True, [], 1.5]))
+    if kind == "missing_field":
+        field = rng.choice(["user_id", "item_id", "timestamp", "event_type"])
+        return _dumps({k: v for k, v in base.items() if k != field})
+    if kind == "wrong_type":
+        field = rng.choice(["user_id", "item_id", "timestamp", "event_type"])
+        return _dumps({**base, field: rng.choice([[1, 2], {"x": 1}, True, None] +
+                                                  ([] if field == "timestamp" else [3.5]))})
+    if kind == "huge_string":  # a field far longer than any id, but the event itself under max bytes
+        field = rng.choice(["user_id", "item_id", "event_type"])
+        return _dumps({**base, field: "x" * rng.randint(2000, max(2001, max_event_bytes // 2))})
+    if kind == "oversize":
+        return _dumps({**base, "context": {"text": "y" * (max_event_bytes + rng.randint(1, 5000))}})
+    if kind == "unknown_event_type":
+        return _dumps({**base, "event_type": rng.choice(["hover", "VIEW ", "", "drop table", "\u202eweiv"])})
+    if kind == "timestamp_far_future":
+        return _dumps({**base, "timestamp": base["timestamp"] + rng.uniform(400, 10_000) * 86400 * 365})
+    if kind == "timestamp_far_past":
+        return _dumps({**base, "timestamp": rng.choice([-1.0, 0.0, 86400.0, -1e12])})
+    if kind == "nan_value":
+        return _dumps({**base, "event_type": "rate", "value": rng.choice([float("nan"), float("inf"), float("-inf")])})
+    if kind == "nan_timestamp":
+        return _dumps({**base, "timestamp": rng.choice([float("nan"), float("inf"), float("-inf")])})
+    if kind == "bad_utf8":
+        raw = _dumps(base)
+        cut = rng.randint(1, len(raw) - 1)
+        return raw[:cut] + rng.choice([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf0\x28\x8c\x28"]) + raw[cut:]
+    if kind == "lone_surrogate":  # valid JSON (an escaped surrogate) that no UTF-8 encoder accepts
+        field = rng.choice(["user_id", "item_id"])
+        raw = _dumps({**base, field: "SURROGATE"})
+        return raw.replace(b"SURROGATE", rng.choice([b"\\ud800", b"x\\udfff", b"\\udc00y"]))
+    if kind == "empty":
+        return rng.choice([b"", b" ", b"\n", b"{}", b"null"])
+    if kind == "null_user":
+        return _dumps({**base, "user_id": rng.choice([None, "", "   "])})
+    if kind == "unknown_item":
+        return _dumps({**base, "item_id": "no-such-item-" + str(rng.randint(0, 10**9))})
+    raise ValueError(f"unknown fuzz kind {kind!r}")
+
+
+# Unicode that is valid but awkward: used in *good* events' user ids so the good path is exercised
+# with combining marks, right-to-left text, emoji, zero-width joiners and non-BMP characters.
+UNICODE_USER_SUFFIXES = ("", "é", "e\u0301", "\u05e9\u05dc\u05d5\u05dd", "\U0001f600", "\u200d", "\u4e2d\u6587",
+                         "\U00010348", "'\";--")
+
+
+def fuzz_corpus(n_bad: int, n_good: int, item_ids: Sequence[str], *, now_s: float | None = None,
+                max_event_bytes: int = 16384, n_users: int = 50, seed: int = 0,
+                kinds: Sequence[str] = FUZZ_KINDS) -> list[FuzzEvent]:
+    """``n_bad`` malformed events (cycling through ``kinds``) shuffled among ``n_good`` valid ones.
+
+    Good events use ids from ``item_ids`` (the catalog the worker knows), timestamps around ``now_s``
+    (seconds, increasing per user so each user's history order is unambiguous) and users with unicode
+    edge cases in their ids. Bad events are keyed like real traffic (by a user id) so they spread over
+    partitions; ``random_bytes`` events get random keys.
+    """
+    if not item_ids:
+        raise ValueError("fuzz_corpus needs at least one known item id for the good events")
+    rng = random.Random(seed)
+    now_s = time.time() if now_s is None else now_s
+    users = [f"fuzz-user-{i}{UNICODE_USER_SUFFIXES[i % len(UNICODE_USER_SUFFIXES)]}" for i in range(n_users)]
+    clock = {u: now_s - 3600.0 for u in users}
+
+    def make_good(user: str, item: str) -> dict:
+        clock[user] += 1.0
+        return {"user_id": user, "item_id": item, "event_type": rng.choice(["view", "click", "purchase"]),
+                "timestamp": clock[user]}
+
+    events: list[FuzzEvent] = []
+    for i in range(n_bad):
+        kind = kinds[i % len(kinds)]
+        user, item = rng.choice(users), rng.choice(item_ids)
+        value = _bad_event(kind, rng, lambda u, it: {"user_id": u, "item_id": it, "event_type": "view",
+                                                     "timestamp": now_s}, user, item, max_event_bytes)
+        key = bytes(rng.getrandbits(8) for _ in range(8)) if kind == "random_bytes" else user.encode()
+        events.append(FuzzEvent(key, value, kind))
+    good_slots = sorted(rng.sample(range(n_bad + n_good), n_good))
+    out: list[FuzzEvent] = []
+    bad_iter = iter(events)
+    good_set = set(good_slots)
+    for slot in range(n_bad + n_good):
+        if slot in good_set:
+            user, item = rng.choice(users), rng.choice(item_ids)
+            rec = make_good(user, item)
+            out.append(FuzzEvent(user.encode("utf-8", "surrogatepass"), _dumps(rec), "good", user, item))
+        else:
+            out.append(next(bad_iter))
+    return out
+
+
+# --- reading what the worker stored ------------------------------------------------------------------
+
+def _decode_table_key(raw: bytes | None) -> str | None:
+    """Faust writes table keys raw or JSON-encoded depending on the table's key serializer: accept both."""
+    if raw is None:
+        return None
+    text = raw.decode("utf-8", "replace")
+    if text.startswith('"') and text.endswith('"'):
+        with contextlib.suppress(ValueError):
+            return json.loads(text)
+    return text
+
+
+async def read_topic(settings, topic: str, *, timeout_s: float = 30.0) -> list:
+    """Every record of ``topic`` from the beginning up to its end offsets at call time (aiokafka
+    ``ConsumerRecord`` objects, partition by partition). No consumer group, nothing committed."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from .kafka import client_kwargs
+
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False, group_id=None,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        await consumer.topics()  # a full metadata fetch, so partitions_for_topic knows this topic
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        # The end is the high watermark the *fetch* responses report: Tansu answers ListOffsets(latest),
+        # which ``end_offsets`` uses, with the last batch's base offset + 1, not the high watermark.
+        records = []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            for tp_records in batch.values():
+                records.extend(tp_records)
+            ends = {tp: consumer.highwater(tp) for tp in tps}
+            behind = [tp for tp, end in ends.items() if end is None or await consumer.position(tp) < end]
+            if not behind:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} did not reach its end within {timeout_s} s")
+            await asyncio.sleep(0)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def read_changelog_states(settings, changelog_topic: str) -> dict:
+    """user id -> ``UserState`` as the table's changelog says now (the last record per key wins;
+    a tombstone maps to None). This is exactly what a worker restoring the table would rebuild."""
+    from .state import decode_state
+
+    states: dict = {}
+    for rec in await read_topic(settings, changelog_topic):
+        user = _decode_table_key(rec.key)
+        states[user] = None if rec.value is None else decode_state(rec.value)
+    return states

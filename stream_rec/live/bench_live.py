@@ -1,0 +1,272 @@
+"""Measuring a real worker serving a trained model (used by ``stream-rec bench``).
+
+Each scenario runs ``stream-rec worker`` as a child process against the same broker and measures it from
+the outside, so the numbers include Kafka, Faust, RocksDB and the model, exactly as deployed:
+
+* **saturation**: a backlog of N events is produced first, then the worker starts; throughput =
+  events / (last recommendation - first recommendation), i.e. the drain rate once the group is joined;
+* **latency at a fixed offered load**: with the worker warm, events are sent at R events/s; latency of
+  each recommendation = its arrival - the send time of the event it follows (one clock, this process),
+  reported as p50/p95/p99;
+* **CPU% and RSS** of the worker process from ``/proc`` (CPU seconds / wall seconds over the phase; peak
+  RSS), and **bytes of state per user** from the state table's changelog topic (the latest value of
+  every key: exactly what RocksDB stores).
+
+Events come from fresh synthetic users (many users, few events each, unique timestamps), so a
+recommendation is matched to its event by ``(user_id, event_timestamp)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import harness
+
+log = logging.getLogger(__name__)
+
+
+# --- process usage from /proc ----------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def rss_bytes(pid: int, peak: bool = False) -> int:
+    """Resident set size (or its peak, VmHWM) of a process in bytes."""
+    key = "VmHWM:" if peak else "VmRSS:"
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class Usage:
+    pid: int
+    t0: float = field(default_factory=time.monotonic)
+    cpu0: float = 0.0
+
+    def __post_init__(self):
+        self.cpu0 = cpu_seconds(self.pid)
+
+    def read(self) -> dict:
+        wall = time.monotonic() - self.t0
+        cpu = cpu_seconds(self.pid) - self.cpu0
+        return {"cpu_percent": round(100.0 * cpu / wall, 1) if wall > 0 else None,
+                "rss_mb": round(rss_bytes(self.pid) / 2**20, 1), "peak_rss_mb": round(rss_bytes(self.pid, True) / 2**20, 1)}
+
+
+# --- workload ----------------------------------------------------------------------------------------
+def bench_events(item_ids: list[str], n_events: int, n_users: int, seed: int = 0, start_ts: float | None = None,
+                 prefix: str = "b") -> list[dict]:
+    """``n_events`` events over ``n_users`` users, unique increasing timestamps, items from the model's
+    catalog (walks along the catalog order, like the synthetic world's chains)."""
+    rng = random.Random(seed)
+    ts = start_ts if start_ts is not None else time.time() - 3600.0
+    pos = {}
+    out = []
+    for n in range(n_events):
+        u = f"{prefix}{rng.randrange(n_users):06d}"
+        p = pos.get(u)
+        p = rng.randrange(len(item_ids)) if p is None or rng.random() < 0.2 else (p + 1) % len(item_ids)
+        pos[u] = p
+        ts += 0.001
+        out.append(harness.event_record(u, item_ids[p], round(ts, 3)))
+    return out
+
+
+def percentiles(values_s: list[float]) -> dict:
+    if not values_s:
+        return {"n": 0}
+    p = np.percentile(np.asarray(values_s) * 1000.0, [50, 95, 99])
+    return {"p50_ms": round(float(p[0]), 2), "p95_ms": round(float(p[1]), 2), "p99_ms": round(float(p[2]), 2),
+            "max_ms": round(float(np.max(values_s) * 1000.0), 2), "n": len(values_s)}
+
+
+async def state_bytes_per_user(settings, timeout_s: float = 20.0) -> dict:
+    """Mean/max size of the latest state value per user, read from the table's changelog topic."""
+    from aiokafka import AIOKafkaConsumer
+
+    from ..kafka import client_kwargs
+
+    topic = f"{settings.app_id}-user-state-changelog"
+    consumer = AIOKafkaConsumer(topic, **client_kwargs(settings), group_id=None, auto_offset_reset="earliest",
+                                enable_auto_commit=False, fetch_max_wait_ms=50)
+    await consumer.start()
+    latest: dict[bytes, int] = {}
+    try:
+        deadline = time.monotonic() + timeout_s
+        idle = 0
+        while time.monotonic() < deadline and idle < 5:
+            batch = await consumer.getmany(timeout_ms=200, max_records=10000)
+            idle = 0 if batch else idle + 1
+            for msgs in batch.values():
+                for m in msgs:
+                    if m.key is not None and m.key != harness.PROBE_USER.encode():
+                        latest[m.key] = len(m.value or b"")
+    finally:
+        await consumer.stop()
+    if not latest:
+        return {"users": 0}
+    sizes = np.array(list(latest.values()))
+    return {"users": len(sizes), "mean_bytes": round(float(sizes.mean()), 1), "max_bytes": int(sizes.max())}
+
+
+# --- scenarios -----------------------------------------------------------------------------------------
+async def run_model_worker(broker: str, data_dir: Path, model_dir: Path, item_ids: list[str], *, tag: str,
+                           batch_max_events: int, saturation_events: int, latency_rate: float,
+                           latency_seconds: float, n_users: int = 5000, log_dir: Path | None = None,
+                           partitions: int = 4, progress: bool = True) -> dict:
+    """Saturation throughput, then latency at ``latency_rate`` ev/s, of one worker configuration."""
+    from tqdm import tqdm
+
+    settings = harness.isolated_settings(broker, data_dir, tag, model=str(model_dir), partitions=partitions,
+                                         batch_max_events=batch_max_events)
+    await harness.ensure_topics(settings)
+    producer = await harness.make_producer(settings)
+    result: dict = {"batch_max_events": batch_max_events}
+    backlog = bench_events(item_ids, saturation_events, n_users, seed=1, prefix=f"{tag}-s")
+    with tqdm(total=len(backlog), desc=f"{tag}: backlog", unit="ev", disable=not progress, leave=False) as bar:
+        await harness.send_events(producer, settings, backlog, progress=bar)
+    last_ts = {}
+    for ev in backlog:
+        last_ts[ev["user_id"]] = ev["timestamp"]
+    arrivals: dict[tuple[str, float], float] = {}
+
+    def on_record(rec: dict, t: float) -> None:
+        arrivals.setdefault((rec.get("user_id"), rec.get("event_timestamp")), t)
+
+    collector = harness.RecCollector(settings, on_record=on_record)
+    await collector.start()
+    worker = harness.WorkerProcess(settings, log_file=(log_dir / f"{tag}-worker.log") if log_dir else None)
+    worker.start()
+    try:
+        usage = Usage(worker.process.pid)
+        ok = await collector.wait_for(lambda: all((u, ts) in arrivals for u, ts in last_ts.items()),
+                                      timeout_s=600, idle_s=60)
+        if not ok:
+            raise RuntimeError(f"{tag}: worker did not drain the backlog; log tail:\n{worker.log_tail()}")
+        times = sorted(t for (u, _), t in arrivals.items() if u in last_ts)
+        span = times[-1] - times[0]
+        result["saturation"] = {"events": len(backlog), "seconds": round(span, 2),
+                                "events_per_s": round(len(backlog) / span, 1) if span > 0 else None,
+                                "recommendations": len(times), **usage.read()}
+        # latency at a fixed offered load, worker warm
+        load = bench_events(item_ids, int(latency_rate * latency_seconds), n_users, seed=2, prefix=f"{tag}-l",
+                            start_ts=time.time() - 60.0)
+        sent: dict[tuple[str, float], float] = {}
+        usage = Usage(worker.process.pid)
+        with tqdm(total=len(load), desc=f"{tag}: {latency_rate:.0f} ev/s", unit="ev", disable=not progress,
+                  leave=False) as bar:
+            await harness.send_events(producer, settings, load, rate=latency_rate, chunk=50, progress=bar,
+                                      on_sent=lambda i, ev, t: sent.__setitem__((ev["user_id"], ev["timestamp"]), t))
+        await collector.wait_for(lambda: all(k in arrivals for k in list(sent)[-20:]), timeout_s=30)
+        lat = [arrivals[k] - t for k, t in sent.items() if k in arrivals]
+        result["latency"] = {"offered_events_per_s": latency_rate, "seconds": latency_seconds,
+                             **percentiles(lat), **usage.read()}
+        result["state"] = await state_bytes_per_user(settings)
+        if not worker.alive():
+            raise RuntimeError(f"{tag}: worker died; log tail:\n{worker.log_tail()}")
+    finally:
+        await collector.stop()
+        await producer.stop()
+        worker.stop()
+    return result
+
+
+def model_stage_events_per_s(model_dir: Path, batch: int = 256, n_batches: int = 40, device: str = "auto",
+                             n_users: int = 4096) -> dict:
+    """The model stage alone (no Kafka): ``pipeline.process_batch`` over in-memory states, events/s."""
+    import json as _json
+
+    from ..live.models import load_recommender
+    from ..pipeline import Incoming, PipelineConfig, process_batch
+
+    rec = load_recommender(model_dir, device=device)
+    events = bench_events(rec.item_ids, batch * n_batches, n_users, seed=3, prefix="m")
+    store: dict[str, bytes] = {}
+    cfg = PipelineConfig(check_key=False)
+    msgs = [Incoming(_json.dumps(e).encode(), e["user_id"].encode(), "events", 0, n, time.time())
+            for n, e in enumerate(events)]
+    process_batch(msgs[:batch], store.get, rec, cfg)  # warm up
+    t0 = time.perf_counter()
+    for s in range(batch, len(msgs), batch):
+        res = process_batch(msgs[s:s + batch], store.get, rec, cfg)
+        store.update(res.states)
+    dt = time.perf_counter() - t0
+    return {"batch": batch, "events_per_s": round((len(msgs) - batch) / dt, 1), "device": str(rec.device)}
+
+
+def run_live_scenarios(broker: str, data_dir: Path, model_dir: Path, *, saturation_events: int = 20000,
+                       batch1_events: int = 3000, latency_rate: float = 1000.0, latency_seconds: float = 10.0,
+                       batch_max_events: int = 256, log_dir: Path | None = None, progress: bool = True,
+                       n_users: int = 5000) -> dict:
+    """(b) the full pipeline with the trained model and (c) the same pipeline with batch size 1, on the
+    same broker; plus the model stage alone (no Kafka). Returns one dict per scenario."""
+    from .models import load_recommender
+
+    item_ids = load_recommender(model_dir, device="cpu").item_ids
+    out = {"model_stage": model_stage_events_per_s(model_dir, batch=batch_max_events)}
+    out["pipeline"] = asyncio.run(run_model_worker(
+        broker, data_dir, model_dir, item_ids, tag="pipeline", batch_max_events=batch_max_events,
+        saturation_events=saturation_events, latency_rate=latency_rate, latency_seconds=latency_seconds,
+        log_dir=log_dir, progress=progress, n_users=n_users))
+    out["pipeline_batch1"] = asyncio.run(run_model_worker(
+        broker, data_dir, model_dir, item_ids, tag="batch1", batch_max_events=1,
+        saturation_events=batch1_events, latency_rate=min(latency_rate, 200.0), latency_seconds=latency_seconds / 2,
+        log_dir=log_dir, progress=progress, n_users=n_users))
+    return out
+
+
+def plot_bench(results: dict, path: Path, title: str = "stream-rec bench") -> None:
+    """Bar chart of saturation events/s per scenario and latency percentiles at the fixed load."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, rates = [], []
+    for name, r in results.items():
+        sat = r.get("saturation", r) if isinstance(r, dict) else {}
+        if isinstance(sat, dict) and sat.get("events_per_s"):
+            names.append(name)
+            rates.append(sat["events_per_s"])
+    lat_names = [n for n, r in results.items() if isinstance(r, dict) and r.get("latency", {}).get("p50_ms")]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.bar(names, rates, color="tab:blue")
+    ax1.set_ylabel("events/s at saturation")
+    for i, v in enumerate(rates):
+        ax1.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=8)
+    ax1.tick_params(axis="x", labelrotation=15)
+    width = 0.25
+    for j, q in enumerate(("p50_ms", "p95_ms", "p99_ms")):
+        vals = [results[n]["latency"][q] for n in lat_names]
+        ax2.bar(np.arange(len(lat_names)) + (j - 1) * width, vals, width, label=q.replace("_ms", ""))
+    ax2.set_xticks(np.arange(len(lat_names)), [f"{n}\n@{results[n]['latency']['offered_events_per_s']:.0f} ev/s"
+                                                for n in lat_names], fontsize=8)
+    ax2.set_ylabel("event -> recommendation latency (ms)")
+    ax2.set_yscale("log")
+    ax2.axhline(50, color="k", ls="--", lw=1)
+    ax2.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,151 @@
+"""What the worker (stream_rec/app.py) plugs in to serve the trained model live:
+
+* :func:`catalog_text` -- the text the encoder reads for a ``catalog`` record (the demo model is
+  trained on the same function, so a live item reads like a trained one);
+* :class:`CatalogVectors` -- text vectors for the catalog records that need them, through the
+  micro-batching :class:`~stream_rec.live.encoding.EncodingQueue` (the catalog task awaits it; the
+  event agent keeps running meanwhile). Records of items the model already knows with the same text are
+  not re-encoded and keep their trained vectors;
+* :func:`control_loop` -- every worker follows the ``control`` topic (group-less, like the catalog: a
+  consumer group would give each message to one worker only) and hot-reloads on
+  ``{"type": "reload", "path"?: DIR}``. Messages older than the worker are ignored, so a restart does
+  not replay old reloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Sequence
+
+import numpy as np
+
+from .encoding import EncodingQueue, encoder_function, metrics_hook
+from .models import LiveModel, reload_request
+
+log = logging.getLogger(__name__)
+
+
+def catalog_text(record: dict) -> str:
+    """``Title. free text. key: value, key: value`` -- what the encoder reads for a catalog record."""
+    parts = [str(record.get("title") or "").strip(), str(record.get("text") or "").strip()]
+    attrs = record.get("attributes")
+    if isinstance(attrs, dict) and attrs:
+        parts.append(", ".join(f"{k}: {v}" for k, v in attrs.items()))
+    return ". ".join(p for p in parts if p)
+
+
+class CatalogVectors:
+    """Encode catalog records for the served model, lazily loading the LLM encoder on first need."""
+
+    def __init__(self, settings, encode_batch=None):
+        self.settings = settings
+        self._encode_batch = encode_batch  # tests/bench may inject a cheap encoder
+        self._queue: EncodingQueue | None = None
+        self.encoder_id: str | None = None
+
+    def _ensure_queue(self) -> EncodingQueue:
+        if self._queue is None:
+            encode_batch = self._encode_batch
+            if encode_batch is None:
+                from ..model.encoder import shared_encoder
+
+                encoder = shared_encoder(self.settings.cache_dir, self.settings.device)
+                self.encoder_id = encoder.encoder_id
+                encode_batch = encoder_function(encoder)
+            self._queue = EncodingQueue(encode_batch, max_batch=self.settings.encoder_batch_max,
+                                        max_wait_ms=self.settings.batch_max_wait_ms, on_batch=metrics_hook)
+        return self._queue
+
+    @staticmethod
+    def uses_text(model) -> bool:
+        return model is not None and bool(model.model.config.use_text) and model.model.config.text_dim > 0
+
+    def needs_encoding(self, model, record: dict) -> bool:
+        """New items, and known items whose text changed; not known items with their trained text."""
+        row = model.row_of.get(record["item_id"])
+        if row is None:
+            return True
+        texts = getattr(model, "item_texts", None)
+        return texts is not None and texts[row - 1] != catalog_text(record)
+
+    async def vectors_for(self, model, records: Sequence[dict]) -> tuple[list[dict], np.ndarray | None]:
+        """(records to apply with vectors, their vectors) -- or (records, None) for an ID-only model."""
+        if not self.uses_text(model):
+            return list(records), None
+        todo = [r for r in records if self.needs_encoding(model, r)]
+        if not todo:
+            return [], None
+        if model.encoder_id and self.encoder_id and model.encoder_id != self.encoder_id:
+            log.warning("model was trained with encoder %s, the worker has %s", model.encoder_id, self.encoder_id)
+        vecs = await self._ensure_queue().encode_many([catalog_text(r) for r in todo])
+        return todo, vecs
+
+    async def close(self) -> None:
+        if self._queue is not None:
+            await self._queue.close()
+
+
+async def control_loop(live: LiveModel, settings, poll_ms: int = 200, on_reload=None) -> None:
+    """Follow the ``control`` topic and hot-reload on reload messages (every worker does this)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from ..kafka import client_kwargs
+
+    started_ms = int(time.time() * 1000) - 1000
+    topic = settings.topic(settings.control_topic)
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False,
+                                fetch_max_wait_ms=max(settings.fetch_max_wait_ms, 100))
+    await consumer.start()
+    try:
+        partitions = None
+        while not partitions:
+            partitions = consumer.partitions_for_topic(topic)
+            if not partitions:
+                await consumer.force_metadata_update()
+                partitions = consumer.partitions_for_topic(topic)
+                if not partitions:
+                    await asyncio.sleep(1.0)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while True:
+            fetched = await consumer.getmany(timeout_ms=poll_ms, max_records=100)
+            for msgs in fetched.values():
+                for m in msgs:
+                    if m.timestamp is not None and m.timestamp < started_ms:
+                        continue  # sent before this worker started
+                    path = reload_request(m.value)
+                    if path is False:
+                        log.warning("control: ignoring message %r", (m.value or b"")[:200])
+                        continue
+                    result = await live.reload(path)
+                    log.info("control: reload -> %s", result)
+                    if on_reload is not None:
+                        on_reload(result)
+    finally:
+        await consumer.stop()
+
+
+def reload_message(path: str | None = None) -> bytes:
+    """The ``control`` record that asks every worker to reload (from ``path``, or its ``--model``)."""
+    msg: dict = {"type": "reload"}
+    if path:
+        msg["path"] = str(path)
+    return json.dumps(msg).encode()
+
+
+def seed_catalog(model, records: Sequence[dict], settings) -> list[str]:
+    """Add the ``--items`` records the model does not know, at start (synchronously: nothing is being
+    served yet). A text model encodes them with the shared encoder (and its disk cache)."""
+    if CatalogVectors.uses_text(model):
+        from ..model.encoder import shared_encoder
+
+        return model.add_catalog({str(r["item_id"]): catalog_text(r) for r in records},
+                                 lambda: shared_encoder(settings.cache_dir, settings.device))
+    new = [str(r["item_id"]) for r in records if str(r["item_id"]) not in model.row_of]
+    if new:
+        model.add_items(new)
+    return new

@@ -1,0 +1,299 @@
+"""Offline training of :class:`HybridGRU` (GRU4Rec-style, full-softmax cross-entropy over the catalog).
+
+Design decisions (each measured worthwhile on MovieLens, see benchmarks/quality.py):
+
+* **Many-to-many**: every position of a user's sequence is a training example (target = the next
+  item), so one pass over a sequence of length L yields L-1 losses for the price of one GRU pass.
+* **Truncated BPTT with the state carried over**: sequences are cut into windows of ``max_len``
+  events, but the hidden state at the end of a window is passed (detached) into the next window of the
+  same user. Serving steps through a user's whole history without ever resetting, so training sees
+  the same kind of long-running states. One optimiser step per window.
+* **Length buckets**: users are sorted by length and batched with similar lengths (little padding);
+  the order of the batches is shuffled each epoch with a fixed seed.
+* **Right padding + masked loss**: pad positions come after the real events, so they never touch a
+  real hidden state; their targets are PAD and ignored by the loss.
+* **Early stopping on validation** (each user's second-to-last event, ranked over the full catalog
+  with seen items excluded, NDCG@10); the best epoch's weights are kept.
+* Everything is seeded; the same code runs on CPU and GPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .gru import PAD, GRUConfig, HybridGRU
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainParams:
+    epochs: int = 30  # upper bound; early stopping usually ends sooner
+    batch_size: int = 64  # users per batch
+    max_len: int = 200  # window length for truncated BPTT
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    patience: int = 3  # epochs without validation improvement before stopping
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # torch CPU threads (0 = leave torch's default)
+    clip_grad: float = 5.0
+    time_budget_s: float = 0.0  # stop after the epoch that crosses this wall time (0 = none)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Sequence_:
+    """One user's training sequence as item rows and time gaps (seconds since the previous event)."""
+
+    rows: np.ndarray  # int64 [L]
+    gaps: np.ndarray  # float32 [L]
+    valid_row: int = PAD  # the validation target (PAD = none)
+
+
+@dataclass
+class History:
+    epochs: list[dict] = field(default_factory=list)  # per epoch: loss, valid metrics, seconds
+    best_epoch: int = 0
+    best_valid: dict = field(default_factory=dict)
+    train_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def to_sequence(events: Sequence[tuple[str, float]], row_of: dict[str, int], valid_item: str | None = None) -> Sequence_:
+    """``[(item_id, ts), ...]`` -> rows and gaps. Items not in ``row_of`` are dropped (they have no row)."""
+    kept = [(row_of[i], t) for i, t in events if i in row_of]
+    rows = np.array([r for r, _ in kept], dtype=np.int64)
+    ts = np.array([t for _, t in kept], dtype=np.float64)
+    gaps = np.zeros(len(kept), dtype=np.float32)
+    if len(kept) > 1:
+        gaps[1:] = np.diff(ts).astype(np.float32)
+    valid_row = row_of.get(valid_item, PAD) if valid_item is not None else PAD
+    return Sequence_(rows, gaps, valid_row)
+
+
+def _batches(seqs: list[Sequence_], batch_size: int, rng: random.Random, shuffle: bool) -> list[list[int]]:
+    """Indices of sequences grouped by similar length (with a random tie-break when shuffling)."""
+    order = sorted(range(len(seqs)), key=lambda i: (len(seqs[i].rows), rng.random() if shuffle else i))
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+def _pad(seqs: list[Sequence_], idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded rows [B, L], gaps [B, L] and lengths [B]."""
+    lengths = [len(seqs[i].rows) for i in idx]
+    L = max(lengths)
+    rows = np.zeros((len(idx), L), dtype=np.int64)
+    gaps = np.zeros((len(idx), L), dtype=np.float32)
+    for b, i in enumerate(idx):
+        rows[b, :lengths[b]] = seqs[i].rows
+        gaps[b, :lengths[b]] = seqs[i].gaps
+    return torch.from_numpy(rows), torch.from_numpy(gaps), torch.tensor(lengths)
+
+
+def train_epoch(model: HybridGRU, seqs: list[Sequence_], params: TrainParams, optimizer: torch.optim.Optimizer,
+                rng: random.Random, device: torch.device, progress: bool = True) -> float:
+    """One pass over all training sequences; returns the mean cross-entropy per predicted event."""
+    from tqdm import tqdm
+
+    model.train()
+    total, count = 0.0, 0
+    batches = [b for b in _batches(seqs, params.batch_size, rng, shuffle=True) if max(len(seqs[i].rows) for i in b) > 1]
+    bar = tqdm(batches, desc="train", unit="batch", leave=False, disable=not progress)
+    for idx in bar:
+        rows, gaps, _ = _pad(seqs, idx)
+        rows, gaps = rows.to(device), gaps.to(device)
+        h = None
+        inputs, targets, in_gaps = rows[:, :-1], rows[:, 1:], gaps[:, :-1]
+        for s in range(0, inputs.shape[1], params.max_len):
+            x, y, g = inputs[:, s:s + params.max_len], targets[:, s:s + params.max_len], in_gaps[:, s:s + params.max_len]
+            n = int((y != PAD).sum())
+            table = model.item_vectors()  # [N+1, d], shared by the inputs and the output layer
+            out = model(x, g, h0=h, table=table)  # [B, T, H]
+            h = out[:, -1].detach()
+            if n == 0:
+                continue
+            mask = y != PAD
+            logits = model.scores(out[mask], table)  # [n, N+1]
+            loss = F.cross_entropy(logits, y[mask])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if params.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), params.clip_grad)
+            optimizer.step()
+            total += float(loss.detach()) * n
+            count += n
+            bar.set_postfix(loss=f"{total / max(count, 1):.3f}")
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def final_states(model: HybridGRU, seqs: list[Sequence_], batch_size: int = 256, max_len: int = 200) -> torch.Tensor:
+    """Hidden state after each sequence's last event (full-sequence pass, eval mode).  -> [n, H]"""
+    model.eval()
+    device = model.item_bias.device
+    out_states = torch.zeros(len(seqs), model.config.hidden, device=device)
+    table = model.item_vectors()
+    for idx in _batches(seqs, batch_size, random.Random(0), shuffle=False):
+        rows, gaps, lengths = _pad(seqs, idx)
+        rows, gaps, lengths = rows.to(device), gaps.to(device), lengths.to(device)
+        h = None
+        for s in range(0, rows.shape[1], max_len):
+            out = model(rows[:, s:s + max_len], gaps[:, s:s + max_len], h0=h, table=table)
+            h = out[:, -1]
+            last = lengths - 1 - s  # position of each user's last event inside this window
+            inside = (last >= 0) & (last < out.shape[1])
+            if inside.any():
+                b = inside.nonzero().squeeze(1)
+                out_states[torch.tensor(idx, device=device)[b]] = out[b, last[b]]
+        empty = lengths == 0
+        if empty.any():
+            out_states[torch.tensor(idx, device=device)[empty]] = model.init_state(int(empty.sum()))
+    return out_states
+
+
+@torch.no_grad()
+def validate(model: HybridGRU, seqs: list[Sequence_], k: int = 10, batch_size: int = 256) -> dict:
+    """HR/NDCG/MRR@k of the validation targets, full ranking, items of the sequence excluded."""
+    from .evaluate import ranking_metrics
+
+    with_target = [s for s in seqs if s.valid_row != PAD]
+    if not with_target:
+        return {}
+    states = final_states(model, with_target, batch_size)
+    table = model.item_vectors()
+    sums = {"hr": 0.0, "ndcg": 0.0, "mrr": 0.0}
+    for s in range(0, len(with_target), batch_size):
+        part = with_target[s:s + batch_size]
+        scores = model.scores(states[s:s + batch_size], table)
+        targets = torch.tensor([p.valid_row for p in part], device=scores.device)
+        m = ranking_metrics(scores, targets, [p.rows.tolist() for p in part], k)
+        for key in sums:
+            sums[key] += float(m[key].sum())
+    return {f"{key}@{k}": v / len(with_target) for key, v in sums.items()} | {"users": len(with_target)}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train_model(seqs: list[Sequence_], config: GRUConfig, text_vectors: torch.Tensor | None = None,
+                params: TrainParams | None = None, progress: bool = True,
+                on_epoch: Callable[[dict], None] | None = None) -> tuple[HybridGRU, History]:
+    """Train a HybridGRU on per-user sequences (rows in 1..config.n_items), early-stopped on the
+    sequences' ``valid_row``. Returns the model at its best validation epoch (on CPU) and the history."""
+    from tqdm import tqdm
+
+    params = params or TrainParams()
+    if params.threads:
+        torch.set_num_threads(params.threads)
+    seed_everything(params.seed)
+    device = pick_device(params.device)
+    model = HybridGRU(config, text_vectors).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    rng = random.Random(params.seed)
+    history = History()
+    best_state, best_score, bad = None, -math.inf, 0
+    started = time.perf_counter()
+    bar = tqdm(range(1, params.epochs + 1), desc="epochs", unit="epoch", disable=not progress)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        loss = train_epoch(model, seqs, params, optimizer, rng, device, progress)
+        valid = validate(model, seqs)
+        row = {"epoch": epoch, "loss": loss, "seconds": time.perf_counter() - t0} | {f"valid_{k}": v for k, v in valid.items()}
+        history.epochs.append(row)
+        if on_epoch:
+            on_epoch(row)
+        score = valid.get("ndcg@10", -loss)
+        bar.set_postfix(loss=f"{loss:.3f}", valid_ndcg=f"{valid.get('ndcg@10', float('nan')):.4f}")
+        log.info("epoch %d: loss %.4f valid %s (%.0f s)", epoch, loss, valid, row["seconds"])
+        if score > best_score:
+            best_score, bad = score, 0
+            best_state = copy.deepcopy(model.state_dict())
+            history.best_epoch, history.best_valid = epoch, valid
+        else:
+            bad += 1
+            if bad >= params.patience:
+                break
+        if params.time_budget_s and time.perf_counter() - started > params.time_budget_s:
+            log.info("time budget of %.0f s reached after epoch %d", params.time_budget_s, epoch)
+            break
+    history.train_seconds = time.perf_counter() - started
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return model.cpu().eval(), history
+
+
+# --- from data to a servable Recommender -------------------------------------------------------------
+def build_catalog(item_texts: dict[str, str], sequences_: dict[str, list[tuple[str, float]]],
+                  exclude: set[str] | frozenset = frozenset()) -> tuple[list[str], list[str]]:
+    """Item ids (catalog file order, then ids that only occur in events) and their texts, minus ``exclude``."""
+    ids = [i for i in item_texts if i not in exclude]
+    known = set(ids)
+    for seq in sequences_.values():
+        for item, _ in seq:
+            if item not in known and item not in exclude:
+                known.add(item)
+                ids.append(item)
+    return ids, [item_texts.get(i, "") for i in ids]
+
+
+def train_recommender(split, item_texts: dict[str, str], config_kwargs: dict | None = None,
+                      params: TrainParams | None = None, encoder=None, exclude_items: Sequence[str] = (),
+                      progress: bool = True, on_epoch: Callable[[dict], None] | None = None):
+    """Train on ``split.train`` (early stopping on ``split.valid``) and wrap the result as a Recommender.
+
+    ``exclude_items`` are left out of the catalog and of the training sequences (to measure how well
+    items unseen in training are served from their text alone). ``encoder`` (a TextEncoder) is needed
+    unless ``config_kwargs["use_text"]`` is False. Returns (recommender, history)."""
+    from .recommender import Recommender
+
+    config_kwargs = dict(config_kwargs or {})
+    params = params or TrainParams()
+    use_text = config_kwargs.get("use_text", True)
+    ids, texts = build_catalog(item_texts, split.train, set(exclude_items))
+    row_of = {item: row for row, item in enumerate(ids, start=1)}
+    if use_text:
+        if encoder is None:
+            raise ValueError("a text encoder is needed for a model that uses text (or pass use_text=False)")
+        vectors = encoder.encode_cached(texts, progress=progress)
+        text_vectors = torch.cat([torch.zeros(1, vectors.shape[1]), torch.from_numpy(vectors)])
+        encoder_id = encoder.encoder_id
+    else:
+        text_vectors, encoder_id = None, None
+    config = GRUConfig(n_items=len(ids), text_dim=0 if text_vectors is None else int(text_vectors.shape[1]),
+                       **config_kwargs)
+    seqs = [to_sequence(split.train[u], row_of, split.valid[u][0] if u in split.valid else None) for u in split.train]
+    seqs = [s for s in seqs if len(s.rows)]
+    model, history = train_model(seqs, config, text_vectors, params, progress=progress, on_epoch=on_epoch)
+    meta = {"training": params.to_dict() | {"users": len(seqs), "events": int(sum(len(s.rows) for s in seqs)),
+                                            "excluded_items": len(exclude_items)},
+            "history": history.to_dict(),
+            "metrics": {"valid": history.best_valid, "train_seconds": history.train_seconds}}
+    rec = Recommender(model, ids, version="gru-unsaved", trained=True, device=params.device,
+                      item_texts=texts, encoder_id=encoder_id, meta=meta)
+    return rec, history

@@ -1,0 +1,221 @@
+"""One micro-batch of the stream, as plain functions (no Kafka, no Faust):
+
+    raw records -> validate -> group by user -> load state -> skip redelivered -> GRU steps -> top-K
+                -> new states + recommendation records + DLQ records
+
+``process_batch`` is what the Faust agent calls (stream_rec/app.py) and what the unit tests and the
+benchmark call directly. The agent only moves bytes in and out: it reads states from the table, writes
+``BatchResult.states`` back and sends ``BatchResult.recommendations`` / ``BatchResult.dlq``.
+
+Batching across users is where the speed comes from: all users' k-th event of the batch go through the
+GRU in one ``Recommender.step`` call, and all touched users share one ``Recommender.topk`` call, so a
+batch of 256 events costs a handful of model calls instead of 256.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .state import UserState, append_history, decode_state, encode_state, model_tag, StateDecodeError
+from .validation import Event, Invalid, validate_event
+
+HISTORY_IN_RECORD = 5  # last items echoed in each recommendation record (for `tail` and debugging)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One consumed record, as the agent hands it over."""
+
+    value: bytes | None
+    key: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    received_at: float  # worker clock when the record was taken from the stream
+
+
+@dataclass
+class BatchResult:
+    states: dict[str, bytes] = field(default_factory=dict)  # user_id -> encoded new state
+    last_index: dict[str, int] = field(default_factory=dict)  # user_id -> batch index of its last applied event
+    recommendations: list[dict] = field(default_factory=list)
+    dlq: list[dict] = field(default_factory=list)
+    invalid: Counter = field(default_factory=Counter)  # reason -> count
+    applied: int = 0  # events that changed a state
+    duplicates: int = 0  # redelivered events skipped (offset already applied)
+    event_timestamps: list[float] = field(default_factory=list)  # of applied events (latency metrics)
+    received_at: list[float] = field(default_factory=list)
+    step_seconds: float = 0.0
+    topk_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    top_k: int = 10
+    history_len: int = 50
+    max_event_bytes: int = 16384
+    check_key: bool = True
+    half_precision_state: bool = True
+
+    @classmethod
+    def from_settings(cls, settings) -> "PipelineConfig":
+        return cls(top_k=settings.top_k, history_len=settings.history_len, max_event_bytes=settings.max_event_bytes)
+
+
+def dlq_record(msg: Incoming, invalid: Invalid, now: float) -> dict:
+    """The events-dlq record: original bytes (base64) + where they came from + why they failed."""
+    return {
+        "original_value_b64": base64.b64encode(msg.value or b"").decode("ascii"),
+        "original_key_b64": None if msg.key is None else base64.b64encode(msg.key).decode("ascii"),
+        "topic": msg.topic,
+        "partition": msg.partition,
+        "offset": msg.offset,
+        "reason": invalid.reason,
+        "detail": invalid.detail,
+        "failed_at": now,
+    }
+
+
+def run_steps(model, hiddens: list[np.ndarray], sequences: list[list[tuple[int, float]]]) -> list[np.ndarray]:
+    """Advance each hidden state through its own sequence of (item row, gap seconds), batching across
+    sequences: round r steps every sequence that has an r-th element, in one model call."""
+    hiddens = list(hiddens)
+    longest = max((len(s) for s in sequences), default=0)
+    for r in range(longest):
+        active = [i for i, s in enumerate(sequences) if len(s) > r]
+        states = np.stack([hiddens[i] for i in active])
+        rows = [sequences[i][r][0] for i in active]
+        gaps = [sequences[i][r][1] for i in active]
+        out = model.step(states, rows, gaps)
+        for j, i in enumerate(active):
+            hiddens[i] = out[j]
+    return hiddens
+
+
+def _gaps(prev_ts: float | None, timestamps: Sequence[float]) -> list[float]:
+    out = []
+    for ts in timestamps:
+        out.append(0.0 if prev_ts is None else max(0.0, ts - prev_ts))
+        prev_ts = ts
+    return out
+
+
+def rewarm(model, states: list[UserState]) -> list[np.ndarray]:
+    """Hidden vectors rebuilt by replaying each state's history through ``model`` (for states written by
+    another model version or with another hidden size). Items the model does not know are skipped."""
+    seqs = []
+    for st in states:
+        known = [(row, ts) for row, (_, ts) in zip(model.rows_for(st.seen_items()), st.history) if row]
+        seqs.append(list(zip([r for r, _ in known], _gaps(None, [ts for _, ts in known]))))
+    init = list(model.init_state(len(states))) if states else []
+    return run_steps(model, init, seqs)
+
+
+def recommendation_record(user_id: str, state: UserState, items: list[tuple[str, float]], model_version: str,
+                          last: Incoming, event_ts: float, now: float) -> dict:
+    return {
+        "user_id": user_id,
+        "items": [{"item_id": item, "score": round(score, 6)} for item, score in items],
+        "model_version": model_version,
+        "event_timestamp": event_ts,
+        "produced_at": now,
+        "latency_ms": round((now - last.received_at) * 1000.0, 3),
+        "history": state.seen_items()[-HISTORY_IN_RECORD:],
+    }
+
+
+def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes | None], model,
+                  config: PipelineConfig = PipelineConfig(), now: Callable[[], float] = time.time) -> BatchResult:
+    """Process one micro-batch. ``load_state(user_id)`` returns the stored state bytes or None; ``model``
+    is a :class:`~stream_rec.model.recommender.Recommender` (or None when no catalog is known yet: every
+    event is then ``unknown_item``). Never raises on bad input: bad records end up in ``result.dlq``."""
+    result = BatchResult()
+    t_now = now()
+    known_item = (lambda item: item in model.row_of) if model is not None else (lambda item: False)
+
+    # 1. validate; group the good ones by user, in arrival (= offset) order
+    by_user: dict[str, list[tuple[int, Event]]] = defaultdict(list)
+    for index, msg in enumerate(batch):
+        checked = validate_event(msg.value, key=msg.key, check_key=config.check_key,
+                                 max_bytes=config.max_event_bytes, known_item=known_item, now=t_now)
+        if isinstance(checked, Invalid):
+            result.invalid[checked.reason] += 1
+            result.dlq.append(dlq_record(msg, checked, t_now))
+        else:
+            by_user[checked.user_id].append((index, checked))
+    if not by_user:
+        return result
+
+    # 2. load states, drop redelivered events (effectively-once state under at-least-once delivery)
+    tag = model_tag(model.version)
+    users, states, pending = [], [], []
+    for user_id, items in by_user.items():
+        raw = load_state(user_id)
+        try:
+            state = decode_state(raw) if raw else UserState()
+        except StateDecodeError:
+            state = UserState()  # unreadable old state: start over rather than stop the stream
+        fresh = [(i, e) for i, e in items if not state.already_applied(batch[i].partition, batch[i].offset)]
+        result.duplicates += len(items) - len(fresh)
+        if fresh:
+            users.append(user_id)
+            states.append(state)
+            pending.append(fresh)
+    if not users:
+        return result
+
+    # 3. hidden vectors: stored ones when they come from this model, else rebuilt from history
+    t0 = time.perf_counter()
+    hiddens: list[np.ndarray | None] = []
+    stale = []
+    for n, st in enumerate(states):
+        usable = st.hidden is not None and st.model_tag == tag and st.hidden.shape[0] == model.hidden_size
+        hiddens.append(st.hidden if usable else None)
+        if not usable:
+            stale.append(n)
+    for n, h in zip(stale, rewarm(model, [states[n] for n in stale])):
+        hiddens[n] = h
+
+    # 4. one GRU step per new event, batched across users
+    seqs = []
+    for st, fresh in zip(states, pending):
+        rows = model.rows_for([e.item_id for _, e in fresh])
+        gaps = _gaps(st.last_timestamp, [e.timestamp for _, e in fresh])
+        seqs.append(list(zip(rows, gaps)))
+    hiddens = run_steps(model, hiddens, seqs)
+    if config.half_precision_state:  # serve from the state as stored, so a restarted worker agrees with this one
+        hiddens = [h.astype(np.float16).astype(np.float32) for h in hiddens]
+    result.step_seconds = time.perf_counter() - t0
+
+    # 5. new states
+    for n, (user_id, st, fresh) in enumerate(zip(users, states, pending)):
+        history = st.history
+        for _, e in fresh:
+            history = append_history(history, e.item_id, e.timestamp, config.history_len)
+        last_index = fresh[-1][0]
+        st = UserState(hiddens[n], history, batch[last_index].partition, batch[last_index].offset,
+                       st.n_events + len(fresh), tag)
+        states[n] = st
+        result.states[user_id] = encode_state(st, half=config.half_precision_state)
+        result.last_index[user_id] = last_index
+        result.applied += len(fresh)
+        result.event_timestamps.extend(e.timestamp for _, e in fresh)
+        result.received_at.extend(batch[i].received_at for i, _ in fresh)
+
+    # 6. top-K for every touched user, seen items excluded, one call
+    t0 = time.perf_counter()
+    lists = model.topk(np.stack(hiddens), config.top_k, [[r for r in model.rows_for(st.seen_items()) if r] for st in states])
+    result.topk_seconds = time.perf_counter() - t0
+
+    t_sent = now()
+    for user_id, st, fresh, items in zip(users, states, pending, lists):
+        last = batch[fresh[-1][0]]
+        result.recommendations.append(
+            recommendation_record(user_id, st, items, model.version, last, fresh[-1][1].timestamp, t_sent))
+    return result

@@ -1,0 +1,58 @@
+"""Negative feedback: a dislike, a skip or a low rating pushes the item *and its near neighbours* down
+for that user, instead of being fed to the GRU like a view.
+
+* ``is_negative`` decides from the event alone: ``event_type`` in {dislike, skip}, or a ``rate`` event
+  whose ``value`` is at or below ``rating_threshold`` (2 on a 1..5 scale by default). A negative event
+  should not be stepped through the GRU (it would move the state *toward* the item).
+* ``negative_penalty`` lowers every item's score by
+  ``strength * scale_b * max_m relu((cos(item, neg_m) - radius) / (1 - radius))``: the disliked item
+  itself loses ``strength`` standard deviations of the user's score distribution (``score_scale``), items
+  within cosine ``radius`` of it are untouched, neighbours in between lose proportionally. Several
+  negatives combine by max, not sum, so ten dislikes of one genre do not bury the catalog.
+* The item space is the caller's choice: the model's item table (``Recommender.item_table()``) knows
+  which items are substitutes for each other; text vectors also work for items never trained on.
+
+Pure function over the score matrix the worker already has: one [B, M, N+1] similarity tensor for a
+batch whose users have at most M recent negatives.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .vectors import pad_rows, score_scale, unit_rows
+
+NEGATIVE_EVENT_TYPES = frozenset({"dislike", "skip"})
+RATING_EVENT_TYPES = frozenset({"rate", "rating"})  # events whose ``value`` is a rating
+
+
+def is_negative(event_type: str | None, value: float | None = None, rating_threshold: float = 2.0) -> bool:
+    """A negative signal: an explicit negative event type, or a rating at or below the threshold."""
+    if event_type and event_type.lower() in NEGATIVE_EVENT_TYPES:
+        return True
+    if value is not None and (event_type is None or event_type.lower() in RATING_EVENT_TYPES) and np.isfinite(value):
+        return float(value) <= rating_threshold
+    return False
+
+
+def negative_penalty(scores: np.ndarray, negative_rows: list[list[int]], item_vectors: np.ndarray,
+                     strength: float = 3.0, radius: float = 0.5) -> np.ndarray:
+    """Scores with each user's recent negatives (and their neighbours) pushed down.
+
+    scores [B, N+1] (row 0 = padding), negative_rows[b] = item rows the user gave negative feedback on,
+    item_vectors [N+1, d]. Returns a new [B, N+1] array; users without negatives are unchanged."""
+    if not 0.0 <= radius < 1.0:
+        raise ValueError(f"radius must be in [0, 1), got {radius}")
+    scores = np.asarray(scores, dtype=np.float32)
+    if len(negative_rows) != scores.shape[0]:
+        raise ValueError(f"{len(negative_rows)} negative lists for {scores.shape[0]} score rows")
+    if not any(len(r) for r in negative_rows):
+        return scores.copy()
+    vecs = unit_rows(item_vectors)  # [N+1, d]
+    neg = pad_rows([list(r) for r in negative_rows])  # [B, M]
+    sim = np.einsum("bmd,nd->bmn", vecs[neg], vecs)  # [B, M, N+1]
+    closeness = np.clip((sim - radius) / (1.0 - radius), 0.0, 1.0)
+    closeness = np.where((neg > 0)[:, :, None], closeness, 0.0).max(axis=1)  # [B, N+1]
+    for b, rows in enumerate(negative_rows):  # the disliked item itself: full penalty whatever its norm
+        closeness[b, list(rows)] = 1.0
+    return scores - strength * score_scale(scores) * closeness.astype(np.float32)

@@ -1,0 +1,114 @@
+"""Per-user state and its compact binary codec (the value of the RocksDB table and its changelog).
+
+A user's state is what the stream needs to serve the next event without reading history elsewhere:
+
+* ``hidden``: the GRU hidden vector after the user's last applied event (float16 by default: half the
+  bytes, and the GRU's tanh-bounded state loses < 1e-3 per component);
+* ``history``: the last N (item_id, timestamp) pairs, newest last: seen-item exclusion, the time gap
+  feature, the ``history`` shown by ``tail``, and a way to rebuild ``hidden`` when the model changes;
+* ``partition``/``offset``: the Kafka position of the last applied event, for idempotent redelivery;
+* ``model_tag``: 32-bit hash of the model version that produced ``hidden``. A state from another model
+  (a trained model replacing the untrained one, or a different hidden size) is re-warmed by replaying
+  ``history`` through the new model instead of feeding it a foreign vector.
+
+Layout (little endian), version 1::
+
+    B version | B flags (bit0: hidden is float16) | I model_tag | i partition | q offset | I n_events
+    H hidden_size | hidden_size x (e or f)
+    H n_history | n_history x (d timestamp, H id_len, id_len bytes UTF-8)
+
+No pickle (unsafe and Python-only) and no JSON of floats (3-4x larger, slow): about 300 bytes for a
+128-d float16 state with 10 history entries. Unknown versions raise ``StateDecodeError``.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+VERSION = 1
+FLAG_FLOAT16 = 0x01
+_HEAD = struct.Struct("<BBIiqIH")
+_ENTRY = struct.Struct("<dH")
+_COUNT = struct.Struct("<H")
+NO_OFFSET = -1
+
+
+class StateDecodeError(ValueError):
+    """Bytes that are not a state this code can read."""
+
+
+def model_tag(version: str) -> int:
+    """Stable 32-bit tag of a model version string (crc32)."""
+    return zlib.crc32(version.encode("utf-8"))
+
+
+@dataclass
+class UserState:
+    hidden: np.ndarray | None = None  # [H] float32 in memory; None = no hidden state yet
+    history: list[tuple[str, float]] = field(default_factory=list)  # (item_id, timestamp), newest last
+    partition: int = -1
+    offset: int = NO_OFFSET  # last applied offset on ``partition``
+    n_events: int = 0  # events applied since the state was created
+    model_tag: int = 0
+
+    def already_applied(self, partition: int, offset: int) -> bool:
+        """True for a redelivered event (same partition, offset not after the last applied one)."""
+        return partition == self.partition and offset <= self.offset
+
+    @property
+    def last_timestamp(self) -> float | None:
+        return self.history[-1][1] if self.history else None
+
+    def seen_items(self) -> list[str]:
+        return [item for item, _ in self.history]
+
+
+def append_history(history: list[tuple[str, float]], item_id: str, timestamp: float, limit: int) -> list[tuple[str, float]]:
+    """History with one more entry, oldest dropped beyond ``limit``."""
+    out = history + [(item_id, timestamp)]
+    return out[-limit:] if limit > 0 else out
+
+
+def encode_state(state: UserState, *, half: bool = True) -> bytes:
+    hidden = np.zeros(0, dtype=np.float32) if state.hidden is None else np.asarray(state.hidden).ravel()
+    dtype = "<f2" if half else "<f4"
+    if len(state.history) > 0xFFFF or hidden.size > 0xFFFF:
+        raise ValueError("state too large to encode")
+    parts = [_HEAD.pack(VERSION, FLAG_FLOAT16 if half else 0, state.model_tag & 0xFFFFFFFF, state.partition,
+                        state.offset, min(state.n_events, 0xFFFFFFFF), hidden.size),
+             hidden.astype(dtype).tobytes(), _COUNT.pack(len(state.history))]
+    for item_id, ts in state.history:
+        raw = item_id.encode("utf-8")
+        parts.append(_ENTRY.pack(ts, len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def decode_state(data: bytes) -> UserState:
+    try:
+        version, flags, tag, partition, offset, n_events, size = _HEAD.unpack_from(data, 0)
+        if version != VERSION:
+            raise StateDecodeError(f"unknown state version {version}")
+        pos = _HEAD.size
+        width = 2 if flags & FLAG_FLOAT16 else 4
+        hidden = np.frombuffer(data, dtype="<f2" if width == 2 else "<f4", count=size, offset=pos).astype(np.float32)
+        pos += size * width
+        (n_hist,) = _COUNT.unpack_from(data, pos)
+        pos += _COUNT.size
+        history = []
+        for _ in range(n_hist):
+            ts, length = _ENTRY.unpack_from(data, pos)
+            pos += _ENTRY.size
+            history.append((data[pos:pos + length].decode("utf-8"), ts))
+            pos += length
+        if pos != len(data):
+            raise StateDecodeError(f"{len(data) - pos} trailing bytes")
+    except (struct.error, ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, StateDecodeError):
+            raise
+        raise StateDecodeError(f"corrupt state: {exc}") from exc
+    return UserState(hidden if size else None, history, partition, offset, n_events, tag)

@@ -1,0 +1,145 @@
+"""Validation of raw ``events`` records: bytes -> :class:`Event` or :class:`Invalid` (never an exception).
+
+The worker never crashes on input: every record that is not a usable event becomes an ``Invalid`` with a
+machine-readable ``reason`` (the DLQ record's ``reason`` and the ``reason`` label of
+``stream_rec_events_invalid_total``) and a human-readable ``detail``. Reasons:
+
+==================== =================================================================================
+``empty``            no value (tombstone) or only whitespace
+``oversize``         value longer than ``Settings.max_event_bytes`` (checked before parsing)
+``bad_json``         not UTF-8, or not JSON
+``not_an_object``    JSON, but not an object
+``missing_field``    ``user_id``, ``item_id``, ``event_type`` or ``timestamp`` absent or null
+``wrong_type``       a field of the wrong type (ids must be non-empty strings or integers, ``timestamp`` and
+                     ``value`` numbers, ``context`` an object whose ``text`` is a string), or an id too long
+``unknown_event_type`` ``event_type`` not in :data:`EVENT_TYPES`
+``bad_timestamp``    NaN/inf, before 2000-01-01, or more than ``FUTURE_SLACK_S`` ahead of the worker clock
+``key_mismatch``     the Kafka key is not the ``user_id``: the event sits on the wrong partition for the
+                     co-partitioned state table, so applying it would split a user's state
+``unknown_item``     ``item_id`` not in the live catalog (only checked once a catalog is known)
+==================== =================================================================================
+
+Timestamps are epoch seconds (float); milliseconds (> 1e11) are accepted and converted, because that is
+what Kafka tooling and JavaScript produce.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+EVENT_TYPES = frozenset({"view", "click", "rate", "purchase", "add_to_cart", "like", "share"})
+REQUIRED_FIELDS = ("user_id", "item_id", "event_type", "timestamp")
+MIN_TIMESTAMP = 946_684_800.0  # 2000-01-01T00:00:00Z
+FUTURE_SLACK_S = 86_400.0  # clocks drift; a day ahead is suspicious, more is wrong
+MAX_ID_CHARS = 256
+
+REASONS = ("empty", "oversize", "bad_json", "not_an_object", "missing_field", "wrong_type",
+           "unknown_event_type", "bad_timestamp", "key_mismatch", "unknown_item")
+
+
+@dataclass(frozen=True)
+class Event:
+    """A validated interaction. ``timestamp`` is epoch seconds."""
+
+    user_id: str
+    item_id: str
+    event_type: str
+    timestamp: float
+    value: float | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Invalid:
+    reason: str  # one of REASONS
+    detail: str
+
+    def __bool__(self) -> bool:  # so `if result:` reads as "is it a valid event"
+        return False
+
+
+def _as_id(name: str, value: Any) -> str | Invalid:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return Invalid("wrong_type", f"{name} must be a string or an integer, got {type(value).__name__}")
+    text = str(value)
+    if not text.strip():
+        return Invalid("wrong_type", f"{name} is empty")
+    if len(text) > MAX_ID_CHARS:
+        return Invalid("wrong_type", f"{name} longer than {MAX_ID_CHARS} characters")
+    return text
+
+
+def _as_number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def validate_event(raw: bytes | None, *, key: bytes | None = None, check_key: bool = True,
+                   max_bytes: int = 16384, known_item: Callable[[str], bool] | None = None,
+                   now: float | None = None) -> Event | Invalid:
+    """Parse and check one record value. ``known_item`` (None = accept any id) checks the catalog;
+    with ``check_key`` the Kafka key must equal the user id (see ``key_mismatch``)."""
+    if raw is None or not raw.strip():
+        return Invalid("empty", "record has no value")
+    if len(raw) > max_bytes:
+        return Invalid("oversize", f"{len(raw)} bytes > max_event_bytes={max_bytes}")
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        return Invalid("bad_json", str(exc)[:200])
+    if not isinstance(doc, dict):
+        return Invalid("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
+    missing = [f for f in REQUIRED_FIELDS if doc.get(f) is None]
+    if missing:
+        return Invalid("missing_field", "missing " + ", ".join(missing))
+
+    user_id = _as_id("user_id", doc["user_id"])
+    if isinstance(user_id, Invalid):
+        return user_id
+    item_id = _as_id("item_id", doc["item_id"])
+    if isinstance(item_id, Invalid):
+        return item_id
+    event_type = doc["event_type"]
+    if not isinstance(event_type, str):
+        return Invalid("wrong_type", f"event_type must be a string, got {type(event_type).__name__}")
+    if event_type not in EVENT_TYPES:
+        return Invalid("unknown_event_type", f"{event_type[:50]!r} not in {sorted(EVENT_TYPES)}")
+
+    ts = _as_number(doc["timestamp"])
+    if ts is None:
+        return Invalid("wrong_type", f"timestamp must be a number (epoch seconds), got {type(doc['timestamp']).__name__}")
+    if not math.isfinite(ts):
+        return Invalid("bad_timestamp", f"timestamp is {ts}")
+    if ts > 1e11:  # epoch milliseconds
+        ts /= 1000.0
+    now = time.time() if now is None else now
+    if ts < MIN_TIMESTAMP:
+        return Invalid("bad_timestamp", f"timestamp {ts} is before 2000-01-01")
+    if ts > now + FUTURE_SLACK_S:
+        return Invalid("bad_timestamp", f"timestamp {ts} is {ts - now:.0f} s in the future")
+
+    value = doc.get("value")
+    if value is not None:
+        value = _as_number(value)
+        if value is None or not math.isfinite(value):
+            return Invalid("wrong_type", "value must be a finite number")
+    context = doc.get("context")
+    if context is None:
+        context = {}
+    elif not isinstance(context, dict):
+        return Invalid("wrong_type", f"context must be an object, got {type(context).__name__}")
+    elif "text" in context and context["text"] is not None and not isinstance(context["text"], str):
+        return Invalid("wrong_type", "context.text must be a string")
+
+    if check_key:
+        key_text = key.decode("utf-8", "replace") if key is not None else None
+        if key_text != user_id:
+            return Invalid("key_mismatch", f"record key {key_text!r} is not the user_id {user_id!r}")
+    if known_item is not None and not known_item(item_id):
+        return Invalid("unknown_item", f"item_id {item_id!r} is not in the catalog")
+    return Event(user_id, item_id, event_type, ts, value, context)

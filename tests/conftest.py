@@ -1,0 +1,229 @@
+"""Shared test fixtures and helpers: one real embedded broker per test session, workers in a subprocess,
+produce/consume with aiokafka, Prometheus scraping.
+
+Every test gets its own topic prefix and app id (``spine_settings``), so tests sharing the session broker
+never see each other's records or consumer groups.
+
+    def test_something(spine_settings, tmp_path):
+        settings = spine_settings                      # Settings bound to the session broker
+        produce(settings, settings.topic("events"), events, key_field="user_id")
+        with WorkerProcess(settings, tmp_path, items=write_items(tmp_path, catalog)) as worker:
+            recs = consume(settings, settings.topic("recommendations"), count=3)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pytest
+
+from stream_rec.broker import EmbeddedBroker, free_port
+from stream_rec.kafka import client_kwargs, ensure_topics, produce_json
+from stream_rec.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- broker ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory) -> str:
+    """Bootstrap address ("127.0.0.1:PORT") of an embedded Tansu broker running for the whole session."""
+    log_file = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(log_file=log_file) as b:
+        yield b.bootstrap
+
+
+def make_settings(bootstrap: str, data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for one test: unique topic prefix and app id, 2 partitions, free ports, short timeouts."""
+    tag = uuid.uuid4().hex[:8]
+    values = dict(broker=bootstrap, topic_prefix=f"t{tag}-", app_id=f"test-{tag}", partitions=2,
+                  data_dir=data_dir, metrics_port=free_port(), web_port=free_port(), session_timeout_s=6.0,
+                  device="cpu")
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def spine_settings(broker, tmp_path) -> Settings:
+    """Settings bound to the session broker with this test's own topics (already created)."""
+    settings = make_settings(broker, tmp_path / "worker-data")
+    asyncio.run(ensure_topics(settings))
+    return settings
+
+
+# --- data ------------------------------------------------------------------------------------------------
+def write_items(directory: Path, items: Iterable[dict]) -> Path:
+    """Write catalog records as JSONL (the worker's ``--items`` format); returns the path."""
+    path = Path(directory) / "items.jsonl"
+    with open(path, "w") as fh:
+        for item in items:
+            fh.write(json.dumps(item) + "\n")
+    return path
+
+
+def produce(settings: Settings, topic: str, records: Iterable[dict | bytes], key_field: str | None = "user_id",
+            keys: Iterable[bytes | None] | None = None) -> int:
+    """Publish records (dicts as JSON, bytes as they are) and wait for every ack.
+
+    Keys come from ``record[key_field]`` for dicts, or from ``keys`` (one per record) when given."""
+    async def go() -> int:
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(**client_kwargs(settings), linger_ms=2)
+        await producer.start()
+        try:
+            recs = list(records)
+            key_list = list(keys) if keys is not None else [
+                str(r[key_field]).encode() if isinstance(r, dict) and key_field and key_field in r else None
+                for r in recs]
+            futures = [await producer.send(topic, r if isinstance(r, bytes) else json.dumps(r).encode(), key=k)
+                       for r, k in zip(recs, key_list)]
+            await asyncio.gather(*futures)
+            return len(futures)
+        finally:
+            await producer.stop()
+    return asyncio.run(go())
+
+
+def consume(settings: Settings, topic: str, count: int | None = None, timeout_s: float = 60.0,
+            until: Callable[[list[dict]], bool] | None = None, idle_s: float | None = None) -> list[dict]:
+    """Read ``topic`` from the beginning (no consumer group) until ``count`` records, ``until(records)``,
+    ``idle_s`` seconds without a new record (after at least one), or ``timeout_s``. Each record is a dict:
+    ``{key, value (parsed JSON or raw bytes), partition, offset, topic}``."""
+    async def go() -> list[dict]:
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(topic, **client_kwargs(settings), group_id=None,
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=100)
+        await consumer.start()
+        out: list[dict] = []
+        deadline = time.monotonic() + timeout_s
+        last_new = time.monotonic()
+        try:
+            while time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=200)
+                for msgs in batch.values():
+                    for m in msgs:
+                        try:
+                            value: Any = json.loads(m.value)
+                        except (TypeError, ValueError):
+                            value = m.value
+                        out.append({"key": m.key, "value": value, "partition": m.partition, "offset": m.offset,
+                                    "topic": m.topic})
+                        last_new = time.monotonic()
+                if count is not None and len(out) >= count:
+                    break
+                if until is not None and until(out):
+                    break
+                if idle_s is not None and out and time.monotonic() - last_new > idle_s:
+                    break
+        finally:
+            await consumer.stop()
+        return out
+    return asyncio.run(go())
+
+
+# --- worker ---------------------------------------------------------------------------------------------
+class WorkerProcess:
+    """``stream-rec worker`` in a subprocess with these settings (via STREAM_REC_* env vars).
+
+    Context manager; ``stop()`` sends SIGTERM (a clean Faust shutdown) and kills after ``grace_s``;
+    ``kill()`` is a crash (SIGKILL). The log is in ``self.log_path`` (shown by ``log_tail()``)."""
+
+    def __init__(self, settings: Settings, workdir: Path, items: Path | None = None, extra_args: list[str] = (),
+                 env: dict[str, str] | None = None):
+        self.settings = settings
+        self.workdir = Path(workdir)
+        self.items = items
+        self.extra_args = list(extra_args)
+        self.env = env or {}
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.workdir / f"worker-{uuid.uuid4().hex[:6]}.log"
+
+    def start(self) -> "WorkerProcess":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+               **self.env}
+        cmd = [sys.executable, "-m", "stream_rec", "worker", "--loglevel", "info", *self.extra_args]
+        if self.items:
+            cmd += ["--items", str(self.items)]
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n_chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n_chars:]
+        except OSError:
+            return ""
+
+    def metrics_url(self) -> str:
+        return f"http://{self.settings.metrics_host}:{self.settings.metrics_port}/metrics"
+
+    def stop(self, grace_s: float = 20.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> "WorkerProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# --- metrics ---------------------------------------------------------------------------------------------
+def scrape(url: str, timeout_s: float = 5.0) -> dict[str, float]:
+    """Prometheus text exposition -> {"name{label="v",...}": value} (labels sorted, none -> bare name)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url, timeout=timeout_s).read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float = 60.0, interval_s: float = 0.2,
+               message: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned); fail the test after the timeout."""
+    deadline = time.monotonic() + timeout_s
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # e.g. metrics endpoint not up yet
+            last_exc = exc
+        time.sleep(interval_s)
+    pytest.fail(f"timed out after {timeout_s} s waiting for {message} (last error: {last_exc})")

@@ -1,0 +1,357 @@
+"""Faults against the real broker: crash, rebalance, broker hiccup, malformed input, backpressure.
+
+Every test here produces a stream of events for many users while something goes wrong, lets the
+worker(s) catch up, and then checks the *stored* truth, not just that recommendations came out:
+
+* the table's changelog is read back (``stream_rec.faults.read_changelog_states``: the last record per
+  key, decoded with ``stream_rec.state``) -- that is exactly what a restarted or rebalanced worker
+  restores, so a state that only lives in one worker's local RocksDB would fail the check;
+* for every user, the rolling history must equal the events produced for that user, in order, and
+  ``n_events`` (events ever applied to the state) must equal the number produced: an event lost or
+  applied twice shows up as a count mismatch even when the history window has rolled past it;
+* every user must have a recommendation whose ``event_timestamp`` is that of their last event.
+
+The quick versions run by default; the heavier ones are ``@pytest.mark.slow`` (``make test-slow``).
+Figures (events produced vs reflected, DLQ count, peak RSS) are printed with ``-s`` and recorded in
+docs/RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import json
+import random
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from conftest import WorkerProcess, consume, make_settings, produce, scrape, wait_until, write_items
+from stream_rec.app import STATE_TABLE
+from stream_rec.broker import EmbeddedBroker
+from stream_rec.faults import RssSampler, fuzz_corpus, paused, read_changelog_states
+from stream_rec.kafka import ensure_topics
+from stream_rec.synthetic import make_catalog
+from stream_rec.validation import REASONS
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fault tools need /proc and signals")
+
+CATALOG = make_catalog(items_per_theme=8)
+ITEM_IDS = [r["item_id"] for r in CATALOG]
+
+
+# --- a stream with a known truth ---------------------------------------------------------------------
+
+@dataclass
+class UserStream:
+    """Events for ``n_users`` users, ``per_user`` each, interleaved in a random order, with the truth
+    (each user's (item, timestamp) sequence) kept for the checks."""
+
+    n_users: int
+    per_user: int
+    seed: int = 0
+    prefix: str = "user"
+    events: list[dict] = field(default_factory=list)
+    truth: dict[str, list[tuple[str, float]]] = field(default_factory=lambda: collections.defaultdict(list))
+
+    def __post_init__(self) -> None:
+        rng = random.Random(self.seed)
+        start = time.time() - 3 * 3600.0
+        users = [f"{self.prefix}-{self.seed}-{u:04d}" for u in range(self.n_users)]
+        order = [u for u in users for _ in range(self.per_user)]
+        rng.shuffle(order)
+        clock = {u: start + rng.uniform(0, 60) for u in users}
+        for user in order:
+            clock[user] += rng.uniform(1.0, 5.0)
+            ts = round(clock[user], 3)
+            item = rng.choice(ITEM_IDS)
+            self.events.append({"user_id": user, "item_id": item, "event_type": "view", "timestamp": ts})
+            self.truth[user].append((item, ts))
+
+    def chunks(self, size: int) -> list[list[dict]]:
+        return [self.events[i:i + size] for i in range(0, len(self.events), size)]
+
+
+class BackgroundProducer:
+    """Publishes chunks of events at a steady pace from a thread, so faults hit a *running* stream."""
+
+    def __init__(self, settings, chunks: list[list[dict]], pause_s: float):
+        self.settings, self.chunks, self.pause_s = settings, chunks, pause_s
+        self.sent = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="producer", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            for chunk in self.chunks:
+                self.sent += produce(self.settings, self.settings.topic(self.settings.events_topic), chunk)
+                time.sleep(self.pause_s)
+        except BaseException as exc:  # surfaced by join()
+            self.error = exc
+
+    def start(self) -> "BackgroundProducer":
+        self._thread.start()
+        return self
+
+    def join(self, timeout_s: float = 120.0) -> int:
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), "producer did not finish"
+        if self.error:
+            raise self.error
+        return self.sent
+
+
+def latest_recs(settings, stream: UserStream, timeout_s: float) -> dict[str, set[float]]:
+    """Consume recommendations until every user has one for their last event; user -> event timestamps."""
+    last_ts = {u: seq[-1][1] for u, seq in stream.truth.items()}
+    seen: dict[str, set[float]] = collections.defaultdict(set)
+    n_read = [0]
+
+    def caught_up(records: list[dict]) -> bool:
+        for r in records[n_read[0]:]:
+            v = r["value"]
+            if isinstance(v, dict):
+                seen[v["user_id"]].add(v["event_timestamp"])
+        n_read[0] = len(records)
+        return all(last_ts[u] in seen.get(u, ()) for u in last_ts)
+
+    consume(settings, settings.topic(settings.recommendations_topic), until=caught_up, timeout_s=timeout_s)
+    missing = [u for u in last_ts if last_ts[u] not in seen.get(u, ())]
+    assert not missing, f"{len(missing)} users got no recommendation after their last event, e.g. {missing[:3]}"
+    return seen
+
+
+def changelog_states(settings) -> dict:
+    return asyncio.run(read_changelog_states(settings, f"{settings.app_id}-{STATE_TABLE}-changelog"))
+
+
+def check_states(settings, stream: UserStream) -> dict[str, int]:
+    """Every user's stored state == the events produced for them. Returns the figures for the report."""
+    states = changelog_states(settings)
+    lost, doubled, wrong_history = [], [], []
+    for user, seq in stream.truth.items():
+        st = states.get(user)
+        applied = 0 if st is None else st.n_events
+        if applied < len(seq):
+            lost.append((user, len(seq), applied))
+        elif applied > len(seq):
+            doubled.append((user, len(seq), applied))
+        if st is None or st.history != seq[-settings.history_len:]:
+            wrong_history.append(user)
+    produced = sum(len(s) for s in stream.truth.values())
+    reflected = sum(states[u].n_events for u in stream.truth if states.get(u) is not None)
+    figures = {"users": len(stream.truth), "events_produced": produced, "events_reflected_in_state": reflected}
+    print(f"\n[figures] {settings.app_id}: {figures}")
+    assert not lost, f"events lost for {len(lost)} users (user, produced, applied): {lost[:5]}"
+    assert not doubled, f"events applied twice for {len(doubled)} users (user, produced, applied): {doubled[:5]}"
+    assert not wrong_history, f"{len(wrong_history)} users' histories differ from what was produced: {wrong_history[:5]}"
+    assert reflected == produced
+    return figures
+
+
+def wait_for_first_rec(settings, worker: WorkerProcess, timeout_s: float = 90.0) -> None:
+    """Block until the worker has joined its group and emitted a recommendation."""
+    recs = consume(settings, settings.topic(settings.recommendations_topic), count=1, timeout_s=timeout_s)
+    assert recs, f"worker emitted nothing within {timeout_s} s; log:\n{worker.log_tail()}"
+
+
+def assert_clean_log(worker: WorkerProcess) -> None:
+    text = worker.log_path.read_text(errors="replace")
+    for marker in ("Traceback", "crashed", "CRITICAL"):
+        assert marker not in text, f"{marker!r} in worker log:\n{worker.log_tail(6000)}"
+
+
+@pytest.fixture
+def fault_settings(broker, tmp_path):
+    settings = make_settings(broker, tmp_path / "data-a")
+    asyncio.run(ensure_topics(settings))
+    return settings
+
+
+# --- crash -------------------------------------------------------------------------------------------
+
+def run_crash(settings, tmp_path: Path, stream: UserStream, kills: int, chunk: int, pause_s: float) -> dict:
+    items = write_items(tmp_path, CATALOG)
+    first, rest = stream.chunks(chunk)[0], stream.chunks(chunk)[1:]
+    worker = WorkerProcess(settings, tmp_path / "w", items=items).start()
+    try:
+        produce(settings, settings.topic(settings.events_topic), first)
+        wait_for_first_rec(settings, worker)
+        producer = BackgroundProducer(settings, rest, pause_s).start()
+        for k in range(kills):
+            time.sleep(1.5)  # mid-stream: batches in flight, offsets not yet committed
+            worker.kill()  # SIGKILL: no shutdown, no final commit, no flush
+            assert worker.proc.returncode == -9
+            worker = WorkerProcess(settings, tmp_path / "w", items=items).start()  # same data dir
+        sent = producer.join()
+        assert sent + len(first) == len(stream.events)
+        latest_recs(settings, stream, timeout_s=120)
+        assert worker.alive(), worker.log_tail()
+    finally:
+        worker.stop()
+    return check_states(settings, stream)
+
+
+def test_crash_kill9_mid_stream_loses_and_doubles_nothing(fault_settings, tmp_path):
+    stream = UserStream(n_users=40, per_user=25, seed=1)
+    run_crash(fault_settings, tmp_path, stream, kills=1, chunk=40, pause_s=0.15)
+
+
+@pytest.mark.slow
+def test_crash_repeated_kill9_at_scale(fault_settings, tmp_path):
+    stream = UserStream(n_users=300, per_user=40, seed=2)
+    run_crash(fault_settings, tmp_path, stream, kills=3, chunk=200, pause_s=0.2)
+
+
+# --- rebalance -----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_rebalance_second_worker_joins_then_first_leaves(fault_settings, tmp_path):
+    settings = fault_settings
+    stream = UserStream(n_users=60, per_user=40, seed=3)
+    items = write_items(tmp_path, CATALOG)
+    chunks = stream.chunks(50)
+    worker_a = WorkerProcess(settings, tmp_path / "a", items=items).start()
+    worker_b = None
+    try:
+        produce(settings, settings.topic(settings.events_topic), chunks[0])
+        wait_for_first_rec(settings, worker_a)
+        producer = BackgroundProducer(settings, chunks[1:], pause_s=0.25).start()
+        time.sleep(2.0)
+        # same app id (consumer group), its own data dir: partitions move to it and it must restore
+        # their state from the changelog, not from a local copy
+        settings_b = settings.replace(data_dir=tmp_path / "data-b", metrics_port=0,
+                                      web_port=settings.web_port + 1 if settings.web_port < 65000 else 0)
+        worker_b = WorkerProcess(settings_b, tmp_path / "b", items=items).start()
+        time.sleep(15.0)  # join + rebalance + restore, while events keep coming
+        worker_a.stop()  # graceful leave: everything moves to B
+        producer.join()
+        latest_recs(settings, stream, timeout_s=150)
+        assert worker_b.alive(), worker_b.log_tail()
+        b_log = worker_b.log_path.read_text(errors="replace")
+        assert "Restoring state from changelog topics" in b_log, "B never restored a partition's state"
+        assert b_log.count("Setting newly assigned partitions") >= 2, "no second rebalance after A left"
+    finally:
+        worker_a.stop()
+        if worker_b is not None:
+            worker_b.stop()
+    check_states(settings, stream)
+
+
+# --- broker hiccup ---------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_broker_paused_then_resumed_worker_recovers_without_restart(tmp_path):
+    with EmbeddedBroker(log_file=tmp_path / "tansu.log") as broker:
+        settings = make_settings(broker.bootstrap, tmp_path / "data")
+        asyncio.run(ensure_topics(settings))
+        stream = UserStream(n_users=40, per_user=30, seed=4)
+        items = write_items(tmp_path, CATALOG)
+        chunks = stream.chunks(40)
+        worker = WorkerProcess(settings, tmp_path / "w", items=items).start()
+        try:
+            produce(settings, settings.topic(settings.events_topic), chunks[0])
+            wait_for_first_rec(settings, worker)
+            pid = worker.proc.pid
+            producer = BackgroundProducer(settings, chunks[1:], pause_s=0.2).start()
+            time.sleep(1.0)
+            with paused(broker.process, seconds=10.0):  # longer than the 6 s session timeout
+                pass
+            producer.join(timeout_s=180)
+            latest_recs(settings, stream, timeout_s=180)
+            assert worker.alive() and worker.proc.pid == pid, "the worker had to be restarted"
+        finally:
+            worker.stop()
+        check_states(settings, stream)
+
+
+# --- malformed input -------------------------------------------------------------------------------------
+
+def run_fuzz(settings, tmp_path: Path, n_bad: int, n_good: int) -> dict:
+    corpus = fuzz_corpus(n_bad, n_good, ITEM_IDS, max_event_bytes=settings.max_event_bytes, seed=7)
+    stream = UserStream(n_users=1, per_user=1, prefix="warmup")  # one event to see the worker ready
+    for e in corpus:
+        if e.good:
+            doc = json.loads(e.value)
+            stream.truth[e.user_id].append((doc["item_id"], doc["timestamp"]))
+    items = write_items(tmp_path, CATALOG)
+    worker = WorkerProcess(settings, tmp_path / "w", items=items).start()
+    try:
+        produce(settings, settings.topic(settings.events_topic), stream.events)
+        wait_for_first_rec(settings, worker)
+        with RssSampler(worker.proc.pid, interval_s=0.25) as rss:
+            start_mb = rss.rss_mb()
+            produce(settings, settings.topic(settings.events_topic), [e.value for e in corpus],
+                    keys=[e.key for e in corpus])
+            dlq = consume(settings, settings.topic(settings.dlq_topic), count=n_bad, timeout_s=300)
+            latest_recs(settings, stream, timeout_s=120)
+        assert worker.alive(), worker.log_tail()
+        assert_clean_log(worker)
+    finally:
+        worker.stop()
+    # every bad event in the DLQ, once, with a machine-readable reason, original bytes intact
+    assert len(dlq) == n_bad, f"{len(dlq)} DLQ records for {n_bad} bad events"
+    originals = collections.Counter(base64.b64decode(r["value"]["original_value_b64"]) for r in dlq)
+    assert originals == collections.Counter(e.value for e in corpus if not e.good)
+    reasons = collections.Counter(r["value"]["reason"] for r in dlq)
+    assert set(reasons) <= set(REASONS), reasons
+    figures = check_states(settings, stream)
+    figures.update(fuzz_events_tried=len(corpus), bad=n_bad, dlq=len(dlq), dlq_reasons=dict(reasons),
+                   rss_start_mb=round(start_mb or 0, 1), rss_peak_mb=round(rss.peak_mb, 1))
+    print(f"[figures] fuzz: {figures}")
+    # memory bounded: a few thousand malformed events (16 MB of them) must not grow the worker much
+    assert rss.peak_mb - (start_mb or rss.peak_mb) < 300, figures
+    return figures
+
+
+def test_fuzz_10k_malformed_events_all_in_dlq_good_ones_applied(fault_settings, tmp_path):
+    run_fuzz(fault_settings, tmp_path, n_bad=10_000, n_good=1_000)
+
+
+# --- backpressure -----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_backpressure_lag_grows_memory_bounded_nothing_dropped(fault_settings, tmp_path):
+    settings = fault_settings
+    stream = UserStream(n_users=500, per_user=80, seed=5)
+    items = write_items(tmp_path, CATALOG)
+    worker = WorkerProcess(settings, tmp_path / "w", items=items).start()
+    lag_samples: list[float] = []
+    try:
+        produce(settings, settings.topic(settings.events_topic), stream.events[:10])
+        wait_for_first_rec(settings, worker)
+        with RssSampler(worker.proc.pid, interval_s=0.25) as rss:
+            start_mb = rss.rss_mb()
+            stop = threading.Event()
+
+            def sample_lag() -> None:
+                while not stop.wait(0.5):
+                    try:
+                        lag_samples.append(scrape(worker.metrics_url())["stream_rec_consumer_lag_messages"])
+                    except Exception:
+                        pass
+            sampler = threading.Thread(target=sample_lag, daemon=True)
+            sampler.start()
+            t0 = time.monotonic()
+            produce(settings, settings.topic(settings.events_topic), stream.events[10:])  # as fast as possible
+            produce_s = time.monotonic() - t0
+            latest_recs(settings, stream, timeout_s=400)
+            drain_s = time.monotonic() - t0
+            stop.set()
+            sampler.join(2)
+        assert worker.alive(), worker.log_tail()
+    finally:
+        worker.stop()
+    figures = check_states(settings, stream)
+    figures.update(produce_s=round(produce_s, 1), drain_s=round(drain_s, 1),
+                   produce_rate=round(len(stream.events) / produce_s), drain_rate=round(len(stream.events) / drain_s),
+                   max_lag=max(lag_samples, default=None), rss_start_mb=round(start_mb or 0, 1),
+                   rss_peak_mb=round(rss.peak_mb, 1), vm_hwm_mb=round(rss.hwm_mb or 0, 1))
+    print(f"[figures] backpressure: {figures}")
+    assert max(lag_samples, default=0) > 1000, f"the producer did not outpace the worker: {figures}"
+    assert rss.peak_mb - (start_mb or rss.peak_mb) < 400, figures

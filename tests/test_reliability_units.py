@@ -1,0 +1,136 @@
+"""Reliability and privacy building blocks, without a broker (fast).
+
+The broker-backed proofs are in tests/test_reliability_faults.py; these check the pieces they rely on:
+the fuzz corpus really is malformed in every advertised way (and the validator rejects all of it, which
+is the "worker never crashes on input" promise at the function level), the process fault tools act on
+real processes, and the privacy functions keep raw ids out.
+"""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import sys
+import time
+
+import pytest
+
+from stream_rec.commands.forget import DELETE_USER, delete_user_event
+from stream_rec.faults import FUZZ_KINDS, RssSampler, fuzz_corpus, kill_hard, paused, proc_status_kb
+from stream_rec.privacy import log_safe_id, pseudonymize
+from stream_rec.state import UserState, encode_state
+from stream_rec.validation import Invalid, validate_event
+
+ITEMS = [f"item-{i}" for i in range(30)]
+
+
+# --- privacy ---------------------------------------------------------------------------------------
+
+def test_pseudonymize_is_keyed_stable_and_hides_the_id():
+    a = pseudonymize("alice@example.com", "k1")
+    assert a == pseudonymize("alice@example.com", "k1")  # same user -> same state key, every worker
+    assert a != pseudonymize("alice@example.com", "k2")  # the key matters (no dictionary attack without it)
+    assert a != pseudonymize("bob@example.com", "k1")
+    assert "alice" not in a and a.startswith("u_") and len(a) == 2 + 64
+    assert pseudonymize("alice@example.com", "") == "alice@example.com"  # off by default
+    # not idempotent on purpose: a pseudonym sent as a user id must not address that pseudonym's state
+    assert pseudonymize(a, "k1") != a
+
+
+def test_log_safe_id_never_shows_the_raw_id():
+    tag = log_safe_id("alice@example.com")
+    assert "alice" not in tag and tag == log_safe_id("alice@example.com")
+    assert log_safe_id(b"alice@example.com") == tag
+    assert log_safe_id(None) == "user#none"
+
+
+def test_delete_user_event_shape():
+    ev = delete_user_event("alice", now=1_700_000_000.0)
+    assert ev == {"user_id": "alice", "event_type": DELETE_USER, "timestamp": 1_700_000_000.0}
+    with pytest.raises(ValueError):
+        delete_user_event("  ")
+
+
+# --- fuzz corpus -----------------------------------------------------------------------------------
+
+def test_fuzz_corpus_is_all_rejected_and_good_events_all_accepted():
+    corpus = fuzz_corpus(10_000, 1_000, ITEMS, seed=1)
+    assert sum(not e.good for e in corpus) == 10_000 and sum(e.good for e in corpus) == 1_000
+    kinds = collections.Counter(e.kind for e in corpus)
+    assert set(kinds) == set(FUZZ_KINDS) | {"good"}
+    known = set(ITEMS).__contains__
+    for e in corpus:
+        result = validate_event(e.value, key=e.key, known_item=known)
+        if e.good:
+            assert not isinstance(result, Invalid), (e, result)
+            assert result.user_id == e.user_id and result.item_id == e.item_id
+        else:
+            assert isinstance(result, Invalid) and result.reason, e
+
+
+def test_every_accepted_event_can_be_stored_even_without_a_catalog():
+    """Before a catalog is known the validator accepts any item id: whatever it accepts must survive the
+    state codec (a JSON-escaped lone surrogate is valid JSON but not encodable UTF-8)."""
+    for e in fuzz_corpus(3_000, 100, ITEMS, seed=2):
+        result = validate_event(e.value, key=e.key, known_item=None)
+        if not isinstance(result, Invalid):
+            encode_state(UserState(history=[(result.item_id, result.timestamp)]))
+            result.user_id.encode("utf-8")
+
+
+# --- process fault tools ---------------------------------------------------------------------------
+
+def _proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and POSIX signals")
+def test_paused_stops_and_resumes_and_kill_hard_kills():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with paused(proc):
+            time.sleep(0.2)
+            assert _proc_state(proc.pid) == "T"
+        time.sleep(0.1)
+        assert _proc_state(proc.pid) in {"S", "R"}
+        kill_hard(proc)
+        assert proc.returncode == -9
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
+def test_rss_sampler_sees_an_allocation():
+    code = "import time; b = bytearray(80 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1.5)"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        with RssSampler(proc.pid, interval_s=0.05) as rss:
+            proc.wait(20)
+        assert rss.peak_mb >= 80, rss.samples
+        assert rss.hwm_mb is not None and rss.hwm_mb >= 80
+        assert proc_status_kb(proc.pid, "VmRSS") is None  # gone
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
+def test_listening_sockets_reports_bound_addresses():
+    from stream_rec.faults import listening_sockets
+
+    code = ("import socket, time\n"
+            "a = socket.socket(); a.bind(('127.0.0.1', 0)); a.listen()\n"
+            "b = socket.socket(); b.bind(('0.0.0.0', 0)); b.listen()\n"
+            "print(a.getsockname()[1], b.getsockname()[1], flush=True); time.sleep(30)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        local_port, any_port = map(int, proc.stdout.readline().split())
+        found = set(listening_sockets(proc.pid))
+        assert ("127.0.0.1", local_port) in found and ("0.0.0.0", any_port) in found
+    finally:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,155 @@
+"""Unit tests of the spine's pure parts: validation, state codec, micro-batch processing (no Kafka)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from stream_rec.model.recommender import Recommender
+from stream_rec.pipeline import Incoming, PipelineConfig, process_batch
+from stream_rec.state import StateDecodeError, UserState, decode_state, encode_state, model_tag
+from stream_rec.synthetic import make_catalog
+from stream_rec.validation import Event, Invalid, validate_event
+
+torch.set_num_threads(1)
+NOW = 1_750_000_000.0
+
+
+def ev(user="u1", item="space-00", etype="view", ts=NOW - 10, **extra) -> bytes:
+    return json.dumps({"user_id": user, "item_id": item, "event_type": etype, "timestamp": ts, **extra}).encode()
+
+
+# --- validation ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("raw,key,reason", [
+    (None, b"u1", "empty"),
+    (b"   ", b"u1", "empty"),
+    (b"x" * 20000, b"u1", "oversize"),
+    (b"{not json", b"u1", "bad_json"),
+    (b"\xff\xfe", b"u1", "bad_json"),
+    (b"[1, 2]", b"u1", "not_an_object"),
+    (json.dumps({"user_id": "u1", "item_id": "a"}).encode(), b"u1", "missing_field"),
+    (ev(item=["a"]), b"u1", "wrong_type"),
+    (ev(user=True), b"u1", "wrong_type"),
+    (ev(ts="yesterday"), b"u1", "wrong_type"),
+    (ev(value="high"), b"u1", "wrong_type"),
+    (ev(context="phone"), b"u1", "wrong_type"),
+    (ev(etype="teleport"), b"u1", "unknown_event_type"),
+    (b'{"user_id":"u1","item_id":"a","event_type":"view","timestamp":NaN}', b"u1", "bad_timestamp"),
+    (b'{"user_id":"u1","item_id":"a","event_type":"view","timestamp":Infinity}', b"u1", "bad_timestamp"),
+    (ev(ts=NOW + 10 * 86400), b"u1", "bad_timestamp"),
+    (ev(ts=12.0), b"u1", "bad_timestamp"),
+    (ev(), b"u2", "key_mismatch"),
+    (ev(), None, "key_mismatch"),
+    (ev(item="nope"), b"u1", "unknown_item"),
+])
+def test_invalid_events_have_reasons(raw, key, reason):
+    out = validate_event(raw, key=key, known_item=lambda i: i.startswith("space"), now=NOW)
+    assert isinstance(out, Invalid), out
+    assert out.reason == reason, out
+
+
+def test_valid_event_and_millisecond_timestamps():
+    out = validate_event(ev(ts=(NOW - 5) * 1000, value=4.5, context={"text": "hi"}), key=b"u1", now=NOW)
+    assert isinstance(out, Event)
+    assert out.timestamp == pytest.approx(NOW - 5)
+    assert out.value == 4.5 and out.context == {"text": "hi"}
+    assert validate_event(ev(user=7), key=b"7", now=NOW).user_id == "7"
+
+
+# --- state codec -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("half", [True, False])
+def test_state_round_trip(half):
+    h = np.linspace(-1, 1, 128).astype(np.float32)
+    st = UserState(h, [("a", 1.5), ("ünïcode", 2.25)], partition=3, offset=12345678901, n_events=7,
+                   model_tag=model_tag("m1"))
+    raw = encode_state(st, half=half)
+    back = decode_state(raw)
+    assert back.history == st.history and back.partition == 3 and back.offset == 12345678901
+    assert back.n_events == 7 and back.model_tag == st.model_tag
+    np.testing.assert_allclose(back.hidden, h, atol=1e-3 if half else 0)
+    assert len(raw) < 128 * (2 if half else 4) + 80
+
+
+def test_state_rejects_garbage():
+    with pytest.raises(StateDecodeError):
+        decode_state(b"\x09garbage")
+    with pytest.raises(StateDecodeError):
+        decode_state(encode_state(UserState(np.zeros(4, np.float32), [("a", 1.0)]))[:-1])
+
+
+def test_empty_state_round_trip():
+    back = decode_state(encode_state(UserState()))
+    assert back.hidden is None and back.history == [] and back.offset == -1
+
+
+# --- pipeline --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model():
+    return Recommender.untrained([c["item_id"] for c in make_catalog(4)], device="cpu")
+
+
+def msgs(raws, user_keys, start=0, partition=0):
+    return [Incoming(r, k, "events", partition, start + n, time.time()) for n, (r, k) in enumerate(zip(raws, user_keys))]
+
+
+def test_batch_produces_one_rec_per_user_excluding_seen(model):
+    store: dict[str, bytes] = {}
+    batch = msgs([ev("a", "space-00"), ev("b", "cooking-01"), ev("a", "space-01"), b"junk"], [b"a", b"b", b"a", b"x"])
+    out = process_batch(batch, store.get, model, PipelineConfig(top_k=5))
+    assert out.applied == 3 and out.invalid == {"bad_json": 1} and len(out.dlq) == 1
+    assert out.dlq[0]["offset"] == 3 and base64.b64decode(out.dlq[0]["original_value_b64"]) == b"junk"
+    recs = {r["user_id"]: r for r in out.recommendations}
+    assert set(recs) == {"a", "b"}
+    assert not {"space-00", "space-01"} & {i["item_id"] for i in recs["a"]["items"]}
+    assert len(recs["a"]["items"]) == 5 and recs["a"]["model_version"] == model.version
+    assert out.last_index == {"a": 2, "b": 1}
+    st = decode_state(out.states["a"])
+    assert st.seen_items() == ["space-00", "space-01"] and st.offset == 2
+
+
+def test_redelivery_is_skipped_and_state_continues(model):
+    store: dict[str, bytes] = {}
+    first = msgs([ev("a", "space-00"), ev("a", "space-01")], [b"a", b"a"])
+    store.update(process_batch(first, store.get, model).states)
+    again = msgs([ev("a", "space-00"), ev("a", "space-01"), ev("a", "space-02")], [b"a"] * 3)
+    out = process_batch(again, store.get, model)
+    assert out.duplicates == 2 and out.applied == 1
+    assert decode_state(out.states["a"]).seen_items() == ["space-00", "space-01", "space-02"]
+
+
+def test_batched_equals_one_by_one(model):
+    """Micro-batching must not change results: one batch == the same events one per batch."""
+    raws = [ev("a", "space-00", ts=NOW - 30), ev("b", "nature-02"), ev("a", "space-01", ts=NOW - 20),
+            ev("a", "space-03", ts=NOW - 10)]
+    keys = [b"a", b"b", b"a", b"a"]
+    batched: dict[str, bytes] = {}
+    batched.update(process_batch(msgs(raws, keys), batched.get, model).states)
+    single: dict[str, bytes] = {}
+    for n in range(len(raws)):
+        single.update(process_batch(msgs(raws[n:n + 1], keys[n:n + 1], start=n), single.get, model).states)
+    for user in ("a", "b"):
+        a, b = decode_state(batched[user]), decode_state(single[user])
+        assert a.history == b.history
+        np.testing.assert_allclose(a.hidden, b.hidden, atol=2e-3)
+
+
+def test_state_from_other_model_is_rewarmed(model):
+    store: dict[str, bytes] = {}
+    store.update(process_batch(msgs([ev("a", "space-00")], [b"a"]), store.get, model).states)
+    other = Recommender.untrained(model.item_ids, config=None, seed=1, device="cpu")
+    other.version = "untrained-other"
+    out = process_batch(msgs([ev("a", "space-01")], [b"a"], start=1), store.get, other)
+    st = decode_state(out.states["a"])
+    assert st.model_tag == model_tag("untrained-other") and st.seen_items() == ["space-00", "space-01"]
+    assert np.isfinite(st.hidden).all()
+
+
+def test_no_model_sends_everything_to_dlq():
+    out = process_batch(msgs([ev("a")], [b"a"]), {}.get, None)
+    assert out.invalid == {"unknown_item": 1} and not out.recommendations
