@@ -33,6 +33,15 @@ def parse_args(argv=None):
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS), help="which data sets")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--epochs", type=int, default=30, help="maximum epochs per GRU (early stopping on validation)")
+    p.add_argument("--hidden", type=int, default=256, help="GRU hidden size")
+    p.add_argument("--emb-dim", type=int, default=128, help="item vector size")
+    p.add_argument("--dropout", type=float, default=0.3, help="dropout on GRU inputs/outputs")
+    p.add_argument("--id-dropout", type=float, default=0.0, help="hybrid only: probability of hiding an item's ID "
+                                                                "embedding while training")
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
+    p.add_argument("--batch-size", type=int, default=32, help="users per batch")
+    p.add_argument("--time-budget", type=float, default=0.0, help="seconds per training run; stops after the epoch "
+                                                                  "that passes it (0 = none)")
     p.add_argument("--holdout", type=float, default=0.1, help="fraction of items held out of training for the "
                                                               "cold-item comparison (0 = skip it)")
     p.add_argument("--skip-id-only", action="store_true", help="do not train the ID-only GRU")
@@ -44,14 +53,14 @@ def parse_args(argv=None):
 
 
 def model_config(args) -> dict:
-    return {"hidden": 256, "emb_dim": 128, "dropout": 0.3}
+    return {"hidden": args.hidden, "emb_dim": args.emb_dim, "dropout": args.dropout}
 
 
 def train_params(args):
     from stream_rec.model.train import TrainParams
 
-    return TrainParams(epochs=args.epochs, batch_size=32, lr=2e-3, patience=4, seed=0, device=args.device,
-                       threads=args.threads)
+    return TrainParams(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=4, seed=0,
+                       device=args.device, threads=args.threads, time_budget_s=args.time_budget)
 
 
 def run_dataset(name: str, args, encoder) -> dict:
@@ -69,7 +78,7 @@ def run_dataset(name: str, args, encoder) -> dict:
     out = {"data": {"events": len(events), "users": len(split.full), "items": len(items)}, "rows": {}}
     progress = not args.quiet
 
-    variants = [("hybrid GRU", {"use_text": True})]
+    variants = [("hybrid GRU", {"use_text": True, "id_dropout": args.id_dropout})]
     if not args.skip_id_only:
         variants.append(("ID-only GRU", {"use_text": False}))
     for label, extra in variants:
@@ -97,7 +106,8 @@ def run_dataset(name: str, args, encoder) -> dict:
                                   valid={u: v for u, v in split.valid.items() if v[0] not in held},
                                   test=split.test, full=split.full)
         t0 = time.perf_counter()
-        rec, history = train_recommender(train_split, items, model_config(args) | {"use_text": True},
+        rec, history = train_recommender(train_split, items, model_config(args) | {"use_text": True,
+                                                                                 "id_dropout": args.id_dropout},
                                          train_params(args), encoder=encoder, exclude_items=sorted(held),
                                          progress=progress)
         seconds = time.perf_counter() - t0
@@ -143,8 +153,12 @@ def main(argv=None) -> int:
     from stream_rec.model.encoder import shared_encoder
     from stream_rec.settings import Settings
 
+    import logging
+
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # one line per epoch
     torch.set_num_threads(args.threads)
+    print("settings:", json.dumps(vars(args)), flush=True)
     encoder = shared_encoder(Settings.from_env().cache_dir, args.device)
     all_results = {}
     for name in args.datasets:

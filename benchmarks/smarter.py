@@ -49,12 +49,13 @@ from stream_rec.model.gru import PAD  # noqa: E402
 from stream_rec.model.train import TrainParams, to_sequence, train_recommender  # noqa: E402
 from stream_rec.recsys.coldstart import learn_initial_state  # noqa: E402
 from stream_rec.recsys.feedback import negative_penalty  # noqa: E402
+from stream_rec.recsys.interests import genres_of  # noqa: E402
 from stream_rec.recsys.finetune import FinetuneParams, finetune, time_slices  # noqa: E402
 from stream_rec.recsys.rerank import catalog_coverage, intra_list_diversity, mmr_rerank_scores  # noqa: E402
 
 K = 10
 BUCKETS = [("0", 0, 0), ("1", 1, 1), ("2-3", 2, 3), ("4-10", 4, 10), (">10", 11, 10**9)]
-LAMBDAS = (1.0, 0.8, 0.6, 0.4)
+LAMBDAS = (1.0, 0.8, 0.6, 0.4, 0.2)
 log = logging.getLogger("smarter")
 
 
@@ -205,6 +206,7 @@ def run_dataset(name: str, d: Path, encoder, args) -> dict:
             last.append(EvalCase(u, rows[:-1], gaps_of([t for _, t in seqs[u]])[:-1], int(rows[-1])))
     states = step_histories(rec, [c.rows for c in last], [c.gaps for c in last])
     scores = rec.score_rows(states).cpu().numpy()
+    genres = [set()] + [set(genres_of(t)) for t in rec.item_texts]
     div_rows = []
     for lam in LAMBDAS:
         lists = mmr_rerank_scores(scores, text_vectors, K, lam, n_candidates=50,
@@ -212,16 +214,33 @@ def run_dataset(name: str, d: Path, encoder, args) -> dict:
         ndcg = [1.0 / np.log2(list(lst).index(c.target) + 2) if c.target in lst else 0.0 for lst, c in zip(lists, last)]
         div_rows.append({"lambda": lam, "users": len(last), "NDCG@10": float(np.mean(ndcg)),
                          "HR@10": float(np.mean([c.target in lst for lst, c in zip(lists, last)])),
-                         "ILD": intra_list_diversity(lists, text_vectors), "coverage": catalog_coverage(lists, rec.n_items)})
+                         "ILD": intra_list_diversity(lists, text_vectors), "genre ILD": genre_diversity(lists, genres),
+                         "coverage": catalog_coverage(lists, rec.n_items)})
     print("\n### diversity trade-off (MMR over the top 50, text vectors; each new user's last event)\n")
-    print(markdown(div_rows, ["lambda", "users", "NDCG@10", "HR@10", "ILD", "coverage"]))
+    print(markdown(div_rows, ["lambda", "users", "NDCG@10", "HR@10", "ILD", "genre ILD", "coverage"]))
     result["diversity"] = div_rows
     plot_diversity(div_rows, Path(args.out) / f"diversity-{name}.png", name)
 
     # 4. negative feedback
     result["feedback"] = feedback_table(rec, ratings, new_users, cold_set, args)
+    if args.save_models:
+        rec.initial_state = h0
+        result["model_dir"] = str(rec.save(Path(args.out) / f"model-{name}"))
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
+
+
+def genre_diversity(lists, genres: list[set]) -> float:
+    """1 - mean pairwise Jaccard overlap of the items' genre sets, averaged over lists (a diversity
+    measure independent of the text vectors MMR uses)."""
+    values = []
+    for rows in lists:
+        rows = [r for r in np.asarray(rows).tolist() if r > 0]
+        pairs = [(a, b) for n, a in enumerate(rows) for b in rows[n + 1:]]
+        if pairs:
+            values.append(1.0 - np.mean([len(genres[a] & genres[b]) / max(len(genres[a] | genres[b]), 1)
+                                         for a, b in pairs]))
+    return float(np.mean(values)) if values else 0.0
 
 
 def feedback_table(rec, ratings, new_users, cold_set, args) -> list[dict]:
@@ -264,10 +283,12 @@ def feedback_table(rec, ratings, new_users, cold_set, args) -> list[dict]:
     as_views, without = scores_for(0), scores_for(1)
     rows = [{"variant": "negatives stepped as views (baseline)"} | metrics(as_views),
             {"variant": "negatives left out of the state"} | metrics(without)]
-    for space, vecs in [("model item space", item_table), ("text space", text_vectors)]:
-        for strength in (0.5, 1.0, 2.0):
-            rows.append({"variant": f"left out + penalty {strength} ({space}, radius 0.5)"}
-                        | metrics(negative_penalty(without, negs, vecs, strength=strength, radius=0.5)))
+    spaces = {"model item space": item_table, "text space": text_vectors}
+    for space, radius, strength in [("model item space", 0.5, 0.5), ("model item space", 0.8, 1.0),
+                                    ("model item space", 0.9, 1.0), ("text space", 0.5, 0.5), ("text space", 0.7, 1.0),
+                                    ("text space", 0.8, 1.0), ("text space", 0.8, 2.0)]:
+        rows.append({"variant": f"left out + penalty {strength} ({space}, radius {radius})"}
+                    | metrics(negative_penalty(without, negs, spaces[space], strength=strength, radius=radius)))
     for r in rows:
         r["cases"] = len(cases)
     print(f"\n### negative feedback (ratings <= 2 as negatives; liked next events of new users with a negative "
@@ -288,6 +309,7 @@ def plot_diversity(rows, path: Path, name: str) -> None:
     for r in rows:
         ax1.annotate(f"λ={r['lambda']}", (r["ILD"], r["NDCG@10"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax1.set_xlabel("intra-list diversity (1 - mean pairwise cosine of text vectors)")
+    ax1.set_xlim(min(ild) - 0.01, max(ild) + 0.03)
     ax1.set_ylabel("NDCG@10", color="tab:blue")
     ax2 = ax1.twinx()
     ax2.plot(ild, [r["coverage"] for r in rows], "s--", color="tab:orange", label="catalog coverage")
@@ -415,12 +437,50 @@ def context_example(encoder, args) -> None:
         print(f"| {r} | {titles[a]} | {titles[b]} | {why} |")
 
 
+def drift_example(args) -> None:
+    """Online HR@3 of a Markov model fitted on synthetic world A, replayed on A and then on a shifted world B
+    (users stop following the series), graded by ``OnlineQualityMonitor``; prints windows and alarms."""
+    from stream_rec.recsys.drift import OnlineQualityMonitor
+    from stream_rec.synthetic import make_world
+
+    k = 3
+    worlds = [make_world(n_users=150, p_next=0.9, p_same_theme=0.08, seed=1),
+              make_world(n_users=300, p_next=0.9, p_same_theme=0.08, seed=2, start_ts=1.8e9),
+              make_world(n_users=300, p_next=0.0, p_same_theme=0.3, seed=3, start_ts=1.9e9)]
+    ids = [it["item_id"] for it in worlds[0].items]
+    row_of = {i: r for r, i in enumerate(ids, start=1)}
+    train = {}
+    for e in worlds[0].events:
+        train.setdefault(e["user_id"], []).append(row_of[e["item_id"]])
+    score = markov_scorer([np.array(r) for r in train.values()], len(ids) + 1)
+    stream = [dict(e, user_id=f"{w}-{e['user_id']}") for w, world in ((1, worlds[1]), (2, worlds[2])) for e in world.events]
+    monitor = OnlineQualityMonitor(k=k, export_metrics=False)
+    windows, hits = [], []
+    for n, e in enumerate(stream):
+        hit = monitor.observe(e["user_id"], e["item_id"])
+        if hit is not None:
+            hits.append(hit)
+        case = EvalCase(e["user_id"], np.array([row_of[e["item_id"]]]), np.zeros(1, np.float32), 0)
+        top = torch.topk(score([case])[0], k).indices.tolist()
+        monitor.record(e["user_id"], [ids[r - 1] for r in top])
+        if len(hits) and len(hits) % 500 == 0 and (not windows or windows[-1][0] != len(hits)):
+            windows.append((len(hits), float(np.mean(hits[-500:])), monitor.recent_hit_rate))
+    shift_at = sum(1 for e in stream if e["user_id"].startswith("1-")) - 300  # graded events before world B
+    print(f"\n### drift: online HR@{k} on a replay that switches world at graded event ~{shift_at}\n")
+    print(markdown([{"graded events": w, "HR@3 (last 500)": h, "ADWIN estimate": a} for w, h, a in windows],
+                   ["graded events", "HR@3 (last 500)", "ADWIN estimate"]))
+    print(f"\nalarms (drops) at graded events: {[a.n_scored for a in monitor.alarms]} "
+          f"({[f'{a.hit_rate_before:.2f} -> {a.hit_rate_after:.2f}' for a in monitor.alarms]})")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data-dir", help="directory holding ml-100k/ and/or ml-1m-half/")
     p.add_argument("--context-example", action="store_true",
                    help="only print the before/after table of a 'space adventure' query on the synthetic world")
     p.add_argument("--alpha", type=float, default=1.0, help="context weight for --context-example")
+    p.add_argument("--drift-example", action="store_true",
+                   help="only print the online hit rate and ADWIN alarms on a synthetic replay whose world shifts")
     p.add_argument("--datasets", nargs="*", default=["ml-100k", "ml-1m-half"], help="sub-directories to run tables 1-4 on")
     p.add_argument("--finetune", nargs="*", default=["ml-1m-half"], help="sub-directories to run the fine-tune table on")
     p.add_argument("--out", default="runs/smarter", help="where the JSON results and PNG plots go")
@@ -435,6 +495,8 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-epochs", type=int, default=3, help="fine-tune epochs")
     p.add_argument("--finetune-lr", type=float, default=5e-4, help="fine-tune learning rate")
     p.add_argument("--max-test-cases", type=int, default=20000, help="sample of test events in the fine-tune table")
+    p.add_argument("--save-models", action="store_true",
+                   help="save each dataset's model (with learned h0 and the cold items added) under OUT/model-<dataset>")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -446,6 +508,9 @@ def main(argv=None) -> int:
     encoder = shared_encoder(device=args.device)
     if args.context_example:
         context_example(encoder, args)
+        return 0
+    if args.drift_example:
+        drift_example(args)
         return 0
     if not args.data_dir:
         raise SystemExit("error: --data-dir is required (or --context-example)")

@@ -54,6 +54,9 @@ ONLINE_SCORED = Counter("stream_rec_online_scored_total",
                         "Next events scored against the user's previous top-k list", registry=REGISTRY)
 DRIFT_DETECTED = Counter("stream_rec_drift_detected_total", "Drift alarms from the online quality monitor",
                          registry=REGISTRY)
+USERS_DELETED = Counter("stream_rec_users_deleted_total",
+                        "Users whose state was erased by a delete_user control event (stream-rec forget)",
+                        registry=REGISTRY)
 
 # Label children of the stages every worker runs exist from the start (at 0), not from their first
 # observation: Prometheus's rate() ignores the first sample of a new series, so a series born at the

@@ -17,13 +17,14 @@ from __future__ import annotations
 import base64
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
 
 from .state import UserState, append_history, decode_state, encode_state, model_tag, StateDecodeError
-from .validation import Event, Invalid, validate_event
+from .privacy import pseudonymize
+from .validation import DELETE_USER, Event, Invalid, validate_event
 
 HISTORY_IN_RECORD = 5  # last items echoed in each recommendation record (for `tail` and debugging)
 
@@ -46,6 +47,10 @@ class BatchResult:
     last_index: dict[str, int] = field(default_factory=dict)  # user_id -> batch index of its last applied event
     recommendations: list[dict] = field(default_factory=list)
     dlq: list[dict] = field(default_factory=list)
+    # user_id -> batch index of the delete_user event that erased the user's state (the agent deletes the
+    # table key in that event's context, so the tombstone lands on the user's changelog partition). A
+    # user with events after the deletion also has a fresh entry in ``states``.
+    deleted: dict[str, int] = field(default_factory=dict)
     invalid: Counter = field(default_factory=Counter)  # reason -> count
     applied: int = 0  # events that changed a state
     duplicates: int = 0  # redelivered events skipped (offset already applied)
@@ -62,10 +67,12 @@ class PipelineConfig:
     max_event_bytes: int = 16384
     check_key: bool = True
     half_precision_state: bool = True
+    pseudonymize_key: str = field(default="", repr=False)  # see stream_rec/privacy.py
 
     @classmethod
     def from_settings(cls, settings) -> "PipelineConfig":
-        return cls(top_k=settings.top_k, history_len=settings.history_len, max_event_bytes=settings.max_event_bytes)
+        return cls(top_k=settings.top_k, history_len=settings.history_len, max_event_bytes=settings.max_event_bytes,
+                   pseudonymize_key=settings.pseudonymize_key)
 
 
 def dlq_record(msg: Incoming, invalid: Invalid, now: float) -> dict:
@@ -148,12 +155,14 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
             result.invalid[checked.reason] += 1
             result.dlq.append(dlq_record(msg, checked, t_now))
         else:
+            if config.pseudonymize_key:  # after the key check, which compares raw ids
+                checked = replace(checked, user_id=pseudonymize(checked.user_id, config.pseudonymize_key))
             by_user[checked.user_id].append((index, checked))
     if not by_user:
         return result
 
-    # 2. load states, drop redelivered events (effectively-once state under at-least-once delivery)
-    tag = model_tag(model.version)
+    # 2. load states, drop redelivered events (effectively-once state under at-least-once delivery),
+    # apply deletions: a delete_user drops the stored state and the user's earlier events in the batch
     users, states, pending = [], [], []
     for user_id, items in by_user.items():
         raw = load_state(user_id)
@@ -163,22 +172,35 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
             state = UserState()  # unreadable old state: start over rather than stop the stream
         fresh = [(i, e) for i, e in items if not state.already_applied(batch[i].partition, batch[i].offset)]
         result.duplicates += len(items) - len(fresh)
+        deletes = [n for n, (_, e) in enumerate(fresh) if e.event_type == DELETE_USER]
+        if deletes:
+            result.deleted[user_id] = fresh[deletes[-1]][0]
+            state, fresh = UserState(), fresh[deletes[-1] + 1:]
         if fresh:
             users.append(user_id)
             states.append(state)
             pending.append(fresh)
     if not users:
         return result
+    tag = model_tag(model.version)
 
     # 3. hidden vectors: stored ones when they come from this model, else rebuilt from history
     t0 = time.perf_counter()
     hiddens: list[np.ndarray | None] = []
-    stale = []
+    stale, fresh_users = [], []
     for n, st in enumerate(states):
         usable = st.hidden is not None and st.model_tag == tag and st.hidden.shape[0] == model.hidden_size
-        hiddens.append(st.hidden if usable else None)
-        if not usable:
+        if usable:
+            hiddens.append(st.hidden)
+        elif not st.history:  # a new user: the model's initial state, nothing to replay
+            hiddens.append(None)
+            fresh_users.append(n)
+        else:
+            hiddens.append(None)
             stale.append(n)
+    if fresh_users:
+        for n, h in zip(fresh_users, model.init_state(len(fresh_users))):
+            hiddens[n] = h
     for n, h in zip(stale, rewarm(model, [states[n] for n in stale])):
         hiddens[n] = h
 

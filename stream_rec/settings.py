@@ -53,6 +53,8 @@ class Settings:
     metrics_port: int = 9108
     web_host: str = "127.0.0.1"  # Faust's own web server
     web_port: int = 6066
+    # opt-in: Faust's /table (serves table contents = user state) and /router HTTP endpoints
+    web_tables_enabled: bool = False
     batch_max_events: int = 256  # micro-batch: at most this many events ...
     batch_max_wait_ms: int = 5  # ... or this long after the first one
     encoder_batch_max: int = 64  # text encoder micro-batch (slower, sized separately)

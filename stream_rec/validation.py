@@ -9,7 +9,8 @@ machine-readable ``reason`` (the DLQ record's ``reason`` and the ``reason`` labe
 ``oversize``         value longer than ``Settings.max_event_bytes`` (checked before parsing)
 ``bad_json``         not UTF-8, or not JSON
 ``not_an_object``    JSON, but not an object
-``missing_field``    ``user_id``, ``item_id``, ``event_type`` or ``timestamp`` absent or null
+``missing_field``    ``user_id``, ``item_id``, ``event_type`` or ``timestamp`` absent or null (control events,
+                     e.g. ``delete_user``, need no ``item_id``)
 ``wrong_type``       a field of the wrong type (ids must be non-empty strings or integers, ``timestamp`` and
                      ``value`` numbers, ``context`` an object whose ``text`` is a string), or an id too long
 ``unknown_event_type`` ``event_type`` not in :data:`EVENT_TYPES`
@@ -32,7 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 EVENT_TYPES = frozenset({"view", "click", "rate", "purchase", "add_to_cart", "like", "share"})
+# Control events travel in the events topic, keyed by user, so they are ordered with the user's other
+# events and handled on the partition that owns the user's state (see stream_rec/commands/forget.py).
+DELETE_USER = "delete_user"
+CONTROL_EVENT_TYPES = frozenset({DELETE_USER})
 REQUIRED_FIELDS = ("user_id", "item_id", "event_type", "timestamp")
+CONTROL_REQUIRED_FIELDS = ("user_id", "event_type", "timestamp")
 MIN_TIMESTAMP = 946_684_800.0  # 2000-01-01T00:00:00Z
 FUTURE_SLACK_S = 86_400.0  # clocks drift; a day ahead is suspicious, more is wrong
 MAX_ID_CHARS = 256
@@ -70,6 +76,10 @@ def _as_id(name: str, value: Any) -> str | Invalid:
         return Invalid("wrong_type", f"{name} is empty")
     if len(text) > MAX_ID_CHARS:
         return Invalid("wrong_type", f"{name} longer than {MAX_ID_CHARS} characters")
+    try:  # JSON may escape a lone surrogate ("\udc00"): valid JSON, not storable UTF-8
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return Invalid("wrong_type", f"{name} is not valid Unicode text (lone surrogate)")
     return text
 
 
@@ -94,20 +104,21 @@ def validate_event(raw: bytes | None, *, key: bytes | None = None, check_key: bo
         return Invalid("bad_json", str(exc)[:200])
     if not isinstance(doc, dict):
         return Invalid("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
-    missing = [f for f in REQUIRED_FIELDS if doc.get(f) is None]
+    control = isinstance(doc.get("event_type"), str) and doc["event_type"] in CONTROL_EVENT_TYPES
+    missing = [f for f in (CONTROL_REQUIRED_FIELDS if control else REQUIRED_FIELDS) if doc.get(f) is None]
     if missing:
         return Invalid("missing_field", "missing " + ", ".join(missing))
 
     user_id = _as_id("user_id", doc["user_id"])
     if isinstance(user_id, Invalid):
         return user_id
-    item_id = _as_id("item_id", doc["item_id"])
+    item_id = "" if control else _as_id("item_id", doc["item_id"])
     if isinstance(item_id, Invalid):
         return item_id
     event_type = doc["event_type"]
     if not isinstance(event_type, str):
         return Invalid("wrong_type", f"event_type must be a string, got {type(event_type).__name__}")
-    if event_type not in EVENT_TYPES:
+    if event_type not in EVENT_TYPES and not control:
         return Invalid("unknown_event_type", f"{event_type[:50]!r} not in {sorted(EVENT_TYPES)}")
 
     ts = _as_number(doc["timestamp"])
@@ -140,6 +151,6 @@ def validate_event(raw: bytes | None, *, key: bytes | None = None, check_key: bo
         key_text = key.decode("utf-8", "replace") if key is not None else None
         if key_text != user_id:
             return Invalid("key_mismatch", f"record key {key_text!r} is not the user_id {user_id!r}")
-    if known_item is not None and not known_item(item_id):
+    if known_item is not None and not control and not known_item(item_id):
         return Invalid("unknown_item", f"item_id {item_id!r} is not in the catalog")
     return Event(user_id, item_id, event_type, ts, value, context)

@@ -251,6 +251,35 @@ def test_compose_worker_environment_names_real_settings():
     assert dockerfile_env <= known, sorted(dockerfile_env - known)
 
 
+def test_compose_commands_are_valid_stream_rec_command_lines():
+    """The worker/producer `command:` lists are argv of `stream-rec` (the image's entrypoint): parse them
+    with the real CLI parser, so a renamed or removed flag breaks this test, not a deployment."""
+    from stream_rec.cli import build_parser
+
+    services = load_compose()["services"]
+    assert services["worker"]["entrypoint"][-1] == "--" and "exec stream-rec" in services["worker"]["entrypoint"][2]
+    parser = build_parser()
+    for name in ("worker", "worker-gpu", "producer"):
+        argv = services[name]["command"]
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{name}: `stream-rec {' '.join(argv)}` is not a valid command line")
+        assert args.command == argv[0]
+
+
+def test_worker_entrypoint_gives_each_container_its_own_state_dir(tmp_path):
+    """Run the compose entrypoint with /bin/sh and a stand-in `stream-rec` that prints what it got."""
+    stub = tmp_path / "stream-rec"
+    stub.write_text('#!/bin/sh\necho "$STREAM_REC_DATA_DIR|$*"\n')
+    stub.chmod(0o755)
+    worker = load_compose()["services"]["worker"]
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "HOSTNAME": "3f2a9c1b7d4e"}
+    out = subprocess.run([*worker["entrypoint"], *worker["command"]], env=env, capture_output=True, text=True,
+                         check=True, timeout=10).stdout.strip()
+    assert out == "/var/lib/stream-rec/3f2a9c1b7d4e|worker --items /catalog/items.jsonl"
+
+
 def test_dockerfile_copies_files_that_exist():
     text = (DEPLOY / "Dockerfile").read_text()
     for line in re.findall(r"^COPY\s+(?!--from)(.+)$", text, flags=re.M):
@@ -269,12 +298,37 @@ def test_topic_init_script_matches_the_topic_layout():
     partitions = 7
     created = {}
     for line in table.strip().splitlines():
-        name, parts, policy = line.split()
+        name, parts, policy, retention = line.split()
         created[name] = (int(parts.replace("${PARTITIONS}", str(partitions))), policy)
+        assert retention == "-" or int(retention) > 0
     for name, n, config in topic_specs(Settings(partitions=partitions)):
         assert name in created, f"topic {name} is not created by create-topics.sh"
         assert created[name] == (n, config.get("cleanup.policy", "delete")), name
     subprocess.run(["bash", "-n", str(DEPLOY / "kafka" / "create-topics.sh")], check=True)
+
+
+def test_topic_init_script_runs(tmp_path):
+    """Run create-topics.sh with stand-ins for the two Kafka CLI scripts that record their arguments:
+    checks the script's own logic (loop, prefix, per-topic configs, --command-config, set -u) -- not
+    Kafka, which needs the compose stack."""
+    calls = tmp_path / "calls.txt"
+    for tool in ("kafka-broker-api-versions.sh", "kafka-topics.sh"):
+        stub = tmp_path / tool
+        stub.write_text(f'#!/usr/bin/env bash\necho "{tool} $*" >> "{calls}"\n')
+        stub.chmod(0o755)
+    env = {**os.environ, "KAFKA_BIN": str(tmp_path), "STREAM_REC_PARTITIONS": "6",
+           "STREAM_REC_TOPIC_PREFIX": "team-a.", "COMMAND_CONFIG": "/etc/client.properties"}
+    subprocess.run(["bash", str(DEPLOY / "kafka" / "create-topics.sh")], env=env, check=True,
+                   capture_output=True, timeout=30)
+    creates = [line for line in calls.read_text().splitlines() if "--create" in line]
+    assert len(creates) == 5
+    events = next(c for c in creates if "--topic team-a.events " in c)
+    assert "--partitions 6" in events and "cleanup.policy=delete" in events and "retention.ms" not in events
+    assert "--command-config /etc/client.properties" in events
+    catalog = next(c for c in creates if "--topic team-a.catalog " in c)
+    assert "--partitions 1" in catalog and "cleanup.policy=compact" in catalog
+    recs = next(c for c in creates if "--topic team-a.recommendations " in c)
+    assert "--partitions 6" in recs and "retention.ms=21600000" in recs
 
 
 def test_shell_scripts_parse():

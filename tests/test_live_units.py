@@ -181,10 +181,14 @@ def test_live_model_reload_swaps_and_carries_live_items(tiny_models, tmp_path):
         same = await live.reload()
         shutil.copytree(root / "b", models / "b")
         assert live.changed_on_disk() == models / "b"
-        return same, await live.reload()
+        swap = await live.reload()
+        pinned = await live.reload(models / "a")  # asked for explicitly (control topic): stays served
+        return same, swap, pinned
 
-    same, result = asyncio.run(main())
-    assert not same.reloaded and result.reloaded and live.version == b.version and swapped == [live.current]
+    same, result, pinned = asyncio.run(main())
+    assert pinned.reloaded and live.version == a.version and live.changed_on_disk() is None
+    live.current = swapped[0]
+    assert not same.reloaded and result.reloaded and result.version == b.version and len(swapped) == 2
     assert "brand-new" in live.current.row_of and live.current.hidden_size == 16
     assert reload_request(b'{"type": "reload"}') is None
     assert reload_request({"type": "reload", "path": "/m"}) == "/m"

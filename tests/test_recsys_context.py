@@ -69,3 +69,14 @@ def test_labels_and_recency_weights():
     assert labels_from_texts(texts) == ["Animation", "Children's", "Comedy", "Action", "Crime"]
     w = recency_weights(np.array([[0, 5, 6, 7]]), half_life=1.0)
     assert w.tolist() == [[0.0, 0.25, 0.5, 1.0]]
+
+
+def test_genre_centroid_profile():
+    from recsys_fixtures import theme_world
+
+    catalog, vecs, row_of, themes = theme_world()
+    texts = [f"{it['title']}. Genres: {it['attributes']['genre'].title()}." for it in catalog]
+    profiler = InterestProfiler.from_genres(texts, vecs)
+    assert set(profiler.labels) == {"Space", "Cooking", "Detective", "Nature", "Romance", "History"}
+    out = profiler.summarise(np.array([[row_of["nature-01"], row_of["nature-02"], row_of["cooking-03"]]]), top=2)
+    assert [label for label, _ in out[0]] == ["Nature", "Cooking"]

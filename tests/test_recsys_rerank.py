@@ -68,3 +68,15 @@ def test_metrics_and_bad_input():
     assert catalog_coverage([[1, 2], [2, 3, 0]], n_items=6) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="lambda"):
         mmr_rerank_batch(np.array([[1]]), np.array([[1.0]]), vecs, k=1, lam=1.5)
+
+
+def test_vector_helpers():
+    from stream_rec.recsys.vectors import centred, pad_rows, score_scale, unit_rows
+
+    v = np.array([[0, 0], [1, 1], [3, 1]], dtype=np.float32)
+    c = centred(v)
+    assert c[0].tolist() == [0, 0] and np.allclose(c[1:].mean(axis=0), 0)
+    assert np.allclose(np.linalg.norm(unit_rows(v[1:]), axis=1), 1) and unit_rows(v)[0].tolist() == [0, 0]
+    s = np.array([[-np.inf, 1.0, 3.0], [-np.inf, 2.0, 2.0]])
+    assert score_scale(s).ravel().tolist() == [1.0, 1.0]  # std 1; constant row falls back to 1
+    assert pad_rows([[1, 2], []]).tolist() == [[1, 2], [0, 0]]

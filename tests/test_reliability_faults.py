@@ -33,7 +33,7 @@ import pytest
 
 from conftest import WorkerProcess, consume, make_settings, produce, scrape, wait_until, write_items
 from stream_rec.app import STATE_TABLE
-from stream_rec.broker import EmbeddedBroker
+from stream_rec.broker import EmbeddedBroker, free_port
 from stream_rec.faults import RssSampler, fuzz_corpus, paused, read_changelog_states
 from stream_rec.kafka import ensure_topics
 from stream_rec.synthetic import make_catalog
@@ -218,24 +218,29 @@ def test_rebalance_second_worker_joins_then_first_leaves(fault_settings, tmp_pat
     chunks = stream.chunks(50)
     worker_a = WorkerProcess(settings, tmp_path / "a", items=items).start()
     worker_b = None
+
+    def assignments(worker: WorkerProcess) -> int:
+        return worker.log_path.read_text(errors="replace").count("Setting newly assigned partitions")
     try:
         produce(settings, settings.topic(settings.events_topic), chunks[0])
         wait_for_first_rec(settings, worker_a)
-        producer = BackgroundProducer(settings, chunks[1:], pause_s=0.25).start()
+        producer = BackgroundProducer(settings, chunks[1:], pause_s=0.6).start()  # ~30 s of events
         time.sleep(2.0)
-        # same app id (consumer group), its own data dir: partitions move to it and it must restore
+        # same app id (consumer group), its own empty data dir: partitions move to it and it must restore
         # their state from the changelog, not from a local copy
-        settings_b = settings.replace(data_dir=tmp_path / "data-b", metrics_port=0,
-                                      web_port=settings.web_port + 1 if settings.web_port < 65000 else 0)
+        settings_b = settings.replace(data_dir=tmp_path / "data-b", metrics_port=0, web_port=free_port())
         worker_b = WorkerProcess(settings_b, tmp_path / "b", items=items).start()
-        time.sleep(15.0)  # join + rebalance + restore, while events keep coming
+        wait_until(lambda: assignments(worker_b) >= 1, timeout_s=60, message="the second worker's assignment")
+        time.sleep(3.0)
         worker_a.stop()  # graceful leave: everything moves to B
+        sent_when_a_left = producer.sent
+        wait_until(lambda: assignments(worker_b) >= 2, timeout_s=60, message="the rebalance after A left")
         producer.join()
+        assert sent_when_a_left < len(stream.events) - len(chunks[0]), "A left after the stream had ended"
         latest_recs(settings, stream, timeout_s=150)
         assert worker_b.alive(), worker_b.log_tail()
         b_log = worker_b.log_path.read_text(errors="replace")
         assert "Restoring state from changelog topics" in b_log, "B never restored a partition's state"
-        assert b_log.count("Setting newly assigned partitions") >= 2, "no second rebalance after A left"
     finally:
         worker_a.stop()
         if worker_b is not None:

@@ -134,3 +134,74 @@ def test_listening_sockets_reports_bound_addresses():
     finally:
         proc.kill()
         proc.wait()
+
+
+# --- privacy in the pure pipeline --------------------------------------------------------------------
+
+def _batch(records: list[tuple[str, dict]], partition: int = 0, first_offset: int = 0):
+    import json as _json
+
+    from stream_rec.pipeline import Incoming
+    return [Incoming(_json.dumps(doc).encode(), user.encode(), "events", partition, first_offset + i, time.time())
+            for i, (user, doc) in enumerate(records)]
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    import torch
+
+    from stream_rec.model.recommender import Recommender
+    torch.set_num_threads(1)
+    return Recommender.untrained(ITEMS, device="cpu")
+
+
+def _view(user: str, item: str, ts: float) -> tuple[str, dict]:
+    return user, {"user_id": user, "item_id": item, "event_type": "view", "timestamp": ts}
+
+
+def test_delete_user_event_erases_state_and_later_events_start_fresh(small_model):
+    from stream_rec.pipeline import PipelineConfig, process_batch
+    from stream_rec.state import decode_state
+
+    now = time.time() - 100
+    store: dict[str, bytes] = {}
+    first = process_batch(_batch([_view("ann", ITEMS[0], now), _view("ann", ITEMS[1], now + 1),
+                                  _view("ben", ITEMS[2], now)]), store.get, small_model, PipelineConfig())
+    store.update(first.states)
+    assert decode_state(store["ann"]).n_events == 2
+
+    # one batch: an event, the deletion, then a new event of the same user; ben untouched
+    batch = _batch([_view("ann", ITEMS[3], now + 2), ("ann", delete_user_event("ann", now=now + 3)),
+                    _view("ann", ITEMS[4], now + 4), _view("ben", ITEMS[5], now + 1)], first_offset=3)
+    result = process_batch(batch, store.get, small_model, PipelineConfig())
+    assert result.deleted == {"ann": 1}
+    assert not result.dlq
+    ann = decode_state(result.states["ann"])
+    assert ann.n_events == 1 and ann.seen_items() == [ITEMS[4]], "state after the deletion must start fresh"
+    assert decode_state(result.states["ben"]).n_events == 2
+
+    # a deletion alone: no new state, only the delete (the agent turns it into a tombstone)
+    alone = process_batch(_batch([("ben", delete_user_event("ben", now=now + 5))], first_offset=10), store.get,
+                          small_model, PipelineConfig())
+    assert alone.deleted == {"ben": 0} and "ben" not in alone.states and not alone.recommendations
+    # and it is validated like any event: wrong key -> DLQ
+    bad = process_batch(_batch([("mallory", delete_user_event("ben", now=now))]), store.get, small_model,
+                        PipelineConfig())
+    assert not bad.deleted and bad.dlq[0]["reason"] == "key_mismatch"
+
+
+def test_pseudonymize_on_ingest_keeps_raw_ids_out_of_state_and_output(small_model):
+    from stream_rec.pipeline import PipelineConfig, process_batch
+
+    now = time.time() - 100
+    config = PipelineConfig(pseudonymize_key="k")
+    store: dict[str, bytes] = {}
+    result = process_batch(_batch([_view("ann@example.com", ITEMS[0], now)]), store.get, small_model, config)
+    hashed = pseudonymize("ann@example.com", "k")
+    assert list(result.states) == [hashed]
+    assert [r["user_id"] for r in result.recommendations] == [hashed]
+    assert b"ann@example.com" not in result.states[hashed]
+    store.update(result.states)
+    deleted = process_batch(_batch([("ann@example.com", delete_user_event("ann@example.com", now=now))],
+                                   first_offset=1), store.get, small_model, config)
+    assert deleted.deleted == {hashed: 0}

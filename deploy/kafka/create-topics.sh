@@ -26,13 +26,15 @@ if [[ -n "${COMMAND_CONFIG:-}" ]]; then
   EXTRA=(--command-config "$COMMAND_CONFIG")
 fi
 
-# name                partitions      cleanup.policy
+# Retention follows topics/README.md: recommendations are short-lived (consumers keep the newest per
+# user), dead letters are evidence (weeks); "-" keeps the broker default (7 days for events).
+# name                partitions      cleanup.policy  retention.ms
 TOPICS="
-events                ${PARTITIONS}   delete
-catalog               1               compact
-recommendations       ${PARTITIONS}   delete
-events-dlq            1               delete
-control               1               delete
+events                ${PARTITIONS}   delete          -
+catalog               1               compact         -
+recommendations       ${PARTITIONS}   delete          21600000
+events-dlq            1               delete          2419200000
+control               1               delete          86400000
 "
 
 echo "waiting for Kafka at ${BOOTSTRAP_SERVERS} ..."
@@ -43,12 +45,16 @@ for _ in $(seq 1 60); do
   sleep 2
 done
 
-while read -r name partitions policy; do
+while read -r name partitions policy retention; do
   [[ -z "$name" ]] && continue
-  echo "topic ${PREFIX}${name}: ${partitions} partitions, cleanup.policy=${policy}"
+  configs=(--config "cleanup.policy=${policy}")
+  if [[ "$retention" != "-" ]]; then
+    configs+=(--config "retention.ms=${retention}")
+  fi
+  echo "topic ${PREFIX}${name}: ${partitions} partitions, cleanup.policy=${policy}, retention.ms=${retention}"
   "$KAFKA_BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP_SERVERS" "${EXTRA[@]}" --create --if-not-exists \
     --topic "${PREFIX}${name}" --partitions "$partitions" --replication-factor "$REPLICATION_FACTOR" \
-    --config "cleanup.policy=${policy}"
+    "${configs[@]}"
 done <<< "$TOPICS"
 
 "$KAFKA_BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP_SERVERS" "${EXTRA[@]}" --describe \

@@ -22,3 +22,15 @@ def settings_from_args(args: argparse.Namespace, **extra) -> Settings:
     overrides = {name: getattr(args, name, None) for name in ("broker", "topic_prefix", "partitions")}
     overrides.update(extra)
     return Settings.from_env(**overrides)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows a flag's default when it has one (not None/False) and its help does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (default is not None and default is not False and default is not argparse.SUPPRESS
+                and "default" not in text and action.option_strings):
+            text += f" (default: {default})"
+        return text

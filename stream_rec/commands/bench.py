@@ -9,7 +9,8 @@
 Both read the same N events from the beginning in their own consumer group, each in a subprocess. Each
 rate is measured from the first consumed batch to the last event (so group join and model loading are
 not counted): ``(N - events in the first observation) / (t_last - t_first)``. The spine's count is
-"events consumed with their recommendations sent" (a batch is counted after its sends are acked).
+"events consumed with their recommendations sent" (a batch is counted once its records are handed to
+the producer; the worker awaits their acks one batch later, and Faust flushes before committing).
 """
 
 from __future__ import annotations

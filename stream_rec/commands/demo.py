@@ -18,13 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from ._common import HelpFormatter
+
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="broker + worker + synthetic producer + live tail (Ctrl-C stops all)",
                        description="Run the whole thing locally: an embedded broker, a worker serving the "
                                    "untrained model (or --model), a synthetic event stream, and a live view of "
                                    "the recommendations. Ctrl-C stops everything cleanly.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("--port", type=int, default=0, help="broker port (0 = any free port)")
     p.add_argument("--rate", type=float, default=20.0, help="synthetic events per second")
     p.add_argument("--users", type=int, default=50, help="synthetic users")
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         settings = Settings.from_env(broker=broker.bootstrap, data_dir=data_dir / "worker",
                                      metrics_port=args.metrics_port or free_port(), web_port=free_port(),
                                      model=args.model)
-        say(f"broker on {broker.bootstrap} (embedded Tansu, in memory)")
+        say(f"broker pid {broker.process.pid} on {broker.bootstrap} (embedded Tansu, in memory)")
         asyncio.run(ensure_topics(settings))
         items, events = synthetic_events(args.events, args.users, seed=0)
         items_file = data_dir / "items.jsonl"

@@ -9,14 +9,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "interests", help="summarise a user's recent history as a few readable interests",
         description="Rank interest labels by how much closer they are to the mean text vector of the user's recent "
-                    "items than to the catalog's (see stream_rec/recsys/interests.py). Labels default to the genres "
-                    "found in the model's item texts ('Genres: ...').",
+                    "items than to the catalog's (see stream_rec/recsys/interests.py). Without --labels, the labels are "
+                    "the genres found in the model's item texts ('Genres: ...'), each the centroid of its items.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="model directory (or a directory of them: newest)")
     p.add_argument("--events", required=True, help="events holding the user's history (CSV or MovieLens file/dir)")
     p.add_argument("--user", required=True, help="user id to describe")
     p.add_argument("--format", default="auto", choices=["auto", "csv", "ml-100k", "ml-1m"], help="events file format")
-    p.add_argument("--labels", default="", help="comma-separated labels to choose from (default: genres of the catalog)")
+    p.add_argument("--labels", default="", help="comma-separated keywords to choose from, encoded by the text encoder (default: the "
+                        "catalog's genres)")
     p.add_argument("--recent", type=int, default=20, help="how many of the user's latest events to use")
     p.add_argument("--half-life", type=float, default=10.0, help="recency weighting: weight halves every N events back")
     p.add_argument("--top", type=int, default=3, help="how many interests to print")
@@ -41,14 +42,17 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {exc}") from None
     if args.user not in seqs:
         raise SystemExit(f"error: user {args.user!r} has no events in {args.events}")
-    labels = [x.strip() for x in args.labels.split(",") if x.strip()] or labels_from_texts(rec.item_texts)
-    if not labels:
+    labels = [x.strip() for x in args.labels.split(",") if x.strip()]
+    if not labels and not labels_from_texts(rec.item_texts):
         raise SystemExit("error: the model's item texts carry no 'Genres: ...' list; give --labels a,b,c")
     history = [r for r in rec.rows_for([i for i, _ in seqs[args.user]]) if r][-args.recent:]
     if not history:
         raise SystemExit(f"error: none of user {args.user!r}'s items are known to the model")
-    profiler = InterestProfiler.from_encoder(shared_encoder(), labels, rec.model.text_vectors.cpu().numpy(),
-                                             args.half_life)
+    text_vectors = rec.model.text_vectors.cpu().numpy()
+    if labels:  # keywords: encoded as words
+        profiler = InterestProfiler.from_encoder(shared_encoder(), labels, text_vectors, args.half_life)
+    else:  # genres of the catalog: centroids of their items
+        profiler = InterestProfiler.from_genres(rec.item_texts, text_vectors, args.half_life)
     interests = profiler.summarise(np.array([history]), top=args.top)[0]
     recent_titles = [rec.item_texts[r - 1] or rec.item_ids[r - 1] for r in history[-5:]]
     if args.json:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ._common import add_broker_flags, settings_from_args
+from ._common import HelpFormatter, add_broker_flags, settings_from_args
 
 ALIASES = {"user_id": ("user_id", "userId", "user"), "item_id": ("item_id", "itemId", "movieId", "item"),
            "timestamp": ("timestamp", "ts", "time"), "value": ("value", "rating"), "event_type": ("event_type", "type")}
@@ -19,7 +19,7 @@ def register(sub) -> None:
     p = sub.add_parser("produce", help="publish events from a file or synthetic ones",
                        description="Publish events to the events topic, keyed by user_id, with a progress bar and "
                                    "an optional rate limit. Exactly one of --file / --synthetic.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     add_broker_flags(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--file", metavar="PATH", help="events as JSONL (one event object per line) or CSV with a "

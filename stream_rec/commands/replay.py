@@ -32,9 +32,19 @@ def register(sub) -> None:
     p.add_argument("--max-events", type=int, default=0, metavar="N",
                    help="stop after the first N events of the time-ordered stream; 0 = all")
     p.add_argument("--rate", type=float, default=0.0, metavar="EV/S",
-                   help="offered load in events/s; 0 = as fast as the producer can send")
+                   help="offered load in events/s (an upper bound with --order paced); 0 = as fast as possible")
+    p.add_argument("--order", choices=["time", "paced"], default="time",
+                   help="time: the whole log in timestamp order at --rate (a user's burst of events may land in one "
+                        "micro-batch and get one list, so not every event is scored: see 'coverage'); paced: each "
+                        "user's next event is sent only after the list for the previous one arrived (users in "
+                        "parallel, in timestamp order of their next event), so every event gets its own list")
+    p.add_argument("--in-flight", type=int, default=256, metavar="N",
+                   help="with --order paced: users with an event in flight at once")
     p.add_argument("--batch-max-events", type=int, default=None, metavar="N",
                    help="worker micro-batch size (default: Settings.batch_max_events)")
+    p.add_argument("--history-len", type=int, default=None, metavar="N",
+                   help="items of rolling history the worker keeps per user (default: Settings.history_len); seen-item "
+                        "exclusion online only covers these, offline evaluation excludes the whole history")
     p.add_argument("--out", default="runs/replay", metavar="DIR", help="where replay.json, replay.png and the "
                                                                         "worker log are written")
     p.add_argument("--event-type", default="view", help="event_type of the replayed events")
@@ -84,6 +94,65 @@ def build_stream(seqs: dict[str, list[tuple[str, float]]], users: list[str], max
     return flat, streamed, complete
 
 
+async def send_paced(producer, settings, flat, scorer, args, on_sent, bar, wake) -> None:
+    """Per-user closed loop: a user's next event goes out once the list for its previous event came back
+    (or after 10 s); up to ``args.in_flight`` users in flight, the earliest next event first. Cross-user
+    order does not matter to the scores (the model is fixed, state is per user); each user's order does."""
+    import asyncio
+    import heapq
+    import time
+    from collections import deque
+
+    from ..live import harness
+
+    topic = settings.topic(settings.events_topic)
+    queues: dict[str, deque] = {}
+    for ts, u, item in flat:
+        queues.setdefault(u, deque()).append((ts, item))
+    ready = [(q[0][0], u) for u, q in queues.items()]
+    heapq.heapify(ready)
+    in_flight: dict[str, tuple[int, float]] = {}  # user -> (index sent, when)
+    sent_count: dict[str, int] = {}
+    pending_acks = []
+    t0, n_sent = time.perf_counter(), 0
+    while ready or in_flight:
+        now = time.monotonic()
+        for u, (index, when) in list(in_flight.items()):  # list back (or given up on): the user may go on
+            if scorer.position(u) >= index or now - when > 10.0:
+                del in_flight[u]
+                if queues[u]:
+                    heapq.heappush(ready, (queues[u][0][0], u))
+        while ready and len(in_flight) < args.in_flight:
+            if args.rate > 0 and n_sent >= args.rate * (time.perf_counter() - t0):
+                break
+            _, u = heapq.heappop(ready)
+            ts, item = queues[u].popleft()
+            ev = harness.event_record(u, item, ts, args.event_type)
+            pending_acks.append(await producer.send(topic, json_bytes(ev), key=u.encode()))
+            index = sent_count.get(u, 0)
+            sent_count[u] = index + 1
+            in_flight[u] = (index, time.monotonic())
+            on_sent(n_sent, ev, time.time())
+            n_sent += 1
+            bar.update(1)
+        if len(pending_acks) >= 200 or (pending_acks and not ready):
+            await asyncio.gather(*pending_acks)
+            pending_acks.clear()
+        wake.clear()
+        try:
+            await asyncio.wait_for(wake.wait(), 0.01)
+        except asyncio.TimeoutError:
+            pass
+    if pending_acks:
+        await asyncio.gather(*pending_acks)
+
+
+def json_bytes(record: dict) -> bytes:
+    import json
+
+    return json.dumps(record).encode()
+
+
 def offline_numbers(rec, seqs: dict[str, list[tuple[str, float]]], users: list[str]) -> dict:
     """Leave-one-out test numbers of ``rec`` on ``users`` through the `evaluate` code path: each user's
     last event is the target, everything before it the history (seen items excluded)."""
@@ -107,6 +176,7 @@ def offline_numbers(rec, seqs: dict[str, list[tuple[str, float]]], users: list[s
 
 
 async def replay(args, bootstrap: str) -> dict:
+    import asyncio
     import json
     import shutil
     import tempfile
@@ -145,15 +215,20 @@ async def replay(args, bootstrap: str) -> dict:
     overrides = {"model": str(model_dir)}
     if args.batch_max_events:
         overrides["batch_max_events"] = args.batch_max_events
+    if args.history_len:
+        overrides["history_len"] = args.history_len
     settings = harness.isolated_settings(bootstrap, data_dir, "replay", **overrides)
     worker = harness.WorkerProcess(settings, log_file=out / "worker.log")
     done_users: set[str] = set()
     bar_recs = None
 
+    wake = asyncio.Event()
+
     def on_record(record: dict, received: float) -> None:
         if record.get("user_id") == harness.PROBE_USER:
             return
         scorer.add(record, received, sent_at)
+        wake.set()
         if bar_recs is not None:
             bar_recs.update(1)
         u = record.get("user_id")
@@ -180,9 +255,12 @@ async def replay(args, bootstrap: str) -> dict:
         producer = await harness.make_producer(settings)
         events = (harness.event_record(u, item, ts, args.event_type) for ts, u, item in flat)
         bar_recs = tqdm(total=None, desc="recommendations", unit="rec", position=1, leave=False, mininterval=0.5)
-        with tqdm(total=len(flat), desc="events sent", unit="ev", position=0) as bar:
+        with tqdm(total=len(flat), desc="events sent", unit="ev", position=0, mininterval=0.5) as bar:
             t_send = time.time()
-            await harness.send_events(producer, settings, events, rate=args.rate, on_sent=on_sent, progress=bar)
+            if args.order == "time":
+                await harness.send_events(producer, settings, events, rate=args.rate, on_sent=on_sent, progress=bar)
+            else:
+                await send_paced(producer, settings, flat, scorer, args, on_sent, bar, wake)
             send_seconds = time.time() - t_send
         await producer.stop()
         finished = await collector.wait_for(lambda: len(done_users) >= len(streamed), timeout_s=1e9,
@@ -205,7 +283,11 @@ async def replay(args, bootstrap: str) -> dict:
         "events_streamed": len(flat),
         "events_dropped_unknown_item": dropped,
         "unknown_items": len(unknown_items),
+        "order": args.order,
+        "in_flight_users": args.in_flight if args.order == "paced" else None,
         "rate_offered": args.rate or "max",
+        "worker_history_len": settings.history_len,
+        "worker_batch_max_events": settings.batch_max_events,
         "send_seconds": round(send_seconds, 2),
         "events_per_s_end_to_end": round(len(flat) / drain_seconds, 1) if drain_seconds > 0 else None,
         "all_recommendations_received": finished,

@@ -7,14 +7,14 @@ import json
 import sys
 import time
 
-from ._common import add_broker_flags, settings_from_args
+from ._common import HelpFormatter, add_broker_flags, settings_from_args
 
 
 def register(sub) -> None:
     p = sub.add_parser("tail", help="print recommendations as they arrive",
                        description="Follow the recommendations topic and print one line per record: the user, "
                                    "their last items (history) and the top items with scores.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     add_broker_flags(p)
     p.add_argument("--from-beginning", action="store_true", help="start at the oldest record, not the newest")
     p.add_argument("--max", type=int, default=0, metavar="N", help="exit after N records (0 = never)")

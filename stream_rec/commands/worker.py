@@ -14,8 +14,7 @@ def register(sub) -> None:
     p = sub.add_parser("worker", help="run the stream processor (Faust worker)",
                        description="Consume `events`, keep per-user state in RocksDB tables, publish "
                                    "`recommendations` (bad input to `events-dlq`). Every flag also has an "
-                                   "env var STREAM_REC_<NAME>; flags win.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   "env var STREAM_REC_<NAME>; flags win.")
     add_broker_flags(p)
     p.add_argument("--data-dir", metavar="DIR", help="RocksDB tables live in DIR/<app-id>/ (env STREAM_REC_DATA_DIR, "
                                                      "default var/worker); keep it to keep state across restarts")
@@ -34,7 +33,7 @@ def register(sub) -> None:
     p.add_argument("--batch-max-wait-ms", type=int, metavar="MS", help="micro-batch wait limit (default 5)")
     p.add_argument("--top-k", type=int, metavar="K", help="items per recommendation (default 10)")
     p.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"],
-                   help="worker log level")
+                   help="worker log level (default info)")
     p.set_defaults(func=run)
 
 

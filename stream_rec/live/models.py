@@ -165,8 +165,8 @@ class LiveModel:
                  on_swap: Callable[[Any], None] | None = None):
         self.current = recommender
         self.root = None if source is None else Path(source)  # what --model named (dir or dir of dirs)
-        self.loaded_dir: Path | None = None
-        self.loaded_mtime: float | None = None
+        self.loaded_dir: Path | None = None  # the directory ``current`` came from
+        self.seen_on_disk: tuple[Path, float] | None = None  # newest dir under root (and its mtime), last look
         self.device = device
         self.on_swap = on_swap
         self.reloads = 0
@@ -176,7 +176,8 @@ class LiveModel:
     def from_path(cls, path: str | Path, device: str = "auto", **kw) -> "LiveModel":
         loaded_dir, rec = load_newest(path, device)
         live = cls(rec, path, device, **kw)
-        live.loaded_dir, live.loaded_mtime = loaded_dir, dir_mtime(loaded_dir)
+        live.loaded_dir = loaded_dir
+        live.changed_on_disk()  # the watcher's baseline
         return live
 
     @property
@@ -185,18 +186,21 @@ class LiveModel:
 
     # --- reload ----------------------------------------------------------------------------------
     def changed_on_disk(self) -> Path | None:
-        """The directory to load if the models directory now has a newer (or modified) model."""
+        """The newest model directory under the ``--model`` root if it changed since the last look (a new
+        directory, or new files in it); None otherwise. The watcher compares with what it saw last, not
+        with what is served, so a version loaded on request from elsewhere (control topic) stays served
+        until the models directory itself changes again."""
         if self.root is None:
             return None
         try:
             newest = newest_model_dir(self.root)
         except ModelResolutionError:
             return None
-        mtime = dir_mtime(newest)
-        if newest != self.loaded_dir or (self.loaded_mtime is not None and mtime > self.loaded_mtime):
-            return newest
-        return None
-
+        seen = (newest, dir_mtime(newest))
+        if seen == self.seen_on_disk:
+            return None
+        self.seen_on_disk = seen
+        return newest
 
     async def reload(self, path: str | Path | None = None, *, force: bool = False) -> ReloadResult:
         """Load ``path`` (a model dir or a dir of them; default: the ``--model`` root) in a thread and
@@ -213,11 +217,11 @@ class LiveModel:
             except Exception as exc:
                 log.error("model reload from %s failed, still serving %s: %s", target, self.version, exc)
                 return ReloadResult(False, self.version, str(target), reason=str(exc))
-            self.loaded_dir, self.loaded_mtime = loaded_dir, dir_mtime(loaded_dir)
             if rec.version == self.version and not force:
                 return ReloadResult(False, self.version, str(loaded_dir), time.perf_counter() - t0,
                                     reason="same version already served")
             old = self.version
+            self.loaded_dir = loaded_dir
             carry_live_items(self.current, rec)  # on the loop: no catalog record can slip in between
             self.current = rec
             self.reloads += 1

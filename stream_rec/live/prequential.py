@@ -101,6 +101,10 @@ class PrequentialScorer:
         self.scored.append(s)
         return s
 
+    def position(self, user: str) -> int:
+        """Index of the last event of ``user`` a record was matched to (-1 = none yet)."""
+        return self._position.get(user, -1)
+
     def done(self, user: str) -> bool:
         """True once the record after the user's last streamed event was matched."""
         return self._position.get(user, -1) == len(self.sequences.get(user, ())) - 1

@@ -33,6 +33,9 @@ class GRUConfig:
     use_ids: bool = True
     use_time_gap: bool = True
     dropout: float = 0.1
+    # Training only: probability of hiding an item's ID embedding (per item row, per batch) so the text
+    # projection must carry the item alone -- that is all an item unseen in training will have.
+    id_dropout: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,7 +73,11 @@ class HybridGRU(nn.Module):
         """Representation of every item row: ID embedding + projected text vector.  # [N+1, d]"""
         rep = torch.zeros_like(self.id_embedding.weight)
         if self.config.use_ids:
-            rep = rep + self.id_embedding.weight
+            ids = self.id_embedding.weight
+            if self.training and self.config.use_text and self.config.id_dropout > 0:
+                keep = torch.rand(ids.shape[0], 1, device=ids.device) >= self.config.id_dropout
+                ids = ids * keep
+            rep = rep + ids
         if self.config.use_text:
             rep = rep + self.text_proj(self.text_vectors)
         return rep

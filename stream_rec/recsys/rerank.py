@@ -8,7 +8,9 @@ Maximal Marginal Relevance (Carbonell & Goldstein 1998) picks the list greedily:
   the same meaning for every model and user (cosines of text vectors also live in about [0, 1]).
   ``lam = 1`` returns the candidates in score order (pure relevance).
 * ``v`` are item *text* vectors: "similar" means "about the same thing", which is what a user perceives
-  as a repetitive list, and it works for items the model has never seen.
+  as a repetitive list, and it works for items the model has never seen. They are centred on the
+  catalog mean first (``vectors.centred``): sentence vectors of one catalog share a common component
+  that makes every pair look half-similar.
 * The greedy loop runs ``k`` steps over the whole batch at once ([B, C] arrays per step), so the cost is
   one [B, C, C] similarity tensor plus ``k`` vector operations per micro-batch.
 
@@ -23,7 +25,7 @@ from collections import deque
 
 import numpy as np
 
-from .vectors import unit_rows
+from .vectors import centred, unit_rows
 
 
 def normalised_relevance(relevance: np.ndarray) -> np.ndarray:
@@ -79,10 +81,14 @@ def mmr_rerank_batch(candidate_rows: np.ndarray, relevance: np.ndarray, item_vec
 
 def mmr_rerank_scores(scores: np.ndarray, item_vectors: np.ndarray, k: int, lam: float = 1.0,
                       n_candidates: int = 50, exclude_rows: list[list[int]] | None = None,
-                      exposure: "ExposureWindow | None" = None) -> np.ndarray:
+                      exposure: "ExposureWindow | None" = None, centre: bool = True) -> np.ndarray:
     """Convenience for the worker: full score matrix -> top ``n_candidates`` -> exposure cap -> MMR.
 
-    scores [B, N+1] (row 0 = padding), exclude_rows[b] = seen rows. Returns [B, k] item rows."""
+    scores [B, N+1] (row 0 = padding), exclude_rows[b] = seen rows. ``centre`` subtracts the catalog's
+    mean vector first (``vectors.centred``; pass pre-centred vectors and ``centre=False`` to do it once
+    per catalog instead of per call). Returns [B, k] item rows."""
+    if centre and lam < 1.0:
+        item_vectors = centred(item_vectors)
     s = np.array(scores, dtype=np.float64, copy=True)
     s[:, 0] = -np.inf
     for b, rows in enumerate(exclude_rows or []):

@@ -1,0 +1,96 @@
+"""The CLI around the spine: --help everywhere, produce/tail against the broker, and the demo end to end
+(live recommendations, then Ctrl-C leaves no process behind)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import consume
+from stream_rec.cli import build_parser
+
+SPINE_COMMANDS = ["broker", "worker", "produce", "tail", "demo", "bench"]
+
+
+@pytest.mark.parametrize("command", SPINE_COMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage:" in out and len(out) > 200
+    assert "--help" in out
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stream_rec", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_produce_synthetic_and_file(spine_settings, tmp_path):
+    s = spine_settings
+    env = s.to_env()
+    done = run_cli("produce", "--synthetic", "30", "--users", "5", "--no-progress", "--catalog", env=env)
+    assert done.returncode == 0, done.stderr
+    events = consume(s, s.topic("events"), count=30, timeout_s=20)
+    assert len(events) == 30
+    assert all(r["key"] == r["value"]["user_id"].encode() for r in events)
+    catalog = consume(s, s.topic("catalog"), count=1, timeout_s=10)
+    assert catalog and catalog[0]["key"] == catalog[0]["value"]["item_id"].encode()
+
+    csv_file = tmp_path / "events.csv"
+    csv_file.write_text("userId,movieId,rating,timestamp\n7,42,4.5,1700000000\n8,43,3,1700000001\n")
+    done = run_cli("produce", "--file", str(csv_file), "--no-progress", env=env)
+    assert done.returncode == 0, done.stderr
+    more = consume(s, s.topic("events"), count=32, timeout_s=20)
+    assert len(more) == 32
+    assert {"user_id": "7", "item_id": "42", "event_type": "rate", "timestamp": 1700000000.0, "value": 4.5} in \
+        [r["value"] for r in more]
+
+
+def test_produce_rejects_bad_input(tmp_path):
+    done = run_cli("produce", "--file", str(tmp_path / "missing.jsonl"), "--broker", "127.0.0.1:1")
+    assert done.returncode != 0
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def test_demo_shows_live_recommendations_and_stops_cleanly(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "stream_rec", "demo", "--data-dir", str(tmp_path / "demo"),
+                             "--rate", "30"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines, recs = [], []
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline and len(recs) < 3:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if " seen [" in line and "->" in line:
+                recs.append(line)
+    finally:
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C does
+        rest, _ = proc.communicate(timeout=60)
+    output = "".join(lines) + rest
+    assert len(recs) >= 3, output[-3000:]
+    assert "untrained-" in recs[0]
+    assert proc.returncode == 0, output[-3000:]
+    worker_pid = int(re.search(r"worker pid (\d+)", output).group(1))
+    broker_pid = int(re.search(r"broker pid (\d+)", output).group(1))
+    bootstrap = re.search(r"on (127\.0\.0\.1):(\d+)", output)
+    for pid in (worker_pid, broker_pid):
+        assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2], \
+            f"process {pid} left running"
+    assert not _port_open(bootstrap.group(1), int(bootstrap.group(2)))
