@@ -38,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--dropout", type=float, default=0.3, help="dropout on GRU inputs/outputs")
     p.add_argument("--id-dropout", type=float, default=0.0, help="hybrid only: probability of hiding an item's ID "
                                                                 "embedding while training")
+    p.add_argument("--cold-id-dropout", type=float, default=0.2,
+                   help="--id-dropout of the model trained for the cold-item comparison")
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
     p.add_argument("--batch-size", type=int, default=32, help="users per batch")
     p.add_argument("--time-budget", type=float, default=0.0, help="seconds per training run; stops after the epoch "
@@ -90,7 +92,8 @@ def run_dataset(name: str, args, encoder) -> dict:
         if "popularity" in results:
             out["rows"]["popularity"] = results["popularity"]
             out["rows"]["Markov"] = results["markov"]
-        out["rows"][label] = results["gru"] | {"train_seconds": round(seconds, 1), "best_epoch": history.best_epoch,
+        out["rows"][label] = results["gru"] | {"train_seconds": round(seconds, 1),
+                                               "train_cpu_seconds": round(history.cpu_seconds, 1), "best_epoch": history.best_epoch,
                                                "epochs_run": len(history.epochs), "state_bytes": rec.state_bytes,
                                                "valid_ndcg@10": history.best_valid.get("ndcg@10")}
         print(f"{label}: {out['rows'][label]}", flush=True)
@@ -107,7 +110,7 @@ def run_dataset(name: str, args, encoder) -> dict:
                                   test=split.test, full=split.full)
         t0 = time.perf_counter()
         rec, history = train_recommender(train_split, items, model_config(args) | {"use_text": True,
-                                                                                 "id_dropout": args.id_dropout},
+                                                                                 "id_dropout": args.cold_id_dropout},
                                          train_params(args), encoder=encoder, exclude_items=sorted(held),
                                          progress=progress)
         seconds = time.perf_counter() - t0
@@ -130,12 +133,13 @@ def run_dataset(name: str, args, encoder) -> dict:
 def print_table(name: str, res: dict) -> None:
     print(f"\n### {name} ({res['data']['events']:,} events, {res['data']['users']:,} users, "
           f"{res['data']['items']:,} items)")
-    print("| model | HR@10 | NDCG@10 | MRR@10 | train time | state bytes/user |")
-    print("|---|---|---|---|---|---|")
+    print("| model | HR@10 | NDCG@10 | MRR@10 | train time (wall / CPU) | epochs (best) | state bytes/user |")
+    print("|---|---|---|---|---|---|---|")
     for label, r in res["rows"].items():
-        t = f"{r['train_seconds']:.0f} s" if "train_seconds" in r else "-"
+        t = f"{r['train_seconds']:.0f} s / {r.get('train_cpu_seconds', 0):.0f} s" if "train_seconds" in r else "-"
+        ep = f"{r['epochs_run']} ({r['best_epoch']})" if "epochs_run" in r else "-"
         sb = str(r.get("state_bytes", "-"))
-        print(f"| {label} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | {r['mrr@10']:.4f} | {t} | {sb} |")
+        print(f"| {label} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | {r['mrr@10']:.4f} | {t} | {ep} | {sb} |")
     cold = res.get("cold_items")
     if cold:
         print(f"\nCold items ({cold['held_out_items']} items held out of training, "

@@ -53,8 +53,6 @@ class Settings:
     metrics_port: int = 9108
     web_host: str = "127.0.0.1"  # Faust's own web server
     web_port: int = 6066
-    # opt-in: Faust's /table (serves table contents = user state) and /router HTTP endpoints
-    web_tables_enabled: bool = False
     batch_max_events: int = 256  # micro-batch: at most this many events ...
     batch_max_wait_ms: int = 5  # ... or this long after the first one
     encoder_batch_max: int = 64  # text encoder micro-batch (slower, sized separately)
@@ -67,6 +65,7 @@ class Settings:
     # contend with Faust's event loop and the consumer thread for the same cores (measured: 9 ms per step
     # with the default on a loaded 2-core box vs ~1 ms with 1). 0 = torch's default.
     torch_threads: int = 1
+    context_alpha: float = 1.0  # weight of an event's context.text (a query) in its list; 0 = ignore context
     model_poll_s: float = 3.0  # hot reload: check the --model directory for a newer model this often (0 = never)
 
     # --- Paths -------------------------------------------------------------------------------------

@@ -121,6 +121,8 @@ def test_catalog_item_published_mid_stream_is_recommended(spine_settings, traine
         produce(settings, settings.topic("events"), events)
         before = recs_after(settings, {user: events[-1]["timestamp"]})[user]
         assert new_item["item_id"] not in [i["item_id"] for i in before["items"]]
+        wait_until(lambda: "text encoder ready" in worker.log_tail(200_000), timeout_s=90,
+                   message="the worker's text encoder (loaded at start, in a thread)")
         published = time.time()
         produce(settings, settings.topic("catalog"), [new_item], key_field="item_id")
         counter = iter(range(1000))
@@ -132,8 +134,17 @@ def test_catalog_item_published_mid_stream_is_recommended(spine_settings, traine
 
         rec = wait_for_rec(settings, lambda r: r["user_id"] == user and any(
             i["item_id"] == new_item["item_id"] for i in r["items"]), timeout_s=60, nudge=one_more_event)
+        print(f"new catalog item recommended {rec['produced_at'] - published:.1f} s after it was published")
+
+        # an event with a context text (a query) pulls the list toward matching items right away
+        query_ts = time.time()
+        produce(settings, settings.topic("events"), [{"user_id": user, "item_id": history[0], "event_type": "view",
+                                                      "timestamp": query_ts, "context": {"text": DESCRIPTIONS["cooking"]}}])
+        asked = recs_after(settings, {user: query_ts})[user]
         assert worker.alive(), worker.log_tail()
-    assert rec["produced_at"] - published < 30, "new item took too long to become recommendable"
+    assert rec["produced_at"] - published < 15, "new item took too long to become recommendable"
+    cooking = lambda r: sum(i["item_id"].startswith("cooking") for i in r["items"])  # noqa: E731
+    assert cooking(asked) > cooking(rec), (asked["items"], rec["items"])
 
 
 def test_hot_reload_swaps_version_and_keeps_user_state(spine_settings, trained_model, tmp_path):
@@ -166,8 +177,8 @@ def test_hot_reload_swaps_version_and_keeps_user_state(spine_settings, trained_m
 
         # and a reload announced on the control topic, from a directory outside the models root
         v3 = train_demo_model(tmp_path / "v3", train={"seed": 2, "epochs": 8}, version_suffix="v3").version
-        produce(settings, settings.topic("control"), [{"type": "reload", "path": str(tmp_path / "v3")}],
-                key_field=None)
+        subprocess.run([sys.executable, "-m", "stream_rec", "reload", "--broker", settings.broker, "--topic-prefix",
+                        settings.topic_prefix, "--path", str(tmp_path / "v3")], check=True, timeout=60)
         wait_for_rec(settings, lambda r: r["model_version"] == v3, timeout_s=60, nudge=probe_event)
         assert worker.alive(), worker.log_tail()
 

@@ -193,3 +193,30 @@ def test_live_model_reload_swaps_and_carries_live_items(tiny_models, tmp_path):
     assert reload_request(b'{"type": "reload"}') is None
     assert reload_request({"type": "reload", "path": "/m"}) == "/m"
     assert reload_request(b"junk") is False and reload_request({"type": "other"}) is False
+
+
+def test_context_query_moves_the_list_toward_matching_items(tmp_path_factory):
+    """An event carrying context.text gets a list boosted toward items whose text matches the query
+    (here the query vector is a space item's own text vector: no encoder needed)."""
+    import json as _json
+
+    import torch
+
+    from stream_rec.live.demo_model import train_demo_model
+    from stream_rec.live.service import context_text_of
+    from stream_rec.pipeline import Incoming, PipelineConfig, process_batch
+
+    torch.set_num_threads(1)
+    rec = train_demo_model(tmp_path_factory.mktemp("ctx") / "m", train={"epochs": 3}, use_text=True)
+    events = [{"user_id": "u", "item_id": f"cooking-0{i}", "event_type": "view", "timestamp": 1_700_000_000 + 60 * i}
+              for i in range(3)]
+    events[-1]["context"] = {"text": "a science fiction space adventure among stars and planets"}
+    msgs = [Incoming(_json.dumps(e).encode(), b"u", "events", 0, n, 0.0) for n, e in enumerate(events)]
+    assert context_text_of(msgs[-1].value).startswith("a science") and context_text_of(msgs[0].value) == ""
+    query = rec.model.text_vectors[rec.row_of["space-03"]].numpy()
+    plain = process_batch(msgs, lambda u: None, rec, PipelineConfig())
+    asked = process_batch(msgs, lambda u: None, rec, PipelineConfig(), queries={2: query})
+    space = lambda r: sum(i["item_id"].startswith("space") for i in r["items"])  # noqa: E731
+    assert space(asked.recommendations[0]) > space(plain.recommendations[0])
+    off = process_batch(msgs, lambda u: None, rec, PipelineConfig(context_alpha=0.0), queries={2: query})
+    assert off.recommendations[0]["items"] == plain.recommendations[0]["items"]

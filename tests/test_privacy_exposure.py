@@ -94,6 +94,7 @@ def test_forget_pseudonymize_no_ids_in_logs_or_metrics_localhost_only(broker, tm
         assert sockets, "the worker should at least serve /metrics"
         assert all(addr in ("127.0.0.1", "::1") for addr, _ in sockets), sockets
         assert ("127.0.0.1", settings.metrics_port) in sockets
+        assert {port for _, port in sockets} <= {settings.metrics_port, settings.web_port}, sockets
         if ("127.0.0.1", settings.web_port) in sockets:
             for path in (f"/table/{STATE_TABLE}/", f"/table/{STATE_TABLE}/{alice}/", "/table/"):
                 with pytest.raises(urllib.error.HTTPError) as err:

@@ -106,3 +106,22 @@ def test_secrets_do_not_leak_through_settings_repr():
     settings = Settings.from_env({"STREAM_REC_SASL_PASSWORD": "s3cret", "STREAM_REC_PSEUDONYMIZE_KEY": "hmac-key"})
     assert settings.sasl_password == "s3cret" and settings.pseudonymize_key == "hmac-key"
     assert "s3cret" not in repr(settings) and "hmac-key" not in repr(settings)
+
+
+def test_worker_app_gets_credentials_and_keeps_its_web_server_private(tls_files, tmp_path):
+    """The Faust app the worker runs: SASL_SSL settings end up in ``app.conf`` (and from there in Faust's
+    aiokafka clients), and its web server neither listens publicly nor serves table contents."""
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+    from stream_rec.app import Spine, build_app
+
+    settings = _settings("SASL_SSL", tls_files, sasl_mechanism="SCRAM-SHA-256", data_dir=tmp_path / "d",
+                         app_id="security-test")
+    app = build_app(settings, Spine(settings))
+    auth = credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context)
+    assert auth["security_protocol"] == "SASL_SSL" and auth["sasl_mechanism"] == "SCRAM-SHA-256"
+    assert auth["sasl_plain_username"] == "svc-rec" and auth["sasl_plain_password"] == "s3cret"
+    assert auth["ssl_context"].get_ca_certs()
+    conf = app.conf
+    assert not conf.web_enabled or (conf.web_bind in ("127.0.0.1", "localhost", "::1")
+                                     and not conf.web_tables_enabled), "Faust's web server would expose user state"

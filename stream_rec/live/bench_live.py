@@ -70,7 +70,7 @@ class Usage:
     def read(self) -> dict:
         wall = time.monotonic() - self.t0
         cpu = cpu_seconds(self.pid) - self.cpu0
-        return {"cpu_percent": round(100.0 * cpu / wall, 1) if wall > 0 else None,
+        return {"cpu_percent": round(100.0 * cpu / wall, 1) if wall > 0 else None, "cpu_seconds": round(cpu, 2),
                 "rss_mb": round(rss_bytes(self.pid) / 2**20, 1), "peak_rss_mb": round(rss_bytes(self.pid, True) / 2**20, 1)}
 
 
@@ -150,13 +150,16 @@ async def run_model_worker(broker: str, data_dir: Path, model_dir: Path, item_id
     for ev in backlog:
         last_ts[ev["user_id"]] = ev["timestamp"]
     arrivals: dict[tuple[str, float], float] = {}
+    cpu_at_first_rec: list[float] = []
 
     def on_record(rec: dict, t: float) -> None:
         arrivals.setdefault((rec.get("user_id"), rec.get("event_timestamp")), t)
+        if not cpu_at_first_rec and worker.process is not None:  # CPU of group join + model load left out
+            cpu_at_first_rec.append(cpu_seconds(worker.process.pid))
 
+    worker = harness.WorkerProcess(settings, log_file=(log_dir / f"{tag}-worker.log") if log_dir else None)
     collector = harness.RecCollector(settings, on_record=on_record)
     await collector.start()
-    worker = harness.WorkerProcess(settings, log_file=(log_dir / f"{tag}-worker.log") if log_dir else None)
     worker.start()
     try:
         usage = Usage(worker.process.pid)
@@ -166,9 +169,13 @@ async def run_model_worker(broker: str, data_dir: Path, model_dir: Path, item_id
             raise RuntimeError(f"{tag}: worker did not drain the backlog; log tail:\n{worker.log_tail()}")
         times = sorted(t for (u, _), t in arrivals.items() if u in last_ts)
         span = times[-1] - times[0]
+        sat = usage.read()
+        drain_cpu = cpu_seconds(worker.process.pid) - cpu_at_first_rec[0]
         result["saturation"] = {"events": len(backlog), "seconds": round(span, 2),
                                 "events_per_s": round(len(backlog) / span, 1) if span > 0 else None,
-                                "recommendations": len(times), **usage.read()}
+                                "drain_cpu_seconds": round(drain_cpu, 2),
+                                "events_per_cpu_s": round(len(backlog) / drain_cpu, 1) if drain_cpu > 0 else None,
+                                "recommendations": len(times), **sat}
         # latency at a fixed offered load, worker warm (latency_rate <= 0: half the measured saturation)
         if latency_rate <= 0:
             latency_rate = max(10.0, round(0.5 * (result["saturation"]["events_per_s"] or 20.0)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from typing import Sequence
 
@@ -44,9 +45,14 @@ class CatalogVectors:
         self.settings = settings
         self._encode_batch = encode_batch  # tests/bench may inject a cheap encoder
         self._queue: EncodingQueue | None = None
+        self._lock = threading.Lock()  # warm-up thread vs. a first request
         self.encoder_id: str | None = None
 
     def _ensure_queue(self) -> EncodingQueue:
+        with self._lock:
+            return self._make_queue()
+
+    def _make_queue(self) -> EncodingQueue:
         if self._queue is None:
             encode_batch = self._encode_batch
             if encode_batch is None:
@@ -58,6 +64,23 @@ class CatalogVectors:
             self._queue = EncodingQueue(encode_batch, max_batch=self.settings.encoder_batch_max,
                                         max_wait_ms=self.settings.batch_max_wait_ms, on_batch=metrics_hook)
         return self._queue
+
+    async def queue(self) -> EncodingQueue:
+        """The encoding queue; the first call loads the encoder in a thread (the event loop keeps going)."""
+        if self._queue is None:
+            await asyncio.to_thread(self._ensure_queue)
+        return self._queue
+
+    async def warm_up(self, model) -> None:
+        """Load the encoder at worker start (it takes seconds, ~20 s on a loaded 2-core box), so the first
+        new catalog item or query does not wait for it. Nothing to do for an ID-only model."""
+        if self.uses_text(model):
+            t0 = time.perf_counter()
+            try:
+                await self.queue()
+                log.info("text encoder ready for catalog items and queries (%.1f s)", time.perf_counter() - t0)
+            except Exception as exc:  # the worker still serves; items then enter by id only
+                log.error("could not load the text encoder: %s", exc)
 
     @staticmethod
     def uses_text(model) -> bool:
@@ -80,7 +103,7 @@ class CatalogVectors:
             return [], None
         if model.encoder_id and self.encoder_id and model.encoder_id != self.encoder_id:
             log.warning("model was trained with encoder %s, the worker has %s", model.encoder_id, self.encoder_id)
-        vecs = await self._ensure_queue().encode_many([catalog_text(r) for r in todo])
+        vecs = await (await self.queue()).encode_many([catalog_text(r) for r in todo])
         return todo, vecs
 
     async def close(self) -> None:
@@ -149,3 +172,52 @@ def seed_catalog(model, records: Sequence[dict], settings) -> list[str]:
     if new:
         model.add_items(new)
     return new
+
+
+# --- event context text (a query, a review) ------------------------------------------------------------
+def context_text_of(raw: bytes | None) -> str:
+    """The ``context.text`` of a raw event value ('' when none). Cheap for the common case: records
+    without the word ``context`` are not parsed twice."""
+    if not raw or b'"context"' not in raw:
+        return ""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return ""
+    from ..recsys.context import context_text
+
+    return context_text(doc.get("context")) if isinstance(doc, dict) and isinstance(doc.get("context"), dict) else ""
+
+
+async def context_vectors(catalog_vectors: CatalogVectors, model, values: Sequence[bytes | None]) -> dict[int, np.ndarray]:
+    """{batch index: query vector} for the events of a micro-batch that carry ``context.text``, encoded
+    through the same micro-batching queue as the catalog (only for models that use text)."""
+    if not CatalogVectors.uses_text(model):
+        return {}
+    texts = {i: t for i, t in enumerate(context_text_of(v) for v in values) if t}
+    if not texts:
+        return {}
+    vecs = await (await catalog_vectors.queue()).encode_many(list(texts.values()))
+    return dict(zip(texts, vecs))
+
+
+def contextual_topk(model, hiddens: Sequence[np.ndarray], exclude: Sequence[Sequence[int]],
+                    queries: dict[int, np.ndarray], k: int, alpha: float) -> dict[int, list[tuple[str, float]]]:
+    """Top-k lists for the users (positions in ``hiddens``) whose request carries a query: model scores
+    plus the query's match with each item's text (``recsys.context.context_boost``), seen items excluded."""
+    import torch
+
+    from ..model.gru import topk_excluding
+    from ..recsys.context import context_boost
+
+    if not queries or alpha == 0.0:
+        return {}
+    idx = list(queries)
+    scores = model.score_rows(np.stack([hiddens[i] for i in idx])).cpu().numpy()
+    boosted = context_boost(scores, np.stack([queries[i] for i in idx]),
+                            model.model.text_vectors.detach().cpu().numpy(), alpha)
+    values, rows = topk_excluding(torch.from_numpy(boosted), k, [list(exclude[i]) for i in idx])
+    out = {}
+    for pos, vs, rs in zip(idx, values.numpy(), rows.numpy()):
+        out[pos] = [(model.item_ids[r - 1], float(v)) for v, r in zip(vs, rs) if r != 0 and np.isfinite(v)]
+    return out
