@@ -3,14 +3,18 @@
 Everything here acts on real OS processes (a worker subprocess, the broker) or produces real bytes
 for the real broker; nothing mocks Kafka. The pieces:
 
-* ``kill_hard(proc)`` — ``SIGKILL``, no shutdown hooks, no final commit: the crash case.
+* crashes are ``SIGKILL`` of a worker subprocess (``tests/conftest.py``'s ``WorkerProcess.kill``): no
+  shutdown hooks, no final commit, no producer flush.
 * ``paused(proc, seconds)`` — ``SIGSTOP`` then ``SIGCONT`` (the broker "hiccup": sockets stay open
   but nothing answers, as with a long GC pause or a frozen VM).
 * ``RssSampler`` — samples ``VmRSS`` of a process (and its children) from ``/proc`` in a thread; the
   peak is what a memory bound is checked against. ``VmHWM`` is the kernel's own high-water mark, read
   at the end as a cross-check (the sampler can miss a short spike, the kernel cannot).
+* ``listening_sockets(pid)`` — the TCP sockets a process listens on, from ``/proc/PID/net/tcp{,6}``.
 * ``fuzz_corpus(...)`` — a seeded mix of malformed events of every kind the validator must survive,
   interleaved with good ones, each labelled with whether it must reach the DLQ.
+* ``read_topic`` / ``read_changelog_states`` — read a topic to its end (fetch watermark, see the Tansu
+  note in docs/RELIABILITY.md) and decode the state table's changelog: what a restoring worker rebuilds.
 
 Linux only (``/proc``, signals); the tests that use it are skipped elsewhere.
 """
@@ -26,7 +30,6 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 # --- processes --------------------------------------------------------------------------------------
@@ -34,19 +37,6 @@ from typing import Callable, Iterator, Sequence
 
 def _pid(proc: "subprocess.Popen | int") -> int:
     return proc if isinstance(proc, int) else proc.pid
-
-
-def kill_hard(proc: "subprocess.Popen | int", timeout_s: float = 10.0) -> None:
-    """SIGKILL the process and reap it (a Popen is waited for; a bare pid is polled until gone)."""
-    pid = _pid(proc)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    if isinstance(proc, subprocess.Popen):
-        proc.wait(timeout_s)
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-        time.sleep(0.05)
 
 
 @contextlib.contextmanager

@@ -1,6 +1,4 @@
-"""User-id privacy: keyed pseudonyms on ingest, and ids that are safe to print.
-
-Two different needs, two small pure functions:
+"""User-id privacy: keyed pseudonyms on ingest.
 
 * ``pseudonymize(user_id, key)`` — with ``Settings.pseudonymize_key`` set, the worker replaces every
   user id by ``HMAC-SHA256(key, user_id)`` (hex) *before* anything is stored or emitted, so the table,
@@ -9,20 +7,16 @@ Two different needs, two small pure functions:
   key that dictionary attack is not possible. The same key gives the same pseudonym on every worker and
   every restart, so state keeps working; rotating the key starts every user afresh (by design: it is the
   way to unlink all stored state from people at once).
-* ``log_safe_id(user_id)`` — what a log line may show when it must point at a user: a short keyed hash
-  under a random key drawn once per process. Lines of one worker can still be correlated ("the same user
-  failed twice") but nothing in a log file can be joined back to a person, even by someone who holds
-  ``pseudonymize_key``. Metrics never carry user ids at all (labels are bounded: see metrics.py).
+* Logs and metrics carry no user ids at all (labels are bounded: see metrics.py); nothing in the worker
+  needs to print one. tests/test_privacy_exposure.py greps worker logs and ``/metrics`` for them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 
 PSEUDONYM_PREFIX = "u_"
-_LOG_KEY = secrets.token_bytes(32)
 
 
 def pseudonymize(user_id: str, key: str) -> str:
@@ -36,18 +30,3 @@ def pseudonymize(user_id: str, key: str) -> str:
         return user_id
     digest = hmac.new(key.encode("utf-8"), user_id.encode("utf-8"), hashlib.sha256).hexdigest()
     return PSEUDONYM_PREFIX + digest
-
-
-def is_pseudonym(user_id: str) -> bool:
-    """True for ids of the shape ``pseudonymize`` produces (``u_`` + 64 lower-case hex digits)."""
-    body = user_id[len(PSEUDONYM_PREFIX):]
-    return (user_id.startswith(PSEUDONYM_PREFIX) and len(body) == 64
-            and all(c in "0123456789abcdef" for c in body))
-
-
-def log_safe_id(user_id: str | bytes | None) -> str:
-    """A 12-hex-digit tag for ``user_id`` that is stable within this process only (see module doc)."""
-    if user_id is None:
-        return "user#none"
-    raw = user_id if isinstance(user_id, bytes) else str(user_id).encode("utf-8", "surrogatepass")
-    return "user#" + hmac.new(_LOG_KEY, raw, hashlib.sha256).hexdigest()[:12]

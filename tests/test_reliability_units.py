@@ -15,11 +15,11 @@ import time
 
 import pytest
 
-from stream_rec.commands.forget import DELETE_USER, delete_user_event
-from stream_rec.faults import FUZZ_KINDS, RssSampler, fuzz_corpus, kill_hard, paused, proc_status_kb
-from stream_rec.privacy import log_safe_id, pseudonymize
+from stream_rec.commands.forget import delete_user_event
+from stream_rec.faults import FUZZ_KINDS, RssSampler, fuzz_corpus, paused, proc_status_kb
+from stream_rec.privacy import pseudonymize
 from stream_rec.state import UserState, encode_state
-from stream_rec.validation import Invalid, validate_event
+from stream_rec.validation import DELETE_USER, Invalid, validate_event
 
 ITEMS = [f"item-{i}" for i in range(30)]
 
@@ -35,13 +35,6 @@ def test_pseudonymize_is_keyed_stable_and_hides_the_id():
     assert pseudonymize("alice@example.com", "") == "alice@example.com"  # off by default
     # not idempotent on purpose: a pseudonym sent as a user id must not address that pseudonym's state
     assert pseudonymize(a, "k1") != a
-
-
-def test_log_safe_id_never_shows_the_raw_id():
-    tag = log_safe_id("alice@example.com")
-    assert "alice" not in tag and tag == log_safe_id("alice@example.com")
-    assert log_safe_id(b"alice@example.com") == tag
-    assert log_safe_id(None) == "user#none"
 
 
 def test_delete_user_event_shape():
@@ -86,7 +79,7 @@ def _proc_state(pid: int) -> str:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and POSIX signals")
-def test_paused_stops_and_resumes_and_kill_hard_kills():
+def test_paused_stops_and_resumes_the_process():
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         with paused(proc):
@@ -94,8 +87,6 @@ def test_paused_stops_and_resumes_and_kill_hard_kills():
             assert _proc_state(proc.pid) == "T"
         time.sleep(0.1)
         assert _proc_state(proc.pid) in {"S", "R"}
-        kill_hard(proc)
-        assert proc.returncode == -9
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -12,7 +12,6 @@ import asyncio
 import shutil
 import ssl
 import subprocess
-from pathlib import Path
 
 import pytest
 

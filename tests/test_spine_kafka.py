@@ -137,8 +137,15 @@ def test_restart_recovers_state(spine_settings, tmp_path):
                            until=lambda rs: {r["value"]["user_id"] for r in rs if r["value"]["produced_at"] >= start}
                            >= set(expect_history))
             assert worker.alive(), worker.log_tail()
+            try:
+                counters = {k: v for k, v in scrape(worker.metrics_url()).items() if "_total" in k}
+            except OSError as exc:
+                counters = {"scrape failed": str(exc)}
             assert worker.stop() == 0, worker.log_tail()
         latest = latest_by_user([r for r in recs if r["value"]["produced_at"] >= start])
+        missing = set(expect_history) - set(latest)
+        assert not missing, (f"no recommendation for {sorted(missing)}; worker counters {counters}; "
+                             f"log: {worker.log_path}\n{worker.log_tail(3000)}")
         for user, history in expect_history.items():
             assert latest[user]["history"] == history[-5:], (user, latest[user], worker.log_tail())
             assert not {i["item_id"] for i in latest[user]["items"]} & set(history)

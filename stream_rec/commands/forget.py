@@ -23,7 +23,8 @@ import asyncio
 import sys
 import time
 
-DELETE_USER = "delete_user"
+from ..validation import DELETE_USER
+from ._common import add_broker_flags, settings_from_args
 
 
 def delete_user_event(user_id: str, now: float | None = None) -> dict:
@@ -42,8 +43,7 @@ def register(subparsers) -> None:
                     "the user back. Later events of the same user start a fresh state.")
     p.add_argument("users", nargs="*", metavar="USER", help="user ids to erase (raw ids, as producers send them)")
     p.add_argument("--file", help="also read user ids from this file, one per line ('-' for stdin)")
-    p.add_argument("--broker", help="bootstrap servers HOST:PORT[,HOST:PORT] (env STREAM_REC_BROKER)")
-    p.add_argument("--topic-prefix", help="prefix of every topic name (env STREAM_REC_TOPIC_PREFIX)")
+    add_broker_flags(p)
     p.set_defaults(func=run)
 
 
@@ -59,7 +59,6 @@ def read_users(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from ..kafka import ensure_topics, produce_json
-    from ..settings import Settings
 
     users = read_users(args)
     if not users:
@@ -70,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"stream-rec forget: {exc}", file=sys.stderr)
         return 2
-    settings = Settings.from_env(broker=args.broker, topic_prefix=args.topic_prefix)
+    settings = settings_from_args(args)
 
     async def publish() -> int:
         await ensure_topics(settings)

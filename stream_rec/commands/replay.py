@@ -56,27 +56,24 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
-    import json
-    from pathlib import Path
 
+    from ..broker import EmbeddedBroker
     from ..data import DataError
 
-    if args.limit_users < 0 or args.max_events < 0 or args.rate < 0:
-        raise SystemExit("replay: --limit-users, --max-events and --rate must be >= 0")
-    from ..broker import EmbeddedBroker
+    if args.limit_users < 0 or args.max_events < 0 or args.rate < 0 or args.in_flight < 1:
+        raise SystemExit("replay: --limit-users, --max-events and --rate must be >= 0, --in-flight >= 1")
 
     broker = EmbeddedBroker() if args.broker == "embedded" else None
     try:
         bootstrap = broker.start().bootstrap if broker else args.broker
-        result = asyncio.run(replay(args, bootstrap))
+        asyncio.run(replay(args, bootstrap))  # prints the result and writes replay.json / replay.png
     except DataError as exc:
         raise SystemExit(f"replay: {exc}")
+    except KeyboardInterrupt:
+        return 130  # the partial result was written (see "interrupted_after_events")
     finally:
         if broker is not None:
             broker.stop()
-    out = Path(args.out)
-    print(json.dumps(result, indent=2))
-    print(f"wrote {out / 'replay.json'} and {out / 'replay.png'}")
     return 0
 
 
@@ -221,6 +218,7 @@ async def replay(args, bootstrap: str) -> dict:
     worker = harness.WorkerProcess(settings, log_file=out / "worker.log")
     done_users: set[str] = set()
     bar_recs = None
+    interrupted = False
 
     wake = asyncio.Event()
 
@@ -255,19 +253,30 @@ async def replay(args, bootstrap: str) -> dict:
         producer = await harness.make_producer(settings)
         events = (harness.event_record(u, item, ts, args.event_type) for ts, u, item in flat)
         bar_recs = tqdm(total=None, desc="recommendations", unit="rec", position=1, leave=False, mininterval=0.5)
-        with tqdm(total=len(flat), desc="events sent", unit="ev", position=0, mininterval=0.5) as bar:
-            t_send = time.time()
-            if args.order == "time":
-                await harness.send_events(producer, settings, events, rate=args.rate, on_sent=on_sent, progress=bar)
-            else:
-                await send_paced(producer, settings, flat, scorer, args, on_sent, bar, wake)
+        t_send = time.time()
+        try:
+            with tqdm(total=len(flat), desc="events sent", unit="ev", position=0, mininterval=0.5) as bar:
+                if args.order == "time":
+                    await harness.send_events(producer, settings, events, rate=args.rate, on_sent=on_sent,
+                                              progress=bar)
+                else:
+                    await send_paced(producer, settings, flat, scorer, args, on_sent, bar, wake)
             send_seconds = time.time() - t_send
-        await producer.stop()
-        finished = await collector.wait_for(lambda: len(done_users) >= len(streamed), timeout_s=1e9,
-                                            idle_s=args.timeout)
+            finished = await collector.wait_for(lambda: len(done_users) >= len(streamed), timeout_s=1e9,
+                                                idle_s=args.timeout)
+        except asyncio.CancelledError:  # Ctrl-C: score what came back so far instead of losing it all
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            interrupted = True
+            send_seconds = time.time() - t_send
+            finished = False
+            log.warning("interrupted after %d events: scoring the %d lists received so far", len(sent_at),
+                        len(scorer.scored))
         drain_seconds = time.time() - t_send
+        await producer.stop()
         bar_recs.close()
-        if not worker.alive():
+        if not worker.alive() and not interrupted:
             raise SystemExit(f"replay: the worker died; its log ends with:\n{worker.log_tail()}")
     finally:
         await collector.stop()
@@ -291,6 +300,7 @@ async def replay(args, bootstrap: str) -> dict:
         "send_seconds": round(send_seconds, 2),
         "events_per_s_end_to_end": round(len(flat) / drain_seconds, 1) if drain_seconds > 0 else None,
         "all_recommendations_received": finished,
+        "interrupted_after_events": len(sent_at) if interrupted else None,
         "prequential": summary,
         "wall_seconds": round(time.time() - t_start, 1),
     }
@@ -308,4 +318,6 @@ async def replay(args, bootstrap: str) -> dict:
                  title=f"replay of {len(flat)} events, {len(streamed)} users, model {rec.version}",
                  offline_ndcg=(result.get("offline_same_users") or {}).get("ndcg@10"))
     result.pop("windows")
+    print(json.dumps(result, indent=2))
+    print(f"wrote {out / 'replay.json'} and {out / 'replay.png'}")
     return result

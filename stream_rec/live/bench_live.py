@@ -3,8 +3,9 @@
 Each scenario runs ``stream-rec worker`` as a child process against the same broker and measures it from
 the outside, so the numbers include Kafka, Faust, RocksDB and the model, exactly as deployed:
 
-* **saturation**: a backlog of N events is produced first, then the worker starts; throughput =
-  events / (last recommendation - first recommendation), i.e. the drain rate once the group is joined;
+* **saturation**: once the worker is warm (group joined, model and text encoder loaded: a probe event
+  came back), a burst of N events is produced as fast as possible; throughput = events / (last
+  recommendation - first recommendation), and per CPU-second of the worker over that drain;
 * **latency at a fixed offered load**: with the worker warm, events are sent at R events/s; latency of
   each recommendation = its arrival - the send time of the event it follows (one clock, this process),
   reported as p50/p95/p99;
@@ -134,8 +135,9 @@ async def state_bytes_per_user(settings, timeout_s: float = 20.0) -> dict:
 async def run_model_worker(broker: str, data_dir: Path, model_dir: Path, item_ids: list[str], *, tag: str,
                            batch_max_events: int, saturation_events: int, latency_rate: float,
                            latency_seconds: float, n_users: int = 5000, log_dir: Path | None = None,
-                           partitions: int = 4, progress: bool = True) -> dict:
-    """Saturation throughput, then latency at ``latency_rate`` ev/s, of one worker configuration."""
+                           partitions: int = 4, progress: bool = True, uses_text: bool = False) -> dict:
+    """Saturation throughput, then latency at ``latency_rate`` ev/s, of one worker configuration.
+    ``uses_text``: the model has text vectors, so wait for the worker's encoder before measuring."""
     from tqdm import tqdm
 
     settings = harness.isolated_settings(broker, data_dir, tag, model=str(model_dir), partitions=partitions,
@@ -144,8 +146,6 @@ async def run_model_worker(broker: str, data_dir: Path, model_dir: Path, item_id
     producer = await harness.make_producer(settings)
     result: dict = {"batch_max_events": batch_max_events}
     backlog = bench_events(item_ids, saturation_events, n_users, seed=1, prefix=f"{tag}-s")
-    with tqdm(total=len(backlog), desc=f"{tag}: backlog", unit="ev", disable=not progress, leave=False) as bar:
-        await harness.send_events(producer, settings, backlog, progress=bar)
     last_ts = {}
     for ev in backlog:
         last_ts[ev["user_id"]] = ev["timestamp"]
@@ -154,7 +154,7 @@ async def run_model_worker(broker: str, data_dir: Path, model_dir: Path, item_id
 
     def on_record(rec: dict, t: float) -> None:
         arrivals.setdefault((rec.get("user_id"), rec.get("event_timestamp")), t)
-        if not cpu_at_first_rec and worker.process is not None:  # CPU of group join + model load left out
+        if not cpu_at_first_rec and rec.get("user_id") in last_ts:
             cpu_at_first_rec.append(cpu_seconds(worker.process.pid))
 
     worker = harness.WorkerProcess(settings, log_file=(log_dir / f"{tag}-worker.log") if log_dir else None)
@@ -162,7 +162,15 @@ async def run_model_worker(broker: str, data_dir: Path, model_dir: Path, item_id
     await collector.start()
     worker.start()
     try:
+        # warm first (group joined, model loaded, text encoder loaded): start-up is not throughput
+        await harness.wait_ready(settings, collector, item_ids[0], producer=producer)
+        if uses_text:
+            t0 = time.monotonic()
+            while "text encoder ready" not in worker.log_tail(1_000_000) and time.monotonic() - t0 < 180:
+                await asyncio.sleep(0.5)
         usage = Usage(worker.process.pid)
+        with tqdm(total=len(backlog), desc=f"{tag}: burst", unit="ev", disable=not progress, leave=False) as bar:
+            await harness.send_events(producer, settings, backlog, progress=bar)
         ok = await collector.wait_for(lambda: all((u, ts) in arrivals for u, ts in last_ts.items()),
                                       timeout_s=600, idle_s=60)
         if not ok:
@@ -239,16 +247,18 @@ def run_live_scenarios(broker: str, data_dir: Path, model_dir: Path, *, saturati
     pipeline cannot sustain ``latency_rate``; its latency is measured at half its own saturation rate."""
     from .models import load_recommender
 
-    item_ids = load_recommender(model_dir, device="cpu").item_ids
+    rec = load_recommender(model_dir, device="cpu")
+    item_ids = rec.item_ids
+    uses_text = bool(rec.model.config.use_text and rec.model.config.text_dim)
     out = {"model_stage": model_stage_events_per_s(model_dir, batch=batch_max_events)}
     out["pipeline"] = asyncio.run(run_model_worker(
         broker, data_dir, model_dir, item_ids, tag="pipeline", batch_max_events=batch_max_events,
         saturation_events=saturation_events, latency_rate=latency_rate, latency_seconds=latency_seconds,
-        log_dir=log_dir, progress=progress, n_users=n_users))
+        log_dir=log_dir, progress=progress, n_users=n_users, uses_text=uses_text))
     out["pipeline_batch1"] = asyncio.run(run_model_worker(
         broker, data_dir, model_dir, item_ids, tag="batch1", batch_max_events=1,
         saturation_events=batch1_events, latency_rate=0.0, latency_seconds=latency_seconds / 2,
-        log_dir=log_dir, progress=progress, n_users=n_users))
+        log_dir=log_dir, progress=progress, n_users=n_users, uses_text=uses_text))
     return out
 
 

@@ -98,7 +98,7 @@ class InterestProfiler:
         """Lift of every label for every user.  [B, L_hist] -> [B, n_labels] (0 for an empty history)"""
         rows = np.asarray(history_rows, dtype=np.int64)
         w = recency_weights(rows, self.half_life)  # [B, L_hist]
-        user = unit_rows(np.einsum("bl,bld->bd", w, self.item_vectors[rows]))
+        user = unit_rows((w[:, None, :].astype(np.float32) @ self.item_vectors[rows])[:, 0])
         empty = w.sum(axis=1) == 0
         out = user @ self.label_vectors.T - self.baseline
         out[empty] = 0.0

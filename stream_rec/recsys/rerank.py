@@ -61,7 +61,7 @@ def mmr_rerank_batch(candidate_rows: np.ndarray, relevance: np.ndarray, item_vec
     if demote is not None:
         gain = np.where(np.asarray(demote, dtype=bool), gain - 10.0, gain)  # behind every capped-free candidate
     vecs = unit_rows(np.asarray(item_vectors)[cand])  # [B, C, d]
-    sim = np.einsum("bcd,bed->bce", vecs, vecs) if lam < 1.0 else None  # [B, C, C]
+    sim = vecs @ vecs.transpose(0, 2, 1) if lam < 1.0 else None  # [B, C, C]
     max_sim = np.full((B, C), -1.0 if lam < 1.0 else 0.0)  # nothing chosen yet: no redundancy term
     chosen = np.zeros((B, min(k, C)), dtype=np.int64)
     out = np.zeros((B, k), dtype=np.int64)
