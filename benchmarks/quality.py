@@ -32,18 +32,18 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", required=True, help="directory holding ml-100k/ and/or ml-1m-half/")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS), help="which data sets")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--epochs", type=int, default=30, help="maximum epochs per GRU (early stopping on validation)")
-    p.add_argument("--hidden", type=int, default=256, help="GRU hidden size")
-    p.add_argument("--emb-dim", type=int, default=128, help="item vector size")
-    p.add_argument("--dropout", type=float, default=0.3, help="dropout on GRU inputs/outputs")
+    p.add_argument("--epochs", type=int, default=40, help="maximum epochs per GRU (early stopping on validation)")
+    p.add_argument("--hidden", type=int, default=128, help="GRU hidden size")
+    p.add_argument("--emb-dim", type=int, default=64, help="item vector size")
+    p.add_argument("--dropout", type=float, default=0.2, help="dropout on GRU inputs/outputs")
     p.add_argument("--id-dropout", type=float, default=0.0, help="hybrid only: probability of hiding an item's ID "
                                                                 "embedding while training")
     p.add_argument("--cold-id-dropout", type=float, default=0.2,
                    help="--id-dropout of the model trained for the cold-item comparison")
-    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     p.add_argument("--batch-size", type=int, default=32, help="users per batch")
-    p.add_argument("--time-budget", type=float, default=0.0, help="seconds per training run; stops after the epoch "
-                                                                  "that passes it (0 = none)")
+    p.add_argument("--time-budget", type=float, default=1140.0, help="wall seconds per training run: no epoch is started "
+                                                                   "that would likely overrun it (0 = none)")
     p.add_argument("--holdout", type=float, default=0.1, help="fraction of items held out of training for the "
                                                               "cold-item comparison (0 = skip it)")
     p.add_argument("--skip-id-only", action="store_true", help="do not train the ID-only GRU")

@@ -107,3 +107,19 @@ def test_untrained_is_not_saved_with_a_trained_version(tmp_path):
     assert not rec.trained
     loaded = Recommender.load(rec.save(tmp_path / "u"), device="cpu")
     assert not loaded.trained and loaded.version == "untrained-gru-0"
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"hidden": "12"}, "hidden must be an integer"),
+    ({"hidden": -4}, "hidden must be >= 1"),
+    ({"use_text": 1}, "use_text must be true or false"),
+    ({"dropout": 1.5}, "dropout must be in"),
+    ({"surprise": 1}, "unknown field"),
+])
+def test_config_values_are_checked(tmp_path, edit, message):
+    d = make_rec().save(tmp_path / "m")
+    config = json.loads((d / "config.json").read_text())
+    config["gru"].update(edit)
+    (d / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=message):
+        Recommender.load(d, device="cpu")

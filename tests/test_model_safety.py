@@ -58,16 +58,10 @@ def test_pickle_in_place_of_weights_is_rejected_and_never_run(model_dir, tmp_pat
     assert not marker.exists(), "the loader executed a pickle"
 
 
-UNVALIDATED_TYPES = pytest.mark.xfail(
-    strict=True, reason="Recommender.load passes config values to torch unchecked: torch's TypeError/ValueError "
-                        "escapes instead of ModelLoadError (model owner: validate GRUConfig field types/ranges)")
-
-
 @pytest.mark.parametrize("edit, message", [
     pytest.param(lambda c: c["gru"].update(n_items=c["gru"]["n_items"] + 5), "items", id="n_items"),
-    pytest.param(lambda c: c["gru"].update(hidden="__import__('os').system('true')"), "gru", id="hidden_str",
-                 marks=UNVALIDATED_TYPES),
-    pytest.param(lambda c: c["gru"].update(hidden=-4), "gru", id="hidden_negative", marks=UNVALIDATED_TYPES),
+    pytest.param(lambda c: c["gru"].update(hidden="__import__('os').system('true')"), "gru", id="hidden_str"),
+    pytest.param(lambda c: c["gru"].update(hidden=-4), "gru", id="hidden_negative"),
     pytest.param(lambda c: c["gru"].update(surprise=1), "gru", id="unknown_field"),
     pytest.param(lambda c: c.pop("gru"), "gru", id="no_gru"),
     pytest.param(lambda c: c.update(format=99), "format", id="future_format"),

@@ -53,8 +53,10 @@ def test_end_to_end_recommendations(spine_settings, tmp_path):
     seen = seen_by_user(events)
     produce(s, s.topic("events"), events)
     with WorkerProcess(s, tmp_path, items=write_items(tmp_path, items)) as worker:
+        # a user's events may span micro-batches: wait until each user's newest record covers them all
         recs = consume(s, s.topic("recommendations"), timeout_s=60,
-                       until=lambda rs: {r["value"]["user_id"] for r in rs} >= set(seen))
+                       until=lambda rs: all(latest_by_user(rs).get(u, {}).get("history") == items_seen[-5:]
+                                            for u, items_seen in seen.items()))
         assert worker.alive(), worker.log_tail()
     users = {r["value"]["user_id"] for r in recs}
     assert users == set(seen), worker.log_tail()
@@ -133,9 +135,10 @@ def test_restart_recovers_state(spine_settings, tmp_path):
         start = time.time()
         produce(settings, settings.topic("events"), batch)
         with WorkerProcess(settings, tmp_path, items=item_file) as worker:
-            recs = consume(settings, settings.topic("recommendations"), timeout_s=60,
-                           until=lambda rs: {r["value"]["user_id"] for r in rs if r["value"]["produced_at"] >= start}
-                           >= set(expect_history))
+            def complete(rs):  # a user's events may span micro-batches: wait for each user's full history
+                latest = latest_by_user([r for r in rs if r["value"]["produced_at"] >= start])
+                return all(u in latest and latest[u]["history"] == h[-5:] for u, h in expect_history.items())
+            recs = consume(settings, settings.topic("recommendations"), timeout_s=60, until=complete)
             assert worker.alive(), worker.log_tail()
             try:
                 counters = {k: v for k, v in scrape(worker.metrics_url()).items() if "_total" in k}

@@ -18,20 +18,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_data_args(p)
     p.add_argument("--out", required=True, help="model directory to write (created if missing)")
     g = p.add_argument_group("model")
-    g.add_argument("--hidden", type=int, default=256, help="GRU hidden size = per-user state (float32: 4 bytes each)")
-    g.add_argument("--emb-dim", type=int, default=128, help="item vector size (ID embedding and text projection)")
-    g.add_argument("--dropout", type=float, default=0.3, help="dropout on the GRU inputs and on its output")
+    g.add_argument("--hidden", type=int, default=128, help="GRU hidden size = per-user state (float32: 4 bytes each)")
+    g.add_argument("--emb-dim", type=int, default=64, help="item vector size (ID embedding and text projection)")
+    g.add_argument("--dropout", type=float, default=0.2, help="dropout on the GRU inputs and on its output")
+    g.add_argument("--id-dropout", type=float, default=0.0,
+                   help="probability of hiding an item's ID embedding while training, so the text projection "
+                        "learns to carry items alone (helps items unseen in training)")
     g.add_argument("--no-text", action="store_true", help="ID-only model: do not use the text encoder")
     g.add_argument("--no-ids", action="store_true", help="text-only model: no learned ID embeddings")
     g.add_argument("--no-time-gap", action="store_true", help="do not feed the time since the previous event")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=30, help="maximum epochs (early stopping usually ends sooner)")
+    t.add_argument("--epochs", type=int, default=40, help="maximum epochs (early stopping usually ends sooner)")
     t.add_argument("--batch-size", type=int, default=32, help="users per batch")
     t.add_argument("--max-len", type=int, default=200, help="window length for truncated back-propagation")
-    t.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
+    t.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     t.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay")
     t.add_argument("--patience", type=int, default=4, help="epochs without validation gain before stopping")
-    t.add_argument("--time-budget", type=float, default=0.0, help="stop after the epoch that passes this many seconds (0 = none)")
+    t.add_argument("--time-budget", type=float, default=0.0, help="wall-time budget in seconds: no epoch is started that would likely overrun it (0 = none)")
     t.add_argument("--seed", type=int, default=0, help="random seed (weights, batch order, dropout)")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     split, item_texts, info = load_data(args)
     config = {"hidden": args.hidden, "emb_dim": args.emb_dim, "dropout": args.dropout, "use_text": not args.no_text,
-              "use_ids": not args.no_ids, "use_time_gap": not args.no_time_gap}
+              "use_ids": not args.no_ids, "use_time_gap": not args.no_time_gap, "id_dropout": args.id_dropout}
     if args.no_text and args.no_ids:
         raise SystemExit("error: --no-text and --no-ids leave the model without item representations")
     params = TrainParams(epochs=args.epochs, batch_size=args.batch_size, max_len=args.max_len, lr=args.lr,

@@ -10,12 +10,22 @@ Two ways to run the same weights:
 
 Both call the same ``nn.GRU`` module, so stepping event by event gives the same hidden states as the
 full pass (tests/test_model_parity.py holds them to float tolerance).
+
+Design choices:
+
+* **Weight tying**: one item table (ID embedding + projected text vector) is both the GRU input and the
+  output layer (score = ``out(h) . item_vector + item_bias``). Fewer parameters, and a new item gets a
+  usable output vector from its text the moment it is added.
+* **Time gap** (optional): ``log1p(hours since the previous event)`` is appended to the input vector;
+  the first event of a user has gap 0.
+* **ID dropout** (optional, training only): hiding whole ID embeddings forces the text projection to
+  represent items on its own, which is what items unseen in training rely on.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 
 import torch
 from torch import nn
@@ -39,6 +49,37 @@ class GRUConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "GRUConfig":
+        """Checked construction from JSON: unknown fields, wrong types and out-of-range values raise a
+        ValueError naming the field (a model directory is untrusted input)."""
+        if not isinstance(values, dict):
+            raise ValueError("must be a JSON object")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown}")
+        missing = sorted(n for n, f in known.items() if f.default is MISSING and n not in values)
+        if missing:
+            raise ValueError(f"missing field(s) {missing}")
+        for name, value in values.items():
+            kind = known[name].type if isinstance(known[name].type, str) else known[name].type.__name__
+            if kind == "bool" and not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false, got {value!r}")
+            if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        config = cls(**values)
+        minimum = {"n_items": 0, "text_dim": 0, "emb_dim": 1, "hidden": 1}
+        for name, low in minimum.items():
+            if getattr(config, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(config, name)}")
+        for name in ("dropout", "id_dropout"):
+            if not 0.0 <= getattr(config, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(config, name)}")
+        return config
 
 
 def log_gap(seconds: torch.Tensor) -> torch.Tensor:

@@ -131,11 +131,11 @@ class Recommender:
             raise ModelLoadError(f"{model_dir}: unreadable JSON ({exc})") from exc
         if not isinstance(config, dict) or not isinstance(config.get("gru"), dict):
             raise ModelLoadError(f"{model_dir}/config.json: no 'gru' section (not a stream-rec model?)")
-        if config.get("format", ARTIFACT_FORMAT) > ARTIFACT_FORMAT:
+        if not isinstance(config.get("format", ARTIFACT_FORMAT), int) or config.get("format", ARTIFACT_FORMAT) > ARTIFACT_FORMAT:
             raise ModelLoadError(f"{model_dir}: artifact format {config['format']} is newer than this code ({ARTIFACT_FORMAT})")
         try:
-            gru_config = GRUConfig(**config["gru"])
-        except TypeError as exc:
+            gru_config = GRUConfig.from_dict(config["gru"])
+        except (TypeError, ValueError) as exc:
             raise ModelLoadError(f"{model_dir}/config.json: bad 'gru' section: {exc}") from exc
         item_ids = items.get("item_ids") if isinstance(items, dict) else None
         if not isinstance(item_ids, list) or not all(isinstance(i, str) for i in item_ids):
@@ -211,7 +211,9 @@ class Recommender:
 
     @torch.no_grad()
     def step(self, states: np.ndarray, rows: Sequence[int], gaps_seconds: Sequence[float] | None = None) -> np.ndarray:
-        """One GRU step for each (state, item row) pair.  [B, H], [B] -> [B, H]"""
+        """One GRU step for each (state, item row) pair.  [B, H], [B] -> [B, H]
+        ``gaps_seconds[b]``: seconds since that user's previous event (0 for a first event), as in
+        training; None = 0 for everyone."""
         h = torch.as_tensor(np.asarray(states, dtype=np.float32), device=self.device)
         items = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=self.device)
         gaps = None if gaps_seconds is None else torch.as_tensor(np.asarray(gaps_seconds, dtype=np.float32), device=self.device)

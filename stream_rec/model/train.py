@@ -48,7 +48,7 @@ class TrainParams:
     device: str = "auto"
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
     clip_grad: float = 5.0
-    time_budget_s: float = 0.0  # stop after the epoch that crosses this wall time (0 = none)
+    time_budget_s: float = 0.0  # wall-time budget: no epoch is started that would likely overrun it (0 = none)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -240,8 +240,9 @@ def train_model(seqs: list[Sequence_], config: GRUConfig, text_vectors: torch.Te
             bad += 1
             if bad >= params.patience:
                 break
-        if params.time_budget_s and time.perf_counter() - started > params.time_budget_s:
-            log.info("time budget of %.0f s reached after epoch %d", params.time_budget_s, epoch)
+        # Stop when another epoch as long as the last one would overrun the budget.
+        if params.time_budget_s and time.perf_counter() - started + row["seconds"] > params.time_budget_s:
+            log.info("time budget of %.0f s: stopping after epoch %d", params.time_budget_s, epoch)
             break
     history.train_seconds = time.perf_counter() - started
     history.cpu_seconds = time.process_time() - cpu_started
