@@ -46,6 +46,7 @@ def parse_args(argv=None):
                                                                    "that would likely overrun it (0 = none)")
     p.add_argument("--holdout", type=float, default=0.1, help="fraction of items held out of training for the "
                                                               "cold-item comparison (0 = skip it)")
+    p.add_argument("--skip-warm", action="store_true", help="only the cold-item comparison (no baselines table)")
     p.add_argument("--skip-id-only", action="store_true", help="do not train the ID-only GRU")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--out", default="", help="write all results as JSON here")
@@ -80,8 +81,8 @@ def run_dataset(name: str, args, encoder) -> dict:
     out = {"data": {"events": len(events), "users": len(split.full), "items": len(items)}, "rows": {}}
     progress = not args.quiet
 
-    variants = [("hybrid GRU", {"use_text": True, "id_dropout": args.id_dropout})]
-    if not args.skip_id_only:
+    variants = [] if args.skip_warm else [("hybrid GRU", {"use_text": True, "id_dropout": args.id_dropout})]
+    if not args.skip_id_only and not args.skip_warm:
         variants.append(("ID-only GRU", {"use_text": False}))
     for label, extra in variants:
         t0 = time.perf_counter()

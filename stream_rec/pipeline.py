@@ -68,11 +68,13 @@ class PipelineConfig:
     check_key: bool = True
     half_precision_state: bool = True
     pseudonymize_key: str = field(default="", repr=False)  # see stream_rec/privacy.py
+    context_alpha: float = 1.0  # weight of an event's context.text query in its list (0 = ignore queries)
 
     @classmethod
     def from_settings(cls, settings) -> "PipelineConfig":
         return cls(top_k=settings.top_k, history_len=settings.history_len, max_event_bytes=settings.max_event_bytes,
-                   pseudonymize_key=settings.pseudonymize_key)
+                   pseudonymize_key=settings.pseudonymize_key,
+                   context_alpha=getattr(settings, "context_alpha", 1.0))
 
 
 def dlq_record(msg: Incoming, invalid: Invalid, now: float) -> dict:
@@ -138,10 +140,14 @@ def recommendation_record(user_id: str, state: UserState, items: list[tuple[str,
 
 
 def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes | None], model,
-                  config: PipelineConfig = PipelineConfig(), now: Callable[[], float] = time.time) -> BatchResult:
+                  config: PipelineConfig = PipelineConfig(), now: Callable[[], float] = time.time,
+                  queries: dict[int, np.ndarray] | None = None) -> BatchResult:
     """Process one micro-batch. ``load_state(user_id)`` returns the stored state bytes or None; ``model``
     is a :class:`~stream_rec.model.recommender.Recommender` (or None when no catalog is known yet: every
-    event is then ``unknown_item``). Never raises on bad input: bad records end up in ``result.dlq``."""
+    event is then ``unknown_item``). ``queries`` maps batch indexes of events that carry a
+    ``context.text`` to its text vector: the list of that user is then boosted toward items matching the
+    query (``stream_rec.live.service.contextual_topk``; the user's newest query in the batch counts).
+    Never raises on bad input: bad records end up in ``result.dlq``."""
     result = BatchResult()
     t_now = now()
     known_item = (lambda item: item in model.row_of) if model is not None else (lambda item: False)
@@ -232,7 +238,19 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
 
     # 6. top-K for every touched user, seen items excluded, one call
     t0 = time.perf_counter()
-    lists = model.topk(np.stack(hiddens), config.top_k, [[r for r in model.rows_for(st.seen_items()) if r] for st in states])
+    exclude = [[r for r in model.rows_for(st.seen_items()) if r] for st in states]
+    lists = model.topk(np.stack(hiddens), config.top_k, exclude)
+    user_queries = {}
+    for n, fresh in enumerate(pending):
+        asked = [i for i, _ in fresh if queries and i in queries]
+        if asked:
+            user_queries[n] = queries[asked[-1]]
+    if user_queries and config.context_alpha != 0.0:
+        from .live.service import contextual_topk
+
+        for n, items in contextual_topk(model, hiddens, exclude, user_queries, config.top_k,
+                                        config.context_alpha).items():
+            lists[n] = items
     result.topk_seconds = time.perf_counter() - t0
 
     t_sent = now()

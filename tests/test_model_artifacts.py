@@ -123,3 +123,14 @@ def test_config_values_are_checked(tmp_path, edit, message):
     (d / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match=message):
         Recommender.load(d, device="cpu")
+
+
+def test_new_item_starts_next_to_its_text_neighbour():
+    rec = make_rec()
+    known = rec.model.text_vectors[7].numpy()
+    [row] = rec.add_items(["twin-of-7"], known[None], neighbours=1)
+    m = rec.model
+    torch.testing.assert_close(m.id_embedding.weight[row], m.id_embedding.weight[7])
+    torch.testing.assert_close(m.item_bias[row], m.item_bias[7])
+    [row0] = rec.add_items(["no-text"])  # nothing to go on: zero ID embedding, a typical bias
+    assert not m.id_embedding.weight[row0].any()

@@ -28,7 +28,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 from ..broker import free_port
 from ..settings import Settings
@@ -256,7 +256,3 @@ async def ensure_topics(settings: Settings) -> None:
 
     await _ensure(settings)
 
-
-def stable_time_order(events: Sequence[dict]) -> list[dict]:
-    """Events sorted by timestamp; ties keep their order (each user's file order)."""
-    return sorted(events, key=lambda e: e["timestamp"])

@@ -260,12 +260,3 @@ def reload_request(message: Any) -> str | None | bool:
     path = message.get("path")
     return path if isinstance(path, str) and path else None
 
-
-def metrics_on_swap(rec) -> None:
-    """``on_swap`` hook: the model_info gauge names the served version, reloads are counted."""
-    from .. import metrics
-
-    metrics.MODEL_INFO.clear()
-    metrics.MODEL_INFO.labels(version=rec.version, trained=str(bool(rec.trained)).lower()).set(1)
-    metrics.MODEL_RELOADS.inc()
-

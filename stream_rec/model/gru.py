@@ -160,6 +160,18 @@ class HybridGRU(nn.Module):
         return h_new.squeeze(0)
 
 
+def neighbour_init(known_text: torch.Tensor, known_ids: torch.Tensor, known_bias: torch.Tensor,
+                   new_text: torch.Tensor, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """ID embedding and bias for items unseen in training, from their text alone: the mean ID embedding
+    and bias of the ``k`` known items whose text vectors are closest (cosine). A zero ID embedding
+    would leave a new item far from everything users actually interacted with; its text neighbours
+    place it where similar items live in the collaborative space.
+    known_text [N, D], known_ids [N, d], known_bias [N], new_text [M, D] -> ([M, d], [M])"""
+    sim = nn.functional.normalize(new_text, dim=1) @ nn.functional.normalize(known_text, dim=1).T  # [M, N]
+    idx = sim.topk(min(k, known_text.shape[0]), dim=1).indices  # [M, k]
+    return known_ids[idx].mean(1), known_bias[idx].mean(1)
+
+
 def topk_excluding(scores: torch.Tensor, k: int, exclude: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k rows per user after masking the rows in ``exclude[b]`` (seen items).
     scores [B, N+1] -> (values [B, k], rows [B, k])"""

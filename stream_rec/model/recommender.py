@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .gru import PAD, GRUConfig, HybridGRU, topk_excluding
+from .gru import PAD, GRUConfig, HybridGRU, neighbour_init, topk_excluding
 
 
 ARTIFACT_FILES = ("weights.safetensors", "text_vectors.safetensors", "config.json", "items.json", "VERSION")
@@ -239,16 +239,19 @@ class Recommender:
     # --- live catalog ------------------------------------------------------------------------------
     @torch.no_grad()
     def add_items(self, item_ids: Sequence[str], text_vectors: np.ndarray | None = None,
-                  texts: Sequence[str] | None = None) -> list[int]:
-        """Append items not seen in training. They get a zero ID embedding, so they are scored through
-        their text vector alone, and the median bias of the known items (a new item is assumed typical,
-        neither a blockbuster nor never watched). Known ids are updated in place (new text vector).
-        Returns their rows."""
+                  texts: Sequence[str] | None = None, neighbours: int = 10) -> list[int]:
+        """Append items not seen in training; known ids get their text vector updated in place.
+        Returns their rows.
+
+        A new item is represented from its text alone: with a text vector (and a hybrid model) its ID
+        embedding and bias start as the mean of its ``neighbours`` nearest known items by text
+        (``gru.neighbour_init``); without one, a zero ID embedding and the median bias (a typical item)."""
         m = self.model
         if text_vectors is not None and len(text_vectors) != len(item_ids):
             raise ValueError(f"{len(item_ids)} item ids but {len(text_vectors)} text vectors")
         with self._lock:
             new = [i for i in dict.fromkeys(item_ids) if i not in self.row_of]
+            n_known = len(self.item_ids)
             if new:
                 new_bias = float(m.item_bias[1:].median()) if m.item_bias.numel() > 1 else 0.0
                 for item in new:
@@ -267,6 +270,15 @@ class Recommender:
                 if vecs.shape[1] != m.text_vectors.shape[1]:
                     raise ValueError(f"text vectors have {vecs.shape[1]} dims, the model uses {m.text_vectors.shape[1]}")
                 m.text_vectors[torch.tensor(rows, device=self.device)] = vecs
+                if new and neighbours > 0 and n_known > 0 and m.config.use_ids and m.config.use_text:
+                    new_rows = torch.arange(n_known + 1, n_known + 1 + len(new), device=self.device)
+                    has_text = m.text_vectors[new_rows].abs().sum(1) > 0
+                    if has_text.any():
+                        target = new_rows[has_text]
+                        ids, bias = neighbour_init(m.text_vectors[1:n_known + 1], m.id_embedding.weight[1:n_known + 1],
+                                                   m.item_bias[1:n_known + 1], m.text_vectors[target], neighbours)
+                        m.id_embedding.weight[target] = ids
+                        m.item_bias[target] = bias
             if texts is not None:
                 for row, text in zip(rows, texts):
                     self.item_texts[row - 1] = text
