@@ -4,6 +4,12 @@ produce/consume with aiokafka, Prometheus scraping.
 Every test gets its own topic prefix and app id (``spine_settings``), so tests sharing the session broker
 never see each other's records or consumer groups.
 
+Workers run in a subprocess (``WorkerProcess``), not in the pytest process: Faust keeps process-wide
+state (the current-event ContextVar, signal handlers, the Prometheus registry of stream_rec.metrics), so
+two workers, or a worker and a test, in one process would share counters and handlers. "In process" is
+the pure layer: ``stream_rec.pipeline.process_batch`` with a dict as the state store (see
+tests/test_spine_units.py), which is what the worker runs per micro-batch.
+
     def test_something(spine_settings, tmp_path):
         settings = spine_settings                      # Settings bound to the session broker
         produce(settings, settings.topic("events"), events, key_field="user_id")
