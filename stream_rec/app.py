@@ -186,12 +186,13 @@ def load_model(settings: Settings, items: Sequence[dict]):
     from .model.recommender import Recommender
 
     if settings.model:
-        if not hasattr(Recommender, "load"):
-            raise RuntimeError(f"--model {settings.model}: this build has no Recommender.load yet (issue 4); "
-                               "run without --model to serve the untrained model")
-        model = Recommender.load(settings.model, device=settings.device)
+        from .live.models import load_newest
+        from .live.service import seed_catalog
+
+        model_dir, model = load_newest(settings.model, device=settings.device)  # skips broken model dirs
+        log.info("serving trained model %s from %s on %s", model.version, model_dir, model.device)
         if items:
-            model.add_items([r["item_id"] for r in items if r["item_id"] not in model.row_of])
+            seed_catalog(model, items, settings)
         return model
     if not items:
         return None
@@ -211,20 +212,59 @@ class Spine:
     """What the agents share: settings, the live model, the pipeline config."""
 
     def __init__(self, settings: Settings, model=None):
+        from .live.models import LiveModel
+        from .live.service import CatalogVectors
+
         self.settings = settings
-        self.model = model
+        # the served model lives in a LiveModel so it can be hot-reloaded (stream_rec/live/models.py)
+        self.live = LiveModel(model, settings.model or None, settings.device, on_swap=self._on_swap)
+        if settings.model and model is not None:
+            self.live.changed_on_disk()  # the hot-reload watcher's baseline: what was just loaded
+        self.catalog_vectors = CatalogVectors(settings)
         self.config = PipelineConfig.from_settings(settings)
         self.users_seen: set[str] = set()
         self.pending_sends: list = []  # delivery futures of the previous batch (see handle_batch)
         self._announce_model()
+
+    @property
+    def model(self):
+        """The model serving right now (a micro-batch reads it once, so it never mixes versions)."""
+        return self.live.current
+
+    @model.setter
+    def model(self, model) -> None:
+        self.live.current = model
+
+    def _on_swap(self, model) -> None:
+        self._announce_model()
+        metrics.MODEL_RELOADS.inc()
+
+    async def update_catalog(self, records: Sequence[dict]) -> int:
+        """``apply_catalog`` after encoding the records' texts through the micro-batching encoder queue
+        (new items, and known items whose text changed), so a new item is scored by its text vector."""
+        records = [r for r in records if isinstance(r, dict) and r.get("item_id")]
+        for r in records:
+            r["item_id"] = str(r["item_id"])
+        vectors = None
+        if self.model is not None and records:
+            try:
+                vector_records, vectors = await self.catalog_vectors.vectors_for(self.model, records)
+            except Exception as exc:  # the encoder failing must not stop the catalog
+                log.error("catalog: text encoding failed, items enter by id only: %s", exc)
+                vector_records, vectors = [], None
+            if vectors is not None:
+                return self.apply_catalog(records, vector_records, vectors)
+        return self.apply_catalog(records)
 
     def _announce_model(self) -> None:
         if self.model is not None:
             metrics.MODEL_INFO.clear()
             metrics.MODEL_INFO.labels(version=self.model.version, trained=str(self.model.trained).lower()).set(1)
 
-    def apply_catalog(self, records: Sequence[dict]) -> int:
-        """Add new items / update known ones; returns how many records were applied."""
+    def apply_catalog(self, records: Sequence[dict], vector_records: Sequence[dict] = (),
+                      vectors: np.ndarray | None = None) -> int:
+        """Add new items / update known ones; returns how many records were applied.
+        ``vectors`` are the text vectors of ``vector_records`` (see ``update_catalog``)."""
         records = [r for r in records if isinstance(r, dict) and r.get("item_id")]
         if not records:
             return 0
@@ -234,11 +274,16 @@ class Spine:
             self.model = untrained_model(records, self.settings)
             self._announce_model()
         else:
+            from .live.service import catalog_text
+
+            if vectors is not None and len(vector_records):
+                try:
+                    self.model.add_items([r["item_id"] for r in vector_records], vectors,
+                                         texts=[catalog_text(r) for r in vector_records])
+                except ValueError as exc:  # the model was swapped for one with another encoder meanwhile
+                    log.warning("catalog: %s; adding the items by id only", exc)
             new = [r for r in records if r["item_id"] not in self.model.row_of]
-            vectors = text_vectors_for(records)
-            if vectors is not None:
-                self.model.add_items([r["item_id"] for r in records], vectors)
-            elif new:
+            if new:
                 self.model.add_items([r["item_id"] for r in new])
         metrics.CATALOG_ITEMS.inc(len(records))
         return len(records)
@@ -295,6 +340,21 @@ def build_app(settings: Settings, spine: Spine | None = None) -> faust.App:
     async def follow_catalog():
         await catalog_loop(app, settings)
 
+    @app.task
+    async def warm_encoder():  # load the LLM encoder before the first catalog item or query needs it
+        await app.spine.catalog_vectors.warm_up(app.spine.model)
+
+    @app.task
+    async def follow_control():  # hot reload on {"type": "reload"} (every worker: group-less consumer)
+        from .live.service import control_loop
+
+        await control_loop(app.spine.live, settings)
+
+    if settings.model and settings.model_poll_s > 0:
+        @app.task
+        async def watch_models():  # hot reload when a newer model lands in --model
+            await app.spine.live.watch(settings.model_poll_s)
+
     @app.timer(interval=2.0)
     async def report_lag():
         metrics.CONSUMER_LAG.set(consumer_lag(app, events.get_topic_name()))
@@ -325,7 +385,11 @@ async def handle_batch(app: faust.App, batch: Sequence[Any], recs_topic: str, dl
         with event_context(event):  # the user's own partition
             return table.get(user_id.encode())
 
-    result = process_batch(incoming, load_state, spine.model, spine.config)
+    from .live.service import context_vectors
+
+    model = spine.model  # one version for the whole batch, even if a reload lands meanwhile
+    queries = await context_vectors(spine.catalog_vectors, model, [m.value for m in incoming])
+    result = process_batch(incoming, load_state, model, spine.config, queries=queries)
 
     for user_id, index in result.deleted.items():
         if user_id not in result.states:  # erased and nothing after: delete the key (changelog tombstone)
@@ -400,7 +464,7 @@ async def catalog_loop(app: faust.App, settings: Settings, poll_ms: int = 500) -
         while True:
             fetched = await consumer.getmany(timeout_ms=poll_ms, max_records=1000)
             records = [parse_catalog_record(m.value) for msgs in fetched.values() for m in msgs]
-            applied = app.spine.apply_catalog([r for r in records if r])
+            applied = await app.spine.update_catalog([r for r in records if r])
             if applied:
                 log.info("catalog: applied %d records (%d items known)", applied, app.spine.model.n_items)
     except asyncio.CancelledError:

@@ -20,6 +20,7 @@ TOPIC_LAYOUT = {
     "catalog": ("one", True),
     "recommendations": ("partitions", False),
     "events-dlq": ("one", False),
+    "control": ("one", False),
 }
 
 
@@ -68,7 +69,8 @@ def topic_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
     out = []
     for logical, (parts, compacted) in TOPIC_LAYOUT.items():
         name = {"events": settings.events_topic, "catalog": settings.catalog_topic,
-                "recommendations": settings.recommendations_topic, "events-dlq": settings.dlq_topic}[logical]
+                "recommendations": settings.recommendations_topic, "events-dlq": settings.dlq_topic,
+                "control": settings.control_topic}[logical]
         n = settings.partitions if parts == "partitions" else 1
         config = {"cleanup.policy": "compact"} if compacted else {}
         out.append((settings.topic(name), n, config))

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-EVENT_TYPES = frozenset({"view", "click", "rate", "purchase", "add_to_cart", "like", "share"})
+EVENT_TYPES = frozenset({"view", "click", "rate", "purchase", "add_to_cart", "like", "share", "dislike", "skip"})
 # Control events travel in the events topic, keyed by user, so they are ordered with the user's other
 # events and handled on the partition that owns the user's state (see stream_rec/commands/forget.py).
 DELETE_USER = "delete_user"

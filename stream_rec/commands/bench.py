@@ -4,7 +4,13 @@
 2. **bare Faust**: a minimal Faust app (stock aiokafka driver) whose agent only counts
    ``stream.take(1000, within=5 ms)`` batches -- the ceiling of Faust on this machine;
 3. **spine**: ``stream-rec worker`` (validation, RocksDB state + changelog, untrained GRU step, top-K,
-   recommendation sends), read through its own /metrics.
+   recommendation sends), read through its own /metrics;
+4. **pipeline** (the trained model live, stream_rec/live/bench_live.py): ``stream-rec worker --model`` with a
+   trained model (default: the demo model of the synthetic world, trained once and cached), measured from
+   the outside: saturation events/s on a backlog, then p50/p95/p99 event->recommendation latency at a fixed
+   offered load (``--latency-rate``, default 1000 ev/s), worker CPU% and RSS, bytes of state per user (from
+   the state table's changelog); 5. **pipeline_batch1**: the same with micro-batches of one event;
+   6. **model_stage**: ``pipeline.process_batch`` alone, no Kafka. A PNG plot sits beside the JSON.
 
 Both read the same N events from the beginning in their own consumer group, each in a subprocess. Each
 rate is measured from the first consumed batch to the last event (so group join and model loading are
@@ -36,6 +42,15 @@ def register(sub) -> None:
     p.add_argument("--skip-bare", action="store_true", help="measure the spine only")
     p.add_argument("--out", default="runs/bench-spine.json", help="JSON results file (default runs/bench-spine.json)")
     p.add_argument("--timeout", type=float, default=300, help="give up on a stage after this many seconds")
+    p.add_argument("--model", metavar="DIR", help="trained model for the pipeline scenarios (default: the demo model "
+                                                  "of the synthetic world, trained on first use and cached)")
+    p.add_argument("--skip-model", action="store_true", help="skip the trained-model pipeline scenarios")
+    p.add_argument("--latency-rate", type=float, default=1000.0, metavar="EV/S",
+                   help="offered load for the latency measurement of the pipeline (default 1000)")
+    p.add_argument("--latency-seconds", type=float, default=10.0, metavar="S",
+                   help="how long the fixed load is offered (default 10)")
+    p.add_argument("--batch1-events", type=int, default=3000, metavar="N",
+                   help="backlog for the batch-size-1 pipeline (it is slow; default 3000)")
     p.set_defaults(func=run)
 
 
@@ -212,14 +227,74 @@ def run(args: argparse.Namespace) -> int:
               f"{spine['recommendations']:.0f} records, mean batch {spine['batch_mean']:.0f} events, "
               f"consume->rec p50 <= {spine['consume_to_rec_p50_s_le']} s, p99 <= {spine['consume_to_rec_p99_s_le']} s)",
               flush=True)
+        if not args.skip_model:
+            run_model_scenarios(args, broker.bootstrap, workdir, results)
     if "bare_faust" in results:
         results["spine_over_bare"] = results["spine"]["events_per_s"] / results["bare_faust"]["events_per_s"]
         results["spine_over_bare_cpu"] = (results["spine"]["events_per_cpu_s"] /
                                           results["bare_faust"]["events_per_cpu_s"])
         print(f"[bench] spine / bare Faust = {results['spine_over_bare']:.2f} (wall), "
               f"{results['spine_over_bare_cpu']:.2f} (per CPU-second)", flush=True)
+    if "pipeline" in results:
+        report_goals(results)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"[bench] results written to {out}", flush=True)
+    if "pipeline" in results:
+        from ..live.bench_live import plot_bench
+
+        plot = out.with_suffix(".png")
+        plot_bench({k: results[k] for k in ("bare_faust", "spine", "pipeline", "pipeline_batch1", "model_stage")
+                    if k in results}, plot, title=f"stream-rec bench ({os.cpu_count()} CPUs, model "
+                                                   f"{results['model']['version']})")
+        print(f"[bench] plot written to {plot}", flush=True)
     return 0
+
+
+def run_model_scenarios(args: argparse.Namespace, bootstrap: str, workdir: Path, results: dict) -> None:
+    """(b) the full pipeline with the trained model and (c) the same with batch size 1 (stream_rec/live)."""
+    from ..live.bench_live import run_live_scenarios
+    from ..live.demo_model import demo_model_dir
+    from ..live.models import load_newest
+
+    model_dir = Path(args.model) if args.model else demo_model_dir()
+    model_dir, rec = load_newest(model_dir, device="cpu")
+    results["model"] = {"dir": str(model_dir), "version": rec.version, "hidden": rec.hidden_size,
+                        "items": rec.n_items}
+    print(f"[bench] pipeline with trained model {rec.version}: backlog of {args.events} events, then "
+          f"{args.latency_rate:g} ev/s for {args.latency_seconds:g} s; then the same with batch size 1 ...", flush=True)
+    live = run_live_scenarios(bootstrap, workdir / "live", model_dir, saturation_events=args.events,
+                              batch1_events=args.batch1_events, latency_rate=args.latency_rate,
+                              latency_seconds=args.latency_seconds, batch_max_events=args.batch_max_events,
+                              log_dir=workdir, n_users=args.users)
+    results.update(live)
+    for name in ("pipeline", "pipeline_batch1"):
+        r = live[name]
+        print(f"[bench]   {name}: {r['saturation']['events_per_s']:,.0f} events/s at saturation "
+              f"({r['saturation'].get('events_per_cpu_s', float('nan')):,.0f} per CPU-second; "
+              f"CPU {r['saturation']['cpu_percent']}%, RSS {r['saturation']['rss_mb']} MB); at "
+              f"{r['latency']['offered_events_per_s']:g} ev/s p50/p95/p99 = {r['latency'].get('p50_ms')}/"
+              f"{r['latency'].get('p95_ms')}/{r['latency'].get('p99_ms')} ms; state {r['state'].get('mean_bytes')} "
+              f"B/user", flush=True)
+    print(f"[bench]   model stage alone: {live['model_stage']['events_per_s']:,.0f} events/s "
+          f"({live['model_stage']['device']})", flush=True)
+
+
+def report_goals(results: dict) -> None:
+    """Print the issue-5 goals beside the measured figures."""
+    pipe, b1 = results["pipeline"], results["pipeline_batch1"]
+    goals = {"pipeline_over_batch1": pipe["saturation"]["events_per_s"] / b1["saturation"]["events_per_s"],
+             "p99_ms_at_fixed_load": pipe["latency"].get("p99_ms"),
+             "state_bytes_per_user": pipe["state"].get("mean_bytes")}
+    if "bare_faust" in results:
+        goals["pipeline_over_bare"] = pipe["saturation"]["events_per_s"] / results["bare_faust"]["events_per_s"]
+        if results["bare_faust"].get("events_per_cpu_s") and pipe["saturation"].get("events_per_cpu_s"):
+            goals["pipeline_over_bare_cpu"] = (pipe["saturation"]["events_per_cpu_s"] /
+                                               results["bare_faust"]["events_per_cpu_s"])
+    results["goals"] = goals
+    print(f"[bench] goals: pipeline/bare Faust = {goals.get('pipeline_over_bare', float('nan')):.2f} wall, "
+          f"{goals.get('pipeline_over_bare_cpu', float('nan')):.2f} per CPU-second (>= 0.7), "
+          f"pipeline/batch-1 = {goals['pipeline_over_batch1']:.1f} (>= 5), p99 = {goals['p99_ms_at_fixed_load']} ms "
+          f"at {pipe['latency']['offered_events_per_s']:g} ev/s (<= 50), state = {goals['state_bytes_per_user']} "
+          f"B/user (<= 1024)", flush=True)

@@ -33,7 +33,9 @@ def register(sub) -> None:
     p.add_argument("--events", type=int, default=100_000, help="stop producing after this many events")
     p.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S seconds (0 = until Ctrl-C)")
     p.add_argument("--data-dir", help="worker data dir and logs (default: a fresh temporary directory)")
-    p.add_argument("--model", help="trained model directory to serve (default: untrained)")
+    p.add_argument("--model", help="trained model directory to serve (default: a small model trained on the "
+                                   "synthetic world in seconds on first use, then cached under the cache dir)")
+    p.add_argument("--untrained", action="store_true", help="serve the untrained model (random recommendations)")
     p.add_argument("--metrics-port", type=int, default=0, help="worker /metrics port (0 = any free port)")
     p.set_defaults(func=run)
 
@@ -62,6 +64,13 @@ def run(args: argparse.Namespace) -> int:
     from .produce import publish, synthetic_events
     from .tail import follow
 
+    model = args.model
+    if not model and not args.untrained:
+        from ..live.demo_model import demo_model_dir
+
+        say("training a small model on the synthetic world (seconds; cached for the next run) ...")
+        model = str(demo_model_dir(Settings.from_env().cache_dir))
+        say(f"serving the trained model in {model}: watch each user's recommendations follow their sequence")
     data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="stream-rec-demo-"))
     data_dir.mkdir(parents=True, exist_ok=True)
     worker_log = data_dir / "worker.log"
@@ -69,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     with EmbeddedBroker(args.port or None, log_file=data_dir / "broker.log") as broker:
         settings = Settings.from_env(broker=broker.bootstrap, data_dir=data_dir / "worker",
                                      metrics_port=args.metrics_port or free_port(), web_port=free_port(),
-                                     model=args.model)
+                                     model=model)
         say(f"broker pid {broker.process.pid} on {broker.bootstrap} (embedded Tansu, in memory)")
         asyncio.run(ensure_topics(settings))
         items, events = synthetic_events(args.events, args.users, seed=0)
