@@ -267,7 +267,7 @@ def run_model_scenarios(args: argparse.Namespace, bootstrap: str, workdir: Path,
     live = run_live_scenarios(bootstrap, workdir / "live", model_dir, saturation_events=args.events,
                               batch1_events=args.batch1_events, latency_rate=args.latency_rate,
                               latency_seconds=args.latency_seconds, batch_max_events=args.batch_max_events,
-                              log_dir=workdir, n_users=args.users)
+                              log_dir=workdir, n_users=args.users, batch_max_wait_ms=args.batch_max_wait_ms)
     results.update(live)
     for name in ("pipeline", "pipeline_batch1"):
         r = live[name]

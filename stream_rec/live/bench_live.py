@@ -135,13 +135,14 @@ async def state_bytes_per_user(settings, timeout_s: float = 20.0) -> dict:
 async def run_model_worker(broker: str, data_dir: Path, model_dir: Path, item_ids: list[str], *, tag: str,
                            batch_max_events: int, saturation_events: int, latency_rate: float,
                            latency_seconds: float, n_users: int = 5000, log_dir: Path | None = None,
-                           partitions: int = 4, progress: bool = True, uses_text: bool = False) -> dict:
+                           partitions: int = 4, progress: bool = True, uses_text: bool = False,
+                           batch_max_wait_ms: int | None = None) -> dict:
     """Saturation throughput, then latency at ``latency_rate`` ev/s, of one worker configuration.
     ``uses_text``: the model has text vectors, so wait for the worker's encoder before measuring."""
     from tqdm import tqdm
 
     settings = harness.isolated_settings(broker, data_dir, tag, model=str(model_dir), partitions=partitions,
-                                         batch_max_events=batch_max_events)
+                                         batch_max_events=batch_max_events, batch_max_wait_ms=batch_max_wait_ms)
     await harness.ensure_topics(settings)
     producer = await harness.make_producer(settings)
     result: dict = {"batch_max_events": batch_max_events}
@@ -241,7 +242,7 @@ def model_stage_events_per_s(model_dir: Path, batch: int = 256, n_batches: int =
 def run_live_scenarios(broker: str, data_dir: Path, model_dir: Path, *, saturation_events: int = 20000,
                        batch1_events: int = 3000, latency_rate: float = 1000.0, latency_seconds: float = 10.0,
                        batch_max_events: int = 256, log_dir: Path | None = None, progress: bool = True,
-                       n_users: int = 5000) -> dict:
+                       n_users: int = 5000, batch_max_wait_ms: int | None = None) -> dict:
     """(b) the full pipeline with the trained model and (c) the same pipeline with batch size 1, on the
     same broker; plus the model stage alone (no Kafka). Returns one dict per scenario. The batch-1
     pipeline cannot sustain ``latency_rate``; its latency is measured at half its own saturation rate."""
@@ -254,11 +255,13 @@ def run_live_scenarios(broker: str, data_dir: Path, model_dir: Path, *, saturati
     out["pipeline"] = asyncio.run(run_model_worker(
         broker, data_dir, model_dir, item_ids, tag="pipeline", batch_max_events=batch_max_events,
         saturation_events=saturation_events, latency_rate=latency_rate, latency_seconds=latency_seconds,
-        log_dir=log_dir, progress=progress, n_users=n_users, uses_text=uses_text))
+        log_dir=log_dir, progress=progress, n_users=n_users, uses_text=uses_text,
+        batch_max_wait_ms=batch_max_wait_ms))
     out["pipeline_batch1"] = asyncio.run(run_model_worker(
         broker, data_dir, model_dir, item_ids, tag="batch1", batch_max_events=1,
         saturation_events=batch1_events, latency_rate=0.0, latency_seconds=latency_seconds / 2,
-        log_dir=log_dir, progress=progress, n_users=n_users, uses_text=uses_text))
+        log_dir=log_dir, progress=progress, n_users=n_users, uses_text=uses_text,
+        batch_max_wait_ms=batch_max_wait_ms))
     return out
 
 
