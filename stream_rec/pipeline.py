@@ -127,8 +127,9 @@ def rewarm(model, states: list[UserState]) -> list[np.ndarray]:
 
 
 def recommendation_record(user_id: str, state: UserState, items: list[tuple[str, float]], model_version: str,
-                          last: Incoming, event_ts: float, now: float) -> dict:
-    return {
+                          last: Incoming, event_ts: float, now: float, extra: dict | None = None) -> dict:
+    """``extra`` (from ``live.enrich.Enricher.finish``): ``reasons`` (one per item) and ``interests``."""
+    record = {
         "user_id": user_id,
         "items": [{"item_id": item, "score": round(score, 6)} for item, score in items],
         "model_version": model_version,
@@ -137,16 +138,24 @@ def recommendation_record(user_id: str, state: UserState, items: list[tuple[str,
         "latency_ms": round((now - last.received_at) * 1000.0, 3),
         "history": state.seen_items()[-HISTORY_IN_RECORD:],
     }
+    if extra:
+        for entry, reason in zip(record["items"], extra.get("reasons", ())):
+            entry["reason"] = reason
+        if extra.get("interests"):
+            record["interests"] = extra["interests"]
+    return record
 
 
 def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes | None], model,
                   config: PipelineConfig = PipelineConfig(), now: Callable[[], float] = time.time,
-                  queries: dict[int, np.ndarray] | None = None) -> BatchResult:
+                  queries: dict[int, np.ndarray] | None = None, enricher=None) -> BatchResult:
     """Process one micro-batch. ``load_state(user_id)`` returns the stored state bytes or None; ``model``
     is a :class:`~stream_rec.model.recommender.Recommender` (or None when no catalog is known yet: every
     event is then ``unknown_item``). ``queries`` maps batch indexes of events that carry a
     ``context.text`` to its text vector: the list of that user is then boosted toward items matching the
     query (``stream_rec.live.service.contextual_topk``; the user's newest query in the batch counts).
+    ``enricher`` (a :class:`~stream_rec.live.enrich.Enricher`, or None = the plain model) adds negative
+    feedback, MMR / exposure re-ranking, reasons, interests and the online quality monitor.
     Never raises on bad input: bad records end up in ``result.dlq``."""
     result = BatchResult()
     t_now = now()
@@ -182,6 +191,8 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
         if deletes:
             result.deleted[user_id] = fresh[deletes[-1]][0]
             state, fresh = UserState(), fresh[deletes[-1] + 1:]
+            if enricher is not None:  # erasure covers the enricher's per-user memory too
+                enricher.forget(user_id)
         if fresh:
             users.append(user_id)
             states.append(state)
@@ -210,9 +221,13 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
     for n, h in zip(stale, rewarm(model, [states[n] for n in stale])):
         hiddens[n] = h
 
-    # 4. one GRU step per new event, batched across users
+    # 4. one GRU step per new event, batched across users (with an enricher: negative feedback is not stepped)
+    positives = pending
+    if enricher is not None:
+        enricher.observe(users, [fresh[0][1] for fresh in pending])
+        positives = [[(i, e) for i, e in fresh if not enricher.is_negative(e)] for fresh in pending]
     seqs = []
-    for st, fresh in zip(states, pending):
+    for st, fresh in zip(states, positives):
         rows = model.rows_for([e.item_id for _, e in fresh])
         gaps = _gaps(st.last_timestamp, [e.timestamp for _, e in fresh])
         seqs.append(list(zip(rows, gaps)))
@@ -224,8 +239,10 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
     # 5. new states
     for n, (user_id, st, fresh) in enumerate(zip(users, states, pending)):
         history = st.history
-        for _, e in fresh:
+        for _, e in positives[n]:
             history = append_history(history, e.item_id, e.timestamp, config.history_len)
+        if enricher is not None:
+            enricher.remember_negatives(user_id, [e for _, e in fresh])
         last_index = fresh[-1][0]
         st = UserState(hiddens[n], history, batch[last_index].partition, batch[last_index].offset,
                        st.n_events + len(fresh), tag)
@@ -251,11 +268,16 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
         for n, items in contextual_topk(model, hiddens, exclude, user_queries, config.top_k,
                                         config.context_alpha).items():
             lists[n] = items
+    extras = [None] * len(users)
+    if enricher is not None:
+        lists, extras = enricher.finish(model, users, states, pending, hiddens, exclude, lists, config.top_k,
+                                        user_queries if config.context_alpha != 0.0 else {}, queries or {},
+                                        config.context_alpha)
     result.topk_seconds = time.perf_counter() - t0
 
     t_sent = now()
-    for user_id, st, fresh, items in zip(users, states, pending, lists):
+    for user_id, st, fresh, items, extra in zip(users, states, pending, lists, extras):
         last = batch[fresh[-1][0]]
         result.recommendations.append(
-            recommendation_record(user_id, st, items, model.version, last, fresh[-1][1].timestamp, t_sent))
+            recommendation_record(user_id, st, items, model.version, last, fresh[-1][1].timestamp, t_sent, extra))
     return result

@@ -67,6 +67,20 @@ class Settings:
     torch_threads: int = 1
     context_alpha: float = 1.0  # weight of an event's context.text (a query) in its list; 0 = ignore context
     model_poll_s: float = 3.0  # hot reload: check the --model directory for a newer model this often (0 = never)
+    # --- Smarter recommendations in the worker (stream_rec/live/enrich.py, docs/SMARTER.md) ----------
+    mmr_lambda: float = 1.0  # MMR diversity re-rank: 1 = off (pure relevance), lower = more diverse (0.6 suggested)
+    mmr_candidates: int = 50  # top candidates the MMR re-rank chooses from
+    exposure_cap: int = 0  # demote items recommended more than this often in the last exposure_window lists (0 = off)
+    exposure_window: int = 5000  # lists counted for the exposure cap (this worker's traffic)
+    explain: bool = True  # give every recommended item a short `reason` ("because you watched X")
+    interests_top: int = 3  # interest labels in each rec record's `interests` (0 = leave the field out)
+    negative_rating_threshold: float = 2.0  # a `rate` event with value <= this is negative feedback
+    negative_radius: float = 0.8  # items within this cosine of a disliked item are pushed down too
+    negative_strength: float = 1.0  # push-down of a disliked item, in std devs of the user's scores
+    drift_delta: float = 0.002  # ADWIN confidence of the online HR@k drift monitor
+    drift_finetune: bool = False  # on a drift alarm, fine-tune on recent events into --model (a dir of model dirs)
+    drift_finetune_cooldown_s: float = 3600.0  # at most one drift fine-tune per this many seconds
+    drift_recent_events: int = 50000  # recent events kept in memory for the drift fine-tune
 
     # --- Paths -------------------------------------------------------------------------------------
     cache_dir: Path = field(default_factory=default_cache_dir)
