@@ -9,13 +9,14 @@ Design decisions
 **Micro-batching with a RocksDB table and correct changelogs.** Writing a table from inside
 ``stream.take()`` fails: the table and the RocksDB store use ``faust.streams.current_event()`` (a
 ContextVar holding a weakref to the event) to pick the store partition and the changelog partition, and
-inside ``take()`` no event is current. We iterate ``stream.take_events(max, within)`` instead, which
-yields the Faust ``Event`` objects, and for each user we set the current-event ContextVar to *that user's
+inside ``take()`` no event is current. We iterate :func:`take_batches` instead (an adaptive variant of
+Faust's ``stream.take_events``: batches fill up while a backlog lasts, close 1 ms after the intake
+pauses), which yields the Faust ``Event`` objects, and for each user we set the current-event ContextVar to *that user's
 own last event in the batch* around the table read and write (:func:`event_context`). Events are keyed by
 ``user_id`` and the table is co-partitioned with ``events`` (same key, same partition count), so the
 user's event partition *is* the partition of the user's table key: the value lands in the right RocksDB
 partition and the changelog record on the right changelog partition. Records whose Kafka key is not their
-``user_id`` are rejected (``key_mismatch``) because they would break that equality. ``take_events`` acks
+``user_id`` are rejected (``key_mismatch``) because they would break that equality. ``take_batches`` acks
 the batch's offsets only after our loop body returns, i.e. after states are written and every
 recommendation/DLQ record is handed to the producer. tests/test_spine_kafka.py::test_restart_recovers_state
 checks the result end to end: a worker restarted on the same data dir continues each user's history, and
@@ -423,7 +424,8 @@ def build_app(settings: Settings, spine: Spine | None = None) -> faust.App:
 
     @app.agent(events)
     async def process_events(stream):
-        async for batch in take_batches(stream, settings.batch_max_events, settings.batch_max_wait_ms / 1000.0):
+        fill_s = max(settings.batch_max_wait_ms, settings.batch_fill_max_ms) / 1000.0
+        async for batch in take_batches(stream, settings.batch_max_events, fill_s):
             await handle_batch(app, batch, recommendations.get_topic_name(), dlq.get_topic_name())
 
     @app.task

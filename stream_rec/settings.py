@@ -55,6 +55,9 @@ class Settings:
     web_port: int = 6066
     batch_max_events: int = 256  # micro-batch: at most this many events ...
     batch_max_wait_ms: int = 5  # ... or this long after the first one
+    # the events agent fills a micro-batch adaptively (stream_rec.app.take_batches): it closes when full, 1 ms
+    # after the intake pauses, or this long after its first event (a backlog fills 256 events in ~50 ms)
+    batch_fill_max_ms: int = 50
     encoder_batch_max: int = 64  # text encoder micro-batch (slower, sized separately)
     top_k: int = 10
     history_len: int = 50  # rolling item history kept per user

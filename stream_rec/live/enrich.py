@@ -54,7 +54,7 @@ from ..recsys.explain import explain_batch
 from ..recsys.feedback import is_negative, negative_penalty
 from ..recsys.interests import InterestProfiler, genres_of
 from ..recsys.rerank import ExposureWindow, mmr_rerank_scores
-from ..recsys.vectors import centred, pad_rows
+from ..recsys.vectors import centred, pad_rows, unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ class Enricher:
                                             on_drift=on_drift, export_metrics=export_metrics)
         self._space_key = None
         self._space: tuple[np.ndarray, np.ndarray | None, InterestProfiler | None] | None = None
+        self._titles: list[str] = []
 
     @classmethod
     def from_settings(cls, settings) -> "Enricher":
@@ -158,7 +159,7 @@ class Enricher:
 
     # --- 3. lists, reasons, interests --------------------------------------------------------------
     def item_space(self, model) -> tuple[np.ndarray, np.ndarray | None, InterestProfiler | None]:
-        """(vectors for similarity [N+1, d], MMR vectors centred once, interest profiler or None)."""
+        """(unit vectors for similarity [N+1, d], MMR vectors centred once, interest profiler or None)."""
         key = (model, getattr(model, "_table", None), model.n_items)  # add_items replaces ``_table``
         if self._space_key is None or any(a is not b for a, b in zip(key[:2], self._space_key[:2])) \
                 or key[2] != self._space_key[2]:
@@ -176,7 +177,9 @@ class Enricher:
                         profiler = InterestProfiler.from_genres([f"Genres: {', '.join(g)}." for g in labels], text)
                     except ValueError as exc:
                         log.info("interests off for model %s: %s", model.version, exc)
-            self._space = (vectors, centred(vectors) if self.mmr_lambda < 1.0 else None, profiler)
+            # titles by row (row 0 = padding), computed once: rendering reasons is per item per record
+            self._titles = [""] + [title_of_text(t, i) for i, t in zip(model.item_ids, model.item_texts)]
+            self._space = (unit_rows(vectors), centred(vectors) if self.mmr_lambda < 1.0 else None, profiler)
             self._space_key = key
         return self._space
 
@@ -210,10 +213,19 @@ class Enricher:
             scores = negative_penalty(scores, [negatives[n] for n in todo], vectors, self.negative_strength,
                                       self.negative_radius)
             excluded = [list(exclude[n]) + negatives[n] for n in todo]
-            rows = mmr_rerank_scores(scores, mmr_vectors if mmr_vectors is not None else vectors, k,
-                                     self.mmr_lambda, self.mmr_candidates, excluded, self.exposure, centre=False)
+            if rerank_all:
+                rows = mmr_rerank_scores(scores, mmr_vectors if mmr_vectors is not None else vectors, k,
+                                         self.mmr_lambda, self.mmr_candidates, excluded, self.exposure, centre=False)
+            else:  # negatives only: a plain top-k of the penalised scores (MMR with lambda 1 is the same list)
+                import torch
+
+                from ..model.gru import topk_excluding
+
+                _, top = topk_excluding(torch.from_numpy(np.ascontiguousarray(scores)), k, excluded)
+                rows = top.numpy()
             for j, n in enumerate(todo):
-                lists[n] = [(model.item_ids[r - 1], float(scores[j, r])) for r in rows[j].tolist() if r]
+                lists[n] = [(model.item_ids[r - 1], float(scores[j, r])) for r in rows[j].tolist()
+                            if r and np.isfinite(scores[j, r])]
         extras = [{} for _ in users]
         history = pad_rows([[r for r in model.rows_for(st.seen_items()) if r] for st in states])
         rec_rows = pad_rows([model.rows_for([i for i, _ in items]) for items in lists])
@@ -224,7 +236,7 @@ class Enricher:
             if use_query:
                 for n, vec in query_vectors.items():
                     q[n], texts[n] = vec, query_texts.get(n)
-            reasons = explain_batch(rec_rows, history, vectors, self._title_lookup(model),
+            reasons = explain_batch(rec_rows, history, vectors, self._titles,
                                     query_vectors=q if use_query else None, queries=texts)
             for n, items in enumerate(lists):
                 extras[n]["reasons"] = reasons[n][:len(items)]
@@ -234,13 +246,6 @@ class Enricher:
                     extras[n]["interests"] = [label for label, _ in found]
         self.monitor.record_batch(users, [[i for i, _ in items] for items in lists])
         return lists, extras
-
-    @staticmethod
-    def _title_lookup(model):
-        def title(row: int) -> str:
-            item = model.item_ids[row - 1]
-            return title_of_text(model.item_texts[row - 1], item)
-        return title
 
 
 def drift_finetuner(settings, enricher: Enricher):
