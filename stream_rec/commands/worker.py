@@ -32,6 +32,13 @@ def register(sub) -> None:
     p.add_argument("--batch-max-events", type=int, metavar="N", help="micro-batch size limit (default 256)")
     p.add_argument("--batch-max-wait-ms", type=int, metavar="MS", help="micro-batch wait limit (default 5)")
     p.add_argument("--top-k", type=int, metavar="K", help="items per recommendation (default 10)")
+    p.add_argument("--mmr-lambda", type=float, metavar="L", help="diversity re-rank: 1.0 = off (pure relevance), "
+                                                                 "0.6 = suggested trade-off (env STREAM_REC_MMR_LAMBDA)")
+    p.add_argument("--exposure-cap", type=int, metavar="N", help="demote items already shown N times in the last "
+                                                                 "STREAM_REC_EXPOSURE_WINDOW lists (0 = off)")
+    p.add_argument("--drift-finetune", action="store_true", default=None,
+                   help="on a drift alarm of the online quality monitor, fine-tune on recent events and write a new "
+                        "model version into --model (must be a folder of model folders); off by default")
     p.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"],
                    help="worker log level (default info)")
     p.set_defaults(func=run)
@@ -47,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(
         args, data_dir=args.data_dir, model=args.model, app_id=args.app_id, metrics_port=args.metrics_port,
         metrics_host=args.metrics_host, web_port=args.web_port, batch_max_events=args.batch_max_events,
-        batch_max_wait_ms=args.batch_max_wait_ms, top_k=args.top_k)
+        batch_max_wait_ms=args.batch_max_wait_ms, top_k=args.top_k,
+        mmr_lambda=args.mmr_lambda, exposure_cap=args.exposure_cap, drift_finetune=args.drift_finetune)
     items = load_catalog_file(args.items) if args.items else []
     asyncio.run(ensure_topics(settings))
     if settings.metrics_port:
