@@ -2,6 +2,11 @@
 
     python benchmarks/quality.py --data-dir PATH   # PATH holds ml-100k/ and/or ml-1m-half/
 
+The reported figures (settings chosen on the validation split with benchmarks/sweep.py):
+
+    python benchmarks/quality.py --data-dir PATH --datasets ml-1m-half --threads 2 --time-budget 1140 --holdout 0
+    python benchmarks/quality.py --data-dir PATH --datasets ml-100k --threads 2 --max-len 200 --holdout 0.1
+
 Protocol (the same as `stream-rec evaluate`): leave-one-out by timestamp (each user's last event =
 test, the one before = validation for early stopping), full ranking over the whole catalog, seen items
 excluded, HR@10 / NDCG@10 / MRR@10. The GRU numbers come from the serving path (Recommender.step, one
@@ -42,6 +47,7 @@ def parse_args(argv=None):
                    help="--id-dropout of the model trained for the cold-item comparison")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     p.add_argument("--batch-size", type=int, default=32, help="users per batch")
+    p.add_argument("--max-len", type=int, default=50, help="BPTT window length")
     p.add_argument("--time-budget", type=float, default=1140.0, help="wall seconds per training run: no epoch is started "
                                                                    "that would likely overrun it (0 = none)")
     p.add_argument("--holdout", type=float, default=0.1, help="fraction of items held out of training for the "
@@ -62,7 +68,7 @@ def model_config(args) -> dict:
 def train_params(args):
     from stream_rec.model.train import TrainParams
 
-    return TrainParams(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=4, seed=0,
+    return TrainParams(epochs=args.epochs, batch_size=args.batch_size, max_len=args.max_len, lr=args.lr, seed=0,
                        device=args.device, threads=args.threads, time_budget_s=args.time_budget)
 
 

@@ -241,11 +241,12 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
         history = st.history
         for _, e in positives[n]:
             history = append_history(history, e.item_id, e.timestamp, config.history_len)
+        negatives = st.negatives  # kept in the state (survives a restart); no enricher: carried unchanged
         if enricher is not None:
-            enricher.remember_negatives(user_id, [e for _, e in fresh])
+            negatives = enricher.remember_negatives(user_id, [e for _, e in fresh], negatives)
         last_index = fresh[-1][0]
         st = UserState(hiddens[n], history, batch[last_index].partition, batch[last_index].offset,
-                       st.n_events + len(fresh), tag)
+                       st.n_events + len(fresh), tag, negatives)
         states[n] = st
         result.states[user_id] = encode_state(st, half=config.half_precision_state)
         result.last_index[user_id] = last_index

@@ -59,6 +59,10 @@ class Settings:
     # after the intake pauses, or this long after its first event (a backlog fills 256 events in ~50 ms)
     batch_fill_max_ms: int = 50
     encoder_batch_max: int = 64  # text encoder micro-batch (slower, sized separately)
+    # states of this many recently active users are kept in worker memory as well as in the table: a
+    # read hits the dict instead of RocksDB (Faust's table get + current-event context cost ~40 us per
+    # user, profiled). Emptied at every rebalance, so it never outlives the worker's ownership. 0 = off.
+    state_cache_users: int = 100_000
     top_k: int = 10
     history_len: int = 50  # rolling item history kept per user
     max_event_bytes: int = 16384  # larger events go to the DLQ as oversize
@@ -71,7 +75,9 @@ class Settings:
     context_alpha: float = 1.0  # weight of an event's context.text (a query) in its list; 0 = ignore context
     model_poll_s: float = 3.0  # hot reload: check the --model directory for a newer model this often (0 = never)
     # --- Smarter recommendations in the worker (stream_rec/live/enrich.py, docs/SMARTER.md) ----------
-    mmr_lambda: float = 1.0  # MMR diversity re-rank: 1 = off (pure relevance), lower = more diverse (0.6 suggested)
+    # MMR diversity re-rank: 1 = off (pure relevance), lower = more diverse (0.6 suggested); an event's
+    # context.mmr_lambda overrides it for the list that event produces
+    mmr_lambda: float = 1.0
     mmr_candidates: int = 50  # top candidates the MMR re-rank chooses from
     exposure_cap: int = 0  # demote items recommended more than this often in the last exposure_window lists (0 = off)
     exposure_window: int = 5000  # lists counted for the exposure cap (this worker's traffic)
@@ -80,6 +86,7 @@ class Settings:
     negative_rating_threshold: float = 2.0  # a `rate` event with value <= this is negative feedback
     negative_radius: float = 0.8  # items within this cosine of a disliked item are pushed down too
     negative_strength: float = 1.0  # push-down of a disliked item, in std devs of the user's scores
+    negatives_per_user: int = 20  # recent negative items kept in each user's state (newest last)
     drift_delta: float = 0.002  # ADWIN confidence of the online HR@k drift monitor
     drift_finetune: bool = False  # on a drift alarm, fine-tune on recent events into --model (a dir of model dirs)
     drift_finetune_cooldown_s: float = 3600.0  # at most one drift fine-tune per this many seconds

@@ -9,13 +9,22 @@ A user's state is what the stream needs to serve the next event without reading 
 * ``partition``/``offset``: the Kafka position of the last applied event, for idempotent redelivery;
 * ``model_tag``: 32-bit hash of the model version that produced ``hidden``. A state from another model
   (a trained model replacing the untrained one, or a different hidden size) is re-warmed by replaying
-  ``history`` through the new model instead of feeding it a foreign vector.
+  ``history`` through the new model instead of feeding it a foreign vector;
+* ``negatives``: the user's recent negative items (``dislike``/``skip``, or a low ``rate``), newest last,
+  at most ``Enricher.negatives_per_user`` (stream_rec/live/enrich.py). They are kept apart from
+  ``history`` (never stepped through the GRU, never replayed by a re-warm, not "seen") and live here so
+  a restarted or rebalanced worker still pushes them down.
 
-Layout (little endian), version 1::
+Layout (little endian), version 2 (what ``encode_state`` writes)::
 
     B version | B flags (bit0: hidden is float16) | I model_tag | i partition | q offset | I n_events
     H hidden_size | hidden_size x (e or f)
     H n_history | n_history x (d timestamp, H id_len, id_len bytes UTF-8)
+    H n_negatives | n_negatives x (H id_len, id_len bytes UTF-8)
+
+Version 1 is the same without the ``negatives`` part; it is still decoded (``negatives`` empty), so
+tables and changelogs written before version 2 load unchanged. (A version-1 reader cannot read
+version 2: it treats such a state as unreadable and starts the user over.)
 
 No pickle (unsafe and Python-only) and no JSON of floats (3-4x larger, slow): about 300 bytes for a
 128-d float16 state with 10 history entries. Unknown versions raise ``StateDecodeError``.
@@ -29,7 +38,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: no negatives
 FLAG_FLOAT16 = 0x01
 _HEAD = struct.Struct("<BBIiqIH")
 _ENTRY = struct.Struct("<dH")
@@ -54,6 +64,7 @@ class UserState:
     offset: int = NO_OFFSET  # last applied offset on ``partition``
     n_events: int = 0  # events applied since the state was created
     model_tag: int = 0
+    negatives: list[str] = field(default_factory=list)  # recent negative item ids, newest last
 
     def already_applied(self, partition: int, offset: int) -> bool:
         """True for a redelivered event (same partition, offset not after the last applied one)."""
@@ -76,7 +87,7 @@ def append_history(history: list[tuple[str, float]], item_id: str, timestamp: fl
 def encode_state(state: UserState, *, half: bool = True) -> bytes:
     hidden = np.zeros(0, dtype=np.float32) if state.hidden is None else np.asarray(state.hidden).ravel()
     dtype = "<f2" if half else "<f4"
-    if len(state.history) > 0xFFFF or hidden.size > 0xFFFF:
+    if len(state.history) > 0xFFFF or hidden.size > 0xFFFF or len(state.negatives) > 0xFFFF:
         raise ValueError("state too large to encode")
     parts = [_HEAD.pack(VERSION, FLAG_FLOAT16 if half else 0, state.model_tag & 0xFFFFFFFF, state.partition,
                         state.offset, min(state.n_events, 0xFFFFFFFF), hidden.size),
@@ -85,13 +96,18 @@ def encode_state(state: UserState, *, half: bool = True) -> bytes:
         raw = item_id.encode("utf-8")
         parts.append(_ENTRY.pack(ts, len(raw)))
         parts.append(raw)
+    parts.append(_COUNT.pack(len(state.negatives)))
+    for item_id in state.negatives:
+        raw = item_id.encode("utf-8")
+        parts.append(_COUNT.pack(len(raw)))
+        parts.append(raw)
     return b"".join(parts)
 
 
 def decode_state(data: bytes) -> UserState:
     try:
         version, flags, tag, partition, offset, n_events, size = _HEAD.unpack_from(data, 0)
-        if version != VERSION:
+        if version not in READABLE_VERSIONS:
             raise StateDecodeError(f"unknown state version {version}")
         pos = _HEAD.size
         width = 2 if flags & FLAG_FLOAT16 else 4
@@ -105,10 +121,19 @@ def decode_state(data: bytes) -> UserState:
             pos += _ENTRY.size
             history.append((data[pos:pos + length].decode("utf-8"), ts))
             pos += length
+        negatives = []
+        if version >= 2:
+            (n_neg,) = _COUNT.unpack_from(data, pos)
+            pos += _COUNT.size
+            for _ in range(n_neg):
+                (length,) = _COUNT.unpack_from(data, pos)
+                pos += _COUNT.size
+                negatives.append(data[pos:pos + length].decode("utf-8"))
+                pos += length
         if pos != len(data):
             raise StateDecodeError(f"{len(data) - pos} trailing bytes")
     except (struct.error, ValueError, UnicodeDecodeError) as exc:
         if isinstance(exc, StateDecodeError):
             raise
         raise StateDecodeError(f"corrupt state: {exc}") from exc
-    return UserState(hidden if size else None, history, partition, offset, n_events, tag)
+    return UserState(hidden if size else None, history, partition, offset, n_events, tag, negatives)

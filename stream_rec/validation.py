@@ -12,7 +12,8 @@ machine-readable ``reason`` (the DLQ record's ``reason`` and the ``reason`` labe
 ``missing_field``    ``user_id``, ``item_id``, ``event_type`` or ``timestamp`` absent or null (control events,
                      e.g. ``delete_user``, need no ``item_id``)
 ``wrong_type``       a field of the wrong type (ids must be non-empty strings or integers, ``timestamp`` and
-                     ``value`` numbers, ``context`` an object whose ``text`` is a string), or an id too long
+                     ``value`` numbers, ``context`` an object whose ``text`` is a string and whose
+                     ``mmr_lambda`` is a number in [0, 1]), or an id too long
 ``unknown_event_type`` ``event_type`` not in :data:`EVENT_TYPES`
 ``bad_timestamp``    NaN/inf, before 2000-01-01, or more than ``FUTURE_SLACK_S`` ahead of the worker clock
 ``key_mismatch``     the Kafka key is not the ``user_id``: the event sits on the wrong partition for the
@@ -86,7 +87,10 @@ def _as_id(name: str, value: Any) -> str | Invalid:
 def _as_number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # a JSON integer beyond float range: not a usable number (and must not raise)
+        return None
 
 
 def validate_event(raw: bytes | None, *, key: bytes | None = None, check_key: bool = True,
@@ -146,6 +150,11 @@ def validate_event(raw: bytes | None, *, key: bytes | None = None, check_key: bo
         return Invalid("wrong_type", f"context must be an object, got {type(context).__name__}")
     elif "text" in context and context["text"] is not None and not isinstance(context["text"], str):
         return Invalid("wrong_type", "context.text must be a string")
+    elif context.get("mmr_lambda") is not None:  # per-request diversity (stream_rec/live/enrich.py)
+        lam = _as_number(context["mmr_lambda"])
+        if lam is None or not 0.0 <= lam <= 1.0:  # NaN fails the range check too
+            return Invalid("wrong_type", f"context.mmr_lambda must be a number in [0, 1], "
+                                         f"got {str(context['mmr_lambda'])[:50]!r}")
 
     if check_key:
         key_text = key.decode("utf-8", "replace") if key is not None else None

@@ -106,6 +106,111 @@ def test_delete_user_forgets_the_enrichers_memory_of_the_user(world):
     assert enricher.negative_items("e") == [] and "e" not in enricher.monitor.last_lists
 
 
+def test_a_dislike_survives_a_restart_through_the_state(world):
+    """The negatives live in the user's state: a later batch read from the stored bytes alone, with a
+    fresh Enricher (a restarted or rebalanced worker), still keeps the disliked item and its theme down."""
+    from stream_rec.state import decode_state
+
+    rec, theme_of = world
+    views = ["space-00", "cooking-01"]
+    plain = by_user(process_batch(batch_of(events_of("a", views)), lambda u: None, rec, PipelineConfig(),
+                                  enricher=Enricher()))["a"]
+    target = plain["items"][0]["item_id"]
+    store: dict[str, bytes] = {}
+    first = events_of("r", views) + events_of("r", [target], start=2, types={0: "dislike"})
+    first += events_of("s", views)  # control: the same views, no dislike
+    out = process_batch(batch_of(first), store.get, rec, PipelineConfig(), enricher=Enricher(negative_strength=5.0))
+    store.update(out.states)
+    assert decode_state(store["r"]).negatives == [target] and decode_state(store["s"]).negatives == []
+    assert target not in decode_state(store["r"]).seen_items()
+
+    theme = theme_of[target]
+    mates = [i for i in rec.item_ids if theme_of[i] == theme and i != target and i not in views]
+    restarted = Enricher(negative_strength=5.0)  # nothing in memory
+    # both watch another item of the disliked item's theme: the control's list leans to that theme
+    later = events_of("r", mates[:1], start=3) + events_of("s", mates[:1], start=3)
+    out = process_batch(batch_of(later, 100), store.get, rec, PipelineConfig(), enricher=restarted)
+    store.update(out.states)
+    r, s = by_user(out)["r"], by_user(out)["s"]
+    assert r["history"] == s["history"]  # same positives, so the same GRU state
+    assert target in [i["item_id"] for i in s["items"]]
+    assert target not in [i["item_id"] for i in r["items"]]
+    same_theme = lambda items: sum(theme_of[i["item_id"]] == theme for i in items)  # noqa: E731
+    assert same_theme(r["items"]) < same_theme(s["items"])
+    assert decode_state(store["r"]).negatives == [target] and restarted.negative_items("r") == [target]
+
+    # a second dislike appends (newest last); delete_user erases them with the rest of the state
+    more = events_of("r", mates[1:2], start=4, types={0: "dislike"})
+    out = process_batch(batch_of(more, 200), store.get, rec, PipelineConfig(), enricher=restarted)
+    store.update(out.states)
+    assert decode_state(store["r"]).negatives == [target, mates[1]]
+    forget = [{"user_id": "r", "event_type": "delete_user", "timestamp": T0 + 600}]
+    forget += events_of("r", ["space-00"], start=11)
+    out = process_batch(batch_of(forget, 300), store.get, rec, PipelineConfig(), enricher=Enricher())
+    assert decode_state(out.states["r"]).negatives == []
+
+
+def test_negatives_kept_per_user_are_bounded_newest_last(world):
+    from stream_rec.state import decode_state
+
+    rec, _ = world
+    items = ["space-00", "space-01", "space-02", "space-01"]  # space-01 twice: moves to the end
+    out = process_batch(batch_of(events_of("n", items, types={n: "skip" for n in range(4)})), lambda u: None, rec,
+                        PipelineConfig(), enricher=Enricher(negatives_per_user=2))
+    assert decode_state(out.states["n"]).negatives == ["space-02", "space-01"]
+
+
+def test_a_later_positive_event_takes_an_item_out_of_the_negatives(world):
+    from stream_rec.state import decode_state
+
+    rec, _ = world
+    events = events_of("p", ["space-00", "space-01", "space-01"], types={0: "dislike", 1: "dislike"})
+    out = process_batch(batch_of(events), lambda u: None, rec, PipelineConfig(), enricher=Enricher())
+    assert decode_state(out.states["p"]).negatives == ["space-00"]  # space-01 was viewed after its dislike
+
+
+def mean_pairwise_cosine(rec, items: list[dict]) -> float:
+    v = rec.model.text_vectors.detach().cpu().numpy()[rec.rows_for([i["item_id"] for i in items])]
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    sim = v @ v.T
+    n = len(v)
+    return float((sim.sum() - np.trace(sim)) / (n * (n - 1)))
+
+
+def test_context_mmr_lambda_diversifies_that_request_only(world):
+    """Two users with identical histories; one asks for lambda 0.3 in its event's context, the worker's
+    lambda is 1.0: that user's list is more diverse and differs, the other keeps the plain list."""
+    rec, _ = world
+    history = ["space-00", "space-01", "cooking-00"]
+    events = events_of("p", history[:-1]) + events_of("p", history[-1:], start=2, context={"mmr_lambda": 0.3})
+    events += events_of("q", history)
+    out = process_batch(batch_of(events), lambda u: None, rec, PipelineConfig(), enricher=Enricher())
+    assert not out.dlq
+    p, q = by_user(out)["p"], by_user(out)["q"]
+    plain = by_user(process_batch(batch_of(events_of("q", history)), lambda u: None, rec, PipelineConfig()))["q"]
+    assert [i["item_id"] for i in q["items"]] == [i["item_id"] for i in plain["items"]]
+    assert [i["item_id"] for i in p["items"]] != [i["item_id"] for i in q["items"]]
+    assert p["items"][0]["item_id"] == q["items"][0]["item_id"]  # MMR keeps the best item first
+    assert mean_pairwise_cosine(rec, p["items"]) < mean_pairwise_cosine(rec, q["items"]) - 0.05
+    # the other way round: a worker lambda of 0.2, and a request asking for pure relevance
+    relevance = events_of("q", history[:-1]) + events_of("q", history[-1:], start=2, context={"mmr_lambda": 1})
+    back = by_user(process_batch(batch_of(relevance), lambda u: None, rec, PipelineConfig(),
+                                 enricher=Enricher(mmr_lambda=0.2)))["q"]
+    assert [i["item_id"] for i in back["items"]] == [i["item_id"] for i in plain["items"]]
+
+
+def test_invalid_context_mmr_lambda_goes_to_the_dlq(world):
+    rec, _ = world
+    bad = [events_of("x", ["space-00"], context={"mmr_lambda": 1.5})[0],
+           events_of("y", ["space-00"], context={"mmr_lambda": "diverse"})[0],
+           events_of("z", ["space-00"], context={"mmr_lambda": None})[0]]  # null = not given
+    out = process_batch(batch_of(bad), lambda u: None, rec, PipelineConfig(), enricher=Enricher())
+    assert [d["offset"] for d in out.dlq] == [0, 1]
+    assert all(d["reason"] == "wrong_type" and "context.mmr_lambda" in d["detail"] for d in out.dlq)
+    assert out.invalid["wrong_type"] == 2
+    assert [r["user_id"] for r in out.recommendations] == ["z"]
+
+
 def test_mmr_below_one_changes_the_list_toward_more_themes(world):
     rec, theme_of = world
     msgs = batch_of(events_of("u", ["space-00", "space-01", "cooking-00"]))

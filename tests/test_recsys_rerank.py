@@ -33,6 +33,20 @@ def test_lower_lambda_raises_diversity_and_keeps_the_top_item():
     assert len({themes[r] for r in diverse[0]}) > len({themes[r] for r in plain[0]})
 
 
+def test_one_lambda_per_user_matches_each_users_own_call():
+    """Per-request diversity: lam [B] re-ranks each row as a call with that row's lambda would."""
+    _, vecs, _, themes = theme_world()
+    s = np.stack([_scores_favouring(t, themes, seed=i) for i, t in enumerate(["space", "cooking", "nature"])])
+    lams = np.array([1.0, 0.4, 0.0])
+    out = mmr_rerank_scores(s, vecs, k=6, lam=lams)
+    for b, lam in enumerate(lams):
+        assert out[b].tolist() == mmr_rerank_scores(s[b:b + 1], vecs, k=6, lam=float(lam))[0].tolist()
+    with pytest.raises(ValueError):
+        mmr_rerank_scores(s, vecs, k=6, lam=np.array([1.0, 1.5, 0.2]))
+    with pytest.raises(ValueError):
+        mmr_rerank_scores(s, vecs, k=6, lam=np.array([1.0, 0.5]))  # not one per user
+
+
 def test_excluded_and_padding_never_recommended():
     _, vecs, _, themes = theme_world()
     s = _scores_favouring("space", themes)[None, :]

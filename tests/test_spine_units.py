@@ -39,6 +39,12 @@ def ev(user="u1", item="space-00", etype="view", ts=NOW - 10, **extra) -> bytes:
     (ev(ts="yesterday"), b"u1", "wrong_type"),
     (ev(value="high"), b"u1", "wrong_type"),
     (ev(context="phone"), b"u1", "wrong_type"),
+    (ev(context={"mmr_lambda": 1.5}), b"u1", "wrong_type"),
+    (ev(context={"mmr_lambda": -0.1}), b"u1", "wrong_type"),
+    (ev(context={"mmr_lambda": "0.3"}), b"u1", "wrong_type"),
+    (ev(context={"mmr_lambda": True}), b"u1", "wrong_type"),
+    (ev(context={"mmr_lambda": float("nan")}), b"u1", "wrong_type"),
+    (ev(value=10 ** 400), b"u1", "wrong_type"),  # beyond float range: a DLQ record, not an OverflowError
     (ev(etype="teleport"), b"u1", "unknown_event_type"),
     (b'{"user_id":"u1","item_id":"a","event_type":"view","timestamp":NaN}', b"u1", "bad_timestamp"),
     (b'{"user_id":"u1","item_id":"a","event_type":"view","timestamp":Infinity}', b"u1", "bad_timestamp"),
@@ -74,6 +80,37 @@ def test_state_round_trip(half):
     assert back.n_events == 7 and back.model_tag == st.model_tag
     np.testing.assert_allclose(back.hidden, h, atol=1e-3 if half else 0)
     assert len(raw) < 128 * (2 if half else 4) + 80
+
+
+def test_state_round_trip_with_negatives():
+    st = UserState(np.ones(8, np.float32), [("a", 1.5)], partition=1, offset=9, n_events=3,
+                   model_tag=model_tag("m1"), negatives=["b", "ünïcode-neg", "c"])
+    raw = encode_state(st)
+    assert raw[0] == 2  # version 2
+    back = decode_state(raw)
+    assert back.negatives == ["b", "ünïcode-neg", "c"] and back.history == [("a", 1.5)]
+    assert back.seen_items() == ["a"]  # negatives are not "seen"
+    assert decode_state(encode_state(UserState(history=[("a", 1.0)]))).negatives == []
+    with pytest.raises(StateDecodeError):
+        decode_state(raw[:-1])  # a truncated negative id
+
+
+def test_state_decodes_version_1_bytes():
+    """A state written before negatives existed (version 1, built by hand from the documented layout)."""
+    import struct
+
+    h = np.linspace(-1, 1, 4).astype(np.float16)
+    item = "ünï".encode("utf-8")
+    v1 = (struct.pack("<BBIiqIH", 1, 0x01, 77, 2, 41, 5, 4) + h.tobytes() + struct.pack("<H", 1)
+          + struct.pack("<dH", 3.5, len(item)) + item)
+    back = decode_state(v1)
+    assert back.history == [("ünï", 3.5)] and back.negatives == []
+    assert (back.model_tag, back.partition, back.offset, back.n_events) == (77, 2, 41, 5)
+    np.testing.assert_allclose(back.hidden, h.astype(np.float32))
+    with pytest.raises(StateDecodeError):
+        decode_state(v1 + b"\x00\x00")  # version 1 has no negatives part: trailing bytes
+    again = decode_state(encode_state(back))  # re-written as version 2
+    assert again.history == back.history and again.negatives == []
 
 
 def test_state_rejects_garbage():
@@ -153,3 +190,24 @@ def test_state_from_other_model_is_rewarmed(model):
 def test_no_model_sends_everything_to_dlq():
     out = process_batch(msgs([ev("a")], [b"a"]), {}.get, None)
     assert out.invalid == {"unknown_item": 1} and not out.recommendations
+
+
+# --- worker state cache --------------------------------------------------------------------------------
+def test_state_cache_is_a_bounded_lru_that_forgets_on_discard_and_clear():
+    from stream_rec.app import StateCache
+
+    cache = StateCache(2)
+    cache.put(b"a", b"1")
+    cache.put(b"b", b"2")
+    assert cache.get(b"a") == b"1"  # a is now the most recent
+    cache.put(b"c", b"3")  # evicts b, the least recently used
+    assert cache.get(b"b") is None and cache.get(b"a") == b"1" and cache.get(b"c") == b"3"
+    cache.put(b"a", b"1'")  # a write replaces the value
+    assert cache.get(b"a") == b"1'"
+    cache.discard(b"a")  # a deleted user
+    assert cache.get(b"a") is None
+    cache.clear()  # a rebalance
+    assert len(cache) == 0 and cache.get(b"c") is None
+    off = StateCache(0)
+    off.put(b"a", b"1")
+    assert off.get(b"a") is None

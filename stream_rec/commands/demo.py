@@ -113,7 +113,10 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 stop.set()
                 producer.cancel()
-                await asyncio.gather(producer, tail, return_exceptions=True)
+                try:  # the tail's consumer leaves its group; bounded, so Ctrl-C never hangs here
+                    await asyncio.wait_for(asyncio.gather(producer, tail, return_exceptions=True), 10)
+                except (asyncio.TimeoutError, asyncio.CancelledError):
+                    tail.cancel()
 
         try:
             asyncio.run(main())

@@ -8,6 +8,11 @@ from ._model_args import add_data_args, load_data
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..model.gru import GRUConfig
+    from ..model.train import TrainParams
+
+    m = GRUConfig(n_items=0, text_dim=0)  # defaults live with the model and training code
+    d = TrainParams()
     p = subparsers.add_parser(
         "train", help="train the hybrid GRU recommender offline and write a model directory",
         description="Train the hybrid text + ID GRU on user event sequences (leave-one-out: each user's last "
@@ -18,24 +23,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_data_args(p)
     p.add_argument("--out", required=True, help="model directory to write (created if missing)")
     g = p.add_argument_group("model")
-    g.add_argument("--hidden", type=int, default=128, help="GRU hidden size = per-user state (float32: 4 bytes each)")
-    g.add_argument("--emb-dim", type=int, default=64, help="item vector size (ID embedding and text projection)")
-    g.add_argument("--dropout", type=float, default=0.2, help="dropout on the GRU inputs and on its output")
-    g.add_argument("--id-dropout", type=float, default=0.0,
+    g.add_argument("--hidden", type=int, default=m.hidden, help="GRU hidden size = per-user state (float32: 4 bytes each)")
+    g.add_argument("--emb-dim", type=int, default=m.emb_dim, help="item vector size (ID embedding and text projection)")
+    g.add_argument("--dropout", type=float, default=m.dropout, help="dropout on the GRU inputs and on its output")
+    g.add_argument("--id-dropout", type=float, default=m.id_dropout,
                    help="probability of hiding an item's ID embedding while training, so the text projection "
                         "learns to carry items alone (helps items unseen in training)")
     g.add_argument("--no-text", action="store_true", help="ID-only model: do not use the text encoder")
     g.add_argument("--no-ids", action="store_true", help="text-only model: no learned ID embeddings")
     g.add_argument("--no-time-gap", action="store_true", help="do not feed the time since the previous event")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=40, help="maximum epochs (early stopping usually ends sooner)")
-    t.add_argument("--batch-size", type=int, default=32, help="users per batch")
-    t.add_argument("--max-len", type=int, default=200, help="window length for truncated back-propagation")
-    t.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
-    t.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay")
-    t.add_argument("--patience", type=int, default=4, help="epochs without validation gain before stopping")
+    t.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs (early stopping usually ends sooner)")
+    t.add_argument("--batch-size", type=int, default=d.batch_size, help="users per batch")
+    t.add_argument("--max-len", type=int, default=d.max_len, help="window length for truncated back-propagation (chosen on validation: 50 on ml-1m-half, "
+                        "where it is also 40%% faster; 200 on the small MovieLens-100K)")
+    t.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay, help="Adam weight decay")
+    t.add_argument("--patience", type=int, default=d.patience, help="epochs without validation gain before stopping")
     t.add_argument("--time-budget", type=float, default=0.0, help="wall-time budget in seconds: no epoch is started that would likely overrun it (0 = none)")
-    t.add_argument("--seed", type=int, default=0, help="random seed (weights, batch order, dropout)")
+    t.add_argument("--seed", type=int, default=d.seed, help="random seed (weights, batch order, dropout)")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -5,26 +5,29 @@
 1. ``is_negative(event)`` -- before the GRU steps: a ``dislike``/``skip`` event, or a ``rate`` event with
    ``value <= negative_rating_threshold`` (``recsys.feedback.is_negative``), is *not* stepped through the
    GRU and not appended to the user's history (it would move the state toward the item and make it
-   "seen"); it is remembered as a negative instead (``remember_negatives``);
+   "seen"); it is added to the user's ``UserState.negatives`` instead (``remember_negatives``);
 2. ``observe(...)`` -- the first new event of each user grades the list sent to that user before
    (online HR@k, ADWIN drift: ``recsys.drift.OnlineQualityMonitor``; metrics ONLINE_* / DRIFT_DETECTED);
 3. ``finish(...)`` -- after the plain top-K: lists of users with recent negatives are re-scored with the
    item and its near neighbours pushed down (``recsys.feedback.negative_penalty``; the negatives
-   themselves excluded), the optional MMR diversity re-rank and exposure cap (``recsys.rerank``) run,
-   and every item gets a ``reason`` (``recsys.explain``) and the record an ``interests`` summary
-   (``recsys.interests``).
+   themselves excluded), the optional MMR diversity re-rank and exposure cap (``recsys.rerank``) run
+   (lambda: the worker's ``mmr_lambda``, or the event's ``context.mmr_lambda``), and every item gets
+   a ``reason`` (``recsys.explain``) and the record an ``interests`` summary (``recsys.interests``).
 
 Design decisions:
 
-* **Negatives live in worker memory, not in the state codec.** The state codec (stream_rec/state.py)
-  is versioned and shared with the changelog readers of stream_rec/faults.py; adding a field means a
-  version 2 and a migration, which is not this module's to change. A flag hidden inside the history
-  (a marker prefix on the item id, or a negated timestamp) would leak into ``history`` in the rec
-  record, the re-warm replay and the gap feature. So the state keeps only positives (its meaning,
-  "what the user consumed", is unchanged; a re-warm replays no negative) and the last
-  ``negatives_per_user`` negative items per user are kept here, LRU-bounded by ``max_users``. The cost:
-  a worker restart or a partition moving to another worker forgets recent dislikes (the GRU state,
-  which never saw them, is right either way). Moving them into the state is a codec-v2 change.
+* **Negatives live in the user's state** (``UserState.negatives``, state codec version 2,
+  stream_rec/state.py): the RocksDB table and its changelog, so a restarted worker, or the worker a
+  partition moves to, still pushes a user's recent dislikes down. They are a list apart from
+  ``history``, which keeps only positives (its meaning, "what the user consumed", is unchanged: a
+  re-warm replays no negative, the record's ``history`` and the gap feature never see one). The last
+  ``negatives_per_user`` items are kept, newest last; a negative event for an item already there moves
+  it to the end. ``self.negatives`` is only a view of the lists this worker last wrote (LRU-bounded by
+  ``max_users``, for ``negative_items`` and debugging): ``finish`` reads the states.
+* **Per-request diversity.** An event's ``context.mmr_lambda`` (a number in [0, 1], checked by
+  stream_rec/validation.py) replaces the worker's ``mmr_lambda`` for the list that event's user gets in
+  this micro-batch (the user's newest event in the batch that carries one counts, as for
+  ``context.text``). Users whose lambda is 1 and who have no negatives keep the plain list.
 * **Parity by default.** With ``mmr_lambda=1``, ``exposure_cap=0`` and no negatives the lists are the
   plain model's lists, item for item and score for score (only ``reason``/``interests`` are added), so
   the existing parity tests hold with the enricher on.
@@ -90,6 +93,7 @@ class Enricher:
             explain, interests_top = settings.explain, settings.interests_top
             negative_rating_threshold = settings.negative_rating_threshold
             negative_radius, negative_strength = settings.negative_radius, settings.negative_strength
+            negatives_per_user = settings.negatives_per_user
             online_k, drift_delta = settings.top_k, settings.drift_delta
         if not 0.0 <= mmr_lambda <= 1.0:
             raise ValueError(f"mmr_lambda must be in [0, 1], got {mmr_lambda}")
@@ -99,7 +103,7 @@ class Enricher:
         self.negative_rating_threshold = negative_rating_threshold
         self.negative_radius, self.negative_strength = negative_radius, negative_strength
         self.negatives_per_user, self.max_users = negatives_per_user, max_users
-        self.negatives: OrderedDict[str, deque] = OrderedDict()  # user -> recent negative item ids
+        self.negatives: OrderedDict[str, list[str]] = OrderedDict()  # user -> last written negatives (a view)
         self.recent = deque(maxlen=recent_events) if recent_events > 0 else None  # for a drift fine-tune
         from ..recsys.drift import OnlineQualityMonitor
 
@@ -107,6 +111,7 @@ class Enricher:
                                             on_drift=on_drift, export_metrics=export_metrics)
         self._space_key = None
         self._space: tuple[np.ndarray, np.ndarray | None, InterestProfiler | None] | None = None
+        self._raw_vectors: np.ndarray | None = None  # the item space before unit_rows (centred lazily for MMR)
         self._titles: list[str] = []
 
     @classmethod
@@ -121,26 +126,36 @@ class Enricher:
     def is_negative(self, event) -> bool:
         return is_negative(event.event_type, event.value, self.negative_rating_threshold)
 
-    def remember_negatives(self, user_id: str, events: Sequence) -> None:
-        """Keep the user's negative items (newest last, at most ``negatives_per_user``) and the recent
+    def remember_negatives(self, user_id: str, events: Sequence, negatives: Sequence[str] = ()) -> list[str]:
+        """The user's negatives after ``events``: ``negatives`` (from the user's state, newest last) plus
+        the negative items among ``events`` (an item already there moves to the end; a later positive
+        event on an item takes it out again), at most
+        ``negatives_per_user``. The caller stores the result in the user's state. Also keeps the recent
         positive events (for a drift fine-tune)."""
+        items = list(negatives)
         for e in events:
             if self.is_negative(e):
-                items = self.negatives.get(user_id)
-                if items is None:
-                    items = self.negatives[user_id] = deque(maxlen=self.negatives_per_user)
                 if e.item_id in items:
                     items.remove(e.item_id)
                 items.append(e.item_id)
-                self.negatives.move_to_end(user_id)
-                if len(self.negatives) > self.max_users:
-                    self.negatives.popitem(last=False)
-            elif self.recent is not None:
-                self.recent.append({"user_id": user_id, "item_id": e.item_id, "timestamp": e.timestamp})
+            else:
+                if e.item_id in items:  # consumed after all (a view, a good rating): no longer a negative
+                    items.remove(e.item_id)
+                if self.recent is not None:
+                    self.recent.append({"user_id": user_id, "item_id": e.item_id, "timestamp": e.timestamp})
+        items = items[-self.negatives_per_user:] if self.negatives_per_user > 0 else []
+        if items:
+            self.negatives[user_id] = items
+            self.negatives.move_to_end(user_id)
+            if len(self.negatives) > self.max_users:
+                self.negatives.popitem(last=False)
+        else:
+            self.negatives.pop(user_id, None)
+        return items
 
     def forget(self, user_id: str) -> None:
-        """A ``delete_user`` event: drop the user's negatives and last list (their recent events in the
-        fine-tune buffer are dropped as well)."""
+        """A ``delete_user`` event: drop this worker's view of the user's negatives (the state holding them
+        is erased by process_batch) and last list (their recent events in the fine-tune buffer too)."""
         self.negatives.pop(user_id, None)
         self.monitor.last_lists.pop(user_id, None)
         if self.recent:
@@ -149,7 +164,18 @@ class Enricher:
             self.recent.extend(kept)
 
     def negative_items(self, user_id: str) -> list[str]:
+        """The negatives this worker last wrote to the user's state (empty after a restart until the
+        user's next event; the state is what ``finish`` reads)."""
         return list(self.negatives.get(user_id, ()))
+
+    def request_lambda(self, events: Sequence) -> float:
+        """MMR lambda for one user's list: the newest ``context.mmr_lambda`` among the user's new
+        ``(batch index, event)`` pairs, else the worker's ``mmr_lambda``."""
+        for _, e in reversed(events):
+            lam = e.context.get("mmr_lambda") if e.context else None
+            if lam is not None:
+                return float(lam)
+        return self.mmr_lambda
 
     # --- 2. online quality -------------------------------------------------------------------------
     def observe(self, users: Sequence[str], first_events: Sequence) -> None:
@@ -180,8 +206,18 @@ class Enricher:
             # titles by row (row 0 = padding), computed once: rendering reasons is per item per record
             self._titles = [""] + [title_of_text(t, i) for i, t in zip(model.item_ids, model.item_texts)]
             self._space = (unit_rows(vectors), centred(vectors) if self.mmr_lambda < 1.0 else None, profiler)
+            self._raw_vectors = vectors
             self._space_key = key
         return self._space
+
+    def mmr_vectors(self, model) -> np.ndarray:
+        """The centred item vectors for MMR (computed on first need when the worker's lambda is 1 and a
+        request asks for diversity; kept until the item space changes)."""
+        unit, mmr, profiler = self.item_space(model)
+        if mmr is None:
+            mmr = centred(self._raw_vectors)
+            self._space = (unit, mmr, profiler)
+        return mmr
 
     def finish(self, model, users: Sequence[str], states: Sequence, pending: Sequence[Sequence],
                hiddens: Sequence[np.ndarray], exclude: list[list[int]], lists: list[list[tuple[str, float]]],
@@ -197,10 +233,11 @@ class Enricher:
 
         query_texts = {n: context_text(next(e for i, e in reversed(pending[n]) if i in batch_queries).context)
                        for n in query_vectors}
-        vectors, mmr_vectors, profiler = self.item_space(model)
-        negatives = [[r for r in model.rows_for(self.negative_items(u)) if r] for u in users]
-        rerank_all = self.mmr_lambda < 1.0 or self.exposure is not None
-        todo = [n for n in range(len(users)) if rerank_all or negatives[n]]
+        vectors, _, profiler = self.item_space(model)
+        negatives = [[r for r in model.rows_for(st.negatives) if r] if st.negatives else [] for st in states]
+        lams = np.array([self.request_lambda(events) for events in pending], dtype=np.float64)
+        rerank_all = self.exposure is not None
+        todo = [n for n in range(len(users)) if rerank_all or lams[n] < 1.0 or negatives[n]]
         if todo:
             lists = list(lists)
             scores = model.score_rows(np.stack([hiddens[n] for n in todo])).cpu().numpy()
@@ -213,9 +250,11 @@ class Enricher:
             scores = negative_penalty(scores, [negatives[n] for n in todo], vectors, self.negative_strength,
                                       self.negative_radius)
             excluded = [list(exclude[n]) + negatives[n] for n in todo]
-            if rerank_all:
-                rows = mmr_rerank_scores(scores, mmr_vectors if mmr_vectors is not None else vectors, k,
-                                         self.mmr_lambda, self.mmr_candidates, excluded, self.exposure, centre=False)
+            todo_lams = lams[todo]  # one lambda per user: the worker's or the request's
+            diverse = bool((todo_lams < 1.0).any())
+            if rerank_all or diverse:
+                rows = mmr_rerank_scores(scores, self.mmr_vectors(model) if diverse else vectors, k,
+                                         todo_lams, self.mmr_candidates, excluded, self.exposure, centre=False)
             else:  # negatives only: a plain top-k of the penalised scores (MMR with lambda 1 is the same list)
                 import torch
 

@@ -48,6 +48,10 @@ class CatalogVectors:
         self._lock = threading.Lock()  # warm-up thread vs. a first request
         self.encoder_id: str | None = None
 
+    def load_encoder(self) -> None:
+        """Load the encoder now, synchronously (at worker start, before the stream runs)."""
+        self._ensure_queue()
+
     def _ensure_queue(self) -> EncodingQueue:
         with self._lock:
             return self._make_queue()

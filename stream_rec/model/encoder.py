@@ -107,8 +107,8 @@ class EmbeddingCache:
 class TextEncoder:
     """``encode(texts) -> float32 [n, 384]`` (unit rows); ``encode_cached`` adds the disk cache."""
 
-    def __init__(self, cache_dir: Path | str | None = None, device: str = "auto", batch_size: int = 64,
-                 max_length: int = 128):
+    def __init__(self, cache_dir: Path | str | None = None, device: str = "auto", batch_size: int | None = None,
+                 max_length: int = 128, dtype: str = "auto"):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -121,21 +121,54 @@ class TextEncoder:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        # float16 on a GPU (cosine to the float32 vectors >= 0.9999, benchmarks/gpu.py), float32 on CPU
+        # (CPU half-precision matmuls are slow, and int8 loses too much: DEVELOPERS.md).
+        if dtype == "auto":
+            dtype = "float16" if self.device.type == "cuda" else "float32"
+        self.dtype = getattr(torch, dtype)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
-            self.model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True).to(self.device).eval()
+            self.model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True).to(self.device, self.dtype).eval()
         except Exception as exc:
             raise EncoderError(f"cannot load {ENCODER_NAME} from {self.model_dir}: {exc}") from exc
-        self.batch_size = batch_size
+        # texts per forward pass: 1024 on a GPU (105k texts/s on an H200 in float16, vs 51k at 256:
+        # benchmarks/gpu.py), 64 on CPU (~520 texts/s from batch 32 up on 2 threads)
+        self.batch_size = batch_size or (1024 if self.device.type == "cuda" else 64)
         self.max_length = max_length
         self.dim = int(self.model.config.hidden_size)
         self.encoder_id = f"{ENCODER_NAME}-meanpool-norm-{max_length}"
         self.cache = EmbeddingCache(self.cache_dir / "embeddings" / self.encoder_id)
         self._lock = threading.Lock()
 
-    def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
-        """Unit-norm sentence vectors, float32 [n, dim]. Empty texts get a zero vector."""
+    def tokenize(self, texts: Sequence[str]):
+        """Token ids and attention mask, padded to the longest text and truncated to ``max_length``
+        (int64 tensors [b, T], on the CPU). The same ids as ``self.tokenizer(texts, padding=True,
+        truncation=True)``, but straight from the Rust tokenizer: the Python wrapper spends ~50 us per
+        text building dicts, which capped a GPU at the tokeniser's ~17k texts/s."""
         import torch
+
+        encodings = self._backend.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+
+    @property
+    def _backend(self):
+        """A private copy of the fast tokenizer's Rust backend with padding and truncation switched on."""
+        if self.__dict__.get("_backend_tokenizer") is None:
+            from tokenizers import Tokenizer
+
+            backend = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+            backend.enable_truncation(self.max_length)
+            backend.enable_padding(pad_id=self.tokenizer.pad_token_id, pad_token=self.tokenizer.pad_token)
+            self.__dict__["_backend_tokenizer"] = backend
+        return self.__dict__["_backend_tokenizer"]
+
+    def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """Unit-norm sentence vectors, float32 [n, dim]. Empty texts get a zero vector.
+        The next batch is tokenised on a helper thread while the model runs the current one."""
+        import torch
+        from concurrent.futures import ThreadPoolExecutor
         from tqdm import tqdm
 
         texts = list(texts)
@@ -143,15 +176,20 @@ class TextEncoder:
         todo = [i for i, t in enumerate(texts) if t and t.strip()]
         # Sort by length so each batch pads little; results go back to their positions.
         todo.sort(key=lambda i: len(texts[i]))
-        starts = range(0, len(todo), self.batch_size)
-        bar = tqdm(starts, desc="encoding texts", unit="batch", disable=not progress or len(todo) <= self.batch_size)
-        with self._lock, torch.inference_mode():
-            for s in bar:
-                idx = todo[s:s + self.batch_size]
-                batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                       max_length=self.max_length, return_tensors="pt").to(self.device)
-                hidden = self.model(**batch).last_hidden_state  # [b, T, dim]
-                out[idx] = mean_pool_normalise(hidden, batch["attention_mask"]).float().cpu().numpy()
+        batches = [todo[s:s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
+        bar = tqdm(total=len(todo), desc="encoding texts", unit="text",
+                   disable=not progress or len(todo) <= self.batch_size)
+        with self._lock, torch.inference_mode(), ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(self.tokenize, [texts[i] for i in batches[0]]) if batches else None
+            for n, idx in enumerate(batches):
+                ids, mask = pending.result()
+                if n + 1 < len(batches):
+                    pending = pool.submit(self.tokenize, [texts[i] for i in batches[n + 1]])
+                ids, mask = ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
+                hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()  # [b, T, dim]
+                out[idx] = mean_pool_normalise(hidden, mask).cpu().numpy()
+                bar.update(len(idx))
+        bar.close()
         return out
 
     def encode_cached(self, texts: Sequence[str], progress: bool = True) -> np.ndarray:

@@ -42,7 +42,7 @@ class GRUConfig:
     use_text: bool = True
     use_ids: bool = True
     use_time_gap: bool = True
-    dropout: float = 0.1
+    dropout: float = 0.2
     # Training only: probability of hiding an item's ID embedding (per item row, per batch) so the text
     # projection must carry the item alone -- that is all an item unseen in training will have.
     id_dropout: float = 0.0

@@ -109,9 +109,6 @@ class Recommender:
         (model_dir / "items.json").write_text(json.dumps({"item_ids": self.item_ids, "texts": self.item_texts}))
         if self.initial_state is not None:
             from ..recsys.coldstart import save_initial_state
-            save_initial_state(model_dir, self.initial_state)
-        if self.initial_state is not None:
-            from ..recsys.coldstart import save_initial_state
 
             save_initial_state(model_dir, self.initial_state)
         (model_dir / "VERSION").write_text(self.version + "\n")

@@ -34,7 +34,7 @@ class FinetuneParams:
     epochs: int = 3
     lr: float = 5e-4
     batch_size: int = 32
-    max_len: int = 200
+    max_len: int = 50  # as TrainParams
     context_events: int = 20  # older events put before each user's recent ones (when history is given)
     seed: int = 0
     device: str = "auto"

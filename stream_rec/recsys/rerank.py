@@ -41,13 +41,15 @@ def normalised_relevance(relevance: np.ndarray) -> np.ndarray:
 
 
 def mmr_rerank_batch(candidate_rows: np.ndarray, relevance: np.ndarray, item_vectors: np.ndarray, k: int,
-                     lam: float = 1.0, demote: np.ndarray | None = None) -> np.ndarray:
+                     lam: float | np.ndarray = 1.0, demote: np.ndarray | None = None) -> np.ndarray:
     """Re-rank each user's candidates with MMR and return the chosen item rows.
 
     candidate_rows [B, C] item rows (0 = padding), relevance [B, C] model scores (-inf = not eligible),
-    item_vectors [N+1, d] (text vectors by item row), demote [B, C] bool (exposure-capped candidates).
+    item_vectors [N+1, d] (text vectors by item row), lam one lambda or [B] (one per user: per-request
+    diversity), demote [B, C] bool (exposure-capped candidates).
     Returns [B, k] item rows, 0 where a user had fewer than k eligible candidates."""
-    if not 0.0 <= lam <= 1.0:
+    lam_arr = np.asarray(lam, dtype=np.float64)
+    if not np.all((lam_arr >= 0.0) & (lam_arr <= 1.0)):
         raise ValueError(f"MMR lambda must be in [0, 1], got {lam}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -55,14 +57,19 @@ def mmr_rerank_batch(candidate_rows: np.ndarray, relevance: np.ndarray, item_vec
     if cand.ndim != 2 or np.shape(relevance) != cand.shape:
         raise ValueError(f"candidate_rows {cand.shape} and relevance {np.shape(relevance)} must both be [B, C]")
     B, C = cand.shape
+    if lam_arr.ndim == 1 and lam_arr.shape == (B,):
+        lam = lam_arr[:, None]  # [B, 1]: broadcasts over the candidates
+    elif lam_arr.ndim != 0:
+        raise ValueError(f"lam must be a number or one per user ([{B}]), got shape {lam_arr.shape}")
+    diverse = bool((lam_arr < 1.0).any())
     rel = normalised_relevance(np.where(cand > 0, relevance, -np.inf))
     eligible = ~np.isnan(rel)
     gain = lam * np.nan_to_num(rel, nan=0.0)
     if demote is not None:
         gain = np.where(np.asarray(demote, dtype=bool), gain - 10.0, gain)  # behind every capped-free candidate
     vecs = unit_rows(np.asarray(item_vectors)[cand])  # [B, C, d]
-    sim = vecs @ vecs.transpose(0, 2, 1) if lam < 1.0 else None  # [B, C, C]
-    max_sim = np.full((B, C), -1.0 if lam < 1.0 else 0.0)  # nothing chosen yet: no redundancy term
+    sim = vecs @ vecs.transpose(0, 2, 1) if diverse else None  # [B, C, C]
+    max_sim = np.full((B, C), -1.0 if diverse else 0.0)  # nothing chosen yet: no redundancy term
     chosen = np.zeros((B, min(k, C)), dtype=np.int64)
     out = np.zeros((B, k), dtype=np.int64)
     b_idx = np.arange(B)
@@ -79,15 +86,15 @@ def mmr_rerank_batch(candidate_rows: np.ndarray, relevance: np.ndarray, item_vec
     return out
 
 
-def mmr_rerank_scores(scores: np.ndarray, item_vectors: np.ndarray, k: int, lam: float = 1.0,
+def mmr_rerank_scores(scores: np.ndarray, item_vectors: np.ndarray, k: int, lam: float | np.ndarray = 1.0,
                       n_candidates: int = 50, exclude_rows: list[list[int]] | None = None,
                       exposure: "ExposureWindow | None" = None, centre: bool = True) -> np.ndarray:
     """Convenience for the worker: full score matrix -> top ``n_candidates`` -> exposure cap -> MMR.
 
     scores [B, N+1] (row 0 = padding), exclude_rows[b] = seen rows. ``centre`` subtracts the catalog's
     mean vector first (``vectors.centred``; pass pre-centred vectors and ``centre=False`` to do it once
-    per catalog instead of per call). Returns [B, k] item rows."""
-    if centre and lam < 1.0:
+    per catalog instead of per call). ``lam``: one lambda, or [B] (one per user). Returns [B, k] item rows."""
+    if centre and bool((np.asarray(lam) < 1.0).any()):
         item_vectors = centred(item_vectors)
     s = np.array(scores, dtype=np.float64, copy=True)
     s[:, 0] = -np.inf
