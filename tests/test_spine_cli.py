@@ -69,7 +69,10 @@ def _port_open(host: str, port: int) -> bool:
 def test_demo_shows_live_recommendations_and_stops_cleanly(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "stream_rec", "demo", "--data-dir", str(tmp_path / "demo"),
                              "--rate", "30"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            # Ctrl-C as a terminal delivers it: a test run started in the background by a
+                            # non-interactive shell inherits SIGINT *ignored*, and so would the demo
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines, recs = [], []
     deadline = time.monotonic() + 90
     try:
@@ -82,7 +85,16 @@ def test_demo_shows_live_recommendations_and_stops_cleanly(tmp_path):
                 recs.append(line)
     finally:
         proc.send_signal(signal.SIGINT)  # what Ctrl-C does
-        rest, _ = proc.communicate(timeout=60)
+        try:
+            rest, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired as exc:  # leave nothing running, and show where it was stuck
+            proc.kill()
+            rest = (exc.output or b"").decode(errors="replace") if isinstance(exc.output, bytes) else (exc.output or "")
+            rest += proc.communicate()[0] or ""
+            found = re.search(r"worker pid (\d+)", "".join(lines))
+            if found:
+                os.kill(int(found.group(1)), signal.SIGKILL)
+            pytest.fail("the demo did not stop within 60 s of Ctrl-C; its output ends:\n" + rest[-6000:])
     output = "".join(lines) + rest
     assert len(recs) >= 3, output[-3000:]
     assert "untrained-" not in recs[0]  # the demo serves a model trained on its synthetic world (issue 5)

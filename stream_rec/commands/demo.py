@@ -9,6 +9,7 @@ reaches only this process, which then stops them in that order: nothing is left 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import signal
@@ -111,12 +112,12 @@ def run(args: argparse.Namespace) -> int:
                         break
                     await asyncio.sleep(0.2)
             finally:
+                # if stopping ever takes long, say where we are stuck (all threads' stacks on stderr)
+                faulthandler.dump_traceback_later(30, exit=False)
                 stop.set()
                 producer.cancel()
-                try:  # the tail's consumer leaves its group; bounded, so Ctrl-C never hangs here
-                    await asyncio.wait_for(asyncio.gather(producer, tail, return_exceptions=True), 10)
-                except (asyncio.TimeoutError, asyncio.CancelledError):
-                    tail.cancel()
+                # bounded: asyncio.wait returns at the timeout even if a task ignores its cancellation
+                await asyncio.wait({producer, tail}, timeout=10)
 
         try:
             asyncio.run(main())
@@ -129,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
                 worker.kill()
                 worker.wait()
+            faulthandler.cancel_dump_traceback_later()
             log_fh.close()
             say("stopping broker ...")
     say(f"stopped; worker log and state kept in {data_dir}")
