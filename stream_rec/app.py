@@ -236,14 +236,6 @@ async def take_batches(stream, max_events: int, within_s: float, idle_s: float =
 
 
 # --- model -----------------------------------------------------------------------------------------
-def text_vectors_for(records: Sequence[dict]) -> np.ndarray | None:
-    """Hook: text vectors of catalog records (``title`` + ``text``), or None to go without.
-
-    The LLM encoder (stream_rec/model/encoder.py) plugs in here; until it does, items enter the
-    model through their ID embedding only."""
-    return None
-
-
 def load_catalog_file(path: str | Path) -> list[dict]:
     """Catalog records from a JSONL file (one ``{item_id, title, text?, attributes?}`` per line) or a
     CSV file with an ``item_id`` column."""
@@ -293,7 +285,7 @@ def load_model(settings: Settings, items: Sequence[dict]):
 def untrained_model(items: Sequence[dict], settings: Settings):
     from .model.recommender import Recommender
 
-    model = Recommender.untrained([r["item_id"] for r in items], text_vectors_for(items), device=settings.device)
+    model = Recommender.untrained([r["item_id"] for r in items], device=settings.device)  # ID-only until trained
     log.warning("SERVING AN UNTRAINED MODEL (%s, %d items): recommendations are random until a trained "
                 "model is given with --model", model.version, model.n_items)
     return model
@@ -311,14 +303,10 @@ class StateCache:
 
         self.max_users = max_users
         self._data: "OrderedDict[bytes, bytes]" = OrderedDict()
-        self.hits = self.misses = 0
 
     def get(self, key: bytes) -> bytes | None:
         value = self._data.get(key)
-        if value is None:
-            self.misses += 1
-        else:
-            self.hits += 1
+        if value is not None:
             self._data.move_to_end(key)
         return value
 

@@ -179,20 +179,22 @@ class TextEncoder:
         batches = [todo[s:s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
         bar = tqdm(total=len(todo), desc="encoding texts", unit="text",
                    disable=not progress or len(todo) <= self.batch_size)
-        # one batch (the worker's query/catalog micro-batches): tokenise inline, no helper thread
+        # the next batch is tokenised on a helper thread while the model runs this one; a single batch
+        # (the worker's query/catalog micro-batches) needs no thread
         pool = ThreadPoolExecutor(1) if len(batches) > 1 else None
-        submit = pool.submit if pool is not None else (lambda fn, arg: _Done(fn(arg)))
         try:
             with self._lock, torch.inference_mode():
-                pending = submit(self.tokenize, [texts[i] for i in batches[0]]) if batches else None
+                tokens = self.tokenize([texts[i] for i in batches[0]]) if batches else None
                 for n, idx in enumerate(batches):
-                    ids, mask = pending.result()
+                    ahead = None
                     if n + 1 < len(batches):
-                        pending = submit(self.tokenize, [texts[i] for i in batches[n + 1]])
-                    ids, mask = ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
+                        ahead = pool.submit(self.tokenize, [texts[i] for i in batches[n + 1]])
+                    ids, mask = (t.to(self.device, non_blocking=True) for t in tokens)
                     hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()  # [b, T, dim]
                     out[idx] = mean_pool_normalise(hidden, mask).cpu().numpy()
                     bar.update(len(idx))
+                    if ahead is not None:
+                        tokens = ahead.result()
         finally:
             if pool is not None:
                 pool.shutdown()
@@ -215,16 +217,6 @@ class TextEncoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack(cached).astype(np.float32, copy=False)
-
-
-class _Done:
-    """An already computed result with a Future's ``result()``."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def result(self):
-        return self.value
 
 
 def mean_pool_normalise(hidden, mask):
