@@ -41,9 +41,10 @@ user ids and values our own binary codec (stream_rec/state.py, ``raw`` serialize
 of floats). Data dir = ``Settings.table_dir`` (= data_dir/app_id: Faust's own path leaves the app id out,
 so two apps sharing a data dir would mix offsets).
 
-**Sends are batched.** ``await topic.send`` per record caps the worker at ~2.6k ev/s. We hand every
-record of the batch to the producer (``producer.send`` returns a delivery future without waiting) and
-await all futures together, one batch late (the stream does not stop for a broker round trip per batch).
+**Sends are batched.** ``await topic.send`` per record caps the worker at ~2.6k ev/s. A batch's
+recommendations go into one Kafka record batch per partition (:class:`RecordBatches`, aiokafka's
+``send_batch``: one future per partition, not per record) and we await the delivery futures together,
+one batch late (the stream does not stop for a broker round trip per batch).
 That keeps at-least-once: Faust flushes the producer before it commits offsets, so a batch's offsets are
 never committed before its records (and its changelog writes) are delivered.
 
@@ -70,6 +71,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import json
 import logging
 import time
@@ -233,6 +235,115 @@ async def take_batches(stream, max_events: int, within_s: float, idle_s: float =
     finally:
         stream.enable_acks = enable_acks
         stream._processors.remove(add_to_buffer)
+
+
+# --- batched sends ---------------------------------------------------------------------------------
+PRODUCER_MAX_BATCH_BYTES = 512 * 1024  # one record batch holds a whole micro-batch's records of a partition
+
+
+class RecordBatches:
+    """Records collected into one aiokafka ``BatchBuilder`` per (topic, partition) and handed to the
+    producer with ``send_batch``: one delivery future per batch instead of one per record.
+
+    Why: aiokafka's per-record ``send`` (under Faust's ``producer.send``) creates a future, an accumulator
+    entry and a metadata wait for every message; in a profile of the worker at saturation that was the
+    largest single cost after Faust's own event delivery. Partitions come from the producer's own
+    partitioner (murmur2 of the key, exactly as ``send`` picks them), so a user's recommendations stay on
+    one partition, in order. The batches go through the producer's accumulator like any other record, so
+    Faust's ``producer.flush()`` before each offset commit covers them (at-least-once is unchanged)."""
+
+    def __init__(self, producer):  # an aiokafka.AIOKafkaProducer (Faust: app.producer._ensure_producer())
+        self._producer = producer
+        self._batches: dict[tuple[str, int], list] = {}
+        self.records = 0
+
+    async def ready(self, topic: str) -> None:
+        """Wait until the producer knows the topic's partitions (instant after the first time)."""
+        await self._producer.client._wait_on_metadata(topic)
+
+    def add(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+        """Queue one record (``value`` None = a tombstone). Without ``partition`` the producer's partitioner
+        picks it (``ready(topic)`` must have been awaited); a given partition is checked by ``send``."""
+        if partition is None:
+            partition = self._producer._partition(topic, None, key, value, key, value)
+        batches = self._batches.setdefault((topic, partition), [])
+        if not batches or batches[-1].append(key=key, value=value, timestamp=None) is None:
+            batch = self._producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                raise ValueError(f"a {len(value or b'')}-byte record does not fit in a producer batch")
+            batches.append(batch)
+        self.records += 1
+
+    async def send(self, on_delivered: Callable[[str, int, int, asyncio.Future], None] | None = None) -> list:
+        """Hand every batch to the producer; returns their delivery futures.
+        ``on_delivered(topic, partition, n_records, future)`` is attached to each future."""
+        futures = []
+        for (topic, partition), batches in self._batches.items():
+            for batch in batches:
+                n_records = batch.record_count()
+                future = await self._producer.send_batch(batch, topic, partition=partition)
+                if on_delivered is not None:
+                    future.add_done_callback(lambda f, t=topic, p=partition, n=n_records: on_delivered(t, p, n, f))
+                futures.append(future)
+        self._batches.clear()
+        return futures
+
+
+class BatchedChangelogTable(faust.Table):
+    """A Faust table whose changelog records go out as Kafka record batches, one per changelog partition
+    per micro-batch, instead of one ``send_soon`` per key (Faust's producer buffer, a future and a
+    persisted-offset write in RocksDB per record: measured as costly as our whole model step).
+
+    Same records, same place: ``on_key_set``/``on_key_del`` queue the (raw) key and value -- a tombstone
+    for a deletion -- on ``partition_for_key(key)``, i.e. the current event's partition, exactly where
+    Faust would send them; the store write itself is Faust's, unchanged. The agent calls
+    :meth:`send_changelog_batches` after its writes, before the batch's events are acked, so offsets are
+    never committed before the changelog records are in the producer (and Faust flushes the producer
+    before each commit). Deletions and writes of one micro-batch share the queue, so their order per key
+    is kept. When a batch is delivered, the store's persisted offset of that partition is set to its last
+    record (one RocksDB write per batch; recovery starts after it, as with Faust's own callback).
+    Anything but raw bytes, or a transactional app, takes Faust's own per-record path."""
+
+    _changelog_queue: RecordBatches | None = None
+
+    def _batched(self, key, value) -> bool:
+        return isinstance(key, bytes) and (value is None or isinstance(value, bytes)) and not self.app.in_transaction
+
+    def on_key_set(self, key, value) -> None:
+        if not self._batched(key, value):
+            return super().on_key_set(key, value)
+        self._queue_changelog(key, value)
+        self._sensor_on_set(self, key, value)
+
+    def on_key_del(self, key) -> None:
+        if not self._batched(key, None):
+            return super().on_key_del(key)
+        self._queue_changelog(key, None)
+        self._sensor_on_del(self, key)
+
+    def _queue_changelog(self, key: bytes, value: bytes | None) -> None:
+        partition = self.partition_for_key(key)  # the current event's partition (raises outside a stream)
+        if partition is None:
+            raise RuntimeError(f"table {self.name}: no partition for a changelog record (no current event)")
+        if self._changelog_queue is None:
+            self._changelog_queue = RecordBatches(self.app.producer._ensure_producer())
+        self._changelog_queue.add(self.changelog_topic.get_topic_name(), key, value, partition=partition)
+
+    async def send_changelog_batches(self) -> list:
+        """Hand the queued changelog records to the producer; returns the delivery futures."""
+        queue, self._changelog_queue = self._changelog_queue, None
+        if queue is None:
+            return []
+        return await queue.send(on_delivered=self._changelog_delivered)
+
+    def _changelog_delivered(self, topic: str, partition: int, n_records: int, future: asyncio.Future) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return  # the agent awaits the same future and fails loudly
+        sent = future.result()
+        if sent is not None and sent.offset is not None:
+            from faust.types import TP
+
+            self.data.set_persisted_offset(TP(topic, partition), sent.offset + n_records - 1)
 
 
 # --- model -----------------------------------------------------------------------------------------
@@ -446,6 +557,7 @@ def build_app(settings: Settings, spine: Spine | None = None) -> faust.App:
         web_bind=settings.web_host,
         web_port=settings.web_port,
         producer_linger=0.002,
+        producer_max_batch_size=PRODUCER_MAX_BATCH_BYTES,
         **faust_credentials(settings),
     )
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
@@ -454,11 +566,13 @@ def build_app(settings: Settings, spine: Spine | None = None) -> faust.App:
     events = app.topic(settings.topic(settings.events_topic), partitions=settings.partitions, **raw)
     recommendations = app.topic(settings.topic(settings.recommendations_topic), partitions=settings.partitions, **raw)
     dlq = app.topic(settings.topic(settings.dlq_topic), partitions=1, **raw)
-    table = app.Table(STATE_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes)  # raw codec
+    table = app.tables.add(BatchedChangelogTable(app, name=STATE_TABLE, beacon=app.tables.beacon, key_type=bytes,
+                                                 value_type=bytes, partitions=settings.partitions))  # raw codec
     app.state_table = table
 
     @app.agent(events)
     async def process_events(stream):
+        gc.freeze()  # what the worker's start-up created stays too (see make_worker)
         fill_s = max(settings.batch_max_wait_ms, settings.batch_fill_max_ms) / 1000.0
         async for batch in take_batches(stream, settings.batch_max_events, fill_s):
             await handle_batch(app, batch, recommendations.get_topic_name(), dlq.get_topic_name())
@@ -549,10 +663,13 @@ async def handle_batch(app: faust.App, batch: Sequence[Any], recs_topic: str, dl
         cache.put(key, state)
 
     producer = app.producer
-    futures = []
-    for rec in result.recommendations:
-        futures.append(await producer.send(recs_topic, rec["user_id"].encode(), json.dumps(rec).encode(),
-                                           None, None, None))
+    futures = await table.send_changelog_batches()
+    if result.recommendations:
+        recs = RecordBatches(producer._ensure_producer())
+        await recs.ready(recs_topic)
+        for rec in result.recommendations:
+            recs.add(recs_topic, rec["user_id"].encode(), json.dumps(rec).encode())
+        futures += await recs.send()
     for bad in result.dlq:
         key = None if bad["original_key_b64"] is None else base64.b64decode(bad["original_key_b64"])
         futures.append(await producer.send(dlq_topic, key, json.dumps(bad).encode(), None, None, None))
@@ -642,7 +759,13 @@ def make_worker(settings: Settings, items: Sequence[dict] = (), loglevel: str = 
     """A ``faust.Worker`` for the app (run it with ``.execute_from_commandline()``)."""
     if settings.torch_threads > 0:
         import torch
+        from threadpoolctl import threadpool_limits
+
         torch.set_num_threads(settings.torch_threads)
+        # numpy's OpenBLAS too: it starts one helper thread per core at import, and that thread spins
+        # after every BLAS call (the reasons' and re-ranking's matrix products): measured 6.5 CPU-seconds
+        # per 20k events at saturation, 42% of the worker's CPU, taken from the broker on a 2-core box
+        threadpool_limits(settings.torch_threads)
     spine = Spine(settings, load_model(settings, items))
     if spine.catalog_vectors.uses_text(spine.model):
         # Load the LLM encoder before consuming: loading it on a thread while the stream runs held the
@@ -652,6 +775,11 @@ def make_worker(settings: Settings, items: Sequence[dict] = (), loglevel: str = 
         log.warning("no catalog yet (no --items, no --model): waiting for records on the %s topic",
                     settings.topic(settings.catalog_topic))
     app = build_app(settings, spine)
+    # Everything loaded so far (torch, transformers, the model, Faust) lives as long as the worker: move it
+    # out of the cyclic GC's reach. Without this every full collection walks them all: measured 210 ms
+    # per full collection, one every ~1.5 s at saturation (a latency spike each time), vs 5-10 ms frozen.
+    gc.collect()
+    gc.freeze()
     worker = faust.Worker(app, loglevel=loglevel, **worker_kwargs)
     # Faust's terminal spinner sets the root logger to DEBUG (to show every record while it spins) when
     # the level is WARNING or above: every aiokafka send then builds a debug record (measured ~10% of

@@ -68,9 +68,10 @@ class Settings:
     max_event_bytes: int = 16384  # larger events go to the DLQ as oversize
     pseudonymize_key: str = field(default="", repr=False)  # when set, user ids become HMAC-SHA256(key, id) on ingest (stream_rec.privacy)
     device: str = "auto"  # auto | cpu | cuda
-    # torch intra-op threads in the worker: the GRU step on a micro-batch is tiny, and extra threads only
-    # contend with Faust's event loop and the consumer thread for the same cores (measured: 9 ms per step
-    # with the default on a loaded 2-core box vs ~1 ms with 1). 0 = torch's default.
+    # compute threads in the worker (torch intra-op and numpy's BLAS): the GRU step on a micro-batch is
+    # tiny, and extra threads only contend with Faust's event loop and the consumer thread for the same
+    # cores (measured: 9 ms per step with torch's default on a loaded 2-core box vs ~1 ms with 1; an idle
+    # OpenBLAS helper thread spinning took 42% of the worker's CPU). 0 = the libraries' defaults.
     torch_threads: int = 1
     context_alpha: float = 1.0  # weight of an event's context.text (a query) in its list; 0 = ignore context
     model_poll_s: float = 3.0  # hot reload: check the --model directory for a newer model this often (0 = never)

@@ -2,6 +2,7 @@ import numpy as np
 
 from recsys_fixtures import theme_world
 from stream_rec.recsys.explain import NO_EVIDENCE_REASON, best_evidence, explain_batch
+from stream_rec.recsys.vectors import unit_rows
 
 
 def test_reason_names_the_history_item_of_the_same_theme():
@@ -38,3 +39,17 @@ def test_model_space_is_averaged_in():
     model[row_of["detective-00"], 0] = model[row_of["cooking-01"], 0] = 1.0  # the model pairs them
     source, _ = best_evidence(recs, history, vecs, model_vectors=model)
     assert source[0, 0] == 0
+
+
+def test_unit_rows_given_skip_normalising_with_the_same_answer():
+    catalog, vecs, row_of, themes = theme_world()
+    rng = np.random.default_rng(0)
+    scaled = vecs * rng.uniform(0.1, 10.0, size=(len(vecs), 1)).astype(np.float32)  # norms far from 1
+    history = rng.integers(1, len(vecs), size=(4, 6))
+    recs = rng.integers(1, len(vecs), size=(4, 3))
+    source, sim = best_evidence(recs, history, scaled)
+    source_unit, sim_unit = best_evidence(recs, history, unit_rows(scaled), unit=True)
+    assert source_unit.tolist() == source.tolist()
+    np.testing.assert_allclose(sim_unit, sim, atol=1e-5)
+    # unit=True trusts the caller: un-normalised rows then change the answer (the flag is not a no-op)
+    assert not np.allclose(best_evidence(recs, history, scaled, unit=True)[1], sim)

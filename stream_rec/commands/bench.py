@@ -22,6 +22,7 @@ the producer; the worker awaits their acks one batch later, and Faust flushes be
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import subprocess
@@ -54,12 +55,13 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def bare_faust(broker: str, topic: str, n: int, app_id: str, datadir: str) -> None:
+def bare_faust(broker: str, topic: str, n: int, app_id: str, datadir: str, partitions: int) -> None:
     """Entry point of the bare-Faust subprocess: count ``take(1000)`` batches, print one JSON line, exit."""
     import faust
 
     app = faust.App(app_id, broker=f"kafka://{broker}", datadir=datadir, consumer_auto_offset_reset="earliest",
-                    broker_session_timeout=6.0, broker_heartbeat_interval=1.0, web_enabled=False)
+                    broker_session_timeout=6.0, broker_heartbeat_interval=1.0, web_enabled=False,
+                    topic_partitions=partitions)
     events = app.topic(topic, key_type=bytes, value_type=bytes)
     seen = {"count": 0, "first": None, "first_count": 0}
 
@@ -78,6 +80,53 @@ def bare_faust(broker: str, topic: str, n: int, app_id: str, datadir: str) -> No
 
     worker = faust.Worker(app, loglevel="warning", redirect_stdouts=False, quiet=True)
     worker.spinner = None  # as in stream_rec.app.make_worker: the spinner turns on DEBUG logging
+    worker.execute_from_commandline()
+
+
+def faust_floor(broker: str, topic: str, n: int, app_id: str, datadir: str, partitions: int) -> None:
+    """Entry point of the Faust-floor subprocess: the bare consumer plus what every stream-rec worker must
+    do whatever its model -- write each user's state into a RocksDB table with a changelog and send one
+    record for that user (once per user per micro-batch, as the worker does) -- with a fixed 512-byte state
+    and a fixed 300-byte record instead of a model and its recommendations. It shows the ceiling that the fixed shape (Faust
+    table + changelog + one recommendation per event) sets on this machine, beside the bare consumer."""
+    import faust
+
+    from ..app import event_context, take_batches
+
+    app = faust.App(app_id, broker=f"kafka://{broker}", datadir=datadir, consumer_auto_offset_reset="earliest",
+                    broker_session_timeout=6.0, broker_heartbeat_interval=1.0, web_enabled=False,
+                    topic_partitions=partitions, store="rocksdb://", producer_linger=0.002)
+    raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    events = app.topic(topic, **raw)
+    out_topic = f"{topic}.floor-out"
+    table = app.Table("floor-state", key_type=bytes, value_type=bytes)
+    state, record = bytes(512), bytes(300)
+    seen = {"count": 0, "first": None, "first_count": 0}
+
+    @app.agent(events)
+    async def count(stream):
+        pending: list = []
+        async for batch in take_batches(stream, 256, 0.05):
+            last_of = {e.message.key: e for e in batch}
+            for key, event in last_of.items():
+                with event_context(event):
+                    table[key] = state
+            futures = [await app.producer.send(out_topic, key, record, None, None, None) for key in last_of]
+            previous, pending = pending, futures
+            if previous:
+                await asyncio.gather(*previous)
+            seen["count"] += len(batch)
+            if seen["first"] is None:
+                seen["first"], seen["first_count"] = time.time(), seen["count"]
+                seen["cpu_first"] = time.process_time()
+            if seen["count"] >= n:
+                print(json.dumps({"count": seen["count"], "t_first": seen["first"], "first_count": seen["first_count"],
+                                  "t_last": time.time(), "cpu_s": time.process_time() - seen["cpu_first"]}),
+                      flush=True)
+                os._exit(0)
+
+    worker = faust.Worker(app, loglevel="warning", redirect_stdouts=False, quiet=True)
+    worker.spinner = None
     worker.execute_from_commandline()
 
 
@@ -161,15 +210,17 @@ def measure_spine(settings, items_file: Path, n: int, workdir: Path, timeout_s: 
                            max(1.0, _metric(text, 'stream_rec_batch_size_events_count')))}
 
 
-def measure_bare(broker: str, topic: str, n: int, workdir: Path, timeout_s: float) -> dict:
-    code = ("import sys; from stream_rec.commands.bench import bare_faust; "
-            "bare_faust(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])")
-    proc = subprocess.run([sys.executable, "-c", code, broker, topic, str(n), f"bench-bare-{os.getpid()}",
-                           str(workdir / "bare-data")], capture_output=True, text=True, timeout=timeout_s)
+def measure_bare(broker: str, topic: str, n: int, partitions: int, workdir: Path, timeout_s: float,
+                 entry: str = "bare_faust") -> dict:
+    """Run ``entry`` (``bare_faust`` or ``faust_floor``) in a subprocess over the ``n`` published events."""
+    code = (f"import sys; from stream_rec.commands.bench import {entry}; "
+            f"{entry}(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6]))")
+    proc = subprocess.run([sys.executable, "-c", code, broker, topic, str(n), f"bench-{entry}-{os.getpid()}",
+                           str(workdir / f"{entry}-data"), str(partitions)], capture_output=True, text=True, timeout=timeout_s)
     for line in reversed(proc.stdout.splitlines()):
         if '{"count"' in line:  # Faust's worker may prefix terminal control codes
             return json.loads(line[line.index('{"count"'):])
-    raise RuntimeError(f"bare Faust consumer failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    raise RuntimeError(f"{entry} consumer failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
 
 
 def rate(r: dict) -> float:
@@ -184,7 +235,6 @@ def cpu_rate(r: dict) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
 
     from ..broker import EmbeddedBroker, free_port
     from ..kafka import ensure_topics, produce_json
@@ -211,12 +261,21 @@ def run(args: argparse.Namespace) -> int:
 
         if not args.skip_bare:
             print("[bench] bare Faust consumer (take(1000)) ...", flush=True)
-            bare = measure_bare(broker.bootstrap, topic, len(events), workdir, args.timeout)
+            bare = measure_bare(broker.bootstrap, topic, len(events), args.partitions, workdir, args.timeout)
             bare["events_per_s"] = rate(bare)
             bare["events_per_cpu_s"] = cpu_rate(bare)
             results["bare_faust"] = bare
             print(f"[bench]   bare Faust: {bare['events_per_s']:,.0f} events/s "
                   f"({bare['events_per_cpu_s']:,.0f} per CPU-second)", flush=True)
+            print("[bench] Faust floor (bare + one RocksDB table write per user and one record per event) ...",
+                  flush=True)
+            floor = measure_bare(broker.bootstrap, topic, len(events), args.partitions, workdir, args.timeout, entry="faust_floor")
+            floor["events_per_s"] = rate(floor)
+            floor["events_per_cpu_s"] = cpu_rate(floor)
+            results["faust_floor"] = floor
+            print(f"[bench]   Faust floor: {floor['events_per_s']:,.0f} events/s "
+                  f"({floor['events_per_cpu_s']:,.0f} per CPU-second) = {rate(floor) / rate(bare):.2f} x bare",
+                  flush=True)
         print("[bench] spine worker (validate + RocksDB state + GRU step + top-K + sends) ...", flush=True)
         spine = measure_spine(settings, items_file, len(events), workdir, args.timeout)
         spine["events_per_s"] = rate(spine)

@@ -266,7 +266,7 @@ class Enricher:
                 lists[n] = [(model.item_ids[r - 1], float(scores[j, r])) for r in rows[j].tolist()
                             if r and np.isfinite(scores[j, r])]
         extras = [{} for _ in users]
-        history = pad_rows([[r for r in model.rows_for(st.seen_items()) if r] for st in states])
+        history = pad_rows(exclude)  # exclude[n] = user n's seen rows (process_batch)
         rec_rows = pad_rows([model.rows_for([i for i, _ in items]) for items in lists])
         if self.explain and len(users):
             q = np.zeros((len(users), vectors.shape[1]), dtype=np.float32)
@@ -276,7 +276,7 @@ class Enricher:
                 for n, vec in query_vectors.items():
                     q[n], texts[n] = vec, query_texts.get(n)
             reasons = explain_batch(rec_rows, history, vectors, self._titles,
-                                    query_vectors=q if use_query else None, queries=texts)
+                                    query_vectors=q if use_query else None, queries=texts, unit=True)
             for n, items in enumerate(lists):
                 extras[n]["reasons"] = reasons[n][:len(items)]
         if profiler is not None and len(users):

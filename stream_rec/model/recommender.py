@@ -23,6 +23,8 @@ Artifacts (``save`` / ``load``): a directory with
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 import hashlib
 import json
@@ -229,9 +231,9 @@ class Recommender:
     def topk(self, states: np.ndarray, k: int, exclude_rows: Sequence[Sequence[int]]) -> list[list[tuple[str, float]]]:
         """Top-k (item_id, score) per user with the rows in ``exclude_rows[b]`` (seen items) left out."""
         values, rows = topk_excluding(self.score_rows(states), k, [list(r) for r in exclude_rows])
-        values, rows = values.cpu().numpy(), rows.cpu().numpy()
-        return [[(self.item_ids[r - 1], float(v)) for v, r in zip(vs, rs) if r != PAD and np.isfinite(v)]
-                for vs, rs in zip(values, rows)]
+        ids = self.item_ids
+        return [[(ids[r - 1], v) for v, r in zip(vs, rs) if r != PAD and math.isfinite(v)]
+                for vs, rs in zip(values.cpu().tolist(), rows.cpu().tolist())]  # lists: numpy scalars are slow
 
     # --- live catalog ------------------------------------------------------------------------------
     @torch.no_grad()

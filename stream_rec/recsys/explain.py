@@ -24,11 +24,13 @@ NO_EVIDENCE_REASON = "popular right now"
 
 def best_evidence(rec_rows: np.ndarray, history_rows: np.ndarray, text_vectors: np.ndarray,
                   model_vectors: np.ndarray | None = None,
-                  query_vectors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  query_vectors: np.ndarray | None = None, unit: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Index of the strongest evidence for each recommended item, and its similarity.
 
     rec_rows [B, k] and history_rows [B, L] are item rows (0 = padding), text_vectors [N+1, d_t],
     model_vectors [N+1, d_m] (optional), query_vectors [B, d_t] (optional; zero row = no query).
+    ``unit``: the rows of ``text_vectors`` / ``model_vectors`` already have unit norm (the worker keeps
+    them so), which skips normalising the gathered rows of every micro-batch.
     Returns (source [B, k], similarity [B, k]): source in 0..L-1 is a history position, L means the
     query, -1 means no evidence at all (empty history and no query)."""
     rec_rows = np.asarray(rec_rows, dtype=np.int64)
@@ -37,11 +39,12 @@ def best_evidence(rec_rows: np.ndarray, history_rows: np.ndarray, text_vectors: 
         raise ValueError(f"rec_rows {rec_rows.shape} and history_rows {history_rows.shape} must be [B, k] and [B, L]")
     B, L = history_rows.shape
     # normalise only the rows used (the whole catalog per micro-batch was ~5% of the worker's CPU)
-    text_rec = unit_rows(np.asarray(text_vectors)[rec_rows])  # [B, k, d_t]
-    sim = text_rec @ unit_rows(np.asarray(text_vectors)[history_rows]).transpose(0, 2, 1)  # [B, k, L]
+    norm = (lambda x: x) if unit else unit_rows
+    text_rec = norm(np.asarray(text_vectors)[rec_rows])  # [B, k, d_t]
+    sim = text_rec @ norm(np.asarray(text_vectors)[history_rows]).transpose(0, 2, 1)  # [B, k, L]
     if model_vectors is not None:
         model_vectors = np.asarray(model_vectors)
-        sim = 0.5 * (sim + unit_rows(model_vectors[rec_rows]) @ unit_rows(model_vectors[history_rows]).transpose(0, 2, 1))
+        sim = 0.5 * (sim + norm(model_vectors[rec_rows]) @ norm(model_vectors[history_rows]).transpose(0, 2, 1))
     sim = np.where((history_rows > 0)[:, None, :], sim, -np.inf)
     if query_vectors is not None:
         q = unit_rows(query_vectors)  # [B, d_t]
@@ -78,7 +81,7 @@ def render_reasons(source: np.ndarray, history_rows: np.ndarray, title_of: Calla
 def explain_batch(rec_rows: np.ndarray, history_rows: np.ndarray, text_vectors: np.ndarray,
                   title_of: Callable[[int], str] | Sequence[str], model_vectors: np.ndarray | None = None,
                   query_vectors: np.ndarray | None = None, queries: Sequence[str | None] | None = None,
-                  verb: str = "watched") -> list[list[str]]:
+                  verb: str = "watched", unit: bool = False) -> list[list[str]]:
     """One reason string per recommended item, for a whole micro-batch (the worker's entry point)."""
-    source, _ = best_evidence(rec_rows, history_rows, text_vectors, model_vectors, query_vectors)
+    source, _ = best_evidence(rec_rows, history_rows, text_vectors, model_vectors, query_vectors, unit=unit)
     return render_reasons(source, history_rows, title_of, queries, verb)

@@ -108,5 +108,6 @@ class InterestProfiler:
         """The ``top`` labels with positive lift per user, best first (empty for an empty history)."""
         lift = self.lifts(history_rows)
         order = np.argsort(-lift, axis=1)[:, :top]
-        return [[(self.labels[j], round(float(lift[b, j]), 4)) for j in order[b] if lift[b, j] > 0]
-                for b in range(lift.shape[0])]
+        best = np.take_along_axis(lift, order, axis=1)
+        return [[(self.labels[j], round(v, 4)) for j, v in zip(js, vs) if v > 0]
+                for js, vs in zip(order.tolist(), best.tolist())]
