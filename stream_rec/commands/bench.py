@@ -3,13 +3,17 @@
 1. start an embedded broker, publish N synthetic events (keyed by user, P partitions);
 2. **bare Faust**: a minimal Faust app (stock aiokafka driver) whose agent only counts
    ``stream.take(1000, within=5 ms)`` batches -- the ceiling of Faust on this machine;
+   **Faust floor**: the same plus what any worker of this shape must do, through Faust's stock paths --
+   one RocksDB table write (with its changelog record) and one output record per user per micro-batch,
+   fixed bytes instead of a model: the ceiling for a Faust table + changelog + one record per event;
 3. **spine**: ``stream-rec worker`` (validation, RocksDB state + changelog, untrained GRU step, top-K,
    recommendation sends), read through its own /metrics;
 4. **pipeline** (the trained model live, stream_rec/live/bench_live.py): ``stream-rec worker --model`` with a
    trained model (default: the demo model of the synthetic world, trained once and cached), measured from
    the outside: saturation events/s on a backlog, then p50/p95/p99 event->recommendation latency at a fixed
-   offered load (``--latency-rate``, default 1000 ev/s), worker CPU% and RSS, bytes of state per user (from
-   the state table's changelog); 5. **pipeline_batch1**: the same with micro-batches of one event;
+   offered load (``--latency-rate``, default 1000 ev/s) split into legs (in: sent -> taken by the worker;
+   worker: taken -> record built; out: built -> arrived at a consumer), worker CPU% and RSS, bytes of state
+   per user (from the state table's changelog); 5. **pipeline_batch1**: the same with micro-batches of one event;
    6. **model_stage**: ``pipeline.process_batch`` alone, no Kafka. A PNG plot sits beside the JSON.
 
 Both read the same N events from the beginning in their own consumer group, each in a subprocess. Each
@@ -267,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
             results["bare_faust"] = bare
             print(f"[bench]   bare Faust: {bare['events_per_s']:,.0f} events/s "
                   f"({bare['events_per_cpu_s']:,.0f} per CPU-second)", flush=True)
-            print("[bench] Faust floor (bare + one RocksDB table write per user and one record per event) ...",
+            print("[bench] Faust floor (bare + a RocksDB table write and a record per user per micro-batch) ...",
                   flush=True)
             floor = measure_bare(broker.bootstrap, topic, len(events), args.partitions, workdir, args.timeout, entry="faust_floor")
             floor["events_per_s"] = rate(floor)
@@ -336,6 +340,10 @@ def run_model_scenarios(args: argparse.Namespace, bootstrap: str, workdir: Path,
               f"{r['latency']['offered_events_per_s']:g} ev/s p50/p95/p99 = {r['latency'].get('p50_ms')}/"
               f"{r['latency'].get('p95_ms')}/{r['latency'].get('p99_ms')} ms; state {r['state'].get('mean_bytes')} "
               f"B/user", flush=True)
+        legs = r["latency"].get("legs") or {}
+        if legs:
+            print("[bench]     latency legs p50/p99 ms: " + ", ".join(
+                f"{name} {leg.get('p50_ms')}/{leg.get('p99_ms')}" for name, leg in legs.items()), flush=True)
     print(f"[bench]   model stage alone: {live['model_stage']['events_per_s']:,.0f} events/s "
           f"({live['model_stage']['device']})", flush=True)
 

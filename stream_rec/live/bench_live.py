@@ -94,6 +94,22 @@ def bench_events(item_ids: list[str], n_events: int, n_users: int, seed: int = 0
     return out
 
 
+def latency_legs(sent: dict, worker_times: dict, arrivals: dict) -> dict:
+    """Where event->recommendation latency goes (one clock: worker and bench share the machine):
+    ``in`` = event sent -> taken from the stream by the worker (producer, broker, fetch, Faust delivery,
+    waiting while the previous batch runs); ``worker`` = taken -> recommendation record built (batch
+    fill + processing); ``out`` = built -> arrived at a consumer of the recommendations topic (sends,
+    broker, the consumer's fetch)."""
+    keys = [k for k in sent if k in worker_times and k in arrivals]
+    if not keys:
+        return {}
+    legs = {"in": [worker_times[k][0] - sent[k] for k in keys],
+            "worker": [worker_times[k][1] - worker_times[k][0] for k in keys],
+            "out": [arrivals[k] - worker_times[k][1] for k in keys]}
+    return {name: {q: v for q, v in percentiles(values).items() if q in ("p50_ms", "p99_ms")}
+            for name, values in legs.items()}
+
+
 def percentiles(values_s: list[float]) -> dict:
     if not values_s:
         return {"n": 0}
@@ -151,10 +167,15 @@ async def run_model_worker(broker: str, data_dir: Path, model_dir: Path, item_id
     for ev in backlog:
         last_ts[ev["user_id"]] = ev["timestamp"]
     arrivals: dict[tuple[str, float], float] = {}
+    worker_times: dict[tuple[str, float], tuple[float, float]] = {}  # (consumed at, record built at)
     cpu_at_first_rec: list[float] = []
 
     def on_record(rec: dict, t: float) -> None:
-        arrivals.setdefault((rec.get("user_id"), rec.get("event_timestamp")), t)
+        key = (rec.get("user_id"), rec.get("event_timestamp"))
+        arrivals.setdefault(key, t)
+        if key not in worker_times and isinstance(rec.get("produced_at"), float) and \
+                isinstance(rec.get("latency_ms"), (int, float)):
+            worker_times[key] = (rec["produced_at"] - rec["latency_ms"] / 1000.0, rec["produced_at"])
         if not cpu_at_first_rec and rec.get("user_id") in last_ts:
             cpu_at_first_rec.append(cpu_seconds(worker.process.pid))
 
@@ -199,7 +220,7 @@ async def run_model_worker(broker: str, data_dir: Path, model_dir: Path, item_id
         await collector.wait_for(lambda: all(k in arrivals for k in list(sent)[-20:]), timeout_s=30)
         lat = [arrivals[k] - t for k, t in sent.items() if k in arrivals]
         result["latency"] = {"offered_events_per_s": latency_rate, "seconds": latency_seconds,
-                             **percentiles(lat), **usage.read()}
+                             **percentiles(lat), **usage.read(), "legs": latency_legs(sent, worker_times, arrivals)}
         result["state"] = await state_bytes_per_user(settings)
         if not worker.alive():
             raise RuntimeError(f"{tag}: worker died; log tail:\n{worker.log_tail()}")
