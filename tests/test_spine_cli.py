@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -106,3 +107,18 @@ def test_demo_shows_live_recommendations_and_stops_cleanly(tmp_path):
         assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2], \
             f"process {pid} left running"
     assert not _port_open(bootstrap.group(1), int(bootstrap.group(2)))
+
+
+def test_bench_runs_its_baselines_and_writes_figures(tmp_path):
+    """`stream-rec bench` without the model scenarios: bare Faust, the Faust floor and the spine each
+    consume the whole backlog in their own process and report a rate (no timing is asserted)."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "stream_rec", "bench", "--events", "2000", "--users", "100",
+                           "--skip-model", "--timeout", "120", "--out", str(out)],
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    for name in ("bare_faust", "faust_floor", "spine"):
+        assert results[name]["count"] >= 2000, name
+        assert results[name]["events_per_s"] > 0, name
+    assert results["spine"]["recommendations"] > 0

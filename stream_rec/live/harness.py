@@ -192,12 +192,14 @@ def event_record(user_id: str, item_id: str, timestamp: float, event_type: str =
     return rec
 
 
-async def make_producer(settings: Settings):
+async def make_producer(settings: Settings, linger_ms: int = 2):
+    """An aiokafka producer for test/bench events: ``linger_ms`` 2 batches bursts; 0 (aiokafka's default)
+    sends each event at once, for latency measurements."""
     from aiokafka import AIOKafkaProducer
 
     from ..kafka import client_kwargs
 
-    producer = AIOKafkaProducer(**client_kwargs(settings), linger_ms=2, max_batch_size=256 * 1024)
+    producer = AIOKafkaProducer(**client_kwargs(settings), linger_ms=linger_ms, max_batch_size=256 * 1024)
     await producer.start()
     return producer
 
