@@ -37,7 +37,7 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="spine throughput vs a bare Faust consumer (embedded broker)",
+    p = sub.add_parser("bench", help="worker throughput and latency vs bare Faust and a Faust floor (embedded broker)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events", type=int, default=20000, help="events to publish (default 20000)")
     p.add_argument("--users", type=int, default=1000, help="synthetic users (default 1000)")
