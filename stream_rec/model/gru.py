@@ -172,10 +172,13 @@ def neighbour_init(known_text: torch.Tensor, known_ids: torch.Tensor, known_bias
     return known_ids[idx].mean(1), known_bias[idx].mean(1)
 
 
-def topk_excluding(scores: torch.Tensor, k: int, exclude: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_excluding(scores: torch.Tensor, k: int, exclude: list[list[int]],
+                   inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k rows per user after masking the rows in ``exclude[b]`` (seen items).
+    ``inplace``: mask ``scores`` itself (the caller's fresh tensor) instead of a copy.
     scores [B, N+1] -> (values [B, k], rows [B, k])"""
-    scores = scores.clone()
+    if not inplace:
+        scores = scores.clone()
     if exclude:
         b_idx = [b for b, rows in enumerate(exclude) for _ in rows]
         r_idx = [r for rows in exclude for r in rows]

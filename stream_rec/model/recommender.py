@@ -230,7 +230,7 @@ class Recommender:
     @torch.no_grad()
     def topk(self, states: np.ndarray, k: int, exclude_rows: Sequence[Sequence[int]]) -> list[list[tuple[str, float]]]:
         """Top-k (item_id, score) per user with the rows in ``exclude_rows[b]`` (seen items) left out."""
-        values, rows = topk_excluding(self.score_rows(states), k, [list(r) for r in exclude_rows])
+        values, rows = topk_excluding(self.score_rows(states), k, [list(r) for r in exclude_rows], inplace=True)
         ids = self.item_ids
         return [[(ids[r - 1], v) for v, r in zip(vs, rs) if r != PAD and math.isfinite(v)]
                 for vs, rs in zip(values.cpu().tolist(), rows.cpu().tolist())]  # lists: numpy scalars are slow
