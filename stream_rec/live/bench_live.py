@@ -8,8 +8,9 @@ the outside, so the numbers include Kafka, Faust, RocksDB and the model, exactly
   recommendation - first recommendation), and per CPU-second of the worker over that drain;
 * **latency at a fixed offered load**: with the worker warm, events are sent at R events/s; latency of
   each recommendation = its arrival - the send time of the event it follows (one clock, this process),
-  reported as p50/p95/p99 and split into legs (``latency_legs``). The events' producer does not linger
-  (aiokafka's default) and the recommendations' consumer fetches with a 10 ms wait;
+  reported as p50/p95/p99 and split into legs (``latency_legs``). The events' producer lingers 2 ms (in
+  the ``in`` leg; without linger it sends a request per event and the broker, on the same cores, got
+  slower: p99 60-64 ms in four runs vs 50-57 ms) and the recommendations' consumer fetches with a 10 ms wait;
 * **CPU% and RSS** of the worker process from ``/proc`` (CPU seconds / wall seconds over the phase; peak
   RSS), and **bytes of state per user** from the state table's changelog topic (the latest value of
   every key: exactly what RocksDB stores).
@@ -213,9 +214,6 @@ async def run_model_worker(broker: str, data_dir: Path, model_dir: Path, item_id
         load = bench_events(item_ids, int(latency_rate * latency_seconds), n_users, seed=2, prefix=f"{tag}-l",
                             start_ts=time.time() - 60.0)
         sent: dict[tuple[str, float], float] = {}
-        # a producer without linger (aiokafka's default), so the event's own producer adds no batching delay
-        await producer.stop()
-        producer = await harness.make_producer(settings, linger_ms=0)
         usage = Usage(worker.process.pid)
         with tqdm(total=len(load), desc=f"{tag}: {latency_rate:.0f} ev/s", unit="ev", disable=not progress,
                   leave=False) as bar:

@@ -193,8 +193,7 @@ def event_record(user_id: str, item_id: str, timestamp: float, event_type: str =
 
 
 async def make_producer(settings: Settings, linger_ms: int = 2):
-    """An aiokafka producer for test/bench events: ``linger_ms`` 2 batches bursts; 0 (aiokafka's default)
-    sends each event at once, for latency measurements."""
+    """An aiokafka producer for test/bench events (``linger_ms`` 2: bursts go out in batches)."""
     from aiokafka import AIOKafkaProducer
 
     from ..kafka import client_kwargs
