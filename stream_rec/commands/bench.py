@@ -157,17 +157,10 @@ def _histogram_quantile(text: str, name: str, q: float) -> float | None:
     return None
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (all threads), from /proc (0 where unavailable)."""
-    try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
 def measure_spine(settings, items_file: Path, n: int, workdir: Path, timeout_s: float) -> dict:
     import urllib.request
+
+    from ..live.bench_live import cpu_seconds
 
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     log_path = workdir / "spine-worker.log"
@@ -191,13 +184,13 @@ def measure_spine(settings, items_file: Path, n: int, workdir: Path, timeout_s: 
                 consumed = _metric(text, "stream_rec_events_consumed_total")
                 now = time.time()
                 if consumed > 0 and t_first is None:
-                    t_first, first_count, cpu_first = now, consumed, process_cpu_s(proc.pid)
+                    t_first, first_count, cpu_first = now, consumed, cpu_seconds(proc.pid)
                 if consumed >= n:
                     break
                 time.sleep(0.02)
             else:
                 raise RuntimeError(f"spine did not consume {n} events in {timeout_s:.0f} s; see {log_path}")
-            t_last, cpu_s = time.time(), process_cpu_s(proc.pid) - cpu_first
+            t_last, cpu_s = time.time(), cpu_seconds(proc.pid) - cpu_first
         finally:
             proc.terminate()
             try:

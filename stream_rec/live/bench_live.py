@@ -37,15 +37,23 @@ log = logging.getLogger(__name__)
 
 
 # --- process usage from /proc ----------------------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
+def cpu_seconds(pid: int, stat_path: str | None = None) -> float:
+    """User + system CPU seconds of a process (or of the thread whose ``/proc/.../stat`` is given)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(stat_path or f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         ticks = os.sysconf("SC_CLK_TCK")
         return (int(fields[11]) + int(fields[12])) / ticks
     except (OSError, IndexError, ValueError):
         return float("nan")
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of every thread of a process, by thread id: a native thread spinning (no Python
+    frames, invisible to py-spy) shows up here."""
+    from glob import glob
+
+    return {path.split("/")[-2]: cpu_seconds(pid, path) for path in glob(f"/proc/{pid}/task/*/stat")}
 
 
 def rss_bytes(pid: int, peak: bool = False) -> int:
