@@ -59,53 +59,67 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def bare_faust(broker: str, topic: str, n: int, app_id: str, datadir: str, partitions: int) -> None:
-    """Entry point of the bare-Faust subprocess: count ``take(1000)`` batches, print one JSON line, exit."""
+class _Progress:
+    """Events counted by a baseline subprocess; at ``n`` it prints its one JSON result line and exits."""
+
+    def __init__(self, n: int):
+        self.n, self.count, self.first, self.first_count, self.cpu_first = n, 0, None, 0, 0.0
+
+    def add(self, events: int) -> None:
+        self.count += events
+        if self.first is None:
+            self.first, self.first_count, self.cpu_first = time.time(), self.count, time.process_time()
+        if self.count >= self.n:
+            print(json.dumps({"count": self.count, "t_first": self.first, "first_count": self.first_count,
+                              "t_last": time.time(), "cpu_s": time.process_time() - self.cpu_first}), flush=True)
+            os._exit(0)
+
+
+def _baseline_app(broker: str, app_id: str, datadir: str, partitions: int, **conf):
     import faust
 
-    app = faust.App(app_id, broker=f"kafka://{broker}", datadir=datadir, consumer_auto_offset_reset="earliest",
-                    broker_session_timeout=6.0, broker_heartbeat_interval=1.0, web_enabled=False,
-                    topic_partitions=partitions)
-    events = app.topic(topic, key_type=bytes, value_type=bytes)
-    seen = {"count": 0, "first": None, "first_count": 0}
+    return faust.App(app_id, broker=f"kafka://{broker}", datadir=datadir, consumer_auto_offset_reset="earliest",
+                     broker_session_timeout=6.0, broker_heartbeat_interval=1.0, web_enabled=False,
+                     topic_partitions=partitions, **conf)
 
-    @app.agent(events)
-    async def count(stream):
-        async for values in stream.take(1000, within=0.005):
-            seen["count"] += len(values)
-            if seen["first"] is None:
-                seen["first"], seen["first_count"] = time.time(), seen["count"]
-                seen["cpu_first"] = time.process_time()
-            if seen["count"] >= n:
-                print(json.dumps({"count": seen["count"], "t_first": seen["first"], "first_count": seen["first_count"],
-                                  "t_last": time.time(), "cpu_s": time.process_time() - seen["cpu_first"]}),
-                      flush=True)
-                os._exit(0)
+
+def _run_baseline(app) -> None:
+    import faust
 
     worker = faust.Worker(app, loglevel="warning", redirect_stdouts=False, quiet=True)
     worker.spinner = None  # as in stream_rec.app.make_worker: the spinner turns on DEBUG logging
     worker.execute_from_commandline()
 
 
+def bare_faust(broker: str, topic: str, n: int, app_id: str, datadir: str, partitions: int) -> None:
+    """Entry point of the bare-Faust subprocess: count ``take(1000)`` batches, print one JSON line, exit."""
+    app = _baseline_app(broker, app_id, datadir, partitions)
+    events = app.topic(topic, key_type=bytes, value_type=bytes)
+    progress = _Progress(n)
+
+    @app.agent(events)
+    async def count(stream):
+        async for values in stream.take(1000, within=0.005):
+            progress.add(len(values))
+
+    _run_baseline(app)
+
+
 def faust_floor(broker: str, topic: str, n: int, app_id: str, datadir: str, partitions: int) -> None:
     """Entry point of the Faust-floor subprocess: the bare consumer plus what every stream-rec worker must
     do whatever its model -- write each user's state into a RocksDB table with a changelog and send one
-    record for that user (once per user per micro-batch, as the worker does) -- with a fixed 512-byte state
-    and a fixed 300-byte record instead of a model and its recommendations. It shows the ceiling that the fixed shape (Faust
-    table + changelog + one recommendation per event) sets on this machine, beside the bare consumer."""
-    import faust
-
+    record for that user (once per user per micro-batch, as the worker does) -- through Faust's stock
+    per-record paths, with a fixed 512-byte state and a fixed 300-byte record instead of a model. It shows
+    the ceiling that the fixed shape (Faust table + changelog + one recommendation per event) sets on this
+    machine, beside the bare consumer."""
     from ..app import event_context, take_batches
 
-    app = faust.App(app_id, broker=f"kafka://{broker}", datadir=datadir, consumer_auto_offset_reset="earliest",
-                    broker_session_timeout=6.0, broker_heartbeat_interval=1.0, web_enabled=False,
-                    topic_partitions=partitions, store="rocksdb://", producer_linger=0.002)
-    raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-    events = app.topic(topic, **raw)
+    app = _baseline_app(broker, app_id, datadir, partitions, store="rocksdb://", producer_linger=0.002)
+    events = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     out_topic = f"{topic}.floor-out"
     table = app.Table("floor-state", key_type=bytes, value_type=bytes)
     state, record = bytes(512), bytes(300)
-    seen = {"count": 0, "first": None, "first_count": 0}
+    progress = _Progress(n)
 
     @app.agent(events)
     async def count(stream):
@@ -119,19 +133,9 @@ def faust_floor(broker: str, topic: str, n: int, app_id: str, datadir: str, part
             previous, pending = pending, futures
             if previous:
                 await asyncio.gather(*previous)
-            seen["count"] += len(batch)
-            if seen["first"] is None:
-                seen["first"], seen["first_count"] = time.time(), seen["count"]
-                seen["cpu_first"] = time.process_time()
-            if seen["count"] >= n:
-                print(json.dumps({"count": seen["count"], "t_first": seen["first"], "first_count": seen["first_count"],
-                                  "t_last": time.time(), "cpu_s": time.process_time() - seen["cpu_first"]}),
-                      flush=True)
-                os._exit(0)
+            progress.add(len(batch))
 
-    worker = faust.Worker(app, loglevel="warning", redirect_stdouts=False, quiet=True)
-    worker.spinner = None
-    worker.execute_from_commandline()
+    _run_baseline(app)
 
 
 def _metric(text: str, name: str) -> float:
