@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -63,7 +65,8 @@ async def profile(broker: EmbeddedBroker, data_dir: Path, args: argparse.Namespa
             await asyncio.sleep(0.5)
         pid = worker.process.pid
         if args.py_spy:
-            spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-o", args.py_spy, "-r", "200",
+            py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))  # PATH or the venv
+            spy = subprocess.Popen([py_spy, "record", "-p", str(pid), "-o", args.py_spy, "-r", "200",
                                     "--nonblocking", "-f", "raw"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         threads0, worker_usage, broker_usage = thread_cpu_seconds(pid), Usage(pid), Usage(broker.process.pid)
         sent: dict = {}
