@@ -26,7 +26,8 @@ from pathlib import Path
 
 from stream_rec.broker import EmbeddedBroker
 from stream_rec.live import harness
-from stream_rec.live.bench_live import Usage, bench_events, latency_legs, percentiles, thread_cpu_seconds
+from stream_rec.live.bench_live import (Usage, bench_events, latency_legs, percentiles, thread_cpu_seconds,
+                                        worker_times_of)
 from stream_rec.live.models import load_recommender
 
 
@@ -52,8 +53,8 @@ async def profile(broker: EmbeddedBroker, data_dir: Path, args: argparse.Namespa
     def on_record(rec: dict, t: float) -> None:
         key = (rec.get("user_id"), rec.get("event_timestamp"))
         arrivals.setdefault(key, t)
-        if "produced_at" in rec and "latency_ms" in rec:
-            worker_times.setdefault(key, (rec["produced_at"] - rec["latency_ms"] / 1000.0, rec["produced_at"]))
+        if key not in worker_times:
+            worker_times[key] = worker_times_of(rec)
 
     collector = await harness.RecCollector(settings, on_record=on_record).start()
     worker = harness.WorkerProcess(settings, log_file=data_dir / "worker.log").start()

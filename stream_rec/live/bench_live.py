@@ -104,13 +104,21 @@ def bench_events(item_ids: list[str], n_events: int, n_users: int, seed: int = 0
     return out
 
 
+def worker_times_of(rec: dict) -> tuple[float, float] | None:
+    """(taken from the stream, record built) in the worker's clock, from a recommendation record."""
+    built, worker_ms = rec.get("produced_at"), rec.get("latency_ms")
+    if isinstance(built, (int, float)) and isinstance(worker_ms, (int, float)):
+        return built - worker_ms / 1000.0, built
+    return None
+
+
 def latency_legs(sent: dict, worker_times: dict, arrivals: dict) -> dict:
     """Where event->recommendation latency goes (one clock: worker and bench share the machine):
     ``in`` = event sent -> taken from the stream by the worker (producer, broker, fetch, Faust delivery,
     waiting while the previous batch runs); ``worker`` = taken -> recommendation record built (batch
     fill + processing); ``out`` = built -> arrived at a consumer of the recommendations topic (sends,
     broker, the consumer's fetch)."""
-    keys = [k for k in sent if k in worker_times and k in arrivals]
+    keys = [k for k in sent if worker_times.get(k) and k in arrivals]
     if not keys:
         return {}
     legs = {"in": [worker_times[k][0] - sent[k] for k in keys],
@@ -177,15 +185,14 @@ async def run_model_worker(broker: str, data_dir: Path, model_dir: Path, item_id
     for ev in backlog:
         last_ts[ev["user_id"]] = ev["timestamp"]
     arrivals: dict[tuple[str, float], float] = {}
-    worker_times: dict[tuple[str, float], tuple[float, float]] = {}  # (consumed at, record built at)
+    worker_times: dict[tuple[str, float], tuple[float, float] | None] = {}  # (taken at, record built at)
     cpu_at_first_rec: list[float] = []
 
     def on_record(rec: dict, t: float) -> None:
         key = (rec.get("user_id"), rec.get("event_timestamp"))
         arrivals.setdefault(key, t)
-        if key not in worker_times and isinstance(rec.get("produced_at"), float) and \
-                isinstance(rec.get("latency_ms"), (int, float)):
-            worker_times[key] = (rec["produced_at"] - rec["latency_ms"] / 1000.0, rec["produced_at"])
+        if key not in worker_times:
+            worker_times[key] = worker_times_of(rec)
         if not cpu_at_first_rec and rec.get("user_id") in last_ts:
             cpu_at_first_rec.append(cpu_seconds(worker.process.pid))
 

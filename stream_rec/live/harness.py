@@ -192,13 +192,13 @@ def event_record(user_id: str, item_id: str, timestamp: float, event_type: str =
     return rec
 
 
-async def make_producer(settings: Settings, linger_ms: int = 2):
-    """An aiokafka producer for test/bench events (``linger_ms`` 2: bursts go out in batches)."""
+async def make_producer(settings: Settings):
+    """An aiokafka producer for test/bench events (a 2 ms linger: bursts go out in batches)."""
     from aiokafka import AIOKafkaProducer
 
     from ..kafka import client_kwargs
 
-    producer = AIOKafkaProducer(**client_kwargs(settings), linger_ms=linger_ms, max_batch_size=256 * 1024)
+    producer = AIOKafkaProducer(**client_kwargs(settings), linger_ms=2, max_batch_size=256 * 1024)
     await producer.start()
     return producer
 
