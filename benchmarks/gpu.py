@@ -71,7 +71,7 @@ def bench_model(rec, model_dir: Path, batches=(1024, 8192, 65536)) -> dict:
     import numpy as np
     import torch
 
-    from stream_rec.live.bench_live import model_stage_events_per_s
+    from stream_rec_devtools.bench_live import model_stage_events_per_s
 
     rng = np.random.default_rng(0)
     out = {"items": rec.n_items, "hidden": rec.hidden_size, "step_topk_numpy": {}, "step_topk_resident": {}}
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: this benchmark is for a GPU machine", file=sys.stderr)
         return 2
-    from stream_rec.data import read_items
+    from stream_rec.io.data import read_items
     from stream_rec.model.recommender import Recommender
 
     items = read_items(args.items)

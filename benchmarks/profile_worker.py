@@ -24,11 +24,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-from stream_rec.broker import EmbeddedBroker
-from stream_rec.live import harness
-from stream_rec.live.bench_live import (Usage, bench_events, latency_legs, percentiles, thread_cpu_seconds,
-                                        worker_times_of)
-from stream_rec.live.models import load_recommender
+from stream_rec.io.broker import EmbeddedBroker
+from stream_rec.io.kafka import ensure_topics
+from stream_rec.worker.models import load_recommender
+from stream_rec_devtools import harness
+from stream_rec_devtools.bench_live import bench_events, latency_legs, percentiles, worker_times_of
+from stream_rec_devtools.procfs import Usage, thread_cpu_seconds
 
 
 def metric(text: str, name: str) -> float:
@@ -43,7 +44,7 @@ async def profile(broker: EmbeddedBroker, data_dir: Path, args: argparse.Namespa
     overrides = dict(kv.split("=", 1) for kv in args.set)
     settings = harness.isolated_settings(broker.bootstrap, data_dir, "profile", model=str(args.model),
                                          partitions=args.partitions, **overrides)
-    await harness.ensure_topics(settings)
+    await ensure_topics(settings)
     producer = await harness.make_producer(settings)
     events = bench_events(items, args.events, args.users, seed=1, prefix="p")
     last = {e["user_id"]: e["timestamp"] for e in events}
@@ -64,7 +65,7 @@ async def profile(broker: EmbeddedBroker, data_dir: Path, args: argparse.Namespa
         t0 = time.monotonic()
         while "text encoder ready" not in worker.log_tail(1_000_000) and time.monotonic() - t0 < 180:
             await asyncio.sleep(0.5)
-        pid = worker.process.pid
+        pid = worker.proc.pid
         if args.py_spy:
             py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))  # PATH or the venv
             spy = subprocess.Popen([py_spy, "record", "-p", str(pid), "-o", args.py_spy, "-r", "200",

@@ -73,7 +73,7 @@ def train_params(args):
 
 
 def run_dataset(name: str, args, encoder) -> dict:
-    from stream_rec.data import leave_one_out, read_events, read_items, sequences
+    from stream_rec.io.data import leave_one_out, read_events, read_items, sequences
     from stream_rec.model.evaluate import content_scorer, evaluate_recommender, evaluate_scorer, test_cases
     from stream_rec.model.evaluate import markov_scorer, popularity_scorer
     from stream_rec.model.train import train_recommender

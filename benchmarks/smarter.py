@@ -7,7 +7,7 @@ DATA holds ``ml-100k/`` (u.data, u.item) and/or ``ml-1m-half/`` (ratings.dat, mo
 * split: 10% of users are *new users* (never trained on), 10% of items are *cold items* (removed from
   training, added afterwards from their text vector only, as the ``catalog`` topic would);
 * one hybrid GRU is trained on the rest (``model.train.train_recommender``), and an initial state h0 is
-  learned for it (``recsys.coldstart``);
+  learned for it (``model.coldstart``);
 * tables, all on the new users, ranking over the full catalog with seen items excluded
   (``model.evaluate.ranking_metrics``):
   1. history-length buckets: predict event t from the first t events, for every t; bucket by t;
@@ -20,7 +20,7 @@ DATA holds ``ml-100k/`` (u.data, u.item) and/or ``ml-1m-half/`` (ratings.dat, mo
      has negatives in their history: negatives stepped as views / left out of the state / left out and
      penalised with their neighbours (``recsys.feedback``).
 * ``--finetune`` (ml-1m-half by default): global time split 80/10/10; train on the first 80%, fine-tune
-  on the next 10% (``recsys.finetune``), test every event of the last 10% given the full history before
+  on the next 10% (``learning.finetune``), test every event of the last 10% given the full history before
   it; before vs after.
 
 Everything is seeded. Progress bars go to stderr, tables (markdown) to stdout, and the numbers to
@@ -42,15 +42,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stream_rec.data import Split, leave_one_out, read_events, read_items, sequences  # noqa: E402
+from stream_rec.io.data import Split, leave_one_out, read_events, read_items, sequences  # noqa: E402
 from stream_rec.model.evaluate import (EvalCase, content_scorer, evaluate_scorer, markov_scorer,  # noqa: E402
                                        popularity_scorer, ranking_metrics, recommender_scorer, step_histories)
 from stream_rec.model.gru import PAD  # noqa: E402
-from stream_rec.model.train import TrainParams, to_sequence, train_recommender  # noqa: E402
-from stream_rec.recsys.coldstart import learn_initial_state  # noqa: E402
+from stream_rec.model.sequences import to_sequence  # noqa: E402
+from stream_rec.model.train import TrainParams, train_recommender  # noqa: E402
+from stream_rec.model.coldstart import learn_initial_state  # noqa: E402
 from stream_rec.recsys.feedback import negative_penalty  # noqa: E402
 from stream_rec.recsys.interests import genres_of  # noqa: E402
-from stream_rec.recsys.finetune import FinetuneParams, finetune, time_slices  # noqa: E402
+from stream_rec.learning.finetune import FinetuneParams, finetune, time_slices  # noqa: E402
 from stream_rec.recsys.rerank import catalog_coverage, intra_list_diversity, mmr_rerank_scores  # noqa: E402
 
 K = 10
@@ -441,7 +442,7 @@ def context_example(encoder, args) -> None:
 def drift_example(args) -> None:
     """Online HR@3 of a Markov model fitted on synthetic world A, replayed on A and then on a shifted world B
     (users stop following the series), graded by ``OnlineQualityMonitor``; prints windows and alarms."""
-    from stream_rec.recsys.drift import OnlineQualityMonitor
+    from stream_rec.learning.drift import OnlineQualityMonitor
     from stream_rec.synthetic import make_world
 
     k = 3

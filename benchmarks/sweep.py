@@ -71,7 +71,7 @@ def train_one(config: dict, data_path: str, args: dict) -> dict:
     """Train one configuration (in a worker process) and return its validation history."""
     import torch
 
-    from stream_rec.data import leave_one_out, read_events, read_items, sequences
+    from stream_rec.io.data import leave_one_out, read_events, read_items, sequences
     from stream_rec.model.encoder import shared_encoder
     from stream_rec.model.train import TrainParams, train_recommender
     from stream_rec.settings import Settings

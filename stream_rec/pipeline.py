@@ -1,11 +1,19 @@
-"""One micro-batch of the stream, as plain functions (no Kafka, no Faust):
+"""One micro-batch of the stream as plain functions (no Kafka, no Faust), in named phases:
 
-    raw records -> validate -> group by user -> load state -> skip redelivered -> GRU steps -> top-K
-                -> new states + recommendation records + DLQ records
+    phase             what                                                        passes on
+    validate_batch    raw records -> valid events by user (bad ones -> DLQ)       {user: [(batch index, Event)]}
+    load_users        stored states; redelivered events dropped; deletions        TouchedUsers: B users
+    initial_hiddens   the stored vector if this model wrote it, else initial       [B] x [H]
+                      state (new user) or rebuilt from the stored history
+    positive_events   grade the previous lists; negative feedback not stepped     [B] x [(batch index, Event)]
+    step_users        one GRU step per positive event, batched across users       [B] x [H]
+    store_states      new states, encoded                                         result.states {user: bytes}
+    rank_users        top-K per user, seen items excluded (+ query, Enricher)     [B] x [(item_id, score)]
+    emit_records      recommendation records                                      result.recommendations
 
-``process_batch`` is what the Faust agent calls (stream_rec/app.py) and what the unit tests and the
-benchmark call directly. The agent only moves bytes in and out: it reads states from the table, writes
-``BatchResult.states`` back and sends ``BatchResult.recommendations`` / ``BatchResult.dlq``.
+``process_batch`` is what the worker calls per micro-batch (stream_rec/worker/batch.py) and what the unit
+tests and the benchmark call directly. The worker only moves bytes in and out: it reads states from the
+table, writes ``BatchResult.states`` back and sends ``BatchResult.recommendations`` / ``BatchResult.dlq``.
 
 Batching across users is where the speed comes from: all users' k-th event of the batch go through the
 GRU in one ``Recommender.step`` call, and all touched users share one ``Recommender.topk`` call, so a
@@ -22,8 +30,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .state import UserState, append_history, decode_state, encode_state, model_tag, StateDecodeError
+from .model.sequences import rewarm, run_steps, time_gaps
 from .privacy import pseudonymize
+from .recsys.context import boost_queries, context_text
+from .recsys.ranking import RankBatch, plain_lists, rescore, top_k_lists
+from .state import StateDecodeError, UserState, append_history, decode_state, encode_state, model_tag
 from .validation import DELETE_USER, Event, Invalid, validate_event
 
 HISTORY_IN_RECORD = 5  # last items echoed in each recommendation record (for `tail` and debugging)
@@ -91,44 +102,9 @@ def dlq_record(msg: Incoming, invalid: Invalid, now: float) -> dict:
     }
 
 
-def run_steps(model, hiddens: list[np.ndarray], sequences: list[list[tuple[int, float]]]) -> list[np.ndarray]:
-    """Advance each hidden state through its own sequence of (item row, gap seconds), batching across
-    sequences: round r steps every sequence that has an r-th element, in one model call."""
-    hiddens = list(hiddens)
-    longest = max((len(s) for s in sequences), default=0)
-    for r in range(longest):
-        active = [i for i, s in enumerate(sequences) if len(s) > r]
-        states = np.stack([hiddens[i] for i in active])
-        rows = [sequences[i][r][0] for i in active]
-        gaps = [sequences[i][r][1] for i in active]
-        out = model.step(states, rows, gaps)
-        for j, i in enumerate(active):
-            hiddens[i] = out[j]
-    return hiddens
-
-
-def _gaps(prev_ts: float | None, timestamps: Sequence[float]) -> list[float]:
-    out = []
-    for ts in timestamps:
-        out.append(0.0 if prev_ts is None else max(0.0, ts - prev_ts))
-        prev_ts = ts
-    return out
-
-
-def rewarm(model, states: list[UserState]) -> list[np.ndarray]:
-    """Hidden vectors rebuilt by replaying each state's history through ``model`` (for states written by
-    another model version or with another hidden size). Items the model does not know are skipped."""
-    seqs = []
-    for st in states:
-        known = [(row, ts) for row, (_, ts) in zip(model.rows_for(st.seen_items()), st.history) if row]
-        seqs.append(list(zip([r for r, _ in known], _gaps(None, [ts for _, ts in known]))))
-    init = list(model.init_state(len(states))) if states else []
-    return run_steps(model, init, seqs)
-
-
 def recommendation_record(user_id: str, state: UserState, items: list[tuple[str, float]], model_version: str,
                           last: Incoming, event_ts: float, now: float, extra: dict | None = None) -> dict:
-    """``extra`` (from ``live.enrich.Enricher.finish``): ``reasons`` (one per item) and ``interests``."""
+    """``extra`` (from ``recsys.enricher.Enricher.finish``): ``reasons`` (one per item) and ``interests``."""
     record = {
         "user_id": user_id,
         "items": [{"item_id": item, "score": round(score, 6)} for item, score in items],
@@ -146,6 +122,15 @@ def recommendation_record(user_id: str, state: UserState, items: list[tuple[str,
     return record
 
 
+@dataclass
+class TouchedUsers:
+    """The users of a batch with new events, in order of their first event (parallel lists, [B] each)."""
+
+    users: list[str] = field(default_factory=list)
+    states: list[UserState] = field(default_factory=list)  # as stored; the new ones after store_states
+    pending: list[list[tuple[int, Event]]] = field(default_factory=list)  # new (batch index, event), oldest first
+
+
 def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes | None], model,
                   config: PipelineConfig = PipelineConfig(), now: Callable[[], float] = time.time,
                   queries: dict[int, np.ndarray] | None = None, enricher=None) -> BatchResult:
@@ -153,91 +138,131 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
     is a :class:`~stream_rec.model.recommender.Recommender` (or None when no catalog is known yet: every
     event is then ``unknown_item``). ``queries`` maps batch indexes of events that carry a
     ``context.text`` to its text vector: the list of that user is then boosted toward items matching the
-    query (``stream_rec.live.service.contextual_topk``; the user's newest query in the batch counts).
-    ``enricher`` (a :class:`~stream_rec.live.enrich.Enricher`, or None = the plain model) adds negative
+    query (``recsys.context.boost_queries``; the user's newest query in the batch counts).
+    ``enricher`` (a :class:`~stream_rec.recsys.enricher.Enricher`, or None = the plain model) adds negative
     feedback, MMR / exposure re-ranking, reasons, interests and the online quality monitor.
     Never raises on bad input: bad records end up in ``result.dlq``."""
     result = BatchResult()
-    t_now = now()
-    known_item = (lambda item: item in model.row_of) if model is not None else (lambda item: False)
+    by_user = validate_batch(batch, model, config, now(), result)
+    touched = load_users(by_user, batch, load_state, result, enricher)
+    if not touched.users:
+        return result
+    t0 = time.perf_counter()
+    hiddens = initial_hiddens(model, touched.states)
+    positives = positive_events(touched, enricher)
+    hiddens = step_users(model, hiddens, touched.states, positives, config.half_precision_state)
+    result.step_seconds = time.perf_counter() - t0
+    store_states(touched, positives, hiddens, model_tag(model.version), batch, config, result, enricher)
+    t0 = time.perf_counter()
+    lists, extras = rank_users(model, touched, hiddens, queries or {}, config, enricher)
+    result.topk_seconds = time.perf_counter() - t0
+    emit_records(touched, lists, extras, model.version, batch, now(), result)
+    return result
 
-    # 1. validate; group the good ones by user, in arrival (= offset) order
+
+def validate_batch(batch: Sequence[Incoming], model, config: PipelineConfig, now: float,
+                   result: BatchResult) -> dict[str, list[tuple[int, Event]]]:
+    """Each user's valid events in arrival (= offset) order; invalid records go to ``result.dlq``.
+    With ``pseudonymize_key`` users are keyed by their pseudonym (after the key check, which compares
+    raw ids)."""
+    known_item = (lambda item: item in model.row_of) if model is not None else (lambda item: False)
     by_user: dict[str, list[tuple[int, Event]]] = defaultdict(list)
     for index, msg in enumerate(batch):
         checked = validate_event(msg.value, key=msg.key, check_key=config.check_key,
-                                 max_bytes=config.max_event_bytes, known_item=known_item, now=t_now)
+                                 max_bytes=config.max_event_bytes, known_item=known_item, now=now)
         if isinstance(checked, Invalid):
             result.invalid[checked.reason] += 1
-            result.dlq.append(dlq_record(msg, checked, t_now))
-        else:
-            if config.pseudonymize_key:  # after the key check, which compares raw ids
-                checked = replace(checked, user_id=pseudonymize(checked.user_id, config.pseudonymize_key))
-            by_user[checked.user_id].append((index, checked))
-    if not by_user:
-        return result
+            result.dlq.append(dlq_record(msg, checked, now))
+            continue
+        if config.pseudonymize_key:
+            checked = replace(checked, user_id=pseudonymize(checked.user_id, config.pseudonymize_key))
+        by_user[checked.user_id].append((index, checked))
+    return by_user
 
-    # 2. load states, drop redelivered events (effectively-once state under at-least-once delivery),
-    # apply deletions: a delete_user drops the stored state and the user's earlier events in the batch
-    users, states, pending = [], [], []
+
+def read_state(raw: bytes | None) -> UserState:
+    """The stored state, or a fresh one (no state yet, or an unreadable old one: start the user over
+    rather than stop the stream)."""
+    try:
+        return decode_state(raw) if raw else UserState()
+    except StateDecodeError:
+        return UserState()
+
+
+def load_users(by_user: dict[str, list[tuple[int, Event]]], batch: Sequence[Incoming],
+               load_state: Callable[[str], bytes | None], result: BatchResult, enricher) -> TouchedUsers:
+    """The users with new events and their stored states. Redelivered events (offset already applied)
+    are dropped: effectively-once state under at-least-once delivery. A ``delete_user`` drops the stored
+    state and the user's earlier events of the batch (and the enricher's memory of the user)."""
+    touched = TouchedUsers()
     for user_id, items in by_user.items():
-        raw = load_state(user_id)
-        try:
-            state = decode_state(raw) if raw else UserState()
-        except StateDecodeError:
-            state = UserState()  # unreadable old state: start over rather than stop the stream
+        state = read_state(load_state(user_id))
         fresh = [(i, e) for i, e in items if not state.already_applied(batch[i].partition, batch[i].offset)]
         result.duplicates += len(items) - len(fresh)
         deletes = [n for n, (_, e) in enumerate(fresh) if e.event_type == DELETE_USER]
         if deletes:
             result.deleted[user_id] = fresh[deletes[-1]][0]
             state, fresh = UserState(), fresh[deletes[-1] + 1:]
-            if enricher is not None:  # erasure covers the enricher's per-user memory too
+            if enricher is not None:
                 enricher.forget(user_id)
         if fresh:
-            users.append(user_id)
-            states.append(state)
-            pending.append(fresh)
-    if not users:
-        return result
+            touched.users.append(user_id)
+            touched.states.append(state)
+            touched.pending.append(fresh)
+    return touched
+
+
+def initial_hiddens(model, states: Sequence[UserState]) -> list[np.ndarray]:
+    """Each user's hidden vector before this batch: the stored one when this model wrote it, the
+    model's initial state for a new user, else rebuilt from the stored history (a state of another
+    model version or hidden size).  [B] states -> [B] x [H]"""
     tag = model_tag(model.version)
-
-    # 3. hidden vectors: stored ones when they come from this model, else rebuilt from history
-    t0 = time.perf_counter()
-    hiddens: list[np.ndarray | None] = []
-    stale, fresh_users = [], []
+    hiddens: list[np.ndarray | None] = [None] * len(states)
+    new, stale = [], []
     for n, st in enumerate(states):
-        usable = st.hidden is not None and st.model_tag == tag and st.hidden.shape[0] == model.hidden_size
-        if usable:
-            hiddens.append(st.hidden)
-        elif not st.history:  # a new user: the model's initial state, nothing to replay
-            hiddens.append(None)
-            fresh_users.append(n)
+        if st.hidden is not None and st.model_tag == tag and st.hidden.shape[0] == model.hidden_size:
+            hiddens[n] = st.hidden
+        elif not st.history:
+            new.append(n)
         else:
-            hiddens.append(None)
             stale.append(n)
-    if fresh_users:
-        for n, h in zip(fresh_users, model.init_state(len(fresh_users))):
+    if new:
+        for n, h in zip(new, model.init_state(len(new))):
             hiddens[n] = h
-    for n, h in zip(stale, rewarm(model, [states[n] for n in stale])):
+    for n, h in zip(stale, rewarm(model, [states[n].history for n in stale])):
         hiddens[n] = h
+    return hiddens
 
-    # 4. one GRU step per new event, batched across users (with an enricher: negative feedback is not stepped)
-    positives = pending
-    if enricher is not None:
-        enricher.observe(users, [fresh[0][1] for fresh in pending])
-        positives = [[(i, e) for i, e in fresh if not enricher.is_negative(e)] for fresh in pending]
+
+def positive_events(touched: TouchedUsers, enricher) -> list[list[tuple[int, Event]]]:
+    """The new events stepped through the GRU: all of them, or with an enricher the positive ones
+    (negative feedback is kept apart), after each user's first new event graded the list sent before."""
+    if enricher is None:
+        return touched.pending
+    enricher.observe(touched.users, [fresh[0][1] for fresh in touched.pending])
+    return [[(i, e) for i, e in fresh if not enricher.is_negative(e)] for fresh in touched.pending]
+
+
+def step_users(model, hiddens: list[np.ndarray], states: Sequence[UserState],
+               positives: Sequence[Sequence[tuple[int, Event]]], half_precision: bool) -> list[np.ndarray]:
+    """One GRU step per positive event, batched across users.  [B] x [H] -> [B] x [H]"""
     seqs = []
     for st, fresh in zip(states, positives):
         rows = model.rows_for([e.item_id for _, e in fresh])
-        gaps = _gaps(st.last_timestamp, [e.timestamp for _, e in fresh])
+        gaps = time_gaps([e.timestamp for _, e in fresh], st.last_timestamp)
         seqs.append(list(zip(rows, gaps)))
     hiddens = run_steps(model, hiddens, seqs)
-    if config.half_precision_state:  # serve from the state as stored, so a restarted worker agrees with this one
+    if half_precision:  # serve from the state as stored, so a restarted worker agrees with this one
         hiddens = list(np.stack(hiddens).astype(np.float16).astype(np.float32))  # one conversion per batch
-    result.step_seconds = time.perf_counter() - t0
+    return hiddens
 
-    # 5. new states
-    for n, (user_id, st, fresh) in enumerate(zip(users, states, pending)):
+
+def store_states(touched: TouchedUsers, positives: Sequence[Sequence[tuple[int, Event]]],
+                 hiddens: Sequence[np.ndarray], tag: int, batch: Sequence[Incoming], config: PipelineConfig,
+                 result: BatchResult, enricher) -> None:
+    """The users' new states (history of positives, negatives, last applied offset), into
+    ``touched.states`` and, encoded, ``result.states``."""
+    for n, (user_id, st, fresh) in enumerate(zip(touched.users, touched.states, touched.pending)):
         history = st.history
         for _, e in positives[n]:
             history = append_history(history, e.item_id, e.timestamp, config.history_len)
@@ -247,38 +272,43 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
         last_index = fresh[-1][0]
         st = UserState(hiddens[n], history, batch[last_index].partition, batch[last_index].offset,
                        st.n_events + len(fresh), tag, negatives)
-        states[n] = st
+        touched.states[n] = st
         result.states[user_id] = encode_state(st, half=config.half_precision_state)
         result.last_index[user_id] = last_index
         result.applied += len(fresh)
         result.event_timestamps.extend(e.timestamp for _, e in fresh)
         result.received_at.extend(batch[i].received_at for i, _ in fresh)
 
-    # 6. top-K for every touched user, seen items excluded, one call
-    t0 = time.perf_counter()
-    exclude = [[r for r in model.rows_for(st.seen_items()) if r] for st in states]
-    lists = model.topk(np.stack(hiddens), config.top_k, exclude)
-    user_queries = {}
-    for n, fresh in enumerate(pending):
-        asked = [i for i, _ in fresh if queries and i in queries]
-        if asked:
-            user_queries[n] = queries[asked[-1]]
-    if user_queries and config.context_alpha != 0.0:
-        from .live.service import contextual_topk
 
-        for n, items in contextual_topk(model, hiddens, exclude, user_queries, config.top_k,
-                                        config.context_alpha).items():
-            lists[n] = items
-    extras = [None] * len(users)
+def rank_users(model, touched: TouchedUsers, hiddens: Sequence[np.ndarray], queries: dict[int, np.ndarray],
+               config: PipelineConfig, enricher) -> tuple[list[list[tuple[str, float]]], list[dict | None]]:
+    """Top-K of every touched user, seen items excluded; a user's newest query of the batch (``queries``:
+    batch index -> vector) boosts their list; with an enricher its stages and annotations.
+    -> ([B] lists of (item_id, score), [B] extra record fields or None)"""
+    batch = RankBatch(model, touched.users, hiddens, [[r for r in model.rows_for(st.seen_items()) if r]
+                                                      for st in touched.states], config.top_k,
+                      events=[[e for _, e in fresh] for fresh in touched.pending],
+                      negatives=[st.negatives for st in touched.states], context_alpha=config.context_alpha)
+    if config.context_alpha != 0.0:
+        for n, fresh in enumerate(touched.pending):
+            asked = [(i, e) for i, e in fresh if i in queries]
+            if asked:
+                batch.queries[n], batch.query_texts[n] = queries[asked[-1][0]], context_text(asked[-1][1].context)
+    lists = plain_lists(batch)
     if enricher is not None:
-        lists, extras = enricher.finish(model, users, states, pending, hiddens, exclude, lists, config.top_k,
-                                        user_queries if config.context_alpha != 0.0 else {}, queries or {},
-                                        config.context_alpha)
-    result.topk_seconds = time.perf_counter() - t0
+        return enricher.finish(batch, lists)
+    asked = sorted(batch.queries)
+    if asked:
+        scores = rescore(batch, asked, [boost_queries])
+        for n, items in zip(asked, top_k_lists(model, scores, config.top_k, [batch.seen[n] for n in asked])):
+            lists[n] = items
+    return lists, [None] * len(lists)
 
-    t_sent = now()
-    for user_id, st, fresh, items, extra in zip(users, states, pending, lists, extras):
+
+def emit_records(touched: TouchedUsers, lists: Sequence[list[tuple[str, float]]], extras: Sequence[dict | None],
+                 model_version: str, batch: Sequence[Incoming], now: float, result: BatchResult) -> None:
+    """One recommendation record per touched user, after the user's last new event."""
+    for user_id, st, fresh, items, extra in zip(touched.users, touched.states, touched.pending, lists, extras):
         last = batch[fresh[-1][0]]
         result.recommendations.append(
-            recommendation_record(user_id, st, items, model.version, last, fresh[-1][1].timestamp, t_sent, extra))
-    return result
+            recommendation_record(user_id, st, items, model_version, last, fresh[-1][1].timestamp, now, extra))

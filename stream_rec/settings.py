@@ -55,13 +55,13 @@ class Settings:
     web_port: int = 6066
     batch_max_events: int = 256  # micro-batch: at most this many events ...
     batch_max_wait_ms: int = 5  # ... or this long after the first one
-    # the events agent fills a micro-batch adaptively (stream_rec.app.take_batches): it closes when full, 1 ms
-    # after the intake pauses, or this long after its first event (a backlog fills 256 events in ~50 ms)
+    # the events agent fills a micro-batch adaptively (stream_rec.worker.faust_ext.take_batches): it closes
+    # when full, 1 ms after the intake pauses, or this long after its first event
     batch_fill_max_ms: int = 50
     encoder_batch_max: int = 64  # text encoder micro-batch (slower, sized separately)
     # states of this many recently active users are kept in worker memory as well as in the table: a
-    # read hits the dict instead of RocksDB (Faust's table get + current-event context cost ~40 us per
-    # user, profiled). Emptied at every rebalance, so it never outlives the worker's ownership. 0 = off.
+    # read hits the dict instead of RocksDB through Faust's table get (DEVELOPERS.md: the profile).
+    # Emptied at every rebalance, so it never outlives the worker's ownership. 0 = off.
     state_cache_users: int = 100_000
     top_k: int = 10
     history_len: int = 50  # rolling item history kept per user
@@ -70,14 +70,13 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda
     # compute threads in the worker (torch intra-op and numpy's BLAS): the GRU step on a micro-batch is
     # tiny, and extra threads only contend with Faust's event loop and the consumer thread for the same
-    # cores (measured: 9 ms per step with torch's default on a loaded 2-core box vs ~1 ms with 1; an idle
-    # OpenBLAS helper thread spinning took 42% of the worker's CPU). 0 = the libraries' defaults.
+    # cores (DEVELOPERS.md). 0 = the libraries' defaults.
     torch_threads: int = 1
     context_alpha: float = 1.0  # weight of an event's context.text (a query) in its list; 0 = ignore context
     model_poll_s: float = 3.0  # hot reload: check the --model directory for a newer model this often (0 = never)
-    # --- Smarter recommendations in the worker (stream_rec/live/enrich.py, docs/SMARTER.md) ----------
-    # MMR diversity re-rank: 1 = off (pure relevance), lower = more diverse (0.6: ~5% less NDCG@10 on
-    # ml-1m-half, docs/SMARTER.md); an event's context.mmr_lambda overrides it for the list it produces
+    # --- Smarter recommendations in the worker (stream_rec/recsys/, docs/SMARTER.md) ---------------------
+    # MMR diversity re-rank: 1 = off (pure relevance), lower = more diverse (the trade-off against NDCG is
+    # measured in docs/SMARTER.md); an event's context.mmr_lambda overrides it for the list it produces
     mmr_lambda: float = 1.0
     mmr_candidates: int = 50  # top candidates the MMR re-rank chooses from
     exposure_cap: int = 0  # demote items recommended more than this often in the last exposure_window lists (0 = off)
@@ -119,10 +118,6 @@ class Settings:
     def topic(self, name: str) -> str:
         """Full topic name for a logical name (``events``, ``recommendations`` ...)."""
         return self.topic_prefix + name
-
-    @property
-    def broker_url(self) -> str:
-        return ";".join(f"kafka://{h.strip()}" for h in self.broker.split(",") if h.strip())
 
     @property
     def table_dir(self) -> Path:

@@ -11,7 +11,7 @@ A user's state is what the stream needs to serve the next event without reading 
   (a trained model replacing the untrained one, or a different hidden size) is re-warmed by replaying
   ``history`` through the new model instead of feeding it a foreign vector;
 * ``negatives``: the user's recent negative items (``dislike``/``skip``, or a low ``rate``), newest last,
-  at most ``Enricher.negatives_per_user`` (stream_rec/live/enrich.py). They are kept apart from
+  at most ``Enricher.negatives_per_user`` (stream_rec/recsys/enricher.py). They are kept apart from
   ``history`` (never stepped through the GRU, never replayed by a re-warm, not "seen") and live here so
   a restarted or rebalanced worker still pushes them down.
 

@@ -79,3 +79,13 @@ def make_world(n_users: int = 200, events_per_user: tuple[int, int] = (8, 20), i
             ts += rng.uniform(60, 7200)
     events.sort(key=lambda e: e["timestamp"])
     return World(items=catalog, events=events)
+
+
+def synthetic_events(n: int, users: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(catalog, first n events) of a synthetic world large enough for n events."""
+    per_user = max(1, -(-n // max(users, 1)))
+    world = make_world(n_users=users, events_per_user=(per_user, per_user + 4), seed=seed)
+    events = world.events
+    while len(events) < n:  # tiny --users: repeat the walk
+        events = events + world.events
+    return world.items, events[:n]

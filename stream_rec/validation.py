@@ -112,7 +112,27 @@ def validate_event(raw: bytes | None, *, key: bytes | None = None, check_key: bo
     missing = [f for f in (CONTROL_REQUIRED_FIELDS if control else REQUIRED_FIELDS) if doc.get(f) is None]
     if missing:
         return Invalid("missing_field", "missing " + ", ".join(missing))
+    ids = _check_ids(doc, control)
+    if isinstance(ids, Invalid):
+        return ids
+    user_id, item_id, event_type = ids
+    ts = _check_timestamp(doc["timestamp"], time.time() if now is None else now)
+    if isinstance(ts, Invalid):
+        return ts
+    extras = _check_value_and_context(doc)
+    if isinstance(extras, Invalid):
+        return extras
+    if check_key:
+        key_text = key.decode("utf-8", "replace") if key is not None else None
+        if key_text != user_id:
+            return Invalid("key_mismatch", f"record key {key_text!r} is not the user_id {user_id!r}")
+    if known_item is not None and not control and not known_item(item_id):
+        return Invalid("unknown_item", f"item_id {item_id!r} is not in the catalog")
+    return Event(user_id, item_id, event_type, ts, *extras)
 
+
+def _check_ids(doc: dict, control: bool) -> tuple[str, str, str] | Invalid:
+    """(user_id, item_id, event_type); a control event has no item (``""``)."""
     user_id = _as_id("user_id", doc["user_id"])
     if isinstance(user_id, Invalid):
         return user_id
@@ -124,20 +144,28 @@ def validate_event(raw: bytes | None, *, key: bytes | None = None, check_key: bo
         return Invalid("wrong_type", f"event_type must be a string, got {type(event_type).__name__}")
     if event_type not in EVENT_TYPES and not control:
         return Invalid("unknown_event_type", f"{event_type[:50]!r} not in {sorted(EVENT_TYPES)}")
+    return user_id, item_id, event_type
 
-    ts = _as_number(doc["timestamp"])
+
+def _check_timestamp(value: Any, now: float) -> float | Invalid:
+    """Epoch seconds (milliseconds converted), not before 2000, not more than a day ahead of ``now``."""
+    ts = _as_number(value)
     if ts is None:
-        return Invalid("wrong_type", f"timestamp must be a number (epoch seconds), got {type(doc['timestamp']).__name__}")
+        return Invalid("wrong_type", f"timestamp must be a number (epoch seconds), got {type(value).__name__}")
     if not math.isfinite(ts):
         return Invalid("bad_timestamp", f"timestamp is {ts}")
     if ts > 1e11:  # epoch milliseconds
         ts /= 1000.0
-    now = time.time() if now is None else now
     if ts < MIN_TIMESTAMP:
         return Invalid("bad_timestamp", f"timestamp {ts} is before 2000-01-01")
     if ts > now + FUTURE_SLACK_S:
         return Invalid("bad_timestamp", f"timestamp {ts} is {ts - now:.0f} s in the future")
+    return ts
 
+
+def _check_value_and_context(doc: dict) -> tuple[float | None, dict[str, Any]] | Invalid:
+    """(value, context): an optional finite number, an optional object with a string ``text`` and a
+    ``mmr_lambda`` in [0, 1]."""
     value = doc.get("value")
     if value is not None:
         value = _as_number(value)
@@ -150,16 +178,9 @@ def validate_event(raw: bytes | None, *, key: bytes | None = None, check_key: bo
         return Invalid("wrong_type", f"context must be an object, got {type(context).__name__}")
     elif "text" in context and context["text"] is not None and not isinstance(context["text"], str):
         return Invalid("wrong_type", "context.text must be a string")
-    elif context.get("mmr_lambda") is not None:  # per-request diversity (stream_rec/live/enrich.py)
+    elif context.get("mmr_lambda") is not None:  # per-request diversity (stream_rec/recsys/enricher.py)
         lam = _as_number(context["mmr_lambda"])
         if lam is None or not 0.0 <= lam <= 1.0:  # NaN fails the range check too
             return Invalid("wrong_type", f"context.mmr_lambda must be a number in [0, 1], "
                                          f"got {str(context['mmr_lambda'])[:50]!r}")
-
-    if check_key:
-        key_text = key.decode("utf-8", "replace") if key is not None else None
-        if key_text != user_id:
-            return Invalid("key_mismatch", f"record key {key_text!r} is not the user_id {user_id!r}")
-    if known_item is not None and not control and not known_item(item_id):
-        return Invalid("unknown_item", f"item_id {item_id!r} is not in the catalog")
-    return Event(user_id, item_id, event_type, ts, value, context)
+    return value, context

@@ -4,11 +4,12 @@ produce/consume with aiokafka, Prometheus scraping.
 Every test gets its own topic prefix and app id (``spine_settings``), so tests sharing the session broker
 never see each other's records or consumer groups.
 
-Workers run in a subprocess (``WorkerProcess``), not in the pytest process: Faust keeps process-wide
-state (the current-event ContextVar, signal handlers, the Prometheus registry of stream_rec.metrics), so
-two workers, or a worker and a test, in one process would share counters and handlers. "In process" is
-the pure layer: ``stream_rec.pipeline.process_batch`` with a dict as the state store (see
-tests/test_spine_units.py), which is what the worker runs per micro-batch.
+Workers run in a subprocess (``WorkerProcess``: stream_rec_devtools.harness's, with one compute thread),
+not in the pytest process: Faust keeps process-wide state (the current-event ContextVar, signal handlers,
+the Prometheus registry of stream_rec.metrics), so two workers, or a worker and a test, in one process
+would share counters and handlers. "In process" is the pure layer: ``stream_rec.pipeline.process_batch``
+with a dict as the state store (see tests/test_spine_units.py), which is what the worker runs per
+micro-batch.
 
     def test_something(spine_settings, tmp_path):
         settings = spine_settings                      # Settings bound to the session broker
@@ -20,11 +21,8 @@ tests/test_spine_units.py), which is what the worker runs per micro-batch.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -33,9 +31,10 @@ from typing import Any, Callable, Iterable
 
 import pytest
 
-from stream_rec.broker import EmbeddedBroker, free_port
-from stream_rec.kafka import client_kwargs, ensure_topics, produce_json
+from stream_rec.io.broker import EmbeddedBroker, free_port
+from stream_rec.io.kafka import ensure_topics, kafka_consumer, kafka_producer
 from stream_rec.settings import Settings
+from stream_rec_devtools import harness
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,9 +82,7 @@ def produce(settings: Settings, topic: str, records: Iterable[dict | bytes], key
 
     Keys come from ``record[key_field]`` for dicts, or from ``keys`` (one per record) when given."""
     async def go() -> int:
-        from aiokafka import AIOKafkaProducer
-
-        producer = AIOKafkaProducer(**client_kwargs(settings), linger_ms=2)
+        producer = kafka_producer(settings, linger_ms=2)
         await producer.start()
         try:
             recs = list(records)
@@ -107,10 +104,7 @@ def consume(settings: Settings, topic: str, count: int | None = None, timeout_s:
     ``idle_s`` seconds without a new record (after at least one), or ``timeout_s``. Each record is a dict:
     ``{key, value (parsed JSON or raw bytes), partition, offset, topic}``."""
     async def go() -> list[dict]:
-        from aiokafka import AIOKafkaConsumer
-
-        consumer = AIOKafkaConsumer(topic, **client_kwargs(settings), group_id=None,
-                                    auto_offset_reset="earliest", fetch_max_wait_ms=100)
+        consumer = kafka_consumer(settings, topic, auto_offset_reset="earliest", fetch_max_wait_ms=100)
         await consumer.start()
         out: list[dict] = []
         deadline = time.monotonic() + timeout_s
@@ -140,69 +134,10 @@ def consume(settings: Settings, topic: str, count: int | None = None, timeout_s:
 
 
 # --- worker ---------------------------------------------------------------------------------------------
-class WorkerProcess:
-    """``stream-rec worker`` in a subprocess with these settings (via STREAM_REC_* env vars).
-
-    Context manager; ``stop()`` sends SIGTERM (a clean Faust shutdown) and kills after ``grace_s``;
-    ``kill()`` is a crash (SIGKILL). The log is in ``self.log_path`` (shown by ``log_tail()``)."""
-
-    def __init__(self, settings: Settings, workdir: Path, items: Path | None = None, extra_args: list[str] = (),
-                 env: dict[str, str] | None = None):
-        self.settings = settings
-        self.workdir = Path(workdir)
-        self.items = items
-        self.extra_args = list(extra_args)
-        self.env = env or {}
-        self.proc: subprocess.Popen | None = None
-        self.log_path = self.workdir / f"worker-{uuid.uuid4().hex[:6]}.log"
-
-    def start(self) -> "WorkerProcess":
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-               **self.env}
-        cmd = [sys.executable, "-m", "stream_rec", "worker", "--loglevel", "info", *self.extra_args]
-        if self.items:
-            cmd += ["--items", str(self.items)]
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, n_chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n_chars:]
-        except OSError:
-            return ""
-
-    def metrics_url(self) -> str:
-        return f"http://{self.settings.metrics_host}:{self.settings.metrics_port}/metrics"
-
-    def stop(self, grace_s: float = 20.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def __enter__(self) -> "WorkerProcess":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+# ``stream-rec worker`` in a subprocess with these settings (STREAM_REC_* env vars), one compute thread:
+# ``WorkerProcess(settings, workdir, items=..., extra_args=..., env=...)``; context manager; ``stop()`` is a
+# clean Faust shutdown (SIGTERM), ``kill()`` a crash (SIGKILL); the log is ``log_path`` (``log_tail()``).
+WorkerProcess = functools.partial(harness.WorkerProcess, threads=1)
 
 
 # --- metrics ---------------------------------------------------------------------------------------------

@@ -289,8 +289,8 @@ def test_dockerfile_copies_files_that_exist():
 
 
 def test_topic_init_script_matches_the_topic_layout():
-    """deploy/kafka/create-topics.sh creates what stream_rec.kafka expects (partitions, compaction)."""
-    from stream_rec.kafka import topic_specs
+    """deploy/kafka/create-topics.sh creates what stream_rec.io.topics expects (partitions, compaction)."""
+    from stream_rec.io.topics import topic_specs
     from stream_rec.settings import Settings
 
     script = (DEPLOY / "kafka" / "create-topics.sh").read_text()

@@ -1,4 +1,4 @@
-"""Issue 8 live in the worker: stream_rec/live/enrich.py through process_batch, and one real-broker test."""
+"""Issue 8 live in the worker: stream_rec/recsys/enricher.py through process_batch, and one real-broker test."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from recsys_fixtures import theme_world
-from stream_rec.live.enrich import Enricher, interest_labels, title_of_text
-from stream_rec.live.service import catalog_text
+from stream_rec.io.data import catalog_text
+from stream_rec.recsys.enricher import Enricher
+from stream_rec.recsys.explain import title_of_text
+from stream_rec.recsys.interests import interest_labels
 from stream_rec.model.recommender import Recommender
 from stream_rec.pipeline import Incoming, PipelineConfig, process_batch
 
@@ -285,7 +287,7 @@ def test_worker_recs_carry_reasons_and_a_dislike_pushes_the_theme_down(spine_set
     import dataclasses
 
     from conftest import WorkerProcess, consume, produce
-    from stream_rec.live.demo_model import train_demo_model
+    from stream_rec_devtools.demo_model import train_demo_model
 
     torch.set_num_threads(1)
     model_dir = tmp_path / "model"

@@ -18,23 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from stream_rec.data import write_events_csv
-from stream_rec.live.demo_model import train_demo_model
+from stream_rec.io.data import write_events_csv
+from stream_rec_devtools.demo_model import train_demo_model
 from stream_rec.synthetic import make_world
 
 from conftest import WorkerProcess, consume, produce, wait_until
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def _worker_wiring_present() -> bool:
-    from stream_rec import app
-
-    return hasattr(app.Spine, "update_catalog")
-
-
-needs_wiring = pytest.mark.skipif(not _worker_wiring_present(),
-                                  reason="issue-5 worker wiring (catalog encoding, hot reload) not applied to app.py yet")
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +106,6 @@ def wait_for_rec(settings, predicate, timeout_s: float = 90.0, nudge=None, nudge
     pytest.fail("no matching recommendation in time")
 
 
-@needs_wiring
 def test_catalog_item_published_mid_stream_is_recommended(spine_settings, trained_model, tmp_path):
     from stream_rec.synthetic import DESCRIPTIONS
 
@@ -158,7 +147,6 @@ def test_catalog_item_published_mid_stream_is_recommended(spine_settings, traine
     assert cooking(asked) > cooking(rec), (asked["items"], rec["items"])
 
 
-@needs_wiring
 def test_hot_reload_swaps_version_and_keeps_user_state(spine_settings, trained_model, tmp_path):
     settings = spine_settings.replace(model_poll_s=1.0)
     root = tmp_path / "models"
@@ -208,7 +196,7 @@ def test_hot_reload_swaps_version_and_keeps_user_state(spine_settings, trained_m
 def test_replay_scores_every_list_and_matches_offline(broker, trained_model, tmp_path):
     """`stream-rec replay --order paced` through the real broker and worker: every event gets its own
     list, and the lists before each user's last event score like the offline evaluation."""
-    from stream_rec.data import write_items_csv
+    from stream_rec.io.data import write_items_csv
 
     world = make_world(n_users=30, events_per_user=(5, 9), seed=5)
     write_events_csv(tmp_path / "events.csv", world.events)

@@ -1,4 +1,4 @@
-"""Unit tests of stream_rec.live without Kafka: encoding queue batching, prequential scoring,
+"""Unit tests of the worker's live-model pieces without Kafka: encoding queue batching, prequential scoring,
 model resolution and re-warming."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from stream_rec.live.encoding import EncodingError, EncodingQueue
-from stream_rec.live.prequential import PrequentialScorer, rank_metrics
+from stream_rec.worker.encoding import EncodingError, EncodingQueue
+from stream_rec_devtools.prequential import PrequentialScorer, rank_metrics
 
 
 class CountingEncoder:
@@ -116,7 +116,7 @@ def tiny_models(tmp_path_factory):
     """Two small ID-only models of the synthetic world (different hidden sizes), trained in ~1 s each."""
     import torch
 
-    from stream_rec.live.demo_model import train_demo_model
+    from stream_rec_devtools.demo_model import train_demo_model
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("models")
@@ -128,7 +128,7 @@ def tiny_models(tmp_path_factory):
 def test_newest_model_dir_skips_broken_and_incomplete(tiny_models, tmp_path):
     import shutil
 
-    from stream_rec.live.models import ModelResolutionError, candidate_dirs, load_newest, newest_model_dir
+    from stream_rec.worker.models import ModelResolutionError, candidate_dirs, load_newest, newest_model_dir
 
     root, a, b = tiny_models
     models = tmp_path / "models"
@@ -149,25 +149,31 @@ def test_newest_model_dir_skips_broken_and_incomplete(tiny_models, tmp_path):
 
 
 def test_rewarm_equals_stepping_through_history(tiny_models):
-    from stream_rec.live.models import gaps_from_timestamps, rewarm
-    from stream_rec.pipeline import rewarm as pipeline_rewarm
-    from stream_rec.state import UserState
+    from stream_rec.model.sequences import rewarm, time_gaps
 
     _, a, _ = tiny_models
     items = ["space-01", "space-02", "space-03", "cooking-04"]
     ts = [100.0, 400.0, 4000.0, 4100.0]
-    rows, gaps = a.rows_for(items), gaps_from_timestamps(ts)
+    rows, gaps = a.rows_for(items), time_gaps(ts)
+    assert gaps == [0.0, 300.0, 3600.0, 100.0]
     h = a.init_state(1)
     for r, g in zip(rows, gaps):
         h = a.step(h, [r], [g])
-    np.testing.assert_allclose(rewarm(a, rows, gaps), h[0], atol=1e-5)
-    np.testing.assert_allclose(pipeline_rewarm(a, [UserState(None, list(zip(items, ts)))])[0], h[0], atol=1e-5)
+    other = [("space-05", 50.0), ("unknown-item", 60.0), ("space-06", 80.0)]  # an unknown item is skipped
+    h2 = a.init_state(1)
+    for r, g in zip(a.rows_for(["space-05", "space-06"]), [0.0, 30.0]):
+        h2 = a.step(h2, [r], [g])
+    warmed = rewarm(a, [list(zip(items, ts)), other, []])  # batched across users of different lengths
+    np.testing.assert_allclose(warmed[0], h[0], atol=1e-5)
+    np.testing.assert_allclose(warmed[1], h2[0], atol=1e-5)
+    np.testing.assert_allclose(warmed[2], a.init_state(1)[0], atol=1e-6)
 
 
 def test_live_model_reload_swaps_and_carries_live_items(tiny_models, tmp_path):
     import shutil
 
-    from stream_rec.live.models import LiveModel, reload_request
+    from stream_rec.io.topics import reload_request
+    from stream_rec.worker.models import LiveModel
 
     root, a, b = tiny_models
     models = tmp_path / "models"
@@ -195,15 +201,6 @@ def test_live_model_reload_swaps_and_carries_live_items(tiny_models, tmp_path):
     assert reload_request(b"junk") is False and reload_request({"type": "other"}) is False
 
 
-def _pipeline_takes_queries() -> bool:
-    import inspect
-
-    from stream_rec.pipeline import process_batch
-
-    return "queries" in inspect.signature(process_batch).parameters
-
-
-@pytest.mark.skipif(not _pipeline_takes_queries(), reason="issue-5 context wiring not applied to pipeline.py yet")
 def test_context_query_moves_the_list_toward_matching_items(tmp_path_factory):
     """An event carrying context.text gets a list boosted toward items whose text matches the query
     (here the query vector is a space item's own text vector: no encoder needed)."""
@@ -211,8 +208,8 @@ def test_context_query_moves_the_list_toward_matching_items(tmp_path_factory):
 
     import torch
 
-    from stream_rec.live.demo_model import train_demo_model
-    from stream_rec.live.service import context_text_of
+    from stream_rec.recsys.context import context_text_of
+    from stream_rec_devtools.demo_model import train_demo_model
     from stream_rec.pipeline import Incoming, PipelineConfig, process_batch
 
     torch.set_num_threads(1)

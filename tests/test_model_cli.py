@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stream_rec.cli import main
-from stream_rec.data import write_events_csv, write_items_csv
+from stream_rec.io.data import write_events_csv, write_items_csv
 from stream_rec.synthetic import make_catalog, make_world
 
 torch.set_num_threads(1)
@@ -62,6 +62,22 @@ def test_train_evaluate_recommend(files, variant, capsys):
         recommended |= set(line["items"])
     if variant == "hybrid":  # new items reach the lists through their text vectors
         assert any(i.startswith("nature-") for i in recommended)
+
+
+def test_train_and_recommend_read_the_jsonl_the_stack_produces(files, tmp_path, capsys):
+    """Events as the events topic carries them and the catalog as `stream-rec produce --items-out` writes it."""
+    _, world = files
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in world.events))
+    (tmp_path / "catalog.jsonl").write_text("".join(json.dumps(i) + "\n" for i in world.items))
+    model = tmp_path / "model"
+    run_cli("train", "--events", tmp_path / "events.jsonl", "--items", tmp_path / "catalog.jsonl", "--out", model,
+            "--epochs", 1, "--hidden", 16, "--emb-dim", 8, "--quiet", "--device", "cpu", "--no-text")
+    assert json.loads(capsys.readouterr().out)["version"].startswith("gru-")
+    assert json.loads((model / "items.json").read_text())["item_ids"] == [i["item_id"] for i in world.items]
+    run_cli("recommend", "--model", model, "--events", tmp_path / "events.jsonl", "--k", 5, "--quiet",
+            "--out", tmp_path / "recs.jsonl")
+    users = {json.loads(line)["user_id"] for line in (tmp_path / "recs.jsonl").read_text().splitlines()}
+    assert users == {e["user_id"] for e in world.events}
 
 
 def test_clear_errors(files, tmp_path, capsys):

@@ -1,9 +1,12 @@
-"""Readers for event logs / catalogs (CSV and MovieLens formats) and the leave-one-out split."""
+"""Readers for event logs / catalogs (CSV, JSONL and MovieLens formats) and the leave-one-out split."""
+
+import json
 
 import pytest
 
-from stream_rec.data import (DataError, detect_format, leave_one_out, movie_text, read_events, read_items,
-                             sequences)
+from stream_rec.io.data import (DataError, catalog_text, detect_format, leave_one_out, movie_text, read_catalog,
+                                read_event_records, read_events, read_items, sequences, write_events_csv)
+from stream_rec.synthetic import make_world
 
 
 def test_csv_events_ids_are_strings_and_ties_keep_file_order(tmp_path):
@@ -66,3 +69,30 @@ def test_leave_one_out():
 
 def test_movie_text_without_genres():
     assert movie_text("Heat (1995)", ["(no genres listed)"]) == "Heat (1995)."
+
+
+def test_jsonl_events_and_catalog_read_as_the_stack_writes_them(tmp_path):
+    """The events topic's records and the catalog records (what `stream-rec produce` publishes) train
+    like the same log as CSV; control events are skipped; epoch milliseconds become seconds."""
+    world = make_world(n_users=5, events_per_user=(3, 5), seed=2)
+    events = tmp_path / "events.jsonl"
+    lines = [json.dumps(e) for e in world.events]
+    lines.insert(2, json.dumps({"user_id": "u0000", "event_type": "delete_user", "timestamp": 1_700_000_000}))
+    events.write_text("\n".join(lines) + "\n\n")
+    write_events_csv(tmp_path / "events.csv", world.events)
+    assert detect_format(events) == "jsonl"
+    assert read_events(events) == read_events(tmp_path / "events.csv")
+    assert [r["event_type"] for r in read_event_records(events)][2] == "delete_user"  # produce sends it as it is
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text("".join(json.dumps(it) + "\n" for it in world.items))
+    texts = read_items(catalog)
+    assert list(texts) == [it["item_id"] for it in world.items]
+    assert texts[world.items[0]["item_id"]] == catalog_text(world.items[0])  # the text the worker encodes
+    assert "genre: " in texts[world.items[0]["item_id"]]
+    assert read_catalog(catalog) == world.items
+    ms = tmp_path / "ms.jsonl"
+    ms.write_text(json.dumps({"user_id": 1, "item_id": 2, "timestamp": 1_700_000_000_500}) + "\n")
+    assert read_events(ms)[0] == read_events(ms, "jsonl")[0] and read_events(ms)[0].timestamp == 1_700_000_000.5
+    ms.write_text('{"user_id": "a", "item_id": "b", "timestamp": 1}\nnot json\n')
+    with pytest.raises(DataError, match="ms.jsonl:2: not JSON"):
+        read_events(ms)

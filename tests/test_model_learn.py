@@ -3,7 +3,7 @@ through its serving path) beats most-popular and first-order Markov on HR@10."""
 
 import torch
 
-from stream_rec.data import Event, leave_one_out, sequences
+from stream_rec.io.data import Interaction, leave_one_out, sequences
 from stream_rec.model.evaluate import evaluate_recommender
 from stream_rec.model.train import TrainParams, train_recommender
 from stream_rec.synthetic import make_world
@@ -13,7 +13,7 @@ torch.set_num_threads(1)
 
 def world_split(**kw):
     world = make_world(**kw)
-    split = leave_one_out(sequences([Event(e["user_id"], e["item_id"], e["timestamp"]) for e in world.events]))
+    split = leave_one_out(sequences([Interaction(e["user_id"], e["item_id"], e["timestamp"]) for e in world.events]))
     return world, split
 
 

@@ -8,7 +8,8 @@ import torch
 from stream_rec.model.evaluate import step_histories
 from stream_rec.model.gru import PAD, GRUConfig, HybridGRU
 from stream_rec.model.recommender import Recommender
-from stream_rec.model.train import Sequence_, final_states
+from stream_rec.model.sequences import UserSequence
+from stream_rec.model.train import final_states
 
 torch.set_num_threads(1)
 N_ITEMS, TEXT_DIM = 40, 16
@@ -55,7 +56,7 @@ def test_recommender_serving_path_equals_training_forward():
     rows, gaps = random_histories(9)
     rec = Recommender(model, [f"i{n}" for n in range(N_ITEMS)], "test", trained=True, device="cpu")
     served = step_histories(rec, rows, gaps)
-    trained = final_states(model, [Sequence_(r, g) for r, g in zip(rows, gaps)], batch_size=4, max_len=5)
+    trained = final_states(model, [UserSequence(r, g) for r, g in zip(rows, gaps)], batch_size=4, max_len=5)
     np.testing.assert_allclose(served, trained.numpy(), atol=1e-5)
     s_serv = rec.score_rows(served)
     s_train = model.scores(trained)

@@ -23,9 +23,10 @@ import urllib.request
 import pytest
 
 from conftest import WorkerProcess, consume, make_settings, produce, wait_until, write_items
-from stream_rec.app import STATE_TABLE
-from stream_rec.faults import listening_sockets, read_changelog_states, read_topic
-from stream_rec.kafka import ensure_topics
+from stream_rec.io.kafka import ensure_topics, read_topic
+from stream_rec.io.topics import STATE_TABLE
+from stream_rec_devtools.harness import read_changelog_states
+from stream_rec_devtools.procfs import listening_sockets
 from stream_rec.privacy import pseudonymize
 from stream_rec.synthetic import make_catalog
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stream_rec.broker import free_port
+from stream_rec.io.broker import free_port
 from stream_rec.synthetic import make_world
 
 from conftest import WorkerProcess, produce, scrape, wait_until, write_items

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stream_rec.cli import main
-from stream_rec.data import write_events_csv, write_items_csv
+from stream_rec.io.data import write_events_csv, write_items_csv
 from stream_rec.model.recommender import Recommender
 from stream_rec.synthetic import THEMES, make_world
 
@@ -63,9 +63,9 @@ def test_interests_cli(model_dir, capsys):
 
 
 def test_drift_alarm_triggers_a_background_finetune_into_the_models_dir(model_dir, tmp_path):
-    from stream_rec.data import read_events
-    from stream_rec.recsys.drift import DriftAlarm
-    from stream_rec.recsys.finetune import DriftFinetuner, FinetuneParams
+    from stream_rec.io.data import read_events
+    from stream_rec.learning.drift import DriftAlarm
+    from stream_rec.learning.finetune import DriftFinetuner, FinetuneParams
 
     recent = [{"user_id": e.user_id, "item_id": e.item_id, "timestamp": e.timestamp}
               for e in read_events(model_dir / "recent.csv")]

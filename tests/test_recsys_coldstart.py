@@ -7,8 +7,9 @@ import torch
 from stream_rec.model.evaluate import EvalCase, evaluate_scorer, recommender_scorer
 from stream_rec.model.gru import GRUConfig
 from stream_rec.model.recommender import Recommender
-from stream_rec.model.train import TrainParams, to_sequence, train_model
-from stream_rec.recsys.coldstart import INIT_STATE_FILE, learn_initial_state
+from stream_rec.model.coldstart import INIT_STATE_FILE, learn_initial_state
+from stream_rec.model.sequences import to_sequence
+from stream_rec.model.train import TrainParams, train_model
 from stream_rec.synthetic import make_world
 
 

@@ -7,8 +7,9 @@ import torch
 
 from stream_rec.model.gru import GRUConfig
 from stream_rec.model.recommender import Recommender
-from stream_rec.model.train import TrainParams, to_sequence, train_model
-from stream_rec.recsys.finetune import FinetuneParams, finetune, time_slices
+from stream_rec.learning.finetune import FinetuneParams, finetune, time_slices
+from stream_rec.model.sequences import to_sequence
+from stream_rec.model.train import TrainParams, train_model
 from stream_rec.synthetic import make_world
 
 

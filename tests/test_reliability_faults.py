@@ -3,7 +3,7 @@
 Every test here produces a stream of events for many users while something goes wrong, lets the
 worker(s) catch up, and then checks the *stored* truth, not just that recommendations came out:
 
-* the table's changelog is read back (``stream_rec.faults.read_changelog_states``: the last record per
+* the table's changelog is read back (``stream_rec_devtools.harness.read_changelog_states``: the last record per
   key, decoded with ``stream_rec.state``) -- that is exactly what a restarted or rebalanced worker
   restores, so a state that only lives in one worker's local RocksDB would fail the check;
 * for every user, the rolling history must equal the events produced for that user, in order, and
@@ -32,10 +32,12 @@ from pathlib import Path
 import pytest
 
 from conftest import WorkerProcess, consume, make_settings, produce, scrape, wait_until, write_items
-from stream_rec.app import STATE_TABLE
-from stream_rec.broker import EmbeddedBroker, free_port
-from stream_rec.faults import RssSampler, fuzz_corpus, paused, read_changelog_states
-from stream_rec.kafka import ensure_topics
+from stream_rec.io.broker import EmbeddedBroker, free_port
+from stream_rec.io.kafka import ensure_topics
+from stream_rec.io.topics import STATE_TABLE
+from stream_rec_devtools.faults import fuzz_corpus, paused
+from stream_rec_devtools.harness import read_changelog_states
+from stream_rec_devtools.procfs import RssSampler
 from stream_rec.synthetic import make_catalog
 from stream_rec.validation import REASONS
 

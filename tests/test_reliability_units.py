@@ -16,7 +16,8 @@ import time
 import pytest
 
 from stream_rec.commands.forget import delete_user_event
-from stream_rec.faults import FUZZ_KINDS, RssSampler, fuzz_corpus, paused, proc_status_kb
+from stream_rec_devtools.faults import FUZZ_KINDS, fuzz_corpus, paused
+from stream_rec_devtools.procfs import RssSampler, proc_status_kb
 from stream_rec.privacy import pseudonymize
 from stream_rec.state import UserState, encode_state
 from stream_rec.validation import DELETE_USER, Invalid, validate_event
@@ -111,7 +112,7 @@ def test_rss_sampler_sees_an_allocation():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
 def test_listening_sockets_reports_bound_addresses():
-    from stream_rec.faults import listening_sockets
+    from stream_rec_devtools.procfs import listening_sockets
 
     code = ("import socket, time\n"
             "a = socket.socket(); a.bind(('127.0.0.1', 0)); a.listen()\n"

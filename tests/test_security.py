@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from stream_rec.kafka import client_kwargs, faust_credentials
+from stream_rec.io.kafka import client_kwargs, faust_credentials
 from stream_rec.settings import Settings
 
 
@@ -112,11 +112,12 @@ def test_worker_app_gets_credentials_and_keeps_its_web_server_private(tls_files,
     aiokafka clients), and its web server neither listens publicly nor serves table contents."""
     from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-    from stream_rec.app import Spine, build_app
+    from stream_rec.worker.app import build_app
+    from stream_rec.worker.services import WorkerServices
 
     settings = _settings("SASL_SSL", tls_files, sasl_mechanism="SCRAM-SHA-256", data_dir=tmp_path / "d",
                          app_id="security-test")
-    app = build_app(settings, Spine(settings))
+    app = build_app(settings, WorkerServices(settings))
     auth = credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context)
     assert auth["security_protocol"] == "SASL_SSL" and auth["sasl_mechanism"] == "SCRAM-SHA-256"
     assert auth["sasl_plain_username"] == "svc-rec" and auth["sasl_plain_password"] == "s3cret"

@@ -194,7 +194,7 @@ def test_no_model_sends_everything_to_dlq():
 
 # --- worker state cache --------------------------------------------------------------------------------
 def test_state_cache_is_a_bounded_lru_that_forgets_on_discard_and_clear():
-    from stream_rec.app import StateCache
+    from stream_rec.worker.services import StateCache
 
     cache = StateCache(2)
     cache.put(b"a", b"1")

@@ -7,20 +7,20 @@ import argparse
 
 def add_data_args(p: argparse.ArgumentParser, events_help: str | None = None, items_required: bool = True) -> None:
     p.add_argument("--events", required=True,
-                   help=events_help or "events: CSV with user_id,item_id,timestamp (extra columns ignored), or MovieLens "
-                                       "u.data / ratings.dat, or a MovieLens directory")
+                   help=events_help or "events: CSV with user_id,item_id,timestamp (extra columns ignored), JSONL "
+                                       "events-topic records, MovieLens u.data / ratings.dat, or a MovieLens directory")
     p.add_argument("--items", required=items_required,
-                   help="items: CSV with item_id,title (+ columns named in --text-columns), or MovieLens u.item / "
-                        "movies.dat, or a MovieLens directory")
-    p.add_argument("--format", default="auto", choices=["auto", "csv", "ml-100k", "ml-1m"],
+                   help="items: CSV with item_id,title (+ columns named in --text-columns), JSONL catalog records, or "
+                        "MovieLens u.item / movies.dat, or a MovieLens directory")
+    p.add_argument("--format", default="auto", choices=["auto", "csv", "jsonl", "ml-100k", "ml-1m"],
                    help="file format; auto = by file name (u.data/u.item -> ml-100k, ratings.dat/movies.dat -> ml-1m, "
-                        "anything else -> csv)")
+                        "*.jsonl -> jsonl, anything else -> csv)")
     p.add_argument("--text-columns", default="",
                    help="comma-separated extra item CSV columns appended to the title as item text ('*' = all)")
 
 
 def read_item_texts(args: argparse.Namespace) -> dict[str, str]:
-    from ..data import read_items
+    from ..io.data import read_items
 
     if not args.items:
         return {}
@@ -30,7 +30,7 @@ def read_item_texts(args: argparse.Namespace) -> dict[str, str]:
 
 def load_data(args: argparse.Namespace):
     """(leave-one-out split, item texts, a small description of the data) from the flags."""
-    from ..data import DataError, leave_one_out, read_events, sequences
+    from ..io.data import DataError, leave_one_out, read_events, sequences
 
     try:
         events = read_events(args.events, args.format)

@@ -25,8 +25,8 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from ..broker import EmbeddedBroker
-    from ..kafka import ensure_topics
+    from ..io.broker import EmbeddedBroker
+    from ..io.kafka import ensure_topics
     from ..settings import Settings
 
     with EmbeddedBroker(args.port or None, args.host, log_file=args.log_file) as broker:

@@ -11,10 +11,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
-import os
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,37 +42,63 @@ def say(text: str) -> None:
     print(f"[demo] {text}", flush=True)
 
 
-def stop_process(proc: subprocess.Popen | None, grace_s: float = 20.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
+def demo_model(args: argparse.Namespace) -> str | None:
+    """The model directory to serve: ``--model``, none with ``--untrained``, else the cached demo model."""
+    if args.model or args.untrained:
+        return args.model
+    from stream_rec_devtools.demo_model import demo_model_dir
+
+    from ..settings import Settings
+
+    say("training a small model on the synthetic world (seconds; cached for the next run) ...")
+    model = str(demo_model_dir(Settings.from_env().cache_dir))
+    say(f"serving the trained model in {model}: watch each user's recommendations follow their sequence")
+    return model
+
+
+async def produce_and_tail(settings, events: list[dict], args: argparse.Namespace, worker) -> None:
+    """Publish the synthetic events at ``--rate`` and print the recommendations until Ctrl-C, ``--duration``
+    or the worker's exit."""
+    import asyncio
+
+    from ..io.kafka import publish
+    from .tail import follow
+
+    stop = asyncio.Event()
+    producer = asyncio.create_task(publish(settings, settings.topic(settings.events_topic), events,
+                                           len(events), args.rate, True, progress=False))
+    tail = asyncio.create_task(follow(settings, False, 0, 0, 5, False, stop=stop))
+    started = time.monotonic()
     try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        while not tail.done():
+            if not worker.alive():
+                say(f"worker exited with code {worker.proc.returncode}; see {worker.log_path}")
+                break
+            if args.duration and time.monotonic() - started > args.duration:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        # if stopping ever takes long, say where we are stuck (all threads' stacks on stderr)
+        faulthandler.dump_traceback_later(30, exit=False)
+        stop.set()
+        producer.cancel()
+        # bounded: asyncio.wait returns at the timeout even if a task ignores its cancellation
+        await asyncio.wait({producer, tail}, timeout=10)
 
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from ..broker import EmbeddedBroker, free_port
-    from ..kafka import ensure_topics, produce_json
+    from stream_rec_devtools.harness import WorkerProcess
+
+    from ..io.broker import EmbeddedBroker, free_port
+    from ..io.kafka import ensure_topics, produce_json
     from ..settings import Settings
-    from .produce import publish, synthetic_events
-    from .tail import follow
+    from ..synthetic import synthetic_events
 
-    model = args.model
-    if not model and not args.untrained:
-        from ..live.demo_model import demo_model_dir
-
-        say("training a small model on the synthetic world (seconds; cached for the next run) ...")
-        model = str(demo_model_dir(Settings.from_env().cache_dir))
-        say(f"serving the trained model in {model}: watch each user's recommendations follow their sequence")
+    model = demo_model(args)
     data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="stream-rec-demo-"))
     data_dir.mkdir(parents=True, exist_ok=True)
-    worker_log = data_dir / "worker.log"
-    worker = None
     with EmbeddedBroker(args.port or None, log_file=data_dir / "broker.log") as broker:
         settings = Settings.from_env(broker=broker.bootstrap, data_dir=data_dir / "worker",
                                      metrics_port=args.metrics_port or free_port(), web_port=free_port(),
@@ -87,51 +110,22 @@ def run(args: argparse.Namespace) -> int:
         items_file.write_text("".join(json.dumps(i) + "\n" for i in items))
         asyncio.run(produce_json(settings, settings.topic(settings.catalog_topic), items, "item_id"))
         say(f"catalog: {len(items)} items published to '{settings.topic(settings.catalog_topic)}'")
-
-        env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
-        log_fh = open(worker_log, "wb")
-        worker = subprocess.Popen([sys.executable, "-m", "stream_rec", "worker", "--items", str(items_file)],
-                                  env=env, stdout=log_fh, stderr=subprocess.STDOUT, start_new_session=True)
-        say(f"worker pid {worker.pid} started (log: {worker_log}, metrics: "
-            f"http://{settings.metrics_host}:{settings.metrics_port}/metrics); it joins its group in ~10 s")
+        worker = WorkerProcess(settings, items=items_file, log_file=data_dir / "worker.log").start()
+        say(f"worker pid {worker.proc.pid} started (log: {worker.log_path}, metrics: {worker.metrics_url()}); "
+            "it joins its group in ~10 s")
         say(f"producing {args.rate:g} events/s for {args.users} users; recommendations below "
             "(user, last items seen -> top items). Ctrl-C stops everything.")
-
-        async def main() -> None:
-            stop = asyncio.Event()
-            producer = asyncio.create_task(publish(settings, settings.topic(settings.events_topic), events,
-                                                   len(events), args.rate, True, progress=False))
-            tail = asyncio.create_task(follow(settings, False, 0, 0, 5, False, stop=stop))
-            started = time.monotonic()
-            try:
-                while not tail.done():
-                    if worker.poll() is not None:
-                        say(f"worker exited with code {worker.returncode}; see {worker_log}")
-                        break
-                    if args.duration and time.monotonic() - started > args.duration:
-                        break
-                    await asyncio.sleep(0.2)
-            finally:
-                # if stopping ever takes long, say where we are stuck (all threads' stacks on stderr)
-                faulthandler.dump_traceback_later(30, exit=False)
-                stop.set()
-                producer.cancel()
-                # bounded: asyncio.wait returns at the timeout even if a task ignores its cancellation
-                await asyncio.wait({producer, tail}, timeout=10)
-
         try:
-            asyncio.run(main())
+            asyncio.run(produce_and_tail(settings, events, args, worker))
         except KeyboardInterrupt:
             pass
         finally:
             say("stopping worker ...")
             try:
-                stop_process(worker)
+                worker.stop()
             except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
                 worker.kill()
-                worker.wait()
             faulthandler.cancel_dump_traceback_later()
-            log_fh.close()
             say("stopping broker ...")
     say(f"stopped; worker log and state kept in {data_dir}")
-    return 0 if worker is None or worker.returncode in (0, -signal.SIGTERM, -signal.SIGKILL) else 1
+    return 0 if worker.proc.returncode in (0, -signal.SIGTERM, -signal.SIGKILL) else 1

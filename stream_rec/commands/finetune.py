@@ -11,7 +11,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Continue training MODEL on the events in RECENT (a replay file or an export of the events "
                     "topic) and write a new model directory the worker hot-reloads. Each user's last recent event "
                     "is the validation target; the unchanged model counts as epoch 0, so the result is never worse "
-                    "on it than the input model. See stream_rec/recsys/finetune.py.",
+                    "on it than the input model. See stream_rec/learning/finetune.py.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="model directory to start from (or a directory of them: newest)")
     p.add_argument("--events", required=True, help="recent events: CSV user_id,item_id,timestamp or a MovieLens file/dir")
@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "does not know are added from their text; without it their events are skipped")
     p.add_argument("--history", help="older events of the same users; each user's last --context-events of them are "
                                      "put before the recent ones so training starts from a realistic state")
-    p.add_argument("--format", default="auto", choices=["auto", "csv", "ml-100k", "ml-1m"], help="file format of the inputs")
+    p.add_argument("--format", default="auto", choices=["auto", "csv", "jsonl", "ml-100k", "ml-1m"], help="file format of the inputs")
     p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (the best one by validation is kept)")
     p.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (training's default is 2e-3)")
     p.add_argument("--batch-size", type=int, default=32, help="users per batch")
@@ -34,9 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..data import DataError
+    from ..io.data import DataError
     from ..model.recommender import ModelLoadError
-    from ..recsys.finetune import FinetuneParams, finetune_model_dir
+    from ..learning.finetune import FinetuneParams, finetune_model_dir
 
     params = FinetuneParams(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                             context_events=args.context_events, device=args.device, threads=args.threads)

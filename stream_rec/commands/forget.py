@@ -58,7 +58,7 @@ def read_users(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..kafka import ensure_topics, produce_json
+    from ..io.kafka import ensure_topics, produce_json
 
     users = read_users(args)
     if not users:

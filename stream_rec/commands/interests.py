@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model directory (or a directory of them: newest)")
     p.add_argument("--events", required=True, help="events holding the user's history (CSV or MovieLens file/dir)")
     p.add_argument("--user", required=True, help="user id to describe")
-    p.add_argument("--format", default="auto", choices=["auto", "csv", "ml-100k", "ml-1m"], help="events file format")
+    p.add_argument("--format", default="auto", choices=["auto", "csv", "jsonl", "ml-100k", "ml-1m"], help="events file format")
     p.add_argument("--labels", default="", help="comma-separated keywords to choose from, encoded by the text encoder (default: the "
                         "catalog's genres)")
     p.add_argument("--recent", type=int, default=20, help="how many of the user's latest events to use")
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ..data import DataError, read_events, sequences
+    from ..io.data import DataError, read_events, sequences
     from ..model.encoder import shared_encoder
     from ..model.recommender import ModelLoadError, Recommender
     from ..recsys.interests import InterestProfiler, labels_from_texts

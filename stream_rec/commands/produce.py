@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import time
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from ._common import HelpFormatter, add_broker_flags, settings_from_args
-
-ALIASES = {"user_id": ("user_id", "userId", "user"), "item_id": ("item_id", "itemId", "movieId", "item"),
-           "timestamp": ("timestamp", "ts", "time"), "value": ("value", "rating"), "event_type": ("event_type", "type")}
 
 
 def register(sub) -> None:
@@ -40,103 +34,12 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _pick(row: dict, field: str):
-    for name in ALIASES[field]:
-        if row.get(name) not in (None, ""):
-            return row[name]
-    return None
-
-
-def _number(text):
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return text  # left for the worker's validation to reject (wrong_type -> DLQ)
-
-
-def read_events(path: str | Path) -> Iterator[dict]:
-    """Events from JSONL or CSV (see ``--file``); CSV numbers become numbers, the rest is passed as is so
-    the worker's validation (not this tool) decides what is bad."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--file: no such file {path}")
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="") as fh:
-            for row in csv.DictReader(fh):
-                ev = {"user_id": _pick(row, "user_id"), "item_id": _pick(row, "item_id"),
-                      "event_type": _pick(row, "event_type") or ("rate" if _pick(row, "value") else "view")}
-                if _pick(row, "timestamp") is not None:
-                    ev["timestamp"] = _number(_pick(row, "timestamp"))
-                if _pick(row, "value") is not None:
-                    ev["value"] = _number(_pick(row, "value"))
-                yield ev
-    else:
-        with open(path) as fh:
-            for n, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except ValueError as exc:
-                        raise ValueError(f"{path}:{n}: not JSON: {exc}") from exc
-
-
-def synthetic_events(n: int, users: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """(catalog, first n events) of a synthetic world large enough for n events."""
-    from ..synthetic import make_world
-
-    per_user = max(1, -(-n // max(users, 1)))
-    world = make_world(n_users=users, events_per_user=(per_user, per_user + 4), seed=seed)
-    events = world.events
-    while len(events) < n:  # tiny --users: repeat the walk
-        events = events + world.events
-    return world.items, events[:n]
-
-
-async def publish(settings, topic: str, events: Iterable[dict], total: int | None, rate: float, stamp_now: bool,
-                  progress: bool = True) -> int:
-    """Send events keyed by user_id, paced to ``rate`` ev/s; acks are awaited in chunks (not per record)."""
-    import asyncio
-
-    from aiokafka import AIOKafkaProducer
-    from tqdm import tqdm
-
-    from ..kafka import client_kwargs
-
-    producer = AIOKafkaProducer(**client_kwargs(settings), linger_ms=5)
-    await producer.start()
-    bar = tqdm(total=total, unit="ev", disable=not progress, desc=f"-> {topic}")
-    sent, pending = 0, []
-    start = time.monotonic()
-    try:
-        for ev in events:
-            if rate > 0:
-                ahead = start + sent / rate - time.monotonic()
-                if ahead > 0:
-                    if pending:
-                        await asyncio.gather(*pending)
-                        pending.clear()
-                    await asyncio.sleep(ahead)
-            if stamp_now and isinstance(ev, dict):
-                ev = dict(ev, timestamp=round(time.time(), 3))
-            key = str(ev.get("user_id")).encode() if isinstance(ev, dict) and ev.get("user_id") is not None else None
-            pending.append(await producer.send(topic, json.dumps(ev).encode(), key=key))
-            sent += 1
-            bar.update(1)
-            if len(pending) >= 1000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        if pending:
-            await asyncio.gather(*pending)
-    finally:
-        bar.close()
-        await producer.stop()
-    return sent
-
-
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from ..kafka import ensure_topics, produce_json
+    from ..io.data import read_event_records
+    from ..io.kafka import ensure_topics, produce_json, publish
+    from ..synthetic import synthetic_events
 
     settings = settings_from_args(args)
     topic = args.topic or settings.topic(settings.events_topic)
@@ -152,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"published {n} catalog records to {settings.topic(settings.catalog_topic)}")
         n = asyncio.run(publish(settings, topic, events, len(events), args.rate, True, not args.no_progress))
     else:
-        n = asyncio.run(publish(settings, topic, read_events(args.file), None, args.rate, args.restamp,
+        n = asyncio.run(publish(settings, topic, read_event_records(args.file), None, args.rate, args.restamp,
                                 not args.no_progress))
     print(f"published {n} events to {topic}")
     return 0

@@ -33,11 +33,11 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ..data import DataError, read_events, sequences
+    from ..io.data import DataError, read_events, sequences
     from ..model.encoder import shared_encoder
     from ..model.evaluate import step_histories
     from ..model.recommender import ModelLoadError, Recommender
-    from ..model.train import to_sequence
+    from ..model.sequences import to_sequence
     from ._model_args import read_item_texts
     from ..settings import Settings
 

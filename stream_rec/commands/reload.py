@@ -27,8 +27,8 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ..kafka import ensure_topics, produce_json
-    from ..live.service import reload_message
+    from ..io.kafka import ensure_topics, produce_json
+    from ..io.topics import reload_message
 
     if args.path and not Path(args.path).exists():
         print(f"warning: {args.path} does not exist here (workers resolve the path on their own machines)")

@@ -35,13 +35,11 @@ def format_record(rec: dict, n_items: int = 5) -> str:
 async def follow(settings, from_beginning: bool, max_records: int, timeout_s: float, n_items: int, as_json: bool,
                  out=sys.stdout, stop=None) -> int:
     """Print records until ``max_records``/``timeout_s``/``stop`` (an asyncio.Event) says so; returns the count."""
-    from aiokafka import AIOKafkaConsumer
-
-    from ..kafka import client_kwargs
+    from ..io.kafka import kafka_consumer
 
     topic = settings.topic(settings.recommendations_topic)
-    consumer = AIOKafkaConsumer(topic, **client_kwargs(settings), group_id=None, fetch_max_wait_ms=50,
-                                auto_offset_reset="earliest" if from_beginning else "latest")
+    consumer = kafka_consumer(settings, topic, fetch_max_wait_ms=50,
+                             auto_offset_reset="earliest" if from_beginning else "latest")
     await consumer.start()
     count, start = 0, time.monotonic()
     try:

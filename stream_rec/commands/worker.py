@@ -48,15 +48,16 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from .. import metrics
-    from ..app import load_catalog_file, make_worker
-    from ..kafka import ensure_topics
+    from ..io.data import read_catalog
+    from ..io.kafka import ensure_topics
+    from ..worker.run import make_worker
 
     settings = settings_from_args(
         args, data_dir=args.data_dir, model=args.model, app_id=args.app_id, metrics_port=args.metrics_port,
         metrics_host=args.metrics_host, web_port=args.web_port, batch_max_events=args.batch_max_events,
         batch_max_wait_ms=args.batch_max_wait_ms, top_k=args.top_k,
         mmr_lambda=args.mmr_lambda, exposure_cap=args.exposure_cap, drift_finetune=args.drift_finetune)
-    items = load_catalog_file(args.items) if args.items else []
+    items = read_catalog(args.items) if args.items else []
     asyncio.run(ensure_topics(settings))
     if settings.metrics_port:
         metrics.serve(settings.metrics_host, settings.metrics_port)

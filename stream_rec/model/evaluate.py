@@ -177,7 +177,7 @@ def test_cases(full: dict[str, list[tuple[str, float]]], targets: dict[str, tupl
                row_of: dict[str, int]) -> list[EvalCase]:
     """One case per user with a target: history = every event before the target (items unknown to
     the model skipped), target row (PAD when the model does not know the item: a sure miss)."""
-    from .train import to_sequence
+    from .sequences import to_sequence
 
     cases = []
     for user, (item, ts) in targets.items():

@@ -68,7 +68,7 @@ class Recommender:
         self.item_texts: list[str] = list(item_texts) if item_texts is not None else [""] * len(self.item_ids)
         self.encoder_id = encoder_id
         self.meta: dict[str, Any] = dict(meta or {})  # training params, history, metrics (config.json)
-        # Learned state of a user with no history (stream_rec.recsys.coldstart), or None = zeros.
+        # Learned state of a user with no history (model/coldstart.py, init_state.safetensors), or None = zeros.
         self.initial_state: np.ndarray | None = None
         self._lock = threading.Lock()
         self._refresh_item_table()
@@ -110,7 +110,7 @@ class Recommender:
         (model_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
         (model_dir / "items.json").write_text(json.dumps({"item_ids": self.item_ids, "texts": self.item_texts}))
         if self.initial_state is not None:
-            from ..recsys.coldstart import save_initial_state
+            from .coldstart import save_initial_state
 
             save_initial_state(model_dir, self.initial_state)
         (model_dir / "VERSION").write_text(self.version + "\n")
@@ -119,9 +119,6 @@ class Recommender:
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "auto") -> "Recommender":
         """Load and validate an artifact directory, or the newest one inside a directory of them."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         model_dir = resolve_model_dir(model_dir)
         try:
             config = json.loads((model_dir / "config.json").read_text())
@@ -146,35 +143,14 @@ class Recommender:
         texts = items.get("texts")
         if texts is not None and (not isinstance(texts, list) or len(texts) != len(item_ids)):
             raise ModelLoadError(f"{model_dir}/items.json: 'texts' must have one entry per item")
-        try:
-            weights = load_file(str(model_dir / "weights.safetensors"))
-            text_vectors = load_file(str(model_dir / "text_vectors.safetensors")).get("text_vectors")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ModelLoadError(f"{model_dir}: unreadable safetensors file ({exc})") from exc
-        n_rows = gru_config.n_items + 1
-        if text_vectors is None or text_vectors.dim() != 2 or text_vectors.shape[0] != n_rows:
-            shape = None if text_vectors is None else tuple(text_vectors.shape)
-            raise ModelLoadError(f"{model_dir}/text_vectors.safetensors: expected [{n_rows}, text_dim], got {shape}")
-        if gru_config.text_dim and text_vectors.shape[1] != gru_config.text_dim:
-            raise ModelLoadError(f"{model_dir}: text vectors have {text_vectors.shape[1]} dims, config says {gru_config.text_dim}")
-        model = HybridGRU(gru_config, text_vectors)
-        expected = {k: v.shape for k, v in model.state_dict().items() if k != "text_vectors"}
-        missing = sorted(set(expected) - set(weights))
-        unexpected = sorted(set(weights) - set(expected))
-        wrong = sorted(k for k in set(expected) & set(weights) if tuple(weights[k].shape) != tuple(expected[k]))
-        if missing or unexpected or wrong:
-            details = [f"missing {missing}" if missing else "", f"unexpected {unexpected}" if unexpected else "",
-                       ", ".join(f"{k}: file {tuple(weights[k].shape)} != config {tuple(expected[k])}" for k in wrong)]
-            raise ModelLoadError(f"{model_dir}/weights.safetensors does not match config.json: "
-                                 + "; ".join(d for d in details if d))
-        model.load_state_dict(weights | {"text_vectors": text_vectors})
+        model = _load_weights(model_dir, gru_config)
         version = (model_dir / "VERSION").read_text().strip()
         if not version:
             raise ModelLoadError(f"{model_dir}/VERSION is empty")
         meta = {k: v for k, v in config.items() if k not in ("gru",)}
         rec = cls(model, item_ids, version, trained=bool(config.get("trained", True)), device=device,
                   item_texts=texts, encoder_id=config.get("encoder_id"), meta=meta)
-        from ..recsys.coldstart import load_initial_state  # optional artifact: learned new-user state
+        from .coldstart import load_initial_state  # optional artifact: learned new-user state
         try:
             rec.initial_state = load_initial_state(model_dir, gru_config.hidden)
         except Exception as exc:
@@ -199,9 +175,6 @@ class Recommender:
         return [self.row_of.get(i, PAD) for i in item_ids]
 
     # --- serving -----------------------------------------------------------------------------------
-    # Learned initial state for new users (recsys/coldstart.py, file init_state.safetensors); None = zeros.
-    initial_state: np.ndarray | None = None
-
     @torch.no_grad()
     def init_state(self, n: int) -> np.ndarray:
         if self.initial_state is not None:
@@ -303,6 +276,36 @@ class Recommender:
     def _refresh_item_table(self) -> None:
         with torch.no_grad():
             self._table = self.model.item_vectors()
+
+
+def _load_weights(model_dir: Path, gru_config: GRUConfig) -> HybridGRU:
+    """The HybridGRU of a model directory, its safetensors files checked against ``gru_config``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        weights = load_file(str(model_dir / "weights.safetensors"))
+        text_vectors = load_file(str(model_dir / "text_vectors.safetensors")).get("text_vectors")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"{model_dir}: unreadable safetensors file ({exc})") from exc
+    n_rows = gru_config.n_items + 1
+    if text_vectors is None or text_vectors.dim() != 2 or text_vectors.shape[0] != n_rows:
+        shape = None if text_vectors is None else tuple(text_vectors.shape)
+        raise ModelLoadError(f"{model_dir}/text_vectors.safetensors: expected [{n_rows}, text_dim], got {shape}")
+    if gru_config.text_dim and text_vectors.shape[1] != gru_config.text_dim:
+        raise ModelLoadError(f"{model_dir}: text vectors have {text_vectors.shape[1]} dims, config says {gru_config.text_dim}")
+    model = HybridGRU(gru_config, text_vectors)
+    expected = {k: v.shape for k, v in model.state_dict().items() if k != "text_vectors"}
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(weights) if tuple(weights[k].shape) != tuple(expected[k]))
+    if missing or unexpected or wrong:
+        details = [f"missing {missing}" if missing else "", f"unexpected {unexpected}" if unexpected else "",
+                   ", ".join(f"{k}: file {tuple(weights[k].shape)} != config {tuple(expected[k])}" for k in wrong)]
+        raise ModelLoadError(f"{model_dir}/weights.safetensors does not match config.json: "
+                             + "; ".join(d for d in details if d))
+    model.load_state_dict(weights | {"text_vectors": text_vectors})
+    return model
 
 
 def resolve_model_dir(path: str | Path) -> Path:

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from .gru import PAD, GRUConfig, HybridGRU
+from .recommender import pick_device
+from .sequences import UserSequence, pad_batch, to_sequence
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +61,6 @@ class TrainParams:
 
 
 @dataclass
-class Sequence_:
-    """One user's training sequence as item rows and time gaps (seconds since the previous event)."""
-
-    rows: np.ndarray  # int64 [L]
-    gaps: np.ndarray  # float32 [L]
-    valid_row: int = PAD  # the validation target (PAD = none)
-
-
-@dataclass
 class History:
     epochs: list[dict] = field(default_factory=list)  # per epoch: loss, valid metrics, seconds
     best_epoch: int = 0
@@ -85,19 +78,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def to_sequence(events: Sequence[tuple[str, float]], row_of: dict[str, int], valid_item: str | None = None) -> Sequence_:
-    """``[(item_id, ts), ...]`` -> rows and gaps. Items not in ``row_of`` are dropped (they have no row)."""
-    kept = [(row_of[i], t) for i, t in events if i in row_of]
-    rows = np.array([r for r, _ in kept], dtype=np.int64)
-    ts = np.array([t for _, t in kept], dtype=np.float64)
-    gaps = np.zeros(len(kept), dtype=np.float32)
-    if len(kept) > 1:
-        gaps[1:] = np.diff(ts).astype(np.float32)
-    valid_row = row_of.get(valid_item, PAD) if valid_item is not None else PAD
-    return Sequence_(rows, gaps, valid_row)
-
-
-def _batches(seqs: list[Sequence_], batch_size: int, rng: random.Random, shuffle: bool) -> list[list[int]]:
+def _batches(seqs: list[UserSequence], batch_size: int, rng: random.Random, shuffle: bool) -> list[list[int]]:
     """Indices of sequences grouped by similar length (with a random tie-break when shuffling)."""
     order = sorted(range(len(seqs)), key=lambda i: (len(seqs[i].rows), rng.random() if shuffle else i))
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
@@ -106,19 +87,7 @@ def _batches(seqs: list[Sequence_], batch_size: int, rng: random.Random, shuffle
     return batches
 
 
-def _pad(seqs: list[Sequence_], idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded rows [B, L], gaps [B, L] and lengths [B]."""
-    lengths = [len(seqs[i].rows) for i in idx]
-    L = max(lengths)
-    rows = np.zeros((len(idx), L), dtype=np.int64)
-    gaps = np.zeros((len(idx), L), dtype=np.float32)
-    for b, i in enumerate(idx):
-        rows[b, :lengths[b]] = seqs[i].rows
-        gaps[b, :lengths[b]] = seqs[i].gaps
-    return torch.from_numpy(rows), torch.from_numpy(gaps), torch.tensor(lengths)
-
-
-def train_epoch(model: HybridGRU, seqs: list[Sequence_], params: TrainParams, optimizer: torch.optim.Optimizer,
+def train_epoch(model: HybridGRU, seqs: list[UserSequence], params: TrainParams, optimizer: torch.optim.Optimizer,
                 rng: random.Random, device: torch.device, progress: bool = True) -> float:
     """One pass over all training sequences; returns the mean cross-entropy per predicted event."""
     from tqdm import tqdm
@@ -128,7 +97,7 @@ def train_epoch(model: HybridGRU, seqs: list[Sequence_], params: TrainParams, op
     batches = [b for b in _batches(seqs, params.batch_size, rng, shuffle=True) if max(len(seqs[i].rows) for i in b) > 1]
     bar = tqdm(batches, desc="train", unit="batch", leave=False, disable=not progress)
     for idx in bar:
-        rows, gaps, _ = _pad(seqs, idx)
+        rows, gaps, _ = pad_batch(seqs, idx)
         rows, gaps = rows.to(device), gaps.to(device)
         h = None
         inputs, targets, in_gaps = rows[:, :-1], rows[:, 1:], gaps[:, :-1]
@@ -155,14 +124,14 @@ def train_epoch(model: HybridGRU, seqs: list[Sequence_], params: TrainParams, op
 
 
 @torch.no_grad()
-def final_states(model: HybridGRU, seqs: list[Sequence_], batch_size: int = 256, max_len: int = 200) -> torch.Tensor:
+def final_states(model: HybridGRU, seqs: list[UserSequence], batch_size: int = 256, max_len: int = 200) -> torch.Tensor:
     """Hidden state after each sequence's last event (full-sequence pass, eval mode).  -> [n, H]"""
     model.eval()
     device = model.item_bias.device
     out_states = torch.zeros(len(seqs), model.config.hidden, device=device)
     table = model.item_vectors()
     for idx in _batches(seqs, batch_size, random.Random(0), shuffle=False):
-        rows, gaps, lengths = _pad(seqs, idx)
+        rows, gaps, lengths = pad_batch(seqs, idx)
         rows, gaps, lengths = rows.to(device), gaps.to(device), lengths.to(device)
         h = None
         for s in range(0, rows.shape[1], max_len):
@@ -180,7 +149,7 @@ def final_states(model: HybridGRU, seqs: list[Sequence_], batch_size: int = 256,
 
 
 @torch.no_grad()
-def validate(model: HybridGRU, seqs: list[Sequence_], k: int = 10, batch_size: int = 256) -> dict:
+def validate(model: HybridGRU, seqs: list[UserSequence], k: int = 10, batch_size: int = 256) -> dict:
     """HR/NDCG/MRR@k of the validation targets, full ranking, items of the sequence excluded."""
     from .evaluate import ranking_metrics
 
@@ -200,13 +169,7 @@ def validate(model: HybridGRU, seqs: list[Sequence_], k: int = 10, batch_size: i
     return {f"{key}@{k}": v / len(with_target) for key, v in sums.items()} | {"users": len(with_target)}
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def train_model(seqs: list[Sequence_], config: GRUConfig, text_vectors: torch.Tensor | None = None,
+def train_model(seqs: list[UserSequence], config: GRUConfig, text_vectors: torch.Tensor | None = None,
                 params: TrainParams | None = None, progress: bool = True,
                 on_epoch: Callable[[dict], None] | None = None) -> tuple[HybridGRU, History]:
     """Train a HybridGRU on per-user sequences (rows in 1..config.n_items), early-stopped on the

@@ -1,20 +1,20 @@
-"""Smarter recommendations: pure, Kafka-free building blocks the worker calls around the GRU's scores.
+"""Smarter recommendations: pure, Kafka-free stages around the GRU's scores.
 
-Every module works on numpy arrays in batches (one call per micro-batch, not per user), so the worker
-can add them without changing its shape:
+Every module works on numpy arrays in batches (one call per micro-batch, not per user). A scoring stage
+has one protocol, ``stage(scores [b, N+1], positions, batch) -> scores`` (``ranking``); selection and
+annotation follow the stages:
 
 ========================  ====================================================================
 module                    batch entry point
 ========================  ====================================================================
-``vectors``               ``unit_rows`` (the one place rows are L2-normalised)
-``context``               ``context_boost(scores, query_vectors, item_text_vectors, alpha)``
-``feedback``              ``is_negative(event_type, value)``, ``negative_penalty(scores, negative_rows, item_vectors)``
-``rerank``                ``mmr_rerank_batch(cand_rows, relevance, item_vectors, k, lam)``, ``ExposureWindow``
-``explain``               ``explain_batch(rec_rows, history_rows, item_vectors, ...)`` -> reasons
-``interests``             ``InterestProfiler.summarise(history_rows)``
-``drift``                 ``OnlineQualityMonitor.observe / record`` (online HR@k + river ADWIN)
-``coldstart``             ``learn_initial_state`` / ``save_initial_state`` / ``load_initial_state``
-``finetune``              ``finetune(rec, recent, history)`` / ``finetune_model_dir(model_dir, events, out)``
+``ranking``               ``RankBatch`` (what the stages see), ``plain_lists``, ``rescore``, ``top_k_lists``
+``context``               stage ``boost_queries`` (``context_boost(scores, query_vectors, item_text_vectors, alpha)``)
+``feedback``              stage ``NegativeFeedback``; ``is_negative(event_type, value)``
+``rerank``                selection ``mmr_rerank_scores`` (MMR) with ``ExposureWindow``
+``explain``               annotation ``explain_batch(rec_rows, history_rows, item_vectors, ...)`` -> reasons
+``interests``             annotation ``InterestProfiler.summarise(history_rows)``
+``vectors``               ``unit_rows``, ``centred``, ``pad_rows``, ``score_scale`` (one copy of each)
+``enricher``              ``Enricher``: the worker's per-worker state composing the above
 ========================  ====================================================================
 
 Scores are the GRU's logits (``Recommender.score_rows``): their scale differs between models, so the

@@ -12,16 +12,22 @@ query describes this request, not a lasting change of taste. The time gap betwee
 GRU input feature (``HybridGRU`` ``use_time_gap``).
 
 Queries are encoded by the same text encoder as the items (``model.encoder.TextEncoder``), so they live
-in the item text space; ``encode_queries`` batches a micro-batch's queries into one encoder call.
+in the item text space; ``encode_queries`` batches a micro-batch's queries into one encoder call (the
+worker encodes them through its encoding queue instead). ``boost_queries`` is the scoring stage
+(``recsys.ranking``) that applies ``context_boost`` to the users of a batch who asked something.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import json
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .vectors import score_scale, unit_rows
+
+if TYPE_CHECKING:
+    from .ranking import RankBatch
 
 
 def context_text(context: dict | None) -> str:
@@ -30,6 +36,18 @@ def context_text(context: dict | None) -> str:
         return ""
     text = context.get("text") or context.get("query") or ""
     return text.strip() if isinstance(text, str) else ""
+
+
+def context_text_of(raw: bytes | None) -> str:
+    """The ``context.text`` of a raw event value ('' when none). Cheap for the common case: records
+    without the word ``context`` are not parsed twice."""
+    if not raw or b'"context"' not in raw:
+        return ""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return ""
+    return context_text(doc.get("context")) if isinstance(doc, dict) and isinstance(doc.get("context"), dict) else ""
 
 
 def encode_queries(encoder, texts: Sequence[str]) -> np.ndarray:
@@ -61,3 +79,14 @@ def context_boost(scores: np.ndarray, query_vectors: np.ndarray, item_text_vecto
     out = scores.copy()
     out[has_query, 1:] += alpha * score_scale(scores[has_query]) * z
     return out
+
+
+def boost_queries(scores: np.ndarray, positions: list[int], batch: "RankBatch") -> np.ndarray:
+    """Scoring stage: the rows of users who sent a query get ``context_boost`` with ``batch.context_alpha``
+    (in the item text space of ``batch.model``); other rows are unchanged.  [b, N+1] -> [b, N+1]"""
+    asked = [j for j, n in enumerate(positions) if n in batch.queries]
+    if not asked or batch.context_alpha == 0.0:
+        return scores
+    scores[asked] = context_boost(scores[asked], np.stack([batch.queries[positions[j]] for j in asked]),
+                                  batch.model.model.text_vectors.detach().cpu().numpy(), batch.context_alpha)
+    return scores

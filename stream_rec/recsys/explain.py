@@ -22,6 +22,12 @@ from .vectors import unit_rows
 NO_EVIDENCE_REASON = "popular right now"
 
 
+def title_of_text(text: str, fallback: str) -> str:
+    """The title part of an item text (``Title. more text``), or ``fallback`` (the item id)."""
+    head = (text or "").split(". ", 1)[0].strip().rstrip(".")
+    return head or fallback
+
+
 def best_evidence(rec_rows: np.ndarray, history_rows: np.ndarray, text_vectors: np.ndarray,
                   model_vectors: np.ndarray | None = None,
                   query_vectors: np.ndarray | None = None, unit: bool = False) -> tuple[np.ndarray, np.ndarray]:

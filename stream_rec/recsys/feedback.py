@@ -19,13 +19,20 @@ for that user, instead of being fed to the GRU like a view.
 
 Pure function over the score matrix the worker already has: one [U, M, N+1] similarity tensor for the
 U users of the batch that have negatives (at most M each); users without negatives cost nothing.
+:class:`NegativeFeedback` is the scoring stage (``recsys.ranking``) that applies it to a batch.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .vectors import pad_rows, score_scale, unit_rows
+
+if TYPE_CHECKING:
+    from .ranking import RankBatch
 
 NEGATIVE_EVENT_TYPES = frozenset({"dislike", "skip"})
 RATING_EVENT_TYPES = frozenset({"rate", "rating"})  # events whose ``value`` is a rating
@@ -66,3 +73,22 @@ def negative_penalty(scores: np.ndarray, negative_rows: list[list[int]], item_ve
     out = scores.copy()
     out[users] -= strength * score_scale(scores[users]) * closeness.astype(np.float32)
     return out
+
+
+@dataclass
+class NegativeFeedback:
+    """Scoring stage: each user's recent negatives (``batch.negatives``) and their neighbours in
+    ``item_vectors`` [N+1, d] pushed down (``negative_penalty``).  [b, N+1] -> [b, N+1]"""
+
+    item_vectors: np.ndarray
+    strength: float = 1.0
+    radius: float = 0.8
+
+    def rows(self, batch: "RankBatch", n: int) -> list[int]:
+        """Item rows of the negatives of the user at position ``n`` (unknown items left out)."""
+        negatives = batch.negatives[n] if batch.negatives else ()
+        return [r for r in batch.model.rows_for(negatives) if r] if negatives else []
+
+    def __call__(self, scores: np.ndarray, positions: list[int], batch: "RankBatch") -> np.ndarray:
+        return negative_penalty(scores, [self.rows(batch, n) for n in positions], self.item_vectors,
+                                self.strength, self.radius)

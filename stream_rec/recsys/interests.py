@@ -22,12 +22,21 @@ import numpy as np
 from .vectors import centred, unit_rows
 
 _GENRES = re.compile(r"Genres?:\s*([^.]+)\.")
+_GENRE_ATTRIBUTE = re.compile(r"\bgenres?:\s*([^,.]+)", re.IGNORECASE)
 
 
 def genres_of(text: str) -> list[str]:
     """The ``Genres: A, B.`` list that ``data.movie_text`` writes into a MovieLens item text ([] if none)."""
     m = _GENRES.search(text or "")
     return [g.strip() for g in m.group(1).split(",") if g.strip()] if m else []
+
+
+def interest_labels(text: str) -> list[str]:
+    """Labels of one item text: MovieLens ``Genres: A, B.``, else a catalog ``genre: X`` attribute."""
+    found = genres_of(text)
+    if found:
+        return found
+    return [m.strip() for m in _GENRE_ATTRIBUTE.findall(text or "") if m.strip()]
 
 
 def labels_from_texts(texts: Iterable[str]) -> list[str]:

@@ -1,9 +1,9 @@
 """Micro-batched text encoding for the stream: an asyncio queue in front of the LLM text encoder.
 
-Why a queue of its own: MiniLM on 2 CPU threads encodes ~100 texts/s one at a time but ~520/s in
-batches of 32 or more (DEVELOPERS.md), and one batch takes tens of milliseconds -- far slower than a
-GRU step over a whole batch of events. So text requests (new ``catalog`` records, ``context.text`` of
-events) are not encoded inside the event micro-batch. Callers ``await queue.encode(text)``; a single
+Why a queue of its own: the text encoder is several times faster per text in batches than one text
+at a time (DEVELOPERS.md), and one batch takes far longer than a GRU step over a whole batch of events.
+So text requests (new ``catalog`` records, ``context.text`` of events) are not encoded inside the event
+micro-batch. Callers ``await queue.encode(text)``; a single
 background task gathers pending requests up to ``max_batch`` texts or ``max_wait_ms`` after the first
 one, encodes them in one call in a worker thread (``asyncio.to_thread``) so the event loop keeps
 consuming and stepping the GRU meanwhile, and resolves every caller's future with its vector.

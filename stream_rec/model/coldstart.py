@@ -27,6 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .gru import PAD
+from .sequences import pad_batch
+
 INIT_STATE_FILE = "init_state.safetensors"
 
 log = logging.getLogger(__name__)
@@ -36,12 +39,10 @@ def learn_initial_state(model, seqs: Sequence, first_n: int = 10, epochs: int = 
                         batch_size: int = 64, seed: int = 0, progress: bool = True) -> np.ndarray:
     """Optimise ``h0`` [H] for the first ``first_n`` events of each training sequence, weights frozen.
 
-    ``model`` is a HybridGRU, ``seqs`` are ``model.train.Sequence_`` (``rows``, ``gaps`` per user).
+    ``model`` is a HybridGRU, ``seqs`` are :class:`~stream_rec.model.sequences.UserSequence` (``rows``, ``gaps``).
     Returns h0 as float32 numpy."""
     from tqdm import tqdm
 
-    from ..model.gru import PAD
-    from ..model.train import _pad
 
     heads = [s for s in seqs if len(s.rows) >= 1]
     if not heads:
@@ -64,7 +65,7 @@ def learn_initial_state(model, seqs: Sequence, first_n: int = 10, epochs: int = 
             rng.shuffle(order)
             total, count = 0.0, 0
             for s in range(0, len(order), batch_size):
-                rows, gaps, lengths = _pad(trimmed, order[s:s + batch_size])
+                rows, gaps, _ = pad_batch(trimmed, order[s:s + batch_size])
                 rows, gaps = rows.to(device), gaps.to(device)
                 B = rows.shape[0]
                 h_init = h0.expand(B, -1)

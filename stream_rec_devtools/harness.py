@@ -1,9 +1,10 @@
-"""Driving a real worker from the outside: shared by ``stream-rec replay``, ``stream-rec bench`` and the
-end-to-end tests of the live model.
+"""Driving a real worker from the outside: shared by the tests, ``stream-rec demo``/``bench``/``replay``
+and the benchmarks.
 
 * :class:`WorkerProcess` runs ``stream-rec worker`` as a child process (its own process group, stopped
-  with SIGINT then SIGKILL, never left behind), with every setting passed as ``STREAM_REC_*``
-  environment variables, so the worker under test is exactly the one users run.
+  with SIGTERM -- a clean Faust shutdown -- then SIGKILL, never left behind; ``kill`` is a crash), with
+  every setting passed as ``STREAM_REC_*`` environment variables, so the worker under test is exactly the
+  one users run.
 * :func:`isolated_settings` gives each run its own app id, topic prefix, ports and data dir, so runs
   sharing one broker never see each other's topics, consumer offsets or tables.
 * :class:`RecCollector` consumes the recommendations topic in the background, stamping each record
@@ -11,11 +12,13 @@ end-to-end tests of the live model.
   reports the send time of every event (end-to-end latency = rec arrival - event send, one clock).
 * :func:`wait_ready` sends probe events for a reserved user until a recommendation for it comes back:
   the worker has joined its group, loaded its model and written to Kafka, whatever its internals.
+* :func:`read_changelog_states` / :func:`state_bytes_per_user`: the state table as its changelog holds it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -30,8 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..broker import free_port
-from ..settings import Settings
+import numpy as np
+
+from stream_rec.io.broker import free_port
+from stream_rec.io.kafka import kafka_consumer, kafka_producer, read_topic
+from stream_rec.io.topics import changelog_topic
+from stream_rec.settings import Settings
+from stream_rec.state import decode_state
 
 log = logging.getLogger(__name__)
 
@@ -48,64 +56,87 @@ def isolated_settings(broker: str, data_dir: str | Path, tag: str = "run", **ove
 
 
 class WorkerProcess:
-    """``stream-rec worker`` in a child process, configured through the environment."""
+    """``stream-rec worker`` in a child process, configured through the environment. Context manager.
 
-    def __init__(self, settings: Settings, *, log_file: str | Path | None = None, extra_env: dict | None = None,
-                 threads: int | None = None):
+    ``workdir``: the worker's working directory (its log goes there too); ``items``: a ``--items`` file;
+    ``log_file``: where the log goes (default: in ``workdir``, else a temporary file deleted on stop);
+    ``threads``: OMP_NUM_THREADS of the worker (default: inherited)."""
+
+    def __init__(self, settings: Settings, workdir: str | Path | None = None, items: str | Path | None = None,
+                 extra_args: Iterable[str] = (), env: dict[str, str] | None = None, *,
+                 log_file: str | Path | None = None, threads: int | None = None, loglevel: str = "info"):
         self.settings = settings
-        self.log_file = Path(log_file) if log_file else None
-        self.extra_env = extra_env or {}
+        self.workdir = Path(workdir) if workdir is not None else None
+        self.items = items
+        self.extra_args = list(extra_args)
+        self.env = env or {}
         self.threads = threads
-        self.process: subprocess.Popen | None = None
+        self.loglevel = loglevel
+        self.log_path = Path(log_file) if log_file else None
+        if self.log_path is None and self.workdir is not None:
+            self.log_path = self.workdir / f"worker-{uuid.uuid4().hex[:6]}.log"
+        self.proc: subprocess.Popen | None = None
         self._log = None
-        self._own_log = False  # a temp log file we delete on stop
+        self._own_log = False  # a temporary log file, deleted on stop
 
     def start(self) -> "WorkerProcess":
-        env = dict(os.environ)
-        env.update(self.settings.to_env())
-        env.update(self.extra_env)
-        if self.threads:
-            env.setdefault("OMP_NUM_THREADS", str(self.threads))
-        if self.log_file is None:
+        threads = {"OMP_NUM_THREADS": str(self.threads)} if self.threads else {}
+        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1", **threads, **self.env}
+        if self.log_path is None:
             fd, name = tempfile.mkstemp(prefix="stream-rec-worker-", suffix=".log")
             os.close(fd)
-            self.log_file, self._own_log = Path(name), True
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_file, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "stream_rec", "worker"], env=env,
-                                        stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
+            self.log_path, self._own_log = Path(name), True
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.workdir is not None:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "stream_rec", "worker", "--loglevel", self.loglevel, *self.extra_args]
+        if self.items:
+            cmd += ["--items", str(self.items)]
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
         return self
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.proc is not None and self.proc.poll() is None
 
     def log_tail(self, n_bytes: int = 4000) -> str:
         """The end of the worker's log (for error messages)."""
         try:
-            with open(self.log_file, "rb") as f:
+            with open(self.log_path, "rb") as f:
                 f.seek(0, 2)
                 f.seek(max(0, f.tell() - n_bytes))
                 return f.read().decode("utf-8", "replace")
         except (OSError, TypeError):
             return ""
 
-    def stop(self, grace_s: float = 15.0) -> None:
-        proc, self.process = self.process, None
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGINT)
-                proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            except ProcessLookupError:
-                pass
+    def metrics_url(self) -> str:
+        return f"http://{self.settings.metrics_host}:{self.settings.metrics_port}/metrics"
+
+    def stop(self, grace_s: float = 20.0) -> int | None:
+        """SIGTERM (a clean Faust shutdown), SIGKILL after ``grace_s``; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                try:
+                    self.proc.wait(grace_s)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait()
         if self._log is not None:
             self._log.close()
             self._log = None
-        if self._own_log and self.log_file is not None:
-            self.log_file.unlink(missing_ok=True)
+        if self._own_log:
+            self.log_path.unlink(missing_ok=True)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, no shutdown hooks, no final commit, no producer flush."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def __enter__(self) -> "WorkerProcess":
         return self.start()
@@ -127,13 +158,8 @@ class RecCollector:
     _arrived: asyncio.Event | None = None
 
     async def start(self) -> "RecCollector":
-        from aiokafka import AIOKafkaConsumer
-
-        from ..kafka import client_kwargs
-
         topic = self.settings.topic(self.settings.recommendations_topic)
-        self._consumer = AIOKafkaConsumer(topic, **client_kwargs(self.settings), auto_offset_reset="earliest",
-                                          enable_auto_commit=False, group_id=None, fetch_max_wait_ms=10)
+        self._consumer = kafka_consumer(self.settings, topic, auto_offset_reset="earliest", fetch_max_wait_ms=10)
         await self._consumer.start()
         self._arrived = asyncio.Event()
         self._task = asyncio.create_task(self._run())
@@ -194,11 +220,7 @@ def event_record(user_id: str, item_id: str, timestamp: float, event_type: str =
 
 async def make_producer(settings: Settings):
     """An aiokafka producer for test/bench events (a 2 ms linger: bursts go out in batches)."""
-    from aiokafka import AIOKafkaProducer
-
-    from ..kafka import client_kwargs
-
-    producer = AIOKafkaProducer(**client_kwargs(settings), linger_ms=2, max_batch_size=256 * 1024)
+    producer = kafka_producer(settings, linger_ms=2, max_batch_size=256 * 1024)
     await producer.start()
     return producer
 
@@ -252,8 +274,35 @@ async def wait_ready(settings: Settings, collector: RecCollector, probe_item: st
             await producer.stop()
 
 
-async def ensure_topics(settings: Settings) -> None:
-    from ..kafka import ensure_topics as _ensure
+# --- the state table, read from its changelog ----------------------------------------------------------
+def _decode_table_key(raw: bytes | None) -> str | None:
+    """Faust writes table keys raw or JSON-encoded depending on the table's key serializer: accept both."""
+    if raw is None:
+        return None
+    text = raw.decode("utf-8", "replace")
+    if text.startswith('"') and text.endswith('"'):
+        with contextlib.suppress(ValueError):
+            return json.loads(text)
+    return text
 
-    await _ensure(settings)
 
+async def read_changelog_states(settings: Settings, topic: str | None = None) -> dict:
+    """user id -> ``UserState`` as the table's changelog says now (the last record per key wins;
+    a tombstone maps to None). This is exactly what a worker restoring the table would rebuild."""
+    states: dict = {}
+    for rec in await read_topic(settings, topic or changelog_topic(settings)):
+        user = _decode_table_key(rec.key)
+        states[user] = None if rec.value is None else decode_state(rec.value)
+    return states
+
+
+async def state_bytes_per_user(settings: Settings) -> dict:
+    """Mean/max size of the latest state value per user (the probe user left out), from the changelog."""
+    latest: dict[bytes, int] = {}
+    for rec in await read_topic(settings, changelog_topic(settings)):
+        if rec.key is not None and rec.key != PROBE_USER.encode():
+            latest[rec.key] = len(rec.value or b"")
+    if not latest:
+        return {"users": 0}
+    sizes = np.array(list(latest.values()))
+    return {"users": len(sizes), "mean_bytes": round(float(sizes.mean()), 1), "max_bytes": int(sizes.max())}

@@ -1,18 +1,21 @@
-"""Issue 8's smarter-recommendation modules, live in the worker: one :class:`Enricher` per worker.
+"""The worker's smarter lists: one :class:`Enricher` per worker holds what the recsys stages need
+between micro-batches (the exposure window, the item space of the served model, a view of the users'
+negatives, the online quality monitor) and composes the stages.
 
 ``process_batch(..., enricher=...)`` (stream_rec/pipeline.py) calls it at three points of a micro-batch:
 
 1. ``is_negative(event)`` -- before the GRU steps: a ``dislike``/``skip`` event, or a ``rate`` event with
-   ``value <= negative_rating_threshold`` (``recsys.feedback.is_negative``), is *not* stepped through the
-   GRU and not appended to the user's history (it would move the state toward the item and make it
+   ``value <= negative_rating_threshold`` (``feedback.is_negative``), is *not* stepped through the GRU
+   and not appended to the user's history (it would move the state toward the item and make it
    "seen"); it is added to the user's ``UserState.negatives`` instead (``remember_negatives``);
 2. ``observe(...)`` -- the first new event of each user grades the list sent to that user before
-   (online HR@k, ADWIN drift: ``recsys.drift.OnlineQualityMonitor``; metrics ONLINE_* / DRIFT_DETECTED);
-3. ``finish(...)`` -- after the plain top-K: lists of users with recent negatives are re-scored with the
-   item and its near neighbours pushed down (``recsys.feedback.negative_penalty``; the negatives
-   themselves excluded), the optional MMR diversity re-rank and exposure cap (``recsys.rerank``) run
-   (lambda: the worker's ``mmr_lambda``, or the event's ``context.mmr_lambda``), and every item gets
-   a ``reason`` (``recsys.explain``) and the record an ``interests`` summary (``recsys.interests``).
+   (online HR@k, ADWIN drift: ``learning.drift.OnlineQualityMonitor``; metrics ONLINE_* / DRIFT_DETECTED);
+3. ``finish(batch, lists)`` -- after the plain top-K (``ranking.plain_lists``): users with a query,
+   recent negatives or a diversity lambda below 1 (every user, with the exposure cap) are re-scored
+   through the stages (``context.boost_queries``, ``feedback.NegativeFeedback``; the negatives
+   themselves excluded), then picked by MMR with the exposure cap (``rerank``; lambda: the worker's
+   ``mmr_lambda``, or the event's ``context.mmr_lambda``) or a plain top-k; every item gets a
+   ``reason`` (``explain``) and the record an ``interests`` summary (``interests``).
 
 Design decisions:
 
@@ -35,47 +38,32 @@ Design decisions:
   what "about the same thing" means to a user); the model's own item table for an ID-only model.
   Cached per (model object, its item table, catalog size): a hot-reloaded model or new / updated catalog
   items (``Recommender.add_items`` rebuilds the table) rebuild it on the next batch, without a hook in
-  app.py.
+  the worker.
 * **Interests** need labels: MovieLens texts carry ``Genres: A, B.``, live catalog records a
   ``genre: X`` attribute; without either the field is left out.
-* **Drift -> fine-tune** (``drift_finetune``) only when ``--model`` is a directory of model
-  directories: the fine-tuned model is written there and the model watcher (live/models.py) hot-reloads
-  it. The recent events come from a ring buffer of this worker's positive events.
+* **Drift -> fine-tune** (``drift_finetune``): the Enricher only keeps a ring buffer of this worker's
+  recent positive events (``recent``); the decision to fine-tune is taken beside the stream
+  (``learning.finetune.follow_alarms``, a worker task reading ``monitor.alarms``).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections import OrderedDict, deque
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..recsys.explain import explain_batch
-from ..recsys.feedback import is_negative, negative_penalty
-from ..recsys.interests import InterestProfiler, genres_of
-from ..recsys.rerank import ExposureWindow, mmr_rerank_scores
-from ..recsys.vectors import centred, pad_rows, unit_rows
+from ..learning.drift import OnlineQualityMonitor
+from .context import boost_queries
+from .explain import explain_batch, title_of_text
+from .feedback import NegativeFeedback, is_negative
+from .interests import InterestProfiler, interest_labels
+from .ranking import RankBatch, lists_of_rows, rescore, top_k_lists
+from .rerank import ExposureWindow, mmr_rerank_scores
+from .vectors import centred, pad_rows, unit_rows
 
 log = logging.getLogger(__name__)
-
-_GENRE_ATTRIBUTE = re.compile(r"\bgenres?:\s*([^,.]+)", re.IGNORECASE)
-
-
-def interest_labels(text: str) -> list[str]:
-    """Labels of one item text: MovieLens ``Genres: A, B.``, else a catalog ``genre: X`` attribute."""
-    found = genres_of(text)
-    if found:
-        return found
-    return [m.strip() for m in _GENRE_ATTRIBUTE.findall(text or "") if m.strip()]
-
-
-def title_of_text(text: str, fallback: str) -> str:
-    """The title part of an item text (``Title. more text``), or ``fallback`` (the item id)."""
-    head = (text or "").split(". ", 1)[0].strip().rstrip(".")
-    return head or fallback
 
 
 class Enricher:
@@ -85,7 +73,7 @@ class Enricher:
                  exposure_cap: int = 0, exposure_window: int = 5000, explain: bool = True,
                  interests_top: int = 3, negative_rating_threshold: float = 2.0, negative_radius: float = 0.8,
                  negative_strength: float = 1.0, negatives_per_user: int = 20, max_users: int = 100_000,
-                 online_k: int = 10, drift_delta: float = 0.002, on_drift=None, recent_events: int = 0,
+                 online_k: int = 10, drift_delta: float = 0.002, recent_events: int = 0,
                  export_metrics: bool = True):
         if settings is not None:  # Settings fields override the keyword defaults
             mmr_lambda, mmr_candidates = settings.mmr_lambda, settings.mmr_candidates
@@ -105,10 +93,8 @@ class Enricher:
         self.negatives_per_user, self.max_users = negatives_per_user, max_users
         self.negatives: OrderedDict[str, list[str]] = OrderedDict()  # user -> last written negatives (a view)
         self.recent = deque(maxlen=recent_events) if recent_events > 0 else None  # for a drift fine-tune
-        from ..recsys.drift import OnlineQualityMonitor
-
         self.monitor = OnlineQualityMonitor(k=online_k, delta=drift_delta, max_users=max_users,
-                                            on_drift=on_drift, export_metrics=export_metrics)
+                                            export_metrics=export_metrics)
         self._space_key = None
         self._space: tuple[np.ndarray, np.ndarray | None, InterestProfiler | None] | None = None
         self._raw_vectors: np.ndarray | None = None  # the item space before unit_rows (centred lazily for MMR)
@@ -116,11 +102,8 @@ class Enricher:
 
     @classmethod
     def from_settings(cls, settings) -> "Enricher":
-        """The worker's enricher; wires the drift -> fine-tune callback when ``drift_finetune`` is on."""
-        enricher = cls(settings, recent_events=settings.drift_recent_events if settings.drift_finetune else 0)
-        if settings.drift_finetune:
-            enricher.monitor.on_drift = drift_finetuner(settings, enricher)
-        return enricher
+        """The worker's enricher (keeping recent events for a fine-tune when ``drift_finetune`` is on)."""
+        return cls(settings, recent_events=settings.drift_recent_events if settings.drift_finetune else 0)
 
     # --- 1. negatives ------------------------------------------------------------------------------
     def is_negative(self, event) -> bool:
@@ -169,9 +152,9 @@ class Enricher:
         return list(self.negatives.get(user_id, ()))
 
     def request_lambda(self, events: Sequence) -> float:
-        """MMR lambda for one user's list: the newest ``context.mmr_lambda`` among the user's new
-        ``(batch index, event)`` pairs, else the worker's ``mmr_lambda``."""
-        for _, e in reversed(events):
+        """MMR lambda for one user's list: the newest ``context.mmr_lambda`` among the user's new events,
+        else the worker's ``mmr_lambda``."""
+        for e in reversed(events):
             lam = e.context.get("mmr_lambda") if e.context else None
             if lam is not None:
                 return float(lam)
@@ -219,91 +202,58 @@ class Enricher:
             self._space = (unit, mmr, profiler)
         return mmr
 
-    def finish(self, model, users: Sequence[str], states: Sequence, pending: Sequence[Sequence],
-               hiddens: Sequence[np.ndarray], exclude: list[list[int]], lists: list[list[tuple[str, float]]],
-               k: int, query_vectors: dict[int, np.ndarray], batch_queries: dict[int, np.ndarray],
-               context_alpha: float = 1.0) -> tuple[list[list[tuple[str, float]]], list[dict]]:
+    def finish(self, batch: RankBatch, lists: list[list[tuple[str, float]]]
+               ) -> tuple[list[list[tuple[str, float]]], list[dict]]:
         """Final lists and the extra record fields of each user: ``{"reasons": [...], "interests": [...]}``.
 
-        ``lists`` are the plain lists (model top-K, query-boosted where a query was given); only users
-        with negatives, or every user when MMR / the exposure cap is on, are re-scored here.
-        ``pending[n]`` = user n's new (batch index, event) pairs, ``query_vectors`` = user position ->
-        the vector of the query that counts, ``batch_queries`` = batch index -> query vector."""
-        from ..recsys.context import context_text
+        ``lists`` are the plain lists (``ranking.plain_lists``); only users with a query, negatives or a
+        lambda below 1, or every user when the exposure cap is on, are re-scored here."""
+        vectors, _, profiler = self.item_space(batch.model)
+        feedback = NegativeFeedback(vectors, self.negative_strength, self.negative_radius)
+        lams = np.array([self.request_lambda(events) for events in batch.events], dtype=np.float64)
+        positions = [n for n in range(len(batch.users)) if self.exposure is not None or lams[n] < 1.0
+                     or n in batch.queries or feedback.rows(batch, n)]
+        lists = list(lists)
+        if positions:
+            for n, items in zip(positions, self._rescored(batch, positions, lams[positions], feedback)):
+                lists[n] = items
+        extras = self.annotate(batch, lists, vectors, profiler)
+        self.monitor.record_batch(batch.users, [[i for i, _ in items] for items in lists])
+        return lists, extras
 
-        query_texts = {n: context_text(next(e for i, e in reversed(pending[n]) if i in batch_queries).context)
-                       for n in query_vectors}
-        vectors, _, profiler = self.item_space(model)
-        negatives = [[r for r in model.rows_for(st.negatives) if r] if st.negatives else [] for st in states]
-        lams = np.array([self.request_lambda(events) for events in pending], dtype=np.float64)
-        rerank_all = self.exposure is not None
-        todo = [n for n in range(len(users)) if rerank_all or lams[n] < 1.0 or negatives[n]]
-        if todo:
-            lists = list(lists)
-            scores = model.score_rows(np.stack([hiddens[n] for n in todo])).cpu().numpy()
-            asked = [j for j, n in enumerate(todo) if n in query_vectors]
-            if asked and context_alpha != 0.0:
-                from ..recsys.context import context_boost
+    def _rescored(self, batch: RankBatch, positions: list[int], lams: np.ndarray,
+                  feedback: NegativeFeedback) -> list[list[tuple[str, float]]]:
+        """Lists of the users at ``positions``: stages, then MMR (with the exposure cap) or top-k."""
+        scores = rescore(batch, positions, [boost_queries, feedback])
+        excluded = [list(batch.seen[n]) + feedback.rows(batch, n) for n in positions]
+        diverse = bool((lams < 1.0).any())  # one lambda per user: the worker's or the request's
+        if self.exposure is None and not diverse:  # MMR with lambda 1 is the top-k
+            return top_k_lists(batch.model, scores, batch.k, excluded)
+        rows = mmr_rerank_scores(scores, self.mmr_vectors(batch.model) if diverse else feedback.item_vectors,
+                                 batch.k, lams, self.mmr_candidates, excluded, self.exposure, centre=False)
+        return lists_of_rows(batch.model, scores, rows)
 
-                scores[asked] = context_boost(scores[asked], np.stack([query_vectors[todo[j]] for j in asked]),
-                                              model.model.text_vectors.detach().cpu().numpy(), context_alpha)
-            scores = negative_penalty(scores, [negatives[n] for n in todo], vectors, self.negative_strength,
-                                      self.negative_radius)
-            excluded = [list(exclude[n]) + negatives[n] for n in todo]
-            todo_lams = lams[todo]  # one lambda per user: the worker's or the request's
-            diverse = bool((todo_lams < 1.0).any())
-            if rerank_all or diverse:
-                rows = mmr_rerank_scores(scores, self.mmr_vectors(model) if diverse else vectors, k,
-                                         todo_lams, self.mmr_candidates, excluded, self.exposure, centre=False)
-            else:  # negatives only: a plain top-k of the penalised scores (MMR with lambda 1 is the same list)
-                import torch
-
-                from ..model.gru import topk_excluding
-
-                _, top = topk_excluding(torch.from_numpy(np.ascontiguousarray(scores)), k, excluded)
-                rows = top.numpy()
-            for j, n in enumerate(todo):
-                lists[n] = [(model.item_ids[r - 1], float(scores[j, r])) for r in rows[j].tolist()
-                            if r and np.isfinite(scores[j, r])]
-        extras = [{} for _ in users]
-        history = pad_rows(exclude)  # exclude[n] = user n's seen rows (process_batch)
-        rec_rows = pad_rows([model.rows_for([i for i, _ in items]) for items in lists])
-        if self.explain and len(users):
-            q = np.zeros((len(users), vectors.shape[1]), dtype=np.float32)
-            texts = [None] * len(users)
-            use_query = query_vectors and vectors.shape[1] == next(iter(query_vectors.values())).shape[-1]
+    def annotate(self, batch: RankBatch, lists: list[list[tuple[str, float]]], vectors: np.ndarray,
+                 profiler: InterestProfiler | None) -> list[dict]:
+        """The extra record fields of each user: a reason per item, the user's interests."""
+        extras = [{} for _ in batch.users]
+        if not len(batch.users):
+            return extras
+        history = pad_rows(batch.seen)
+        if self.explain:
+            rec_rows = pad_rows([batch.model.rows_for([i for i, _ in items]) for items in lists])
+            q = np.zeros((len(batch.users), vectors.shape[1]), dtype=np.float32)
+            texts = [None] * len(batch.users)
+            use_query = batch.queries and vectors.shape[1] == next(iter(batch.queries.values())).shape[-1]
             if use_query:
-                for n, vec in query_vectors.items():
-                    q[n], texts[n] = vec, query_texts.get(n)
+                for n, vec in batch.queries.items():
+                    q[n], texts[n] = vec, batch.query_texts.get(n)
             reasons = explain_batch(rec_rows, history, vectors, self._titles,
                                     query_vectors=q if use_query else None, queries=texts, unit=True)
             for n, items in enumerate(lists):
                 extras[n]["reasons"] = reasons[n][:len(items)]
-        if profiler is not None and len(users):
+        if profiler is not None:
             for n, found in enumerate(profiler.summarise(history, top=self.interests_top)):
                 if found:
                     extras[n]["interests"] = [label for label, _ in found]
-        self.monitor.record_batch(users, [[i for i, _ in items] for items in lists])
-        return lists, extras
-
-
-def drift_finetuner(settings, enricher: Enricher):
-    """``recsys.finetune.DriftFinetuner`` writing into ``settings.model`` (a directory of model
-    directories, watched by the hot-reload), or None (with a warning) when that is not possible."""
-    from ..model.recommender import resolve_model_dir
-    from ..recsys.finetune import DriftFinetuner
-
-    if not settings.model:
-        log.warning("drift_finetune is on but no --model directory is given: drift is only reported")
-        return None
-    models_dir = Path(settings.model)
-    try:
-        if resolve_model_dir(models_dir) == models_dir:
-            log.warning("drift_finetune needs --model to be a directory of model directories (got a model "
-                        "directory): drift is only reported")
-            return None
-    except Exception as exc:
-        log.warning("drift_finetune: %s: drift is only reported", exc)
-        return None
-    return DriftFinetuner(models_dir, lambda: resolve_model_dir(models_dir), lambda: list(enricher.recent or ()),
-                          cooldown_s=settings.drift_finetune_cooldown_s)
+        return extras

@@ -9,8 +9,8 @@ the outside, so the numbers include Kafka, Faust, RocksDB and the model, exactly
 * **latency at a fixed offered load**: with the worker warm, events are sent at R events/s; latency of
   each recommendation = its arrival - the send time of the event it follows (one clock, this process),
   reported as p50/p95/p99 and split into legs (``latency_legs``). The events' producer lingers 2 ms (in
-  the ``in`` leg; without linger it sends a request per event and the broker, on the same cores, got
-  slower: p99 60-64 ms in four runs vs 50-57 ms) and the recommendations' consumer fetches with a 10 ms wait;
+  the ``in`` leg; without linger it sends a request per event and the broker, on the same cores, gets
+  slower: DEVELOPERS.md) and the recommendations' consumer fetches with a 10 ms wait;
 * **CPU% and RSS** of the worker process from ``/proc`` (CPU seconds / wall seconds over the phase; peak
   RSS), and **bytes of state per user** from the state table's changelog topic (the latest value of
   every key: exactly what RocksDB stores).
@@ -23,66 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from stream_rec.io.kafka import ensure_topics
+
 from . import harness
+from .procfs import Usage, cpu_seconds
 
 log = logging.getLogger(__name__)
-
-
-# --- process usage from /proc ----------------------------------------------------------------------
-def cpu_seconds(pid: int, stat_path: str | None = None) -> float:
-    """User + system CPU seconds of a process (or of the thread whose ``/proc/.../stat`` is given)."""
-    try:
-        with open(stat_path or f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-
-
-def thread_cpu_seconds(pid: int) -> dict[str, float]:
-    """CPU seconds of every thread of a process, by thread id: a native thread spinning (no Python
-    frames, invisible to py-spy) shows up here."""
-    from glob import glob
-
-    return {path.split("/")[-2]: cpu_seconds(pid, path) for path in glob(f"/proc/{pid}/task/*/stat")}
-
-
-def rss_bytes(pid: int, peak: bool = False) -> int:
-    """Resident set size (or its peak, VmHWM) of a process in bytes."""
-    key = "VmHWM:" if peak else "VmRSS:"
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-@dataclass
-class Usage:
-    pid: int
-    t0: float = field(default_factory=time.monotonic)
-    cpu0: float = 0.0
-
-    def __post_init__(self):
-        self.cpu0 = cpu_seconds(self.pid)
-
-    def read(self) -> dict:
-        wall = time.monotonic() - self.t0
-        cpu = cpu_seconds(self.pid) - self.cpu0
-        return {"cpu_percent": round(100.0 * cpu / wall, 1) if wall > 0 else None, "cpu_seconds": round(cpu, 2),
-                "rss_mb": round(rss_bytes(self.pid) / 2**20, 1), "peak_rss_mb": round(rss_bytes(self.pid, True) / 2**20, 1)}
 
 
 # --- workload ----------------------------------------------------------------------------------------
@@ -136,35 +88,6 @@ def percentiles(values_s: list[float]) -> dict:
             "max_ms": round(float(np.max(values_s) * 1000.0), 2), "n": len(values_s)}
 
 
-async def state_bytes_per_user(settings, timeout_s: float = 20.0) -> dict:
-    """Mean/max size of the latest state value per user, read from the table's changelog topic."""
-    from aiokafka import AIOKafkaConsumer
-
-    from ..kafka import client_kwargs
-
-    topic = f"{settings.app_id}-user-state-changelog"
-    consumer = AIOKafkaConsumer(topic, **client_kwargs(settings), group_id=None, auto_offset_reset="earliest",
-                                enable_auto_commit=False, fetch_max_wait_ms=50)
-    await consumer.start()
-    latest: dict[bytes, int] = {}
-    try:
-        deadline = time.monotonic() + timeout_s
-        idle = 0
-        while time.monotonic() < deadline and idle < 5:
-            batch = await consumer.getmany(timeout_ms=200, max_records=10000)
-            idle = 0 if batch else idle + 1
-            for msgs in batch.values():
-                for m in msgs:
-                    if m.key is not None and m.key != harness.PROBE_USER.encode():
-                        latest[m.key] = len(m.value or b"")
-    finally:
-        await consumer.stop()
-    if not latest:
-        return {"users": 0}
-    sizes = np.array(list(latest.values()))
-    return {"users": len(sizes), "mean_bytes": round(float(sizes.mean()), 1), "max_bytes": int(sizes.max())}
-
-
 # --- scenarios -----------------------------------------------------------------------------------------
 async def run_model_worker(broker: str, data_dir: Path, model_dir: Path, item_ids: list[str], *, tag: str,
                            batch_max_events: int, saturation_events: int, latency_rate: float,
@@ -177,7 +100,7 @@ async def run_model_worker(broker: str, data_dir: Path, model_dir: Path, item_id
 
     settings = harness.isolated_settings(broker, data_dir, tag, model=str(model_dir), partitions=partitions,
                                          batch_max_events=batch_max_events, batch_max_wait_ms=batch_max_wait_ms)
-    await harness.ensure_topics(settings)
+    await ensure_topics(settings)
     producer = await harness.make_producer(settings)
     result: dict = {"batch_max_events": batch_max_events}
     backlog = bench_events(item_ids, saturation_events, n_users, seed=1, prefix=f"{tag}-s")
@@ -194,7 +117,7 @@ async def run_model_worker(broker: str, data_dir: Path, model_dir: Path, item_id
         if key not in worker_times:
             worker_times[key] = worker_times_of(rec)
         if not cpu_at_first_rec and rec.get("user_id") in last_ts:
-            cpu_at_first_rec.append(cpu_seconds(worker.process.pid))
+            cpu_at_first_rec.append(cpu_seconds(worker.proc.pid))
 
     worker = harness.WorkerProcess(settings, log_file=(log_dir / f"{tag}-worker.log") if log_dir else None)
     collector = harness.RecCollector(settings, on_record=on_record)
@@ -207,7 +130,7 @@ async def run_model_worker(broker: str, data_dir: Path, model_dir: Path, item_id
             t0 = time.monotonic()
             while "text encoder ready" not in worker.log_tail(1_000_000) and time.monotonic() - t0 < 180:
                 await asyncio.sleep(0.5)
-        usage = Usage(worker.process.pid)
+        usage = Usage(worker.proc.pid)
         with tqdm(total=len(backlog), desc=f"{tag}: burst", unit="ev", disable=not progress, leave=False) as bar:
             await harness.send_events(producer, settings, backlog, progress=bar)
         ok = await collector.wait_for(lambda: all((u, ts) in arrivals for u, ts in last_ts.items()),
@@ -217,7 +140,7 @@ async def run_model_worker(broker: str, data_dir: Path, model_dir: Path, item_id
         times = sorted(t for (u, _), t in arrivals.items() if u in last_ts)
         span = times[-1] - times[0]
         sat = usage.read()
-        drain_cpu = cpu_seconds(worker.process.pid) - cpu_at_first_rec[0]
+        drain_cpu = cpu_seconds(worker.proc.pid) - cpu_at_first_rec[0]
         result["saturation"] = {"events": len(backlog), "seconds": round(span, 2),
                                 "events_per_s": round(len(backlog) / span, 1) if span > 0 else None,
                                 "drain_cpu_seconds": round(drain_cpu, 2),
@@ -229,7 +152,7 @@ async def run_model_worker(broker: str, data_dir: Path, model_dir: Path, item_id
         load = bench_events(item_ids, int(latency_rate * latency_seconds), n_users, seed=2, prefix=f"{tag}-l",
                             start_ts=time.time() - 60.0)
         sent: dict[tuple[str, float], float] = {}
-        usage = Usage(worker.process.pid)
+        usage = Usage(worker.proc.pid)
         with tqdm(total=len(load), desc=f"{tag}: {latency_rate:.0f} ev/s", unit="ev", disable=not progress,
                   leave=False) as bar:
             await harness.send_events(producer, settings, load, rate=latency_rate, chunk=50, progress=bar,
@@ -238,7 +161,7 @@ async def run_model_worker(broker: str, data_dir: Path, model_dir: Path, item_id
         lat = [arrivals[k] - t for k, t in sent.items() if k in arrivals]
         result["latency"] = {"offered_events_per_s": latency_rate, "seconds": latency_seconds,
                              **percentiles(lat), **usage.read(), "legs": latency_legs(sent, worker_times, arrivals)}
-        result["state"] = await state_bytes_per_user(settings)
+        result["state"] = await harness.state_bytes_per_user(settings)
         if not worker.alive():
             raise RuntimeError(f"{tag}: worker died; log tail:\n{worker.log_tail()}")
     finally:
@@ -258,8 +181,8 @@ def model_stage_events_per_s(model_dir: Path, batch: int = 256, n_batches: int =
 
     if threads > 0:
         torch.set_num_threads(threads)
-    from ..live.models import load_recommender
-    from ..pipeline import Incoming, PipelineConfig, process_batch
+    from stream_rec.pipeline import Incoming, PipelineConfig, process_batch
+    from stream_rec.worker.models import load_recommender
 
     rec = load_recommender(model_dir, device=device)
     events = bench_events(rec.item_ids, batch * n_batches, n_users, seed=3, prefix="m")
@@ -284,11 +207,12 @@ def run_live_scenarios(broker: str, data_dir: Path, model_dir: Path, *, saturati
     """(b) the full pipeline with the trained model and (c) the same pipeline with batch size 1, on the
     same broker; plus the model stage alone (no Kafka). Returns one dict per scenario. The batch-1
     pipeline cannot sustain ``latency_rate``; its latency is measured at half its own saturation rate."""
-    from .models import load_recommender
+    from stream_rec.worker.catalog import uses_text as model_uses_text
+    from stream_rec.worker.models import load_recommender
 
     rec = load_recommender(model_dir, device="cpu")
     item_ids = rec.item_ids
-    uses_text = bool(rec.model.config.use_text and rec.model.config.text_dim)
+    uses_text = model_uses_text(rec)
     out = {"model_stage": model_stage_events_per_s(model_dir, batch=batch_max_events)}
     out["pipeline"] = asyncio.run(run_model_worker(
         broker, data_dir, model_dir, item_ids, tag="pipeline", batch_max_events=batch_max_events,

@@ -7,8 +7,10 @@ is a *hit* if it was in that list. Hits feed
   time window is online HR@k; see stream_rec/metrics.py), and
 * ``river.drift.ADWIN`` (Bifet & Gavalda 2007, river's maintained implementation) over the 0/1 hit
   stream. ADWIN reports any change of the mean; we call it an *alarm* only when the recent window's hit
-  rate is lower than before (a drop), count it in ``stream_rec_drift_detected_total`` and call
-  ``on_drift`` -- the hook that schedules a fine-tune (``recsys.finetune``).
+  rate is lower than before (a drop), count it in ``stream_rec_drift_detected_total`` and append it to
+  ``alarms``. The monitor only records: what to do about an alarm (a fine-tune) is decided beside the
+  stream, by a worker task that reads ``alarms`` (``learning.finetune.follow_alarms``), never inside
+  the micro-batch that graded the event.
 
 Lists are kept in memory, least recently used users evicted beyond ``max_users``: a worker restart
 loses one pending grade per user, which does not bias the estimate. Grading is per event in arrival
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Hashable, Iterable, Sequence
+from typing import Hashable, Iterable, Sequence
 
 from river.drift import ADWIN
 
@@ -28,7 +30,7 @@ from .. import metrics
 
 @dataclass(frozen=True)
 class DriftAlarm:
-    """What the drift callback receives."""
+    """One drop of the online hit rate."""
 
     hit_rate_before: float  # ADWIN's estimate just before the change was detected
     hit_rate_after: float  # estimate over the window ADWIN kept (the recent data)
@@ -36,12 +38,10 @@ class DriftAlarm:
 
 
 class OnlineQualityMonitor:
-    def __init__(self, k: int = 10, delta: float = 0.002, max_users: int = 1_000_000,
-                 on_drift: Callable[[DriftAlarm], None] | None = None, export_metrics: bool = True,
+    def __init__(self, k: int = 10, delta: float = 0.002, max_users: int = 1_000_000, export_metrics: bool = True,
                  grace_period: int = 100):
         self.k = k
         self.max_users = max_users
-        self.on_drift = on_drift
         self.export_metrics = export_metrics
         self.detector = ADWIN(delta=delta, grace_period=grace_period)
         self.last_lists: OrderedDict[Hashable, frozenset] = OrderedDict()
@@ -85,8 +85,6 @@ class OnlineQualityMonitor:
             self.alarms.append(alarm)
             if self.export_metrics:
                 metrics.DRIFT_DETECTED.inc()
-            if self.on_drift is not None:
-                self.on_drift(alarm)
         return hit
 
     def observe_batch(self, users: Sequence[Hashable], items: Sequence) -> list[bool | None]:

@@ -6,19 +6,23 @@ modification time of its files; a directory still being written, or a broken one
 warning, so dropping a half-copied model never takes the worker down).
 
 Hot reload (:class:`LiveModel`): a watcher polls the models directory every few seconds, and a
-``control`` topic message ``{"type": "reload", "path": ...}`` asks for a reload explicitly. The new
-version is loaded in a thread (torch deserialisation takes ~0.1-1 s) while the worker keeps serving the
-old one; then the reference is swapped between two micro-batches (a batch reads ``live.current`` once,
-so it never mixes versions). Items the old model learned live from the ``catalog`` topic are carried
-into the new one before the swap (:func:`carry_live_items`), so a reload never forgets them.
+``control`` topic message ``{"type": "reload", "path": ...}`` asks for a reload explicitly
+(:func:`control_loop`: every worker follows that topic group-less, like the catalog, since a consumer
+group would give each message to one worker only; messages older than the worker are ignored, so a
+restart does not replay old reloads). The new version is loaded in a thread while the worker keeps
+serving the old one; then the reference is swapped between two micro-batches (a batch reads
+``live.current`` once, so it never mixes versions). Items the old model learned live from the
+``catalog`` topic are carried into the new one before the swap (:func:`carry_live_items`), so a reload
+never forgets them.
 
 User state across versions: a hidden state is only meaningful for the weights that produced it (and
 its dimension may change). Each stored state carries the 32-bit tag of its model version
 (``stream_rec.state.model_tag``). When a user's next event arrives and the tags differ, the state is
 *re-warmed*: the user's stored rolling history (last N items with timestamps) is replayed through the
-new model's step (:func:`rewarm`), and the event is applied on top. This is lazy -- no stop-the-world
-pass over the table on reload -- and costs one N-step replay per user, once. The result equals a fresh
-run of the new model over those N items (not over the user's whole life: older items were not kept).
+new model's step (``model.sequences.rewarm``, called by ``pipeline.initial_hiddens``), and the event
+is applied on top. This is lazy -- no stop-the-world pass over the table on reload -- and costs one
+N-step replay per user, once. The result equals a fresh run of the new model over those N items (not
+over the user's whole life: older items were not kept).
 """
 
 from __future__ import annotations
@@ -28,13 +32,12 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-import numpy as np
+from ..io.kafka import assign_from_beginning, kafka_consumer
+from ..io.topics import reload_request
 
 log = logging.getLogger(__name__)
-
-PAD = 0
 
 
 class ModelResolutionError(RuntimeError):
@@ -123,27 +126,6 @@ def carry_live_items(old, new) -> list[str]:
     return carried
 
 
-# --- re-warming hidden states ---------------------------------------------------------------------
-def gaps_from_timestamps(timestamps: Sequence[float]) -> list[float]:
-    """Time-gap feature input of each event: seconds since the previous one (0 for the first)."""
-    return [0.0] + [max(0.0, float(b) - float(a)) for a, b in zip(timestamps, timestamps[1:])]
-
-
-def rewarm(recommender, history_rows: Sequence[int], gaps: Sequence[float] | None = None) -> np.ndarray:
-    """Hidden state ``[H]`` of a user after replaying ``history_rows`` (oldest first, with their time
-    gaps in seconds) through the model's incremental step from the initial state: what a state written
-    by another model version is replaced with. The stream does this for many users at once
-    (``pipeline.rewarm`` over ``UserState`` objects, batched by ``pipeline.run_steps``); this is the
-    single-user form of the same computation, for tools and tests."""
-    from ..pipeline import run_steps
-
-    rows = list(history_rows)
-    gaps = [0.0] * len(rows) if gaps is None else list(gaps)
-    if len(gaps) != len(rows):
-        raise ValueError(f"{len(rows)} history rows but {len(gaps)} gaps")
-    return run_steps(recommender, list(recommender.init_state(1)), [list(zip(rows, gaps))])[0]
-
-
 # --- the live, swappable model --------------------------------------------------------------------
 @dataclass
 class ReloadResult:
@@ -158,7 +140,7 @@ class LiveModel:
     """The recommender being served, swappable while the worker runs.
 
     ``current`` is read once per micro-batch; :meth:`reload` loads a new version off the event loop
-    and swaps it in (``on_swap(new)`` tells the owner, e.g. the worker's ``Spine``).
+    and swaps it in (``on_swap(new)`` tells the owner, the worker's ``WorkerServices``).
     """
 
     def __init__(self, recommender, source: str | Path | None = None, device: str = "auto",
@@ -245,18 +227,27 @@ class LiveModel:
                 await self.reload(changed)
 
 
-def reload_request(message: Any) -> str | None | bool:
-    """Parse a ``control`` topic message. Returns the path to reload from (None = the ``--model``
-    root) for ``{"type": "reload", "path"?: ...}``, or False for anything else."""
-    if isinstance(message, (bytes, bytearray)):
-        import json
-
-        try:
-            message = json.loads(message)
-        except ValueError:
-            return False
-    if not isinstance(message, dict) or message.get("type") != "reload":
-        return False
-    path = message.get("path")
-    return path if isinstance(path, str) and path else None
-
+async def control_loop(live: LiveModel, settings, poll_ms: int = 200, on_reload=None) -> None:
+    """Follow the ``control`` topic and hot-reload on reload messages (every worker does this)."""
+    started_ms = int(time.time() * 1000) - 1000
+    topic = settings.topic(settings.control_topic)
+    consumer = kafka_consumer(settings, fetch_max_wait_ms=max(settings.fetch_max_wait_ms, 100))
+    await consumer.start()
+    try:
+        await assign_from_beginning(consumer, topic)
+        while True:
+            fetched = await consumer.getmany(timeout_ms=poll_ms, max_records=100)
+            for msgs in fetched.values():
+                for m in msgs:
+                    if m.timestamp is not None and m.timestamp < started_ms:
+                        continue  # sent before this worker started
+                    path = reload_request(m.value)
+                    if path is False:
+                        log.warning("control: ignoring message %r", (m.value or b"")[:200])
+                        continue
+                    result = await live.reload(path)
+                    log.info("control: reload -> %s", result)
+                    if on_reload is not None:
+                        on_reload(result)
+    finally:
+        await consumer.stop()

@@ -36,19 +36,18 @@ def train_demo_model(out_dir: str | Path, world: dict | None = None, model: dict
     """Train on the synthetic world and save to ``out_dir``. Returns the Recommender."""
     import torch
 
-    from ..data import Event, leave_one_out, sequences
-    from ..model.train import TrainParams, train_recommender
-    from ..settings import Settings
-    from ..synthetic import make_world
-    from .service import catalog_text
+    from stream_rec.io.data import Interaction, catalog_text, leave_one_out, sequences
+    from stream_rec.model.train import TrainParams, train_recommender
+    from stream_rec.settings import Settings
+    from stream_rec.synthetic import make_world
 
     world = {**DEMO_WORLD, **(world or {})}
     w = make_world(**world)
-    split = leave_one_out(sequences([Event(e["user_id"], e["item_id"], e["timestamp"]) for e in w.events]))
+    split = leave_one_out(sequences([Interaction(e["user_id"], e["item_id"], e["timestamp"]) for e in w.events]))
     item_texts = {it["item_id"]: catalog_text(it) for it in w.items}  # what the worker encodes live
     encoder = None
     if use_text:
-        from ..model.encoder import shared_encoder
+        from stream_rec.model.encoder import shared_encoder
 
         encoder = shared_encoder(Path(cache_dir) if cache_dir else Settings.from_env().cache_dir, "cpu")
     old_threads = torch.get_num_threads()
@@ -69,7 +68,7 @@ def train_demo_model(out_dir: str | Path, world: dict | None = None, model: dict
 
 def demo_model_dir(cache_dir: str | Path | None = None, use_text: bool = True, progress: bool = True) -> Path:
     """The cached demo model directory, trained on first use (seconds)."""
-    from ..settings import Settings
+    from stream_rec.settings import Settings
 
     cache_dir = Path(cache_dir) if cache_dir else Path(Settings.from_env().cache_dir)
     target = cache_dir / "demo-models" / cache_key(DEMO_WORLD, DEMO_MODEL, DEMO_TRAIN, use_text)

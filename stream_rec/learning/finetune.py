@@ -14,17 +14,23 @@ What it does, in order:
    the recent distribution without forgetting the rest (no replay buffer; the comparison in
    benchmarks/smarter.py measures the effect on the next time slice).
 
-The training loop itself is the model engineer's ``model.train.train_epoch``; nothing is duplicated.
+The training loop itself is ``model.train.train_epoch``; nothing is duplicated.
+
+In the worker (``drift_finetune``), :func:`follow_alarms` runs as a task beside the stream: it reads the
+drift monitor's alarms and hands each to a :class:`DriftFinetuner`, which trains in a thread and writes
+the new version where the model watcher (stream_rec/worker/models.py) picks it up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +61,13 @@ def finetune(rec, recent: dict[str, list[tuple[str, float]]], history: dict[str,
              item_texts: dict[str, str] | None = None, params: FinetuneParams | None = None, encoder_factory=None,
              progress: bool = True):
     """Return (new Recommender, FinetuneReport). ``recent`` / ``history``: user -> [(item_id, ts)] in time
-    order (``data.sequences``); ``rec`` itself is left unchanged."""
+    order (``io.data.sequences``); ``rec`` itself is left unchanged."""
     import torch
     from tqdm import tqdm
 
     from ..model.recommender import Recommender
-    from ..model.train import TrainParams, seed_everything, to_sequence, train_epoch, validate
+    from ..model.sequences import to_sequence
+    from ..model.train import TrainParams, seed_everything, train_epoch, validate
 
     params = params or FinetuneParams()
     if params.threads:
@@ -116,7 +123,7 @@ def finetune_model_dir(model_dir: str, events_path: str, out_dir: str, items_pat
                        history_path: str | None = None, fmt: str = "auto", params: FinetuneParams | None = None,
                        progress: bool = True):
     """File-to-file form used by ``stream-rec finetune``: returns (out path, new version, report)."""
-    from ..data import read_events, read_items, sequences
+    from ..io.data import read_events, read_items, sequences
     from ..model.encoder import shared_encoder
     from ..model.recommender import Recommender
 
@@ -139,10 +146,10 @@ def time_slices(events: Sequence, fractions: Sequence[float] = (0.8, 0.9)) -> li
 
 
 class DriftFinetuner:
-    """The drift monitor's ``on_drift`` callback: fine-tune the served model on recent events in a
-    background thread and write the result as a new model directory under ``models_dir``, which the
-    worker's model watcher hot-reloads (stream_rec/live/models.py). At most one run at a time, and none
-    within ``cooldown_s`` of the last start (an alarm storm must not queue fine-tunes).
+    """What a drift alarm triggers: fine-tune the served model on recent events in a background thread
+    and write the result as a new model directory under ``models_dir``, which the worker's model
+    watcher hot-reloads (stream_rec/worker/models.py). At most one run at a time, and none within
+    ``cooldown_s`` of the last start (an alarm storm must not queue fine-tunes).
 
     ``current_model_dir()`` returns the directory being served; ``recent_events()`` returns event dicts
     (``user_id``, ``item_id``, ``timestamp``) -- e.g. a ring buffer the worker fills, or a replay file's
@@ -179,9 +186,8 @@ class DriftFinetuner:
 
     def run_now(self):
         import tempfile
-        from pathlib import Path
 
-        from ..data import write_events_csv
+        from ..io.data import write_events_csv
 
         events = list(self.recent_events())
         out = Path(self.models_dir) / f"finetuned-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}"
@@ -195,3 +201,35 @@ class DriftFinetuner:
         log.info("fine-tuned model %s written to %s (%d users, %d events)", version, out, report.users, report.events)
         self.results.append((str(out), version))
         return out, version, report
+
+
+def drift_finetuner(settings, recent_events: Callable[[], list[dict]]) -> DriftFinetuner | None:
+    """The worker's :class:`DriftFinetuner`, writing into ``settings.model`` (a directory of model
+    directories, watched by the hot reload), or None (with a warning) when that is not possible."""
+    from ..model.recommender import resolve_model_dir
+
+    if not settings.model:
+        log.warning("drift_finetune is on but no --model directory is given: drift is only reported")
+        return None
+    models_dir = Path(settings.model)
+    try:
+        if resolve_model_dir(models_dir) == models_dir:
+            log.warning("drift_finetune needs --model to be a directory of model directories (got a model "
+                        "directory): drift is only reported")
+            return None
+    except Exception as exc:
+        log.warning("drift_finetune: %s: drift is only reported", exc)
+        return None
+    return DriftFinetuner(models_dir, lambda: resolve_model_dir(models_dir), recent_events,
+                          cooldown_s=settings.drift_finetune_cooldown_s)
+
+
+async def follow_alarms(monitor, on_alarm: Callable, interval_s: float = 1.0) -> None:
+    """Hand every new alarm of a drift ``monitor`` (``OnlineQualityMonitor.alarms``) to ``on_alarm``;
+    runs forever as a task beside the stream (the monitor itself only records)."""
+    seen = len(monitor.alarms)
+    while True:
+        await asyncio.sleep(interval_s)
+        new, seen = monitor.alarms[seen:], len(monitor.alarms)
+        for alarm in new:
+            on_alarm(alarm)

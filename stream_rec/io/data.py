@@ -1,17 +1,26 @@
-"""Reading interaction logs and item catalogs from files, and the leave-one-out split.
+"""The one reader of event and item files, and the leave-one-out split.
 
 Formats (``fmt``):
 
 * ``csv`` -- events with a header ``user_id,item_id,timestamp`` (extra columns ignored); items with a
   header ``item_id,title`` where the other columns are appended to the item text when asked
   (``text_columns``). Ids are strings, always.
+* ``jsonl`` -- what the stack itself carries: one ``events`` topic record per line (``user_id``,
+  ``item_id``, ``timestamp``, ...; control events such as ``delete_user`` are skipped), or one
+  ``catalog`` record per line (``item_id``, ``title``, ``text``, ``attributes``), whose item text is
+  :func:`catalog_text`, the text the worker encodes for a live catalog record.
 * ``ml-100k`` -- MovieLens 100K ``u.data`` (tab separated) and ``u.item`` (``|`` separated, latin-1,
   19 genre flags).
 * ``ml-1m`` -- MovieLens 1M ``ratings.dat`` / ``movies.dat`` (``::`` separated, latin-1).
 
 ``detect_format`` picks the format from the file name (``u.data``/``u.item`` -> ml-100k,
-``ratings.dat``/``movies.dat`` -> ml-1m, anything else -> csv); a directory resolves to the MovieLens
-file inside it, so ``--events ../ml-100k --items ../ml-100k`` works.
+``ratings.dat``/``movies.dat`` -> ml-1m, ``*.jsonl``/``*.ndjson`` -> jsonl, anything else -> csv); a
+directory resolves to the MovieLens file inside it, so ``--events ../ml-100k --items ../ml-100k`` works.
+
+Three views of the same files: :func:`read_events` / :func:`read_items` (typed, for training and
+evaluation), :func:`read_catalog` (the catalog records a worker seeds its live catalog with) and
+:func:`read_event_records` (raw event records for ``stream-rec produce``, left for the worker's
+validation to judge).
 
 Sequences are built with a *stable* sort on timestamp, so events with equal timestamps keep their file
 order (MovieLens users rate in bursts within the same second; the file order is the only tie-breaker).
@@ -20,12 +29,15 @@ order (MovieLens users rate in bursts within the same second; the file order is 
 from __future__ import annotations
 
 import csv
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
-FORMATS = ("auto", "csv", "ml-100k", "ml-1m")
+FORMATS = ("auto", "csv", "jsonl", "ml-100k", "ml-1m")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+CONTROL_EVENT_TYPES = frozenset({"delete_user"})  # events that carry no interaction (stream_rec.validation)
 
 ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
@@ -39,7 +51,9 @@ class DataError(ValueError):
 
 
 @dataclass(frozen=True)
-class Event:
+class Interaction:
+    """One user-item event of a log (training and evaluation data)."""
+
     user_id: str
     item_id: str
     timestamp: float
@@ -73,27 +87,40 @@ def _resolve(path: str | Path, names: dict[str, str], fmt: str, kind: str) -> tu
     if not path.is_file():
         raise DataError(f"{kind} file not found: {path}")
     if fmt == "auto":
-        fmt = names.get(path.name, "csv")
+        fmt = names.get(path.name, "jsonl" if path.suffix.lower() in JSONL_SUFFIXES else "csv")
     return path, fmt
 
 
 def detect_format(path: str | Path, kind: str = "events") -> str:
-    """``csv``, ``ml-100k`` or ``ml-1m`` for an events or items path (file or MovieLens directory)."""
+    """``csv``, ``jsonl``, ``ml-100k`` or ``ml-1m`` for an events or items path (file or MovieLens directory)."""
     return _resolve(path, _EVENT_FILES if kind == "events" else _ITEM_FILES, "auto", kind)[1]
 
 
+def _jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) of every non-blank line."""
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    yield line_no, json.loads(line)
+                except ValueError as exc:
+                    raise DataError(f"{path}:{line_no}: not JSON: {exc}") from exc
+
+
 # --- events --------------------------------------------------------------------------------------
-def read_events(path: str | Path, fmt: str = "auto") -> list[Event]:
+def read_events(path: str | Path, fmt: str = "auto") -> list[Interaction]:
     """All events of a file in file order."""
     path, fmt = _resolve(path, _EVENT_FILES, fmt, "events")
     if fmt == "ml-100k":
         return list(_split_lines(path, "\t", 4, "user\\titem\\trating\\ttimestamp"))
     if fmt == "ml-1m":
         return list(_split_lines(path, "::", 4, "UserID::MovieID::Rating::Timestamp"))
+    if fmt == "jsonl":
+        return list(_read_event_jsonl(path))
     return _read_event_csv(path)
 
 
-def _split_lines(path: Path, sep: str, n_fields: int, layout: str) -> Iterable[Event]:
+def _split_lines(path: Path, sep: str, n_fields: int, layout: str) -> Iterable[Interaction]:
     with open(path, encoding="latin-1") as f:
         for line_no, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
@@ -106,10 +133,68 @@ def _split_lines(path: Path, sep: str, n_fields: int, layout: str) -> Iterable[E
                 ts = float(parts[3])
             except ValueError:
                 raise DataError(f"{path}:{line_no}: timestamp {parts[3]!r} is not a number") from None
-            yield Event(parts[0], parts[1], ts)
+            yield Interaction(parts[0], parts[1], ts)
 
 
-def _read_event_csv(path: Path) -> list[Event]:
+def _read_event_jsonl(path: Path) -> Iterator[Interaction]:
+    """``events`` topic records; timestamps in epoch seconds or milliseconds (as the worker reads them)
+    or ISO-8601."""
+    for line_no, rec in _jsonl(path):
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(rec).__name__}")
+        if rec.get("event_type") in CONTROL_EVENT_TYPES:
+            continue
+        user, item, ts = rec.get("user_id"), rec.get("item_id"), rec.get("timestamp")
+        if user in (None, "") or item in (None, ""):
+            raise DataError(f"{path}:{line_no}: empty user_id or item_id")
+        if isinstance(ts, (int, float)) and not isinstance(ts, bool):
+            ts = float(ts) / 1000.0 if ts > 1e11 else float(ts)
+        else:
+            ts = _parse_timestamp(ts if isinstance(ts, str) else None, path, line_no)
+        yield Interaction(str(user), str(item), ts)
+
+
+def read_event_records(path: str | Path) -> Iterator[dict]:
+    """Raw event records for publishing (``stream-rec produce --file``): JSONL as it is, or CSV with a
+    header ``user_id,item_id[,event_type][,timestamp][,value]`` (``userId``/``movieId``/``rating`` also
+    understood), numbers made numbers. Nothing is checked: the worker's validation decides what is bad."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--file: no such file {path}")
+    if path.suffix.lower() != ".csv":
+        yield from (rec for _, rec in _jsonl(path))
+        return
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            ev = {"user_id": _pick(row, "user_id"), "item_id": _pick(row, "item_id"),
+                  "event_type": _pick(row, "event_type") or ("rate" if _pick(row, "value") else "view")}
+            if _pick(row, "timestamp") is not None:
+                ev["timestamp"] = _number(_pick(row, "timestamp"))
+            if _pick(row, "value") is not None:
+                ev["value"] = _number(_pick(row, "value"))
+            yield ev
+
+
+COLUMN_ALIASES = {"user_id": ("user_id", "userId", "user"), "item_id": ("item_id", "itemId", "movieId", "item"),
+                  "timestamp": ("timestamp", "ts", "time"), "value": ("value", "rating"),
+                  "event_type": ("event_type", "type")}
+
+
+def _pick(row: dict, field: str):
+    for name in COLUMN_ALIASES[field]:
+        if row.get(name) not in (None, ""):
+            return row[name]
+    return None
+
+
+def _number(text):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return text  # left for the worker's validation to reject (wrong_type -> DLQ)
+
+
+def _read_event_csv(path: Path) -> list[Interaction]:
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = {"user_id", "item_id", "timestamp"} - set(reader.fieldnames or [])
@@ -121,7 +206,7 @@ def _read_event_csv(path: Path) -> list[Event]:
             user, item, ts = row["user_id"], row["item_id"], row["timestamp"]
             if not user or not item:
                 raise DataError(f"{path}:{line_no}: empty user_id or item_id")
-            out.append(Event(user, item, _parse_timestamp(ts, path, line_no)))
+            out.append(Interaction(user, item, _parse_timestamp(ts, path, line_no)))
         return out
 
 
@@ -143,7 +228,7 @@ def _parse_timestamp(raw: str | None, path: Path, line_no: int) -> float:
     return dt.timestamp()
 
 
-def sequences(events: Sequence[Event]) -> dict[str, list[tuple[str, float]]]:
+def sequences(events: Sequence[Interaction]) -> dict[str, list[tuple[str, float]]]:
     """Per-user ``[(item_id, timestamp), ...]`` in time order; ties keep file order (stable sort).
     Users appear in order of their first event in the file."""
     by_user: dict[str, list[tuple[str, float]]] = {}
@@ -174,7 +259,38 @@ def read_items(path: str | Path, fmt: str = "auto", text_columns: Sequence[str] 
         return _read_ml100k_items(path)
     if fmt == "ml-1m":
         return _read_ml1m_items(path)
+    if fmt == "jsonl":
+        return {r["item_id"]: catalog_text(r) for r in read_catalog(path)}
     return _read_item_csv(path, text_columns)
+
+
+def catalog_text(record: dict) -> str:
+    """``Title. free text. key: value, key: value`` -- what the encoder reads for a catalog record (live
+    in the worker, and in training from a catalog JSONL file, so both read an item alike)."""
+    parts = [str(record.get("title") or "").strip(), str(record.get("text") or "").strip()]
+    attrs = record.get("attributes")
+    if isinstance(attrs, dict) and attrs:
+        parts.append(", ".join(f"{k}: {v}" for k, v in attrs.items()))
+    return ". ".join(p for p in parts if p)
+
+
+def read_catalog(path: str | Path) -> list[dict]:
+    """Catalog records from a JSONL file (one ``{item_id, title, text?, attributes?}`` per line) or a
+    CSV file with an ``item_id`` column (the worker's ``--items``); item ids become strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--items: no such file {path}")
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    else:
+        rows = [rec for _, rec in _jsonl(path)]
+    bad = [n for n, r in enumerate(rows, 1) if not isinstance(r, dict) or not r.get("item_id")]
+    if bad:
+        raise DataError(f"{path}: records without item_id at lines {bad[:5]}")
+    for r in rows:
+        r["item_id"] = str(r["item_id"])
+    return rows
 
 
 def movie_text(title: str, genres: Sequence[str]) -> str:
@@ -236,13 +352,13 @@ def _read_item_csv(path: Path, text_columns: Sequence[str] | None) -> dict[str, 
         return out
 
 
-def write_events_csv(path: str | Path, events: Iterable[dict | Event]) -> None:
+def write_events_csv(path: str | Path, events: Iterable[dict | Interaction]) -> None:
     """Events as ``user_id,item_id,timestamp`` CSV (used by tests and the demo)."""
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["user_id", "item_id", "timestamp"])
         for e in events:
-            if isinstance(e, Event):
+            if isinstance(e, Interaction):
                 w.writerow([e.user_id, e.item_id, e.timestamp])
             else:
                 w.writerow([e["user_id"], e["item_id"], e["timestamp"]])

@@ -1,0 +1,235 @@
+"""Every Kafka client of stream-rec is built here: the worker's own consumers, the CLI's, the tools' and
+the tests'. One place turns :class:`~stream_rec.settings.Settings` security fields into client arguments,
+for aiokafka (``client_kwargs``) and for Faust (``faust_credentials``), so SASL/SSL behaves the same in
+the worker and in everything around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from typing import Any, Iterable
+
+from ..settings import Settings
+from .topics import topic_specs
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """SSL context for SSL/SASL_SSL, from the CA / client cert files in Settings (None otherwise)."""
+    if "SSL" not in settings.security_protocol.upper():
+        return None
+    ctx = ssl.create_default_context(cafile=settings.ssl_cafile or None)
+    if settings.ssl_certfile:
+        ctx.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile or None)
+    return ctx
+
+
+def client_kwargs(settings: Settings) -> dict[str, Any]:
+    """aiokafka keyword arguments for bootstrap + security (works for producer, consumer, admin)."""
+    kw: dict[str, Any] = {"bootstrap_servers": settings.broker}
+    protocol = settings.security_protocol.upper()
+    if protocol != "PLAINTEXT":
+        kw["security_protocol"] = protocol
+        if "SSL" in protocol:
+            kw["ssl_context"] = ssl_context(settings)
+        if protocol.startswith("SASL"):
+            kw["sasl_mechanism"] = settings.sasl_mechanism
+            kw["sasl_plain_username"] = settings.sasl_username
+            kw["sasl_plain_password"] = settings.sasl_password
+    return kw
+
+
+def faust_credentials(settings: Settings) -> dict[str, Any]:
+    """Faust App keyword arguments (``broker_credentials``) for the same security settings."""
+    import faust
+
+    protocol = settings.security_protocol.upper()
+    if protocol == "PLAINTEXT":
+        return {}
+    ctx = ssl_context(settings)
+    if protocol.startswith("SASL"):
+        creds = faust.SASLCredentials(username=settings.sasl_username, password=settings.sasl_password,
+                                      mechanism=settings.sasl_mechanism.upper(), ssl_context=ctx)
+        return {"broker_credentials": creds}
+    return {"broker_credentials": faust.SSLCredentials(ctx)}
+
+
+def kafka_producer(settings: Settings, **options: Any):
+    """An aiokafka producer (not started) for ``settings``' brokers and security."""
+    from aiokafka import AIOKafkaProducer
+
+    return AIOKafkaProducer(**client_kwargs(settings), **options)
+
+
+def kafka_consumer(settings: Settings, *topics: str, **options: Any):
+    """An aiokafka consumer (not started): no consumer group and nothing committed unless ``options``
+    say otherwise (every reader of stream-rec's topics outside Faust reads on its own)."""
+    from aiokafka import AIOKafkaConsumer
+
+    return AIOKafkaConsumer(*topics, **client_kwargs(settings), **({"group_id": None, "enable_auto_commit": False}
+                                                                     | options))
+
+
+async def assign_from_beginning(consumer, topic: str, retry_s: float = 1.0) -> list:
+    """Assign every partition of ``topic`` to a started group-less consumer and seek to the start.
+    Waits (polling the metadata) until the topic exists."""
+    from aiokafka import TopicPartition
+
+    partitions = consumer.partitions_for_topic(topic)
+    while not partitions:
+        await consumer.force_metadata_update()
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await asyncio.sleep(retry_s)
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    return tps
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create the stream-rec topics with the right partition counts (already existing ones are kept).
+
+    Producers create topics on first send with the broker's default partition count, which would
+    break co-partitioning of events and the state table; so every tool calls this first."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [NewTopic(name, n, 1, topic_configs=config) for name, n, config in topic_specs(settings)
+               if name not in existing]
+        if new:
+            await admin.create_topics(new)
+    finally:
+        await admin.close()
+
+
+async def produce_json(settings: Settings, topic: str, records: Iterable[dict], key_field: str | None = None,
+                       producer=None) -> int:
+    """Send JSON records (keyed by ``record[key_field]``) and wait for all acks. Returns the count."""
+    own = producer is None
+    if own:
+        producer = kafka_producer(settings, linger_ms=5)
+        await producer.start()
+    try:
+        futures = []
+        for rec in records:
+            key = str(rec[key_field]).encode() if key_field and key_field in rec else None
+            futures.append(await producer.send(topic, json.dumps(rec).encode(), key=key))
+        for f in futures:
+            await f
+        return len(futures)
+    finally:
+        if own:
+            await producer.stop()
+
+
+async def publish(settings: Settings, topic: str, events: Iterable[dict], total: int | None, rate: float,
+                  stamp_now: bool, progress: bool = True) -> int:
+    """Send events keyed by user_id, paced to ``rate`` ev/s (0 = as fast as possible), with a progress
+    bar; acks are awaited in chunks (not per record). ``stamp_now`` replaces timestamps with the send time."""
+    from tqdm import tqdm
+
+    producer = kafka_producer(settings, linger_ms=5)
+    await producer.start()
+    bar = tqdm(total=total, unit="ev", disable=not progress, desc=f"-> {topic}")
+    sent, pending = 0, []
+    start = time.monotonic()
+    try:
+        for ev in events:
+            if rate > 0:
+                ahead = start + sent / rate - time.monotonic()
+                if ahead > 0:
+                    if pending:
+                        await asyncio.gather(*pending)
+                        pending.clear()
+                    await asyncio.sleep(ahead)
+            if stamp_now and isinstance(ev, dict):
+                ev = dict(ev, timestamp=round(time.time(), 3))
+            key = str(ev.get("user_id")).encode() if isinstance(ev, dict) and ev.get("user_id") is not None else None
+            pending.append(await producer.send(topic, json.dumps(ev).encode(), key=key))
+            sent += 1
+            bar.update(1)
+            if len(pending) >= 1000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        if pending:
+            await asyncio.gather(*pending)
+    finally:
+        bar.close()
+        await producer.stop()
+    return sent
+
+
+async def read_topic(settings: Settings, topic: str, *, timeout_s: float = 30.0) -> list:
+    """Every record of ``topic`` from the beginning up to its end offsets at call time (aiokafka
+    ``ConsumerRecord`` objects, partition by partition). No consumer group, nothing committed."""
+    from aiokafka import TopicPartition
+
+    consumer = kafka_consumer(settings, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        await consumer.topics()  # a full metadata fetch, so partitions_for_topic knows this topic
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        # The end is the high watermark the *fetch* responses report: Tansu answers ListOffsets(latest),
+        # which ``end_offsets`` uses, with the last batch's base offset + 1, not the high watermark.
+        records = []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            for tp_records in batch.values():
+                records.extend(tp_records)
+            ends = {tp: consumer.highwater(tp) for tp in tps}
+            behind = [tp for tp, end in ends.items() if end is None or await consumer.position(tp) < end]
+            if not behind:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} did not reach its end within {timeout_s} s")
+            await asyncio.sleep(0)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def fetched_end_offsets(listed: dict, **consumer_kwargs: Any) -> dict:
+    """End offsets (next offset to be written) confirmed by a fetch, for partitions whose ListOffsets
+    answer is in ``listed`` ({TopicPartition-like: offset}).
+
+    Why: the embedded Tansu broker answers ListOffsets(latest) with *the base offset of the last record
+    batch + 1*, not the last offset + 1, whenever producers batch (measured: 3 records at offsets 0-2 in
+    one batch -> "end offset 1"). Faust's table recovery trusts that number, so it would stop replaying a
+    changelog early and, with the consistency check on, refuse to start ("persisted offset is higher than
+    the highwater"). The high watermark carried by a Fetch response is right, so we fetch from just
+    before the listed end and take the larger of the two. On a real Kafka broker both agree."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    out = dict(listed)
+    wanted = {TopicPartition(tp.topic, tp.partition): tp for tp, off in listed.items() if off}
+    if not wanted:
+        return out
+    probe = AIOKafkaConsumer(**consumer_kwargs, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50)
+    await probe.start()
+    try:
+        probe.assign(list(wanted))
+        for tp, orig in wanted.items():
+            probe.seek(tp, max(0, listed[orig] - 1))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while loop.time() < deadline and any(probe.highwater(tp) is None for tp in wanted):
+            await probe.getmany(timeout_ms=200)
+        for tp, orig in wanted.items():
+            high = probe.highwater(tp)
+            if high is not None and high > out[orig]:
+                out[orig] = high
+    finally:
+        await probe.stop()
+    return out

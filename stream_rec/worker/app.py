@@ -1,0 +1,80 @@
+"""The Faust app of the worker: topics, the state table, the events agent, the tasks beside it.
+Declarations only; what they call lives in the modules next to this one (see __init__.py)."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import faust
+
+from .. import metrics
+from ..io.topics import STATE_TABLE
+from ..learning.finetune import follow_alarms
+from ..settings import Settings
+from .batch import handle_batch
+from .catalog import catalog_loop
+from .faust_ext import BatchedChangelogTable, app_options, consumer_lag, take_batches
+from .models import control_loop
+from .services import WorkerServices
+
+RAW = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")  # our own codecs
+
+
+def build_app(settings: Settings, services: WorkerServices | None = None) -> faust.App:
+    """The Faust app with its topics, table, agent and tasks. ``app.services`` holds the live model."""
+    services = services or WorkerServices(settings)
+    Path(settings.table_dir).mkdir(parents=True, exist_ok=True)
+    app = faust.App(settings.app_id, **app_options(settings))
+    app.fetch_max_wait_ms = settings.fetch_max_wait_ms  # read by faust_ext.LowLatencyConsumerThread
+    app.services = services
+    events = app.topic(settings.topic(settings.events_topic), partitions=settings.partitions, **RAW)
+    recommendations = app.topic(settings.topic(settings.recommendations_topic), partitions=settings.partitions, **RAW)
+    dlq = app.topic(settings.topic(settings.dlq_topic), partitions=1, **RAW)
+    app.state_table = app.tables.add(BatchedChangelogTable(  # raw codec: stream_rec/state.py
+        app, name=STATE_TABLE, beacon=app.tables.beacon, key_type=bytes, value_type=bytes,
+        partitions=settings.partitions))
+
+    @app.agent(events)
+    async def process_events(stream):
+        gc.freeze()  # what the worker's start-up created stays too (see worker/run.py)
+        fill_s = max(settings.batch_max_wait_ms, settings.batch_fill_max_ms) / 1000.0
+        async for batch in take_batches(stream, settings.batch_max_events, fill_s):
+            await handle_batch(app, batch, recommendations.get_topic_name(), dlq.get_topic_name())
+
+    # The state cache holds only keys of partitions this worker owns; ownership changes at a rebalance.
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app, revoked, **kwargs) -> None:
+        app.services.state_cache.clear()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app, assigned, **kwargs) -> None:
+        app.services.state_cache.clear()
+
+    @app.task
+    async def follow_catalog():  # every worker holds the whole catalog
+        await catalog_loop(services.catalog, settings)
+
+    @app.task
+    async def warm_encoder():  # load the LLM encoder before the first catalog item or query needs it
+        await services.catalog_vectors.warm_up(services.model)
+
+    @app.task
+    async def follow_control():  # hot reload on {"type": "reload"} (every worker: group-less consumer)
+        await control_loop(services.live, settings)
+
+    if settings.model and settings.model_poll_s > 0:
+        @app.task
+        async def watch_models():  # hot reload when a newer model lands in --model
+            await services.live.watch(settings.model_poll_s)
+
+    if services.finetuner is not None:
+        @app.task
+        async def watch_drift():  # a drift alarm of the online monitor starts a fine-tune (in a thread)
+            await follow_alarms(services.enricher.monitor, services.finetuner)
+
+    @app.timer(interval=2.0)
+    async def report_lag():
+        metrics.CONSUMER_LAG.set(consumer_lag(app, events.get_topic_name()))
+
+    return app

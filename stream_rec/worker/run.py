@@ -1,0 +1,68 @@
+"""Starting a worker: the model to serve, the process tuning, the ``faust.Worker``."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from typing import Sequence
+
+import faust
+
+from ..settings import Settings
+from .app import build_app
+from .catalog import seed_catalog, untrained_model, uses_text
+from .models import load_newest
+from .services import WorkerServices
+
+log = logging.getLogger(__name__)
+
+
+def load_model(settings: Settings, items: Sequence[dict]):
+    """The Recommender to serve: ``Settings.model`` if given (its newest loadable model directory), else
+    untrained over ``items`` (None when there are no items yet: the first catalog records create it)."""
+    if settings.model:
+        model_dir, model = load_newest(settings.model, device=settings.device)  # skips broken model dirs
+        log.info("serving trained model %s from %s on %s", model.version, model_dir, model.device)
+        if items:
+            seed_catalog(model, items, settings)
+        return model
+    if not items:
+        return None
+    return untrained_model(items, settings)
+
+
+def limit_threads(n: int) -> None:
+    """``n`` compute threads for torch and for numpy's BLAS. OpenBLAS starts a helper thread per core at
+    import that spins after every BLAS call (the reasons' and re-ranking's matrix products), taking CPU
+    from the broker and the event loop on a small box (DEVELOPERS.md)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(n)
+    threadpool_limits(n)
+
+
+def make_worker(settings: Settings, items: Sequence[dict] = (), loglevel: str = "info", **worker_kwargs):
+    """A ``faust.Worker`` for the app (run it with ``.execute_from_commandline()``)."""
+    if settings.torch_threads > 0:
+        limit_threads(settings.torch_threads)
+    services = WorkerServices(settings, load_model(settings, items))
+    if uses_text(services.model):
+        # Load the LLM encoder before consuming: loading it on a thread while the stream runs holds the
+        # GIL for seconds, stalling the first batches of a backlog.
+        services.catalog_vectors.load_encoder()
+    if services.model is None:
+        log.warning("no catalog yet (no --items, no --model): waiting for records on the %s topic",
+                    settings.topic(settings.catalog_topic))
+    app = build_app(settings, services)
+    # Everything loaded so far (torch, transformers, the model, Faust) lives as long as the worker: move it
+    # out of the cyclic GC's reach, or every full collection walks it all and stalls the stream
+    # (DEVELOPERS.md has the measurement).
+    gc.collect()
+    gc.freeze()
+    worker = faust.Worker(app, loglevel=loglevel, **worker_kwargs)
+    # Faust's terminal spinner sets the root logger to DEBUG (to show every record while it spins) when
+    # the level is WARNING or above: every aiokafka send then builds a debug record. No spinner: the
+    # level asked for is the level we get.
+    worker.spinner = None
+    return worker

@@ -1,0 +1,90 @@
+"""What the worker's agents and tasks share (:class:`WorkerServices`), and the state read cache."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+from .. import metrics
+from ..learning.finetune import drift_finetuner
+from ..pipeline import PipelineConfig
+from ..recsys.enricher import Enricher
+from ..settings import Settings
+from .catalog import CatalogVectors, LiveCatalog
+from .models import LiveModel
+
+log = logging.getLogger(__name__)
+
+
+class WorkerServices:
+    """The services of one worker: the live model (hot-reloadable), its catalog, the pipeline config,
+    the enricher, the state cache, and what the batch handler carries from one batch to the next."""
+
+    def __init__(self, settings: Settings, model=None):
+        self.settings = settings
+        # the served model lives in a LiveModel so it can be hot-reloaded (stream_rec/worker/models.py)
+        self.live = LiveModel(model, settings.model or None, settings.device, on_swap=self._on_swap)
+        if settings.model and model is not None:
+            self.live.changed_on_disk()  # the hot-reload watcher's baseline: what was just loaded
+        self.catalog_vectors = CatalogVectors(settings)
+        self.catalog = LiveCatalog(settings, self.live, self.catalog_vectors, on_new_model=self.announce_model)
+        self.config = PipelineConfig.from_settings(settings)
+        # negatives, re-ranking, reasons, interests, online HR@k + drift (stream_rec/recsys/enricher.py); it
+        # rebuilds its item vectors itself when the model is swapped or the catalog grows
+        self.enricher = Enricher.from_settings(settings)
+        self.finetuner = (drift_finetuner(settings, lambda: list(self.enricher.recent or ()))
+                          if settings.drift_finetune else None)
+        self.users_seen: set[str] = set()
+        self.pending_sends: list = []  # delivery futures of the previous batch (see worker/batch.py)
+        self.state_cache = StateCache(settings.state_cache_users)
+        self.announce_model()
+
+    @property
+    def model(self):
+        """The model serving right now (a micro-batch reads it once, so it never mixes versions)."""
+        return self.live.current
+
+    def _on_swap(self, model) -> None:
+        self.announce_model()
+        metrics.MODEL_RELOADS.inc()
+
+    def announce_model(self, model=None) -> None:
+        """``stream_rec_model_info``: the version served and whether it is trained."""
+        if self.model is not None:
+            metrics.MODEL_INFO.clear()
+            metrics.MODEL_INFO.labels(version=self.model.version, trained=str(self.model.trained).lower()).set(1)
+
+
+class StateCache:
+    """Write-through LRU copy of recently written user states (key bytes -> state bytes).
+
+    Correct because a worker is the only writer of the keys of the partitions it owns, and every write
+    goes through ``put`` after the table write; ``clear`` runs on every rebalance (partitions revoked or
+    assigned), so after one, reads fall back to the table that Faust recovers from the changelog."""
+
+    def __init__(self, max_users: int):
+        self.max_users = max_users
+        self._data: "OrderedDict[bytes, bytes]" = OrderedDict()
+
+    def get(self, key: bytes) -> bytes | None:
+        value = self._data.get(key)
+        if value is not None:
+            self._data.move_to_end(key)
+        return value
+
+    def put(self, key: bytes, value: bytes) -> None:
+        if self.max_users <= 0:
+            return
+        self._data[key] = value
+        self._data.move_to_end(key)
+        if len(self._data) > self.max_users:
+            self._data.popitem(last=False)
+
+    def discard(self, key: bytes) -> None:
+        self._data.pop(key, None)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)

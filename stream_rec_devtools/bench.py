@@ -1,0 +1,308 @@
+"""The scenarios of `stream-rec bench` (stream_rec/commands/bench.py says what each measures): the bare
+Faust consumer and the Faust floor as baselines, the worker with the untrained model ("spine"), and the
+trained-model scenarios of ``bench_live``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from stream_rec.io.broker import EmbeddedBroker, free_port
+from stream_rec.io.kafka import ensure_topics, publish
+from stream_rec.settings import Settings
+from stream_rec.synthetic import synthetic_events
+from stream_rec.worker.models import load_newest
+
+from .bench_live import plot_bench, run_live_scenarios
+from .demo_model import demo_model_dir
+from .harness import WorkerProcess
+from .procfs import cpu_seconds
+
+
+class _Progress:
+    """Events counted by a baseline subprocess; at ``n`` it prints its one JSON result line and exits."""
+
+    def __init__(self, n: int):
+        self.n, self.count, self.first, self.first_count, self.cpu_first = n, 0, None, 0, 0.0
+
+    def add(self, events: int) -> None:
+        self.count += events
+        if self.first is None:
+            self.first, self.first_count, self.cpu_first = time.time(), self.count, time.process_time()
+        if self.count >= self.n:
+            print(json.dumps({"count": self.count, "t_first": self.first, "first_count": self.first_count,
+                              "t_last": time.time(), "cpu_s": time.process_time() - self.cpu_first}), flush=True)
+            os._exit(0)
+
+
+def _baseline_app(broker: str, app_id: str, datadir: str, partitions: int, **conf):
+    import faust
+
+    return faust.App(app_id, broker=f"kafka://{broker}", datadir=datadir, consumer_auto_offset_reset="earliest",
+                     broker_session_timeout=6.0, broker_heartbeat_interval=1.0, web_enabled=False,
+                     topic_partitions=partitions, **conf)
+
+
+def _run_baseline(app) -> None:
+    import faust
+
+    worker = faust.Worker(app, loglevel="warning", redirect_stdouts=False, quiet=True)
+    worker.spinner = None  # as in stream_rec.worker.run.make_worker: the spinner turns on DEBUG logging
+    worker.execute_from_commandline()
+
+
+def bare_faust(broker: str, topic: str, n: int, app_id: str, datadir: str, partitions: int) -> None:
+    """Entry point of the bare-Faust subprocess: count ``take(1000)`` batches, print one JSON line, exit."""
+    app = _baseline_app(broker, app_id, datadir, partitions)
+    events = app.topic(topic, key_type=bytes, value_type=bytes)
+    progress = _Progress(n)
+
+    @app.agent(events)
+    async def count(stream):
+        async for values in stream.take(1000, within=0.005):
+            progress.add(len(values))
+
+    _run_baseline(app)
+
+
+def faust_floor(broker: str, topic: str, n: int, app_id: str, datadir: str, partitions: int) -> None:
+    """Entry point of the Faust-floor subprocess: the bare consumer plus what every stream-rec worker must
+    do whatever its model -- write each user's state into a RocksDB table with a changelog and send one
+    record for that user (once per user per micro-batch, as the worker does) -- through Faust's stock
+    per-record paths, with a fixed 512-byte state and a fixed 300-byte record instead of a model. It shows
+    the ceiling that the fixed shape (Faust table + changelog + one recommendation per event) sets on this
+    machine, beside the bare consumer."""
+    from stream_rec.worker.faust_ext import event_context, take_batches
+
+    app = _baseline_app(broker, app_id, datadir, partitions, store="rocksdb://", producer_linger=0.002)
+    events = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    out_topic = f"{topic}.floor-out"
+    table = app.Table("floor-state", key_type=bytes, value_type=bytes)
+    state, record = bytes(512), bytes(300)
+    progress = _Progress(n)
+
+    @app.agent(events)
+    async def count(stream):
+        pending: list = []
+        async for batch in take_batches(stream, 256, 0.05):
+            last_of = {e.message.key: e for e in batch}
+            for key, event in last_of.items():
+                with event_context(event):
+                    table[key] = state
+            futures = [await app.producer.send(out_topic, key, record, None, None, None) for key in last_of]
+            previous, pending = pending, futures
+            if previous:
+                await asyncio.gather(*previous)
+            progress.add(len(batch))
+
+    _run_baseline(app)
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _histogram_quantile(text: str, name: str, q: float) -> float | None:
+    """Quantile from cumulative ``_bucket`` lines (upper bound of the bucket holding it)."""
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    total = buckets[-1][1]
+    for bound, count in sorted(buckets):
+        if count >= q * total:
+            return bound
+    return None
+
+
+def measure_spine(settings, items_file: Path, n: int, workdir: Path, timeout_s: float) -> dict:
+    """``stream-rec worker`` (untrained model) over the ``n`` published events, read through its /metrics."""
+    import urllib.request
+
+    worker = WorkerProcess(settings, items=items_file, log_file=workdir / "spine-worker.log", loglevel="warning")
+    url = worker.metrics_url()
+    t_first = first_count = None
+    deadline = time.monotonic() + timeout_s
+    text = ""
+    with worker:
+        while time.monotonic() < deadline:
+            if not worker.alive():
+                raise RuntimeError(f"spine worker exited ({worker.proc.returncode}); see {worker.log_path}")
+            try:
+                text = urllib.request.urlopen(url, timeout=2).read().decode()
+            except OSError:
+                time.sleep(0.2)
+                continue
+            consumed = _metric(text, "stream_rec_events_consumed_total")
+            now = time.time()
+            if consumed > 0 and t_first is None:
+                t_first, first_count, cpu_first = now, consumed, cpu_seconds(worker.proc.pid)
+            if consumed >= n:
+                break
+            time.sleep(0.02)
+        else:
+            raise RuntimeError(f"spine did not consume {n} events in {timeout_s:.0f} s; see {worker.log_path}")
+        t_last, cpu_s = time.time(), cpu_seconds(worker.proc.pid) - cpu_first
+    return {"count": consumed, "t_first": t_first, "first_count": first_count, "t_last": t_last, "cpu_s": cpu_s,
+            "recommendations": _metric(text, "stream_rec_recommendations_emitted_total"),
+            "dlq": _metric(text, "stream_rec_events_dlq_total"),
+            "consume_to_rec_p50_s_le": _histogram_quantile(text, "stream_rec_consume_to_recommendation_seconds", 0.5),
+            "consume_to_rec_p99_s_le": _histogram_quantile(text, "stream_rec_consume_to_recommendation_seconds", 0.99),
+            "batch_mean": (_metric(text, 'stream_rec_batch_size_events_sum') /
+                           max(1.0, _metric(text, 'stream_rec_batch_size_events_count')))}
+
+
+def measure_bare(broker: str, topic: str, n: int, partitions: int, workdir: Path, timeout_s: float,
+                 entry: str = "bare_faust") -> dict:
+    """Run ``entry`` (``bare_faust`` or ``faust_floor``) in a subprocess over the ``n`` published events."""
+    code = (f"import sys; from stream_rec_devtools.bench import {entry}; "
+            f"{entry}(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6]))")
+    proc = subprocess.run([sys.executable, "-c", code, broker, topic, str(n), f"bench-{entry}-{os.getpid()}",
+                           str(workdir / f"{entry}-data"), str(partitions)], capture_output=True, text=True, timeout=timeout_s)
+    for line in reversed(proc.stdout.splitlines()):
+        if '{"count"' in line:  # Faust's worker may prefix terminal control codes
+            return json.loads(line[line.index('{"count"'):])
+    raise RuntimeError(f"{entry} consumer failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+
+
+def rate(r: dict) -> float:
+    span = r["t_last"] - r["t_first"]
+    return (r["count"] - r["first_count"]) / span if span > 0 else float("nan")
+
+
+def cpu_rate(r: dict) -> float:
+    """Events per CPU-second of the consumer process: what one dedicated core would sustain. On a
+    shared machine (other processes on the same cores) this is the steadier figure to compare."""
+    return (r["count"] - r["first_count"]) / r["cpu_s"] if r.get("cpu_s") else float("nan")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """`stream-rec bench` (its flags in ``args``): every scenario, figures printed and written to ``args.out``."""
+    workdir = Path(tempfile.mkdtemp(prefix="stream-rec-bench-"))
+    results: dict = {"events": args.events, "users": args.users, "partitions": args.partitions,
+                     "batch_max_events": args.batch_max_events,
+                     "batch_max_wait_ms": args.batch_max_wait_ms, "cpus": os.cpu_count()}
+    with EmbeddedBroker(log_file=workdir / "broker.log") as broker:
+        settings = Settings.from_env(broker=broker.bootstrap, partitions=args.partitions, data_dir=workdir / "spine",
+                                     metrics_port=free_port(), web_port=free_port(), app_id="bench-spine",
+                                     batch_max_events=args.batch_max_events,
+                                     batch_max_wait_ms=args.batch_max_wait_ms)
+        asyncio.run(ensure_topics(settings))
+        items, events = synthetic_events(args.events, args.users, seed=0)
+        items_file = workdir / "items.jsonl"
+        items_file.write_text("".join(json.dumps(i) + "\n" for i in items))
+        topic = settings.topic(settings.events_topic)
+        print(f"[bench] broker {broker.bootstrap}; publishing {len(events)} events ({args.users} users, "
+              f"{args.partitions} partitions) ...", flush=True)
+        asyncio.run(publish(settings, topic, events, len(events), 0.0, True, progress=True))
+
+        if not args.skip_bare:
+            print("[bench] bare Faust consumer (take(1000)) ...", flush=True)
+            bare = measure_bare(broker.bootstrap, topic, len(events), args.partitions, workdir, args.timeout)
+            bare["events_per_s"] = rate(bare)
+            bare["events_per_cpu_s"] = cpu_rate(bare)
+            results["bare_faust"] = bare
+            print(f"[bench]   bare Faust: {bare['events_per_s']:,.0f} events/s "
+                  f"({bare['events_per_cpu_s']:,.0f} per CPU-second)", flush=True)
+            print("[bench] Faust floor (bare + a RocksDB table write and a record per user per micro-batch) ...",
+                  flush=True)
+            floor = measure_bare(broker.bootstrap, topic, len(events), args.partitions, workdir, args.timeout, entry="faust_floor")
+            floor["events_per_s"] = rate(floor)
+            floor["events_per_cpu_s"] = cpu_rate(floor)
+            results["faust_floor"] = floor
+            print(f"[bench]   Faust floor: {floor['events_per_s']:,.0f} events/s "
+                  f"({floor['events_per_cpu_s']:,.0f} per CPU-second) = {rate(floor) / rate(bare):.2f} x bare",
+                  flush=True)
+        print("[bench] spine worker (validate + RocksDB state + GRU step + top-K + sends) ...", flush=True)
+        spine = measure_spine(settings, items_file, len(events), workdir, args.timeout)
+        spine["events_per_s"] = rate(spine)
+        spine["events_per_cpu_s"] = cpu_rate(spine)
+        results["spine"] = spine
+        print(f"[bench]   spine: {spine['events_per_s']:,.0f} events/s consumed with recommendations sent "
+              f"({spine['events_per_cpu_s']:,.0f} per CPU-second; "
+              f"{spine['recommendations']:.0f} records, mean batch {spine['batch_mean']:.0f} events, "
+              f"consume->rec p50 <= {spine['consume_to_rec_p50_s_le']} s, p99 <= {spine['consume_to_rec_p99_s_le']} s)",
+              flush=True)
+        if not args.skip_model:
+            run_model_scenarios(args, broker.bootstrap, workdir, results)
+    if "bare_faust" in results:
+        results["spine_over_bare"] = results["spine"]["events_per_s"] / results["bare_faust"]["events_per_s"]
+        results["spine_over_bare_cpu"] = (results["spine"]["events_per_cpu_s"] /
+                                          results["bare_faust"]["events_per_cpu_s"])
+        print(f"[bench] spine / bare Faust = {results['spine_over_bare']:.2f} (wall), "
+              f"{results['spine_over_bare_cpu']:.2f} (per CPU-second)", flush=True)
+    if "pipeline" in results:
+        report_goals(results)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"[bench] results written to {out}", flush=True)
+    if "pipeline" in results:
+        plot = out.with_suffix(".png")
+        plot_bench({k: results[k] for k in ("bare_faust", "spine", "pipeline", "pipeline_batch1", "model_stage")
+                    if k in results}, plot, title=f"stream-rec bench ({os.cpu_count()} CPUs, model "
+                                                   f"{results['model']['version']})")
+        print(f"[bench] plot written to {plot}", flush=True)
+    return 0
+
+
+def run_model_scenarios(args: argparse.Namespace, bootstrap: str, workdir: Path, results: dict) -> None:
+    """The full pipeline with the trained model and the same with batch size 1 (bench_live)."""
+
+    model_dir = Path(args.model) if args.model else demo_model_dir()
+    model_dir, rec = load_newest(model_dir, device="cpu")
+    results["model"] = {"dir": str(model_dir), "version": rec.version, "hidden": rec.hidden_size,
+                        "items": rec.n_items}
+    print(f"[bench] pipeline with trained model {rec.version}: backlog of {args.events} events, then "
+          f"{args.latency_rate:g} ev/s for {args.latency_seconds:g} s; then the same with batch size 1 ...", flush=True)
+    live = run_live_scenarios(bootstrap, workdir / "live", model_dir, saturation_events=args.events,
+                              batch1_events=args.batch1_events, latency_rate=args.latency_rate,
+                              latency_seconds=args.latency_seconds, batch_max_events=args.batch_max_events,
+                              log_dir=workdir, n_users=args.users, batch_max_wait_ms=args.batch_max_wait_ms)
+    results.update(live)
+    for name in ("pipeline", "pipeline_batch1"):
+        r = live[name]
+        print(f"[bench]   {name}: {r['saturation']['events_per_s']:,.0f} events/s at saturation "
+              f"({r['saturation'].get('events_per_cpu_s', float('nan')):,.0f} per CPU-second; "
+              f"CPU {r['saturation']['cpu_percent']}%, RSS {r['saturation']['rss_mb']} MB); at "
+              f"{r['latency']['offered_events_per_s']:g} ev/s p50/p95/p99 = {r['latency'].get('p50_ms')}/"
+              f"{r['latency'].get('p95_ms')}/{r['latency'].get('p99_ms')} ms; state {r['state'].get('mean_bytes')} "
+              f"B/user", flush=True)
+        legs = r["latency"].get("legs") or {}
+        if legs:
+            print("[bench]     latency legs p50/p99 ms: " + ", ".join(
+                f"{name} {leg.get('p50_ms')}/{leg.get('p99_ms')}" for name, leg in legs.items()), flush=True)
+    print(f"[bench]   model stage alone: {live['model_stage']['events_per_s']:,.0f} events/s "
+          f"({live['model_stage']['device']})", flush=True)
+
+
+def report_goals(results: dict) -> None:
+    """Print the issue-5 goals beside the measured figures."""
+    pipe, b1 = results["pipeline"], results["pipeline_batch1"]
+    goals = {"pipeline_over_batch1": pipe["saturation"]["events_per_s"] / b1["saturation"]["events_per_s"],
+             "p99_ms_at_fixed_load": pipe["latency"].get("p99_ms"),
+             "state_bytes_per_user": pipe["state"].get("mean_bytes")}
+    if "bare_faust" in results:
+        goals["pipeline_over_bare"] = pipe["saturation"]["events_per_s"] / results["bare_faust"]["events_per_s"]
+        if results["bare_faust"].get("events_per_cpu_s") and pipe["saturation"].get("events_per_cpu_s"):
+            goals["pipeline_over_bare_cpu"] = (pipe["saturation"]["events_per_cpu_s"] /
+                                               results["bare_faust"]["events_per_cpu_s"])
+    results["goals"] = goals
+    print(f"[bench] goals: pipeline/bare Faust = {goals.get('pipeline_over_bare', float('nan')):.2f} wall, "
+          f"{goals.get('pipeline_over_bare_cpu', float('nan')):.2f} per CPU-second (>= 0.7), "
+          f"pipeline/batch-1 = {goals['pipeline_over_batch1']:.1f} (>= 5), p99 = {goals['p99_ms_at_fixed_load']} ms "
+          f"at {pipe['latency']['offered_events_per_s']:g} ev/s (<= 50), state = {goals['state_bytes_per_user']} "
+          f"B/user (<= 1024)", flush=True)
