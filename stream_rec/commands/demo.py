@@ -1,5 +1,8 @@
 """`stream-rec demo`: embedded broker + worker + synthetic producer + live tail, in one command.
 
+Run the whole thing locally: an embedded broker, a worker serving the untrained model (or --model), a
+synthetic event stream, and a live view of the recommendations. Ctrl-C stops everything cleanly.
+
 Order of start: broker -> topics -> catalog -> worker (subprocess) -> producer + tail (this process).
 Order of stop (Ctrl-C, or --duration): producer and tail -> worker (SIGTERM, a clean Faust shutdown; SIGKILL
 after a grace period) -> broker. Worker and broker run in their own process groups, so a terminal Ctrl-C
@@ -16,15 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from ._common import HelpFormatter
+from ._common import add_command
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="broker + worker + synthetic producer + live tail (Ctrl-C stops all)",
-                       description="Run the whole thing locally: an embedded broker, a worker serving the "
-                                   "untrained model (or --model), a synthetic event stream, and a live view of "
-                                   "the recommendations. Ctrl-C stops everything cleanly.",
-                       formatter_class=HelpFormatter)
+    p = add_command(sub, "demo", "broker + worker + synthetic producer + live tail (Ctrl-C stops all)", __doc__)
     p.add_argument("--port", type=int, default=0, help="broker port (0 = any free port)")
     p.add_argument("--rate", type=float, default=20.0, help="synthetic events per second")
     p.add_argument("--users", type=int, default=50, help="synthetic users")

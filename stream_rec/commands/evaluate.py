@@ -1,22 +1,23 @@
-"""`stream-rec evaluate`: leave-one-out test metrics of a trained model, with popularity and Markov beside it."""
+"""`stream-rec evaluate`: leave-one-out test metrics of a trained model, with popularity and Markov beside it.
+
+Leave-one-out evaluation: each user's last event is the test target, every earlier event is stepped through
+the model's incremental serving path (Recommender.step), and the whole catalog is ranked with the user's
+seen items excluded. Most-popular and first-order Markov baselines are fitted on the same training events
+(all but each user's last two) and reported beside it. Prints JSON and writes a PNG of the training curve.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from ._model_args import add_data_args, load_data
+from ._common import add_command
+from ._model_args import add_data_args, add_model_flag, load_data
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "evaluate", help="HR@10 / NDCG@10 / MRR@10 of a model on a held-out last event per user",
-        description="Leave-one-out evaluation: each user's last event is the test target, every earlier event is "
-                    "stepped through the model's incremental serving path (Recommender.step), and the whole "
-                    "catalog is ranked with the user's seen items excluded. Most-popular and first-order Markov "
-                    "baselines are fitted on the same training events (all but each user's last two) and "
-                    "reported beside it. Prints JSON and writes a PNG of the training curve.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="model directory written by `stream-rec train`")
+    p = add_command(subparsers, "evaluate", "HR@10 / NDCG@10 / MRR@10 of a model on a held-out last event per user",
+                    __doc__, argparse.ArgumentDefaultsHelpFormatter)
+    add_model_flag(p)
     add_data_args(p)
     p.add_argument("--k", type=int, default=10, help="cut-off of the metrics")
     p.add_argument("--plot", default="", help="training-curve PNG path (default: training_curve.png in the "

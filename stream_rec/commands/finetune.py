@@ -1,26 +1,31 @@
-"""`stream-rec finetune`: continue training a model on recent events and write a new model version."""
+"""`stream-rec finetune`: continue training a model on recent events and write a new model version.
+
+Continue training MODEL on the events in RECENT (a replay file or an export of the events topic) and write a
+new model directory the worker hot-reloads. Each user's last recent event is the validation target; the
+unchanged model counts as epoch 0, so the result is never worse on it than the input model. See
+stream_rec/learning/finetune.py.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from ._common import add_command
+from ._model_args import add_format_flag, add_model_flag
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "finetune", help="fine-tune a model on recent events and write a new model version",
-        description="Continue training MODEL on the events in RECENT (a replay file or an export of the events "
-                    "topic) and write a new model directory the worker hot-reloads. Each user's last recent event "
-                    "is the validation target; the unchanged model counts as epoch 0, so the result is never worse "
-                    "on it than the input model. See stream_rec/learning/finetune.py.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="model directory to start from (or a directory of them: newest)")
-    p.add_argument("--events", required=True, help="recent events: CSV user_id,item_id,timestamp or a MovieLens file/dir")
+    p = add_command(subparsers, "finetune", "fine-tune a model on recent events and write a new model version",
+                    __doc__, argparse.ArgumentDefaultsHelpFormatter)
+    add_model_flag(p, "model directory to start from (or a directory of them: newest)")
+    p.add_argument("--events", required=True, help="recent events: CSV user_id,item_id,timestamp, JSONL events-topic "
+                                                   "records, or a MovieLens file/dir")
     p.add_argument("--out", required=True, help="new model directory to write")
     p.add_argument("--items", help="item catalog (CSV item_id,title or MovieLens file): items in RECENT that the model "
                                    "does not know are added from their text; without it their events are skipped")
     p.add_argument("--history", help="older events of the same users; each user's last --context-events of them are "
                                      "put before the recent ones so training starts from a realistic state")
-    p.add_argument("--format", default="auto", choices=["auto", "csv", "jsonl", "ml-100k", "ml-1m"], help="file format of the inputs")
+    add_format_flag(p, "file format of the inputs")
     p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (the best one by validation is kept)")
     p.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (training's default is 2e-3)")
     p.add_argument("--batch-size", type=int, default=32, help="users per batch")

@@ -1,21 +1,25 @@
-"""`stream-rec interests`: a user's recent taste as a few readable labels (genres / keywords)."""
+"""`stream-rec interests`: a user's recent taste as a few readable labels (genres / keywords).
+
+Rank interest labels by how much closer they are to the mean text vector of the user's recent items than to
+the catalog's (see stream_rec/recsys/interests.py). Without --labels, the labels are the genres found in the
+model's item texts ('Genres: ...'), each the centroid of its items.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from ._common import add_command
+from ._model_args import add_format_flag, add_model_flag
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "interests", help="summarise a user's recent history as a few readable interests",
-        description="Rank interest labels by how much closer they are to the mean text vector of the user's recent "
-                    "items than to the catalog's (see stream_rec/recsys/interests.py). Without --labels, the labels are "
-                    "the genres found in the model's item texts ('Genres: ...'), each the centroid of its items.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="model directory (or a directory of them: newest)")
-    p.add_argument("--events", required=True, help="events holding the user's history (CSV or MovieLens file/dir)")
+    p = add_command(subparsers, "interests", "summarise a user's recent history as a few readable interests",
+                    __doc__, argparse.ArgumentDefaultsHelpFormatter)
+    add_model_flag(p, "model directory (or a directory of them: newest)")
+    p.add_argument("--events", required=True, help="events holding the user's history (CSV, JSONL or MovieLens file/dir)")
     p.add_argument("--user", required=True, help="user id to describe")
-    p.add_argument("--format", default="auto", choices=["auto", "csv", "jsonl", "ml-100k", "ml-1m"], help="events file format")
+    add_format_flag(p, "events file format")
     p.add_argument("--labels", default="", help="comma-separated keywords to choose from, encoded by the text encoder (default: the "
                         "catalog's genres)")
     p.add_argument("--recent", type=int, default=20, help="how many of the user's latest events to use")

@@ -1,4 +1,8 @@
-"""`stream-rec produce`: publish events (from a CSV/JSONL file, or synthetic) to the events topic."""
+"""`stream-rec produce`: publish events (from a CSV/JSONL file, or synthetic) to the events topic.
+
+Publish events to the events topic, keyed by user_id, with a progress bar and an optional rate limit.
+Exactly one of --file / --synthetic.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,11 @@ import argparse
 import json
 from pathlib import Path
 
-from ._common import HelpFormatter, add_broker_flags, settings_from_args
+from ._common import add_broker_flags, add_command, settings_from_args
 
 
 def register(sub) -> None:
-    p = sub.add_parser("produce", help="publish events from a file or synthetic ones",
-                       description="Publish events to the events topic, keyed by user_id, with a progress bar and "
-                                   "an optional rate limit. Exactly one of --file / --synthetic.",
-                       formatter_class=HelpFormatter)
+    p = add_command(sub, "produce", "publish events from a file or synthetic ones", __doc__)
     add_broker_flags(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--file", metavar="PATH", help="events as JSONL (one event object per line) or CSV with a "

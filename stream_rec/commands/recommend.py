@@ -1,21 +1,23 @@
-"""`stream-rec recommend`: top-k lists for every user of an event file, through the serving path."""
+"""`stream-rec recommend`: top-k lists for every user of an event file, through the serving path.
+
+For every user in --events, step the incremental model through their events in timestamp order (exactly what
+the stream does) and write one JSON line {"user_id": ..., "items": [...]} with the top-k items, seen items
+excluded. Items of --items that the model was not trained on are encoded and become recommendable through
+their text vectors.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from ._model_args import add_data_args
+from ._common import add_command
+from ._model_args import add_data_args, add_model_flag
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "recommend", help="write top-k recommendations (JSON lines) for every user of an event file",
-        description="For every user in --events, step the incremental model through their events in timestamp "
-                    "order (exactly what the stream does) and write one JSON line {\"user_id\": ..., \"items\": "
-                    "[...]} with the top-k items, seen items excluded. Items of --items that the model was not "
-                    "trained on are encoded and become recommendable through their text vectors.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="model directory written by `stream-rec train`")
+    p = add_command(subparsers, "recommend", "write top-k recommendations (JSON lines) for every user of an event file",
+                    __doc__, argparse.ArgumentDefaultsHelpFormatter)
+    add_model_flag(p)
     add_data_args(p, events_help="history events: CSV with user_id,item_id,timestamp, or a MovieLens file/directory",
                   items_required=False)
     p.add_argument("--k", type=int, default=10, help="items per user")

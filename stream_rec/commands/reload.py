@@ -1,22 +1,22 @@
-"""`stream-rec reload`: ask every running worker to hot-reload its model (a `control` topic record)."""
+"""`stream-rec reload`: ask every running worker to hot-reload its model (a `control` topic record).
+
+Publish {"type": "reload", "path"?: DIR} to the control topic. Every worker follows that topic and loads the
+model without stopping: from DIR if given (a model directory, or a directory of them: the newest valid one),
+else from its own --model. User states written by the old version are re-warmed from their stored history on
+each user's next event. Workers also reload on their own when a newer model lands in their --model directory
+(polled every STREAM_REC_MODEL_POLL_S seconds).
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from ._common import add_broker_flags, settings_from_args
+from ._common import add_broker_flags, add_command, settings_from_args
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "reload", help="tell every worker to hot-reload its model (control topic)",
-        description="Publish {\"type\": \"reload\", \"path\"?: DIR} to the control topic. Every worker follows that "
-                    "topic and loads the model without stopping: from DIR if given (a model directory, or a "
-                    "directory of them: the newest valid one), else from its own --model. User states written by "
-                    "the old version are re-warmed from their stored history on each user's next event. Workers "
-                    "also reload on their own when a newer model lands in their --model directory (polled every "
-                    "STREAM_REC_MODEL_POLL_S seconds).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = add_command(sub, "reload", "tell every worker to hot-reload its model (control topic)",
+                    __doc__, argparse.ArgumentDefaultsHelpFormatter)
     add_broker_flags(p)
     p.add_argument("--path", metavar="DIR", help="model directory to load (default: each worker's --model)")
     p.set_defaults(func=run)

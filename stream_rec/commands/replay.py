@@ -1,24 +1,25 @@
-"""`stream-rec replay`: stream a log through the real broker and worker and score the live recommendations
-prequentially (each emitted list against the user's next event), beside the offline numbers."""
+"""`stream-rec replay`: a log through a real broker and worker, the live recommendations scored prequentially.
+
+Streams the events of E in timestamp order (stable: ties keep file order) through a real Kafka broker and a
+`stream-rec worker` serving MODEL, consumes the recommendations, and scores every emitted list against the
+user's next event (prequential HR@10 / NDCG@10). Prints JSON with the online numbers, the offline
+leave-one-out numbers of the same model on the same users (the `evaluate` code path) and the end-to-end
+latency, and writes a plot of quality and latency over time.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 
+from ._common import add_command
+
 log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "replay", help="replay a log through broker + worker and score the live recs (prequential HR/NDCG@10)",
-        description="Streams the events of E in timestamp order (stable: ties keep file order) through a real "
-                    "Kafka broker and a `stream-rec worker` serving MODEL, consumes the recommendations, and "
-                    "scores every emitted list against the user's next event (prequential HR@10 / NDCG@10). "
-                    "Prints JSON with the online numbers, the offline leave-one-out numbers of the same model on "
-                    "the same users (the `evaluate` code path) and the end-to-end latency, and writes a plot of "
-                    "quality and latency over time.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = add_command(sub, "replay", "replay a log through broker + worker and score the live recs (prequential HR/NDCG@10)",
+                    __doc__, argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--events", required=True, metavar="E",
                    help="events: CSV user_id,item_id,timestamp, MovieLens u.data / ratings.dat, or their directory")
     p.add_argument("--items", metavar="I", help="items file (CSV item_id,title / u.item / movies.dat); only used to "

@@ -1,4 +1,8 @@
-"""`stream-rec tail`: print recommendations as they arrive, with the user's last items beside them."""
+"""`stream-rec tail`: print recommendations as they arrive, with the user's last items beside them.
+
+Follow the recommendations topic and print one line per record: the user, their last items (history) and the
+top items with scores.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,11 @@ import json
 import sys
 import time
 
-from ._common import HelpFormatter, add_broker_flags, settings_from_args
+from ._common import add_broker_flags, add_command, settings_from_args
 
 
 def register(sub) -> None:
-    p = sub.add_parser("tail", help="print recommendations as they arrive",
-                       description="Follow the recommendations topic and print one line per record: the user, "
-                                   "their last items (history) and the top items with scores.",
-                       formatter_class=HelpFormatter)
+    p = add_command(sub, "tail", "print recommendations as they arrive", __doc__)
     add_broker_flags(p)
     p.add_argument("--from-beginning", action="store_true", help="start at the oldest record, not the newest")
     p.add_argument("--max", type=int, default=0, metavar="N", help="exit after N records (0 = never)")

@@ -1,9 +1,15 @@
-"""`stream-rec train`: fit the hybrid text + ID GRU on an event log and write a model directory."""
+"""`stream-rec train`: fit the hybrid text + ID GRU on an event log and write a model directory.
+
+Train the hybrid text + ID GRU on user event sequences (leave-one-out: each user's last event is held out
+for testing, the one before is the validation target used for early stopping) and write MODEL_DIR
+(weights.safetensors, text_vectors.safetensors, config.json, items.json, VERSION).
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from ._common import add_command
 from ._model_args import add_data_args, load_data
 
 
@@ -13,13 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     m = GRUConfig(n_items=0, text_dim=0)  # defaults live with the model and training code
     d = TrainParams()
-    p = subparsers.add_parser(
-        "train", help="train the hybrid GRU recommender offline and write a model directory",
-        description="Train the hybrid text + ID GRU on user event sequences (leave-one-out: each user's last "
-                    "event is held out for testing, the one before is the validation target used for early "
-                    "stopping) and write MODEL_DIR (weights.safetensors, text_vectors.safetensors, config.json, "
-                    "items.json, VERSION).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = add_command(subparsers, "train", "train the hybrid GRU recommender offline and write a model directory",
+                    __doc__, argparse.ArgumentDefaultsHelpFormatter)
     add_data_args(p)
     p.add_argument("--out", required=True, help="model directory to write (created if missing)")
     g = p.add_argument_group("model")

@@ -10,7 +10,7 @@ import asyncio
 import json
 import ssl
 import time
-from typing import Any, Iterable
+from typing import Any, AsyncIterator, Iterable
 
 from ..settings import Settings
 from .topics import topic_specs
@@ -87,6 +87,21 @@ async def assign_from_beginning(consumer, topic: str, retry_s: float = 1.0) -> l
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
     return tps
+
+
+async def follow_from_beginning(settings: Settings, topic: str, poll_ms: int, max_records: int) -> AsyncIterator[list]:
+    """Every record of ``topic`` from its beginning, then each new one, as lists of aiokafka
+    ``ConsumerRecord`` (one list per poll, possibly empty), read group-less: what every worker reads of
+    the ``catalog`` and ``control`` topics. The consumer stops when the iteration ends or is cancelled."""
+    consumer = kafka_consumer(settings, fetch_max_wait_ms=max(settings.fetch_max_wait_ms, 100))
+    await consumer.start()
+    try:
+        await assign_from_beginning(consumer, topic)
+        while True:
+            fetched = await consumer.getmany(timeout_ms=poll_ms, max_records=max_records)
+            yield [m for msgs in fetched.values() for m in msgs]
+    finally:
+        await consumer.stop()
 
 
 async def ensure_topics(settings: Settings) -> None:

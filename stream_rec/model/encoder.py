@@ -5,8 +5,8 @@
   ``Settings().cache_dir / "encoders" / ENCODER_NAME`` and load from there with ``HF_HUB_OFFLINE=1``.
 * Sentence vector = mean of the last hidden states over real tokens (attention mask), L2-normalised:
   the pooling the model was trained with, so cosine = dot product.
-* Batched under ``torch.inference_mode``, on the GPU when there is one. Measured on 2 CPU threads:
-  ~100 texts/s at batch 1, ~520/s at batch >= 32 (DEVELOPERS.md); int8 quantisation loses too much.
+* Batched under ``torch.inference_mode``, on the GPU when there is one: batches are several times faster
+  per text than one text at a time, and int8 quantisation loses too much (DEVELOPERS.md).
 * ``encode_cached`` keeps vectors on disk keyed by (encoder id, sha256(text)), so a catalog is encoded
   once. The cache is a directory of small ``.npz`` shards, each written atomically (temp file + rename):
   several processes (the worker, the CLI) can share it without a lock, and a crash never leaves a
@@ -131,8 +131,7 @@ class TextEncoder:
             self.model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True).to(self.device, self.dtype).eval()
         except Exception as exc:
             raise EncoderError(f"cannot load {ENCODER_NAME} from {self.model_dir}: {exc}") from exc
-        # texts per forward pass: 1024 on a GPU (105k texts/s on an H200 in float16, vs 51k at 256:
-        # benchmarks/gpu.py), 64 on CPU (~520 texts/s from batch 32 up on 2 threads)
+        # texts per forward pass: the sizes past which throughput stops growing (DEVELOPERS.md, benchmarks/gpu.py)
         self.batch_size = batch_size or (1024 if self.device.type == "cuda" else 64)
         self.max_length = max_length
         self.dim = int(self.model.config.hidden_size)
@@ -143,8 +142,8 @@ class TextEncoder:
     def tokenize(self, texts: Sequence[str]):
         """Token ids and attention mask, padded to the longest text and truncated to ``max_length``
         (int64 tensors [b, T], on the CPU). The same ids as ``self.tokenizer(texts, padding=True,
-        truncation=True)``, but straight from the Rust tokenizer: the Python wrapper spends ~50 us per
-        text building dicts, which capped a GPU at the tokeniser's ~17k texts/s."""
+        truncation=True)``, but straight from the Rust tokenizer: the Python wrapper spends long enough
+        per text building dicts to cap a GPU's throughput (DEVELOPERS.md)."""
         import torch
 
         encodings = self._backend.encode_batch(list(texts))
@@ -233,7 +232,7 @@ _shared_lock = threading.Lock()
 
 
 def shared_encoder(cache_dir: Path | str | None = None, device: str = "auto") -> TextEncoder:
-    """One encoder per (cache dir, device) per process: loading takes seconds and ~90 MB."""
+    """One encoder per (cache dir, device) per process: loading takes seconds and tens of MB."""
     key = (str(cache_dir), device)
     with _shared_lock:
         if key not in _shared:

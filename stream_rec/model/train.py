@@ -40,10 +40,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainParams:
-    # Defaults chosen on the validation split of ml-1m-half (benchmarks/sweep.py, runs on a GPU; the test
-    # events untouched): short BPTT windows give 4x more optimiser steps per epoch for the same compute,
-    # converge in fewer epochs and cost less per epoch on CPU (21 s vs 36 s on 2 cores). On the small
-    # MovieLens-100K, windows of 200 validated better (NDCG@10 0.111 vs 0.100): pass max_len=200 there.
+    # Defaults chosen on the validation split of ml-1m-half (benchmarks/sweep.py; the test events
+    # untouched): short BPTT windows give more optimiser steps per epoch for the same compute, converge in
+    # fewer epochs and cost less per epoch on CPU. On the small MovieLens-100K, windows of 200 validated
+    # better: pass max_len=200 there (DEVELOPERS.md has the figures).
     epochs: int = 40  # upper bound; early stopping usually ends sooner
     batch_size: int = 32  # users per batch
     max_len: int = 50  # window length for truncated BPTT (the state is carried across windows)

@@ -44,7 +44,7 @@ def best_evidence(rec_rows: np.ndarray, history_rows: np.ndarray, text_vectors: 
     if rec_rows.ndim != 2 or history_rows.ndim != 2 or rec_rows.shape[0] != history_rows.shape[0]:
         raise ValueError(f"rec_rows {rec_rows.shape} and history_rows {history_rows.shape} must be [B, k] and [B, L]")
     B, L = history_rows.shape
-    # normalise only the rows used (the whole catalog per micro-batch was ~5% of the worker's CPU)
+    # normalise only the rows used: the whole catalog per micro-batch is costly (DEVELOPERS.md)
     norm = (lambda x: x) if unit else unit_rows
     text_rec = norm(np.asarray(text_vectors)[rec_rows])  # [B, k, d_t]
     sim = text_rec @ norm(np.asarray(text_vectors)[history_rows]).transpose(0, 2, 1)  # [B, k, L]

@@ -64,7 +64,7 @@ def negative_penalty(scores: np.ndarray, negative_rows: list[list[int]], item_ve
     vecs = unit_rows(item_vectors)  # [N+1, d]
     neg = pad_rows([list(negative_rows[b]) for b in users])  # [U, M]
     U, M = neg.shape
-    # one 2-D matmul (BLAS); numpy's stacked 3-D @ 2-D takes a non-BLAS loop, ~100x slower at N ~ 4k
+    # one 2-D matmul (BLAS); numpy's stacked 3-D @ 2-D takes a non-BLAS loop, far slower (DEVELOPERS.md)
     sim = (vecs[neg].reshape(U * M, -1) @ vecs.T).reshape(U, M, -1)  # [U, M, N+1]
     closeness = np.clip((sim - radius) / (1.0 - radius), 0.0, 1.0)
     closeness = np.where((neg > 0)[:, :, None], closeness, 0.0).max(axis=1)  # [U, N+1]

@@ -21,13 +21,14 @@ import json
 import logging
 import threading
 import time
+from contextlib import aclosing
 from typing import Callable, Sequence
 
 import numpy as np
 
 from .. import metrics
 from ..io.data import catalog_text
-from ..io.kafka import assign_from_beginning, kafka_consumer
+from ..io.kafka import follow_from_beginning
 from ..recsys.context import context_text_of
 from .encoding import EncodingQueue, encoder_function, metrics_hook
 
@@ -206,20 +207,12 @@ def parse_catalog_record(raw: bytes | None) -> dict | None:
 async def catalog_loop(catalog: LiveCatalog, settings, poll_ms: int = 500) -> None:
     """Read the whole catalog topic (group-less, from the beginning) and keep following it."""
     topic = settings.topic(settings.catalog_topic)
-    consumer = kafka_consumer(settings, fetch_max_wait_ms=max(settings.fetch_max_wait_ms, 100))
-    await consumer.start()
-    try:
-        await assign_from_beginning(consumer, topic)
-        while True:
-            fetched = await consumer.getmany(timeout_ms=poll_ms, max_records=1000)
-            records = [parse_catalog_record(m.value) for msgs in fetched.values() for m in msgs]
+    async with aclosing(follow_from_beginning(settings, topic, poll_ms, 1000)) as polls:
+        async for fetched in polls:
+            records = [parse_catalog_record(m.value) for m in fetched]
             applied = await catalog.update_catalog([r for r in records if r])
             if applied:
                 log.info("catalog: applied %d records (%d items known)", applied, catalog.live.current.n_items)
-    except asyncio.CancelledError:
-        raise
-    finally:
-        await consumer.stop()
 
 
 async def context_vectors(catalog_vectors: CatalogVectors, model, values: Sequence[bytes | None]) -> dict[int, np.ndarray]:

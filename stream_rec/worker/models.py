@@ -30,11 +30,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..io.kafka import assign_from_beginning, kafka_consumer
+from ..io.kafka import follow_from_beginning
 from ..io.topics import reload_request
 
 log = logging.getLogger(__name__)
@@ -231,23 +232,16 @@ async def control_loop(live: LiveModel, settings, poll_ms: int = 200, on_reload=
     """Follow the ``control`` topic and hot-reload on reload messages (every worker does this)."""
     started_ms = int(time.time() * 1000) - 1000
     topic = settings.topic(settings.control_topic)
-    consumer = kafka_consumer(settings, fetch_max_wait_ms=max(settings.fetch_max_wait_ms, 100))
-    await consumer.start()
-    try:
-        await assign_from_beginning(consumer, topic)
-        while True:
-            fetched = await consumer.getmany(timeout_ms=poll_ms, max_records=100)
-            for msgs in fetched.values():
-                for m in msgs:
-                    if m.timestamp is not None and m.timestamp < started_ms:
-                        continue  # sent before this worker started
-                    path = reload_request(m.value)
-                    if path is False:
-                        log.warning("control: ignoring message %r", (m.value or b"")[:200])
-                        continue
-                    result = await live.reload(path)
-                    log.info("control: reload -> %s", result)
-                    if on_reload is not None:
-                        on_reload(result)
-    finally:
-        await consumer.stop()
+    async with aclosing(follow_from_beginning(settings, topic, poll_ms, 100)) as polls:
+        async for fetched in polls:
+            for m in fetched:
+                if m.timestamp is not None and m.timestamp < started_ms:
+                    continue  # sent before this worker started
+                path = reload_request(m.value)
+                if path is False:
+                    log.warning("control: ignoring message %r", (m.value or b"")[:200])
+                    continue
+                result = await live.reload(path)
+                log.info("control: reload -> %s", result)
+                if on_reload is not None:
+                    on_reload(result)
