@@ -69,3 +69,25 @@ def test_first_event_of_a_user_is_not_graded_and_lru_bound():
     assert "a" not in monitor.last_lists  # evicted: only 2 users kept
     assert monitor.observe_batch(["b", "c"], ["x", "x"]) == [True, False]
     assert monitor.hit_rate == 0.5
+
+
+def test_a_task_beside_the_stream_hands_new_alarms_to_the_finetuner():
+    """The monitor only records alarms; ``follow_alarms`` (a worker task) passes each new one on once."""
+    import asyncio
+
+    from stream_rec.learning.drift import DriftAlarm
+    from stream_rec.learning.finetune import follow_alarms
+
+    monitor = OnlineQualityMonitor(k=2, export_metrics=False)
+    monitor.alarms.append(DriftAlarm(0.9, 0.5, 10))  # raised before the task started: not handed on
+    handed: list = []
+
+    async def main():
+        task = asyncio.create_task(follow_alarms(monitor, handed.append, interval_s=0.01))
+        await asyncio.sleep(0.05)
+        monitor.alarms.extend([DriftAlarm(0.8, 0.4, 20), DriftAlarm(0.7, 0.3, 30)])
+        await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(main())
+    assert [a.n_scored for a in handed] == [20, 30]
