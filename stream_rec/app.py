@@ -88,13 +88,11 @@ from faust.transport import drivers as faust_drivers
 from faust.transport.drivers import aiokafka as aiokafka_driver
 
 from . import metrics
-from .kafka import client_kwargs, faust_credentials, fetched_end_offsets
+from .kafka import STATE_TABLE, client_kwargs, faust_credentials, fetched_end_offsets, topic_spec
 from .pipeline import Incoming, PipelineConfig, process_batch
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-STATE_TABLE = "user-state"
 
 
 # --- low-latency consumer ------------------------------------------------------------------------
@@ -540,6 +538,7 @@ def parse_catalog_record(raw: bytes | None) -> dict | None:
 def build_app(settings: Settings, spine: Spine | None = None) -> faust.App:
     """The Faust app with its topics, table, agent and timers. ``app.spine`` holds the live model."""
     spine = spine or Spine(settings)
+    changelog = topic_spec(settings, "changelog")  # the topic spec also rules the topics Faust creates itself
     Path(settings.table_dir).mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
@@ -547,7 +546,7 @@ def build_app(settings: Settings, spine: Spine | None = None) -> faust.App:
         store="rocksdb://",
         datadir=str(settings.table_dir),
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication_factor,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 6),
         consumer_auto_offset_reset="earliest",
@@ -572,7 +571,8 @@ def build_app(settings: Settings, spine: Spine | None = None) -> faust.App:
     recommendations = app.topic(settings.topic(settings.recommendations_topic), partitions=settings.partitions, **raw)
     dlq = app.topic(settings.topic(settings.dlq_topic), partitions=1, **raw)
     table = app.tables.add(BatchedChangelogTable(app, name=STATE_TABLE, beacon=app.tables.beacon, key_type=bytes,
-                                                 value_type=bytes, partitions=settings.partitions))  # raw codec
+                                                 value_type=bytes, partitions=changelog.partitions,  # raw codec
+                                                 extra_topic_configs=changelog.configs))
     app.state_table = table
 
     @app.agent(events)
