@@ -312,3 +312,77 @@ def test_topics_job_runs_the_topic_spec_with_the_workers_settings(objects):
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
     assert job["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"]
     assert container["securityContext"]["readOnlyRootFilesystem"]
+
+
+# --- read-only root filesystem ----------------------------------------------------------------------------
+
+_WRITE = re.compile(r'\b(openat|open|creat|mkdir|mkdirat|rename|renameat2?|unlink|unlinkat)\((?:AT_FDCWD, |\d+, )?'
+                    r'"([^"]+)"(.*)$')
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_worker_writes_only_where_the_pod_has_writable_volumes(broker, tmp_path):
+    """readOnlyRootFilesystem: a worker serving a trained model (text encoder on: catalog vectors, context
+    queries) under strace, handling events and stopping on SIGTERM, creates or opens for writing only
+    paths under STREAM_REC_DATA_DIR and STREAM_REC_CACHE_DIR (the pod's volume), the temp dir and HOME
+    (the pod's /tmp emptyDir), /dev/shm (a tmpfs in every pod) and its own thread names in /proc."""
+    import asyncio
+    import os
+    import signal
+    import sys
+    import time
+
+    from conftest import make_settings, produce, scrape, wait_until
+    from stream_rec.kafka import ensure_topics
+    from stream_rec.live.demo_model import demo_model_dir
+
+    strace = shutil.which("strace")
+    if not strace:
+        pytest.skip("no strace on this machine")
+    model = demo_model_dir(progress=False)
+    volume, tmp = tmp_path / "state", tmp_path / "tmp"  # the pod's mount points exist before the worker starts
+    volume.mkdir()
+    tmp.mkdir()
+    settings = make_settings(broker, volume / "tables", cache_dir=volume / "cache")
+    asyncio.run(ensure_topics(settings))
+    env = {**os.environ, **settings.to_env(), "HOME": str(tmp), "TMPDIR": str(tmp), "STREAM_REC_MODEL": str(model)}
+    env.pop("XDG_CACHE_HOME", None)
+    trace = tmp_path / "strace.log"
+    proc = subprocess.Popen([strace, "-f", "-qq", "-o", str(trace), "-e",
+                             "trace=open,openat,creat,mkdir,mkdirat,rename,renameat,renameat2,unlink,unlinkat",
+                             sys.executable, "-m", "stream_rec", "worker"], env=env, cwd=tmp,
+                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "worker.log").open("w"))
+    try:
+        url = f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
+
+        def consumed() -> float:
+            try:
+                return scrape(url).get("stream_rec_events_consumed_total", -1.0)
+            except OSError:
+                return -1.0
+
+        wait_until(lambda: consumed() >= 0, timeout_s=240, message="the worker's metrics")
+        items = json.loads((model / "items.json").read_text())["item_ids"][:20]
+        events = [{"user_id": f"u{k % 5}", "item_id": items[k % 20], "event_type": "view", "timestamp": time.time(),
+                   **({"context": {"text": "something calm for tonight"}} if k % 7 == 0 else {})} for k in range(50)]
+        produce(settings, settings.topic("events"), events)
+        wait_until(lambda: consumed() >= 50, timeout_s=120, message="the worker to consume 50 events")
+    finally:
+        worker_pid = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
+        os.kill(worker_pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.kill(worker_pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    writable = (str(volume) + "/", str(tmp) + "/", "/dev/shm/", "/dev/null", "/proc/self/")  # procfs: thread names
+    written = set()
+    for line in trace.read_text().splitlines():
+        m = _WRITE.search(line)
+        if not m or (m.group(1).startswith("open") and not re.search(r"O_WRONLY|O_RDWR|O_CREAT", m.group(3))):
+            continue
+        if not m.group(2).startswith(writable):
+            written.add(f"{m.group(1)} {m.group(2)}")
+    assert (volume / "cache" / "encoders").is_dir(), "the encoder was not used: the check proves less than it says"
+    assert not written, sorted(written)
