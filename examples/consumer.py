@@ -73,13 +73,15 @@ async def consume(args: argparse.Namespace) -> int:
     await consumer.start()
     latest: dict[str, dict[str, Any]] = {}  # newest recommendation per user: what a service would serve
     seen = 0
+    loop = asyncio.get_running_loop()
+    last_record_at = loop.time()  # --idle-exit-s counts from here: the start, then the newest record
     try:
         while args.max is None or seen < args.max:
             batch = await consumer.getmany(timeout_ms=1000, max_records=500)
-            if not batch and args.idle_exit_s is not None:
-                args.idle_exit_s -= 1.0
-                if args.idle_exit_s <= 0:
-                    break
+            if batch:
+                last_record_at = loop.time()
+            elif args.idle_exit_s is not None and loop.time() - last_record_at >= args.idle_exit_s:
+                break
             for msg in (m for records in batch.values() for m in records):
                 rec = parse_recommendation(msg.key, msg.value)
                 if rec is None:
@@ -104,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-beginning", action="store_true",
                    help="start at the oldest retained record when the group has no committed offset")
     p.add_argument("--max", type=int, default=None, help="stop after this many recommendations")
-    p.add_argument("--idle-exit-s", type=float, default=None, help="stop after this many seconds without records")
+    p.add_argument("--idle-exit-s", type=float, default=None, help="stop once no record has arrived for this many seconds")
     p.add_argument("--top", type=int, default=5, help="items shown per recommendation")
     p.add_argument("--json", action="store_true", help="print each record as one JSON line")
     p.add_argument("--security-protocol", default="PLAINTEXT",

@@ -10,7 +10,7 @@ The three rules of the ``events`` topic (contract: topics/README.md, schema: top
    order, on the worker that holds that user's state. A record whose key is not its user_id is dead-
    lettered (``key_mismatch``).
 2. **Value = one JSON object** with ``user_id``, ``item_id``, ``event_type`` (view, click, rate,
-   purchase, add_to_cart, like, share) and ``timestamp`` (epoch seconds; milliseconds are accepted).
+   purchase, add_to_cart, like, share; dislike and skip as negative feedback) and ``timestamp`` (epoch seconds; milliseconds are accepted).
    ``value`` (number) and ``context`` (object, optional ``text``) are optional.
 3. **Items must be in the catalog** (the compacted ``catalog`` topic, key = item_id) before their
    events arrive, or the events go to ``events-dlq`` as ``unknown_item``. ``--catalog`` publishes a
@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-EVENT_TYPES = ("view", "click", "rate", "purchase", "add_to_cart", "like", "share")
+# the enum of topics/events.schema.json; dislike and skip are negative feedback (pushed down, not learned as views)
+EVENT_TYPES = ("view", "click", "rate", "purchase", "add_to_cart", "like", "share", "dislike", "skip")
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "topics" / "events.schema.json"
 
 

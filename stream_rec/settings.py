@@ -34,6 +34,10 @@ class Settings:
     dlq_topic: str = "events-dlq"
     control_topic: str = "control"
     partitions: int = 4  # partitions of events/recommendations/state tables (co-partitioned)
+    # replicas of every topic stream-rec creates, Faust's changelog included (stream_rec.io.topics.TOPIC_LAYOUT);
+    # 1 suits a one-broker dev cluster, production wants 3. Existing topics are not changed.
+    replication_factor: int = 1
+    min_insync_replicas: int = 0  # min.insync.replicas of those topics (0 = the broker's default)
     # faust-streaming hard-codes 1500 ms; on a quiet topic that is the event->rec latency floor.
     fetch_max_wait_ms: int = 10
     session_timeout_s: float = 6.0  # Faust waits ~half of this to join a group

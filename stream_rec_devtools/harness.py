@@ -37,7 +37,7 @@ import numpy as np
 
 from stream_rec.io.broker import free_port
 from stream_rec.io.kafka import kafka_consumer, kafka_producer, read_topic
-from stream_rec.io.topics import changelog_topic
+from stream_rec.io.topics import changelog_topic_name
 from stream_rec.settings import Settings
 from stream_rec.state import decode_state
 
@@ -290,7 +290,7 @@ async def read_changelog_states(settings: Settings, topic: str | None = None) ->
     """user id -> ``UserState`` as the table's changelog says now (the last record per key wins;
     a tombstone maps to None). This is exactly what a worker restoring the table would rebuild."""
     states: dict = {}
-    for rec in await read_topic(settings, topic or changelog_topic(settings)):
+    for rec in await read_topic(settings, topic or changelog_topic_name(settings)):
         user = _decode_table_key(rec.key)
         states[user] = None if rec.value is None else decode_state(rec.value)
     return states
@@ -299,7 +299,7 @@ async def read_changelog_states(settings: Settings, topic: str | None = None) ->
 async def state_bytes_per_user(settings: Settings) -> dict:
     """Mean/max size of the latest state value per user (the probe user left out), from the changelog."""
     latest: dict[bytes, int] = {}
-    for rec in await read_topic(settings, changelog_topic(settings)):
+    for rec in await read_topic(settings, changelog_topic_name(settings)):
         if rec.key is not None and rec.key != PROBE_USER.encode():
             latest[rec.key] = len(rec.value or b"")
     if not latest:

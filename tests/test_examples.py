@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,36 @@ def test_producer_and_consumer_examples_round_trip(spine_settings, tmp_path):
         jsonschema.validate(rec, schema)
         assert rec["user_id"].startswith("user-")
         assert rec["items"] and {i["item_id"] for i in rec["items"]} <= catalog
+
+
+@pytest.mark.timeout(120)
+def test_consumer_idle_exit_counts_from_the_last_record(spine_settings):
+    """--idle-exit-s 4 with a record every ~1.5 s: the consumer keeps reading, and stops about 4 s after
+    the last one. (Summing idle polls over the run, it used to stop after the 4th gap: >= 1 idle poll each.)"""
+    from conftest import produce
+
+    settings = spine_settings
+    topic = settings.topic("recommendations")
+
+    def rec(n: int) -> dict:
+        return {"user_id": f"u{n}", "items": [{"item_id": "a", "score": 0.5}]}
+
+    produce(settings, topic, [rec(0)])
+    proc = subprocess.Popen([sys.executable, str(EXAMPLES / "consumer.py"), "--bootstrap", settings.broker,
+                             "--topic", topic, "--group", f"{settings.app_id}-idle", "--from-beginning", "--json",
+                             "--idle-exit-s", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = [json.loads(proc.stdout.readline())["user_id"]]
+        for n in range(1, 6):
+            time.sleep(1.5)
+            produce(settings, topic, [rec(n)])
+            line = proc.stdout.readline()
+            assert line, f"the consumer stopped after {seen} although records kept coming: {proc.stderr.read()}"
+            seen.append(json.loads(line)["user_id"])
+        last = time.monotonic()
+        assert proc.wait(timeout=30) == 0
+        idle = time.monotonic() - last
+    finally:
+        proc.kill()
+    assert seen == [f"u{n}" for n in range(6)]
+    assert 3.5 < idle < 15, idle

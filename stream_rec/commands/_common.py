@@ -23,11 +23,18 @@ def add_broker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partitions", type=int, metavar="N",
                    help="partitions of events/recommendations/state when this command creates them "
                         "(env STREAM_REC_PARTITIONS, default 4)")
+    p.add_argument("--replication-factor", type=int, metavar="N",
+                   help="replicas of every topic this command creates, the state changelog included "
+                        "(env STREAM_REC_REPLICATION_FACTOR, default 1)")
+    p.add_argument("--min-insync-replicas", type=int, metavar="N",
+                   help="min.insync.replicas of the topics this command creates "
+                        "(env STREAM_REC_MIN_INSYNC_REPLICAS, default 0 = the broker's default)")
 
 
 def settings_from_args(args: argparse.Namespace, **extra) -> Settings:
     """Settings from STREAM_REC_* env vars, overridden by the flags that were given."""
-    overrides = {name: getattr(args, name, None) for name in ("broker", "topic_prefix", "partitions")}
+    overrides = {name: getattr(args, name, None)
+                 for name in ("broker", "topic_prefix", "partitions", "replication_factor", "min_insync_replicas")}
     overrides.update(extra)
     return Settings.from_env(**overrides)
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import ssl
 import time
 from typing import Any, AsyncIterator, Iterable
 
 from ..settings import Settings
-from .topics import topic_specs
+from .topics import (SPEC_CONFIG_KEYS, TopicSpec, check_create_response, check_replication, spec_mismatches,
+                     topic_specs)
+
+log = logging.getLogger(__name__)
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -104,23 +108,79 @@ async def follow_from_beginning(settings: Settings, topic: str, poll_ms: int, ma
         await consumer.stop()
 
 
-async def ensure_topics(settings: Settings) -> None:
-    """Create the stream-rec topics with the right partition counts (already existing ones are kept).
+async def _partition_layout(admin, names: list[str]) -> dict[str, tuple[int, int]]:
+    """name -> (partitions, replication factor) of existing topics."""
+    if not names:
+        return {}
+    out = {}
+    for topic in await admin.describe_topics(names):
+        parts = topic.get("partitions") or []
+        if topic.get("error_code", 0) == 0 and parts:
+            out[topic["topic"]] = (len(parts), len(parts[0].get("replicas") or []))
+    return out
 
-    Producers create topics on first send with the broker's default partition count, which would
-    break co-partitioning of events and the state table; so every tool calls this first."""
+
+async def ensure_topics(settings: Settings) -> list[TopicSpec]:
+    """Create every topic of the spec that does not exist yet; returns the specs it created.
+
+    Existing topics are kept as they are; a partition count or replication factor that differs from the
+    spec is logged as a warning. Errors (a replication factor larger than the cluster, a refused config)
+    raise :class:`TopicError`. Producers would otherwise create topics on first send with the broker's
+    default partition count, which breaks co-partitioning of events and the state table; so every tool
+    calls this first."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+    specs = topic_specs(settings)
     admin = AIOKafkaAdminClient(**client_kwargs(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        new = [NewTopic(name, n, 1, topic_configs=config) for name, n, config in topic_specs(settings)
-               if name not in existing]
-        if new:
-            await admin.create_topics(new)
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            check_replication(missing, len((await admin.describe_cluster())["brokers"]))
+            created = set(check_create_response(await admin.create_topics(
+                [NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.configs) for s in missing])))
+        else:
+            created = set()
+        layout = await _partition_layout(admin, [s.name for s in specs if s.name in existing])
+        for spec in specs:
+            if spec.name in layout:
+                for problem in spec_mismatches(spec, *layout[spec.name]):
+                    log.warning("%s", problem)
+        return [s for s in specs if s.name in created]
     finally:
         await admin.close()
+
+
+async def describe_topics(settings: Settings) -> list[dict[str, Any]]:
+    """The spec's topics as the broker has them: ``{spec, exists, partitions, replication_factor, configs}``,
+    configs being what DescribeConfigs reports for the keys the spec sets (a real Kafka broker reports
+    defaults too; the embedded Tansu broker only the configs set at creation)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    specs = topic_specs(settings)
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        names = [s.name for s in specs if s.name in existing]
+        layout = await _partition_layout(admin, names)
+        configs: dict[str, dict[str, str]] = {name: {} for name in names}
+        if names:
+            responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+            for response in responses:
+                for _code, _msg, _type, name, entries in response.resources:
+                    if name in configs:
+                        configs[name] = {e[0]: e[1] for e in entries if e[0] in SPEC_CONFIG_KEYS}
+    finally:
+        await admin.close()
+    out = []
+    for spec in specs:
+        parts, replicas = layout.get(spec.name, (None, None))
+        out.append({"spec": spec, "exists": spec.name in existing, "partitions": parts,
+                    "replication_factor": replicas, "configs": configs.get(spec.name, {})})
+    return out
 
 
 async def produce_json(settings: Settings, topic: str, records: Iterable[dict], key_field: str | None = None,

@@ -1,43 +1,131 @@
-"""The topic spec: every topic stream-rec uses, its partitions and cleanup policy, the state table's
-changelog, and the format of the ``control`` topic's messages. The JSON Schemas of the record values
-live in ``topics/`` at the repository root.
+"""The topic spec: every topic stream-rec uses -- the ones it creates itself and the ones Faust declares
+(the state table's changelog, the assignor's leader topic) -- with partitions, cleanup policy, retention
+and replication, and the format of the ``control`` topic's messages. The JSON Schemas of the record
+values live in ``topics/`` at the repository root. ``io.kafka.ensure_topics`` creates what is missing.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Iterable
 
 from ..settings import Settings
 
 STATE_TABLE = "user-state"  # the worker's Faust table; Faust names its changelog <app_id>-user-state-changelog
 
-# Logical topic name -> (partitions from Settings?, compacted?)
-TOPIC_LAYOUT = {
-    "events": ("partitions", False),
-    "catalog": ("one", True),
-    "recommendations": ("partitions", False),
-    "events-dlq": ("one", False),
-    "control": ("one", False),
+HOUR_MS = 3_600_000
+# The one topic spec: every topic stream-rec creates, read by ensure_topics (`stream-rec topics create`,
+# run by the compose init job and the Kubernetes Job, and by every tool before it produces) and by the
+# Faust app for the topics Faust declares itself (the table's changelog, the assignor's leader topic).
+# role -> (Settings field holding the name, or None for Faust's own topics;
+#          partitions: "partitions" = Settings.partitions (co-partitioned with the state), else 1;
+#          cleanup.policy; retention.ms, None = the broker's default)
+# Retention (topics/README.md): events 7 days by broker default (the state lives in the table),
+# recommendations short (consumers keep the newest per user), dead letters long (evidence).
+TOPIC_LAYOUT: dict[str, tuple[str | None, str | int, str, int | None]] = {
+    "events": ("events_topic", "partitions", "delete", None),
+    "catalog": ("catalog_topic", 1, "compact", None),
+    "recommendations": ("recommendations_topic", "partitions", "delete", 6 * HOUR_MS),
+    "events-dlq": ("dlq_topic", 1, "delete", 28 * 24 * HOUR_MS),
+    "control": ("control_topic", 1, "delete", 24 * HOUR_MS),
+    "changelog": (None, "partitions", "compact", None),  # the user-state table: one partition per events partition
+    "leader": (None, 1, "delete", None),  # Faust's leader-election topic
 }
+SPEC_CONFIG_KEYS = ("cleanup.policy", "retention.ms", "min.insync.replicas")  # topic configs a spec may set
 
 
-def topic_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
-    """(full name, partitions, config) of every stream-rec topic."""
+class TopicError(RuntimeError):
+    """A topic could not be created as the spec says; the message names the topic and the reason."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    role: str  # key of TOPIC_LAYOUT
+    name: str  # full name on the cluster
+    partitions: int
+    replication_factor: int
+    cleanup_policy: str  # delete | compact
+    retention_ms: int | None = None  # None: the broker's default
+    min_insync_replicas: int = 0  # 0: the broker's default
+
+    @property
+    def configs(self) -> dict[str, str]:
+        """Topic configs as CreateTopics takes them (only what the spec sets)."""
+        out = {"cleanup.policy": self.cleanup_policy}
+        if self.retention_ms is not None:
+            out["retention.ms"] = str(self.retention_ms)
+        if self.min_insync_replicas:
+            out["min.insync.replicas"] = str(self.min_insync_replicas)
+        return out
+
+
+def changelog_topic_name(settings: Settings) -> str:
+    """Faust's name for the state table's changelog (``Table._changelog_topic_name``; app version 1)."""
+    return f"{settings.app_id}-{STATE_TABLE}-changelog"
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every stream-rec topic for these settings (TOPIC_LAYOUT with names, counts and replication filled in)."""
+    rf, min_isr = settings.replication_factor, settings.min_insync_replicas
+    if rf < 1:
+        raise TopicError(f"replication factor {rf}: must be at least 1 (STREAM_REC_REPLICATION_FACTOR)")
+    if not 0 <= min_isr <= rf:
+        raise TopicError(f"min.insync.replicas {min_isr} with replication factor {rf}: must be between 0 (broker "
+                         "default) and the replication factor, or acks=all producers could never write "
+                         "(STREAM_REC_MIN_INSYNC_REPLICAS)")
+    faust_names = {"changelog": changelog_topic_name(settings), "leader": f"{settings.app_id}-__assignor-__leader"}
     out = []
-    for logical, (parts, compacted) in TOPIC_LAYOUT.items():
-        name = {"events": settings.events_topic, "catalog": settings.catalog_topic,
-                "recommendations": settings.recommendations_topic, "events-dlq": settings.dlq_topic,
-                "control": settings.control_topic}[logical]
-        n = settings.partitions if parts == "partitions" else 1
-        config = {"cleanup.policy": "compact"} if compacted else {}
-        out.append((settings.topic(name), n, config))
+    for role, (field_name, parts, policy, retention_ms) in TOPIC_LAYOUT.items():
+        name = settings.topic(getattr(settings, field_name)) if field_name else faust_names[role]
+        out.append(TopicSpec(role, name, settings.partitions if parts == "partitions" else int(parts), rf, policy,
+                             retention_ms, min_isr))
     return out
 
 
-def changelog_topic(settings: Settings) -> str:
-    """The state table's changelog topic (Faust's naming: ``<app_id>-<table>-changelog``)."""
-    return f"{settings.app_id}-{STATE_TABLE}-changelog"
+def topic_spec(settings: Settings, role: str) -> TopicSpec:
+    return next(s for s in topic_specs(settings) if s.role == role)
+
+
+def check_replication(specs: Iterable[TopicSpec], brokers: int) -> None:
+    """Refuse a replication factor larger than the cluster before creating anything. (Kafka would answer
+    INVALID_REPLICATION_FACTOR per topic; the embedded Tansu broker accepts any factor and keeps one copy.)"""
+    for spec in specs:
+        if spec.replication_factor > brokers:
+            raise TopicError(f"cannot create topic {spec.name}: replication factor {spec.replication_factor} is "
+                             f"larger than the {brokers} broker(s) of the cluster (set STREAM_REC_REPLICATION_FACTOR "
+                             f"to at most {brokers})")
+
+
+def check_create_response(response) -> list[str]:
+    """Names of the topics a CreateTopics response says were created; TopicAlreadyExists counts as fine
+    (another worker was first), any other per-topic error raises :class:`TopicError` with the broker's
+    error name and message."""
+    from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+    created, failed = [], []
+    for name, code, *message in response.topic_errors:
+        if code == 0:
+            created.append(name)
+        elif code != TopicAlreadyExistsError.errno:
+            text = message[0] if message and message[0] else ""
+            failed.append(f"topic {name}: {for_code(code).__name__} (error {code}){': ' + text if text else ''}")
+    if failed:
+        raise TopicError("the broker refused to create " + "; ".join(failed))
+    return created
+
+
+def spec_mismatches(spec: TopicSpec, partitions: int, replication_factor: int) -> list[str]:
+    """What differs between an existing topic and its spec (ensure_topics never alters existing topics)."""
+    out = []
+    if partitions != spec.partitions:
+        out.append(f"topic {spec.name} has {partitions} partitions, the spec says {spec.partitions}"
+                   + (" (events and the state changelog must be co-partitioned: users would move to partitions "
+                      "where their state is not)" if spec.role in ("events", "changelog") else ""))
+    if replication_factor != spec.replication_factor:
+        out.append(f"topic {spec.name} has replication factor {replication_factor}, the spec says "
+                   f"{spec.replication_factor}")
+    return out
 
 
 # --- control topic -------------------------------------------------------------------------------------

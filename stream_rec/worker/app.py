@@ -9,7 +9,7 @@ from pathlib import Path
 import faust
 
 from .. import metrics
-from ..io.topics import STATE_TABLE
+from ..io.topics import STATE_TABLE, topic_spec
 from ..learning.finetune import follow_alarms
 from ..settings import Settings
 from .batch import handle_batch
@@ -24,6 +24,7 @@ RAW = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_seriali
 def build_app(settings: Settings, services: WorkerServices | None = None) -> faust.App:
     """The Faust app with its topics, table, agent and tasks. ``app.services`` holds the live model."""
     services = services or WorkerServices(settings)
+    changelog = topic_spec(settings, "changelog")  # the topic spec also rules the topics Faust creates itself
     Path(settings.table_dir).mkdir(parents=True, exist_ok=True)
     app = faust.App(settings.app_id, **app_options(settings))
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms  # read by faust_ext.LowLatencyConsumerThread
@@ -33,7 +34,7 @@ def build_app(settings: Settings, services: WorkerServices | None = None) -> fau
     dlq = app.topic(settings.topic(settings.dlq_topic), partitions=1, **RAW)
     app.state_table = app.tables.add(BatchedChangelogTable(  # raw codec: stream_rec/state.py
         app, name=STATE_TABLE, beacon=app.tables.beacon, key_type=bytes, value_type=bytes,
-        partitions=settings.partitions))
+        partitions=changelog.partitions, extra_topic_configs=changelog.configs))
 
     @app.agent(events)
     async def process_events(stream):
@@ -68,10 +69,11 @@ def build_app(settings: Settings, services: WorkerServices | None = None) -> fau
         async def watch_models():  # hot reload when a newer model lands in --model
             await services.live.watch(settings.model_poll_s)
 
-    if services.finetuner is not None:
+    if settings.drift_finetune:
         @app.task
         async def watch_drift():  # a drift alarm of the online monitor starts a fine-tune (in a thread)
-            await follow_alarms(services.enricher.monitor, services.finetuner)
+            if services.finetuner is not None:  # None: --model cannot take a fine-tuned model (logged)
+                await follow_alarms(services.enricher.monitor, services.finetuner)
 
     @app.timer(interval=2.0)
     async def report_lag():

@@ -79,7 +79,7 @@ def app_options(settings: Settings) -> dict[str, Any]:
         store="rocksdb://",
         datadir=str(settings.table_dir),
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication_factor,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 6),
         consumer_auto_offset_reset="earliest",
