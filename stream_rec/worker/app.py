@@ -43,14 +43,11 @@ def build_app(settings: Settings, services: WorkerServices | None = None) -> fau
         async for batch in take_batches(stream, settings.batch_max_events, fill_s):
             await handle_batch(app, batch, recommendations.get_topic_name(), dlq.get_topic_name())
 
-    # The state cache holds only keys of partitions this worker owns; ownership changes at a rebalance.
-    @app.on_partitions_revoked.connect
-    async def on_revoked(app, revoked, **kwargs) -> None:
-        app.services.state_cache.clear()
+    async def clear_state_cache(app, partitions, **kwargs) -> None:  # on every rebalance: the cache holds
+        app.services.state_cache.clear()  # only keys of partitions this worker owns
 
-    @app.on_partitions_assigned.connect
-    async def on_assigned(app, assigned, **kwargs) -> None:
-        app.services.state_cache.clear()
+    app.on_partitions_revoked.connect(clear_state_cache)
+    app.on_partitions_assigned.connect(clear_state_cache)
 
     @app.task
     async def follow_catalog():  # every worker holds the whole catalog
