@@ -6,22 +6,24 @@ catalog of every worker up to date from the ``catalog`` topic.
 
 Design decisions
 ----------------
-**Micro-batching with a RocksDB table and correct changelogs.** Writing a table from inside
-``stream.take()`` fails: the table and the RocksDB store use ``faust.streams.current_event()`` (a
-ContextVar holding a weakref to the event) to pick the store partition and the changelog partition, and
-inside ``take()`` no event is current. We iterate :func:`take_batches` instead (an adaptive variant of
-Faust's ``stream.take_events``: batches fill up while a backlog lasts, close 1 ms after the intake
-pauses), which yields the Faust ``Event`` objects, and for each user we set the current-event ContextVar to *that user's
-own last event in the batch* around the table read and write (:func:`event_context`). Events are keyed by
-``user_id`` and the table is co-partitioned with ``events`` (same key, same partition count), so the
-user's event partition *is* the partition of the user's table key: the value lands in the right RocksDB
-partition and the changelog record on the right changelog partition. Records whose Kafka key is not their
-``user_id`` are rejected (``key_mismatch``) because they would break that equality. ``take_batches`` acks
-the batch's offsets only after our loop body returns, i.e. after states are written and every
-recommendation/DLQ record is handed to the producer. tests/test_spine_kafka.py::test_restart_recovers_state
-checks the result end to end: a worker restarted on the same data dir continues each user's history, and
-one started on an *empty* data dir rebuilds the same states from the changelog alone. (The embedded
-broker under-reports end offsets after batched produces, which would cut that changelog replay short;
+**Micro-batching with a RocksDB table written behind its changelog.** Faust's own table write
+(``table[key] = value``) picks the store partition and the changelog partition from
+``faust.streams.current_event()``, which is unset inside ``stream.take()`` batches, and it writes the local
+store *before* the changelog record is delivered. We iterate :func:`take_batches` instead (an adaptive
+variant of Faust's ``stream.take_events``: batches fill up while a backlog lasts, close 1 ms after the
+intake pauses), which yields the Faust ``Event`` objects, and write through
+:class:`BatchedChangelogTable`: each new state is *staged* for the partition of the user's own event
+(events are keyed by ``user_id`` and the table is co-partitioned with ``events``, so that is the
+partition of the user's table key), kept in memory, and written to RocksDB -- with the store's persisted
+changelog offset -- only when its changelog record is delivered. A ``kill -9`` therefore never leaves a
+local state the changelog lacks (tests/test_reliability_faults.py::test_kill9_during_bursts_*). Records
+whose Kafka key is not their ``user_id`` are rejected (``key_mismatch``) because they would break the
+co-partitioning. ``take_batches`` acks the batch's offsets only after our loop body *returned*, i.e.
+after states are staged and every recommendation/DLQ record is handed to the producer; a body that
+raises acks nothing. tests/test_spine_kafka.py::test_restart_recovers_state checks the result end to
+end: a worker restarted on the same data dir continues each user's history, and one started on an
+*empty* data dir rebuilds the same states from the changelog alone. (The embedded broker under-reports
+end offsets after batched produces, which would cut that changelog replay short;
 :class:`LowLatencyTransport` confirms them with a fetch, see ``stream_rec.kafka.fetched_end_offsets``.)
 
 **Deletion and pseudonyms.** ``delete_user`` control events (``stream-rec forget``) travel in ``events``
@@ -33,8 +35,11 @@ worker's local partitions, since the hash is not the record key; writes still us
 **Delivery semantics: at-least-once delivery, effectively-once state.** A crash after sending
 recommendations but before the offset commit redelivers events. Each state stores the (partition,
 offset) of the last event applied to it; redelivered events (offset <= stored) are skipped and counted in
-``stream_rec_events_duplicate_total``, so a user's GRU state and history never apply an event twice. A
-recommendation may be emitted twice for the same event (consumers key by user and keep the newest).
+``stream_rec_events_duplicate_total``, so a user's GRU state and history never apply an event twice.
+When all of a user's events in a batch are redelivered and the newest is the one the state applied
+last, the user's list is sent again from the stored state (``stream_rec_recommendations_replayed_total``):
+the state's changelog record may have been delivered before the crash while the recommendation was
+not. A recommendation may be emitted twice for the same event (consumers key by user and keep the newest).
 
 **Table.** RocksDB store (``store='rocksdb://'``, faust-streaming's rocksdict backend), keys are UTF-8
 user ids and values our own binary codec (stream_rec/state.py, ``raw`` serializers: no pickle, no JSON
@@ -78,6 +83,7 @@ import json
 import logging
 import time
 import weakref
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -225,11 +231,15 @@ async def take_batches(stream, max_events: int, within_s: float, idle_s: float =
             events = list(buffer)
             try:
                 yield events
+                # Only a batch the loop body finished is acked. Faust's take_events acks in a `finally`:
+                # when the body raises (or the agent is cancelled), its events would be acked -- and their
+                # offsets committed -- without having been processed. Here they stay unacked, so the
+                # commit can never pass them (the agent crashes the worker, see build_app).
+                for event in events:
+                    await stream.ack(event)
             finally:
                 buffer.clear()
                 has_events.clear()
-                for event in events:
-                    await stream.ack(event)
                 if not buffer_consuming.done():
                     buffer_consuming.set_result(None)
                 buffer_full.clear()
@@ -292,60 +302,119 @@ class RecordBatches:
 
 
 class BatchedChangelogTable(faust.Table):
-    """A Faust table whose changelog records go out as Kafka record batches, one per changelog partition
-    per micro-batch, instead of one ``send_soon`` per key (Faust's producer buffer, a future and a
-    persisted-offset write in RocksDB per record: measured as costly as our whole model step).
+    """The user-state table, written *behind* its changelog: a state reaches the local RocksDB store only
+    after its changelog record was delivered.
 
-    Same records, same place: ``on_key_set``/``on_key_del`` queue the (raw) key and value -- a tombstone
-    for a deletion -- on ``partition_for_key(key)``, i.e. the current event's partition, exactly where
-    Faust would send them; the store write itself is Faust's, unchanged. The agent calls
-    :meth:`send_changelog_batches` after its writes, before the batch's events are acked, so offsets are
-    never committed before the changelog records are in the producer (and Faust flushes the producer
-    before each commit). Deletions and writes of one micro-batch share the queue, so their order per key
-    is kept. When a batch is delivered, the store's persisted offset of that partition is set to its last
-    record (one RocksDB write per batch; recovery starts after it, as with Faust's own callback).
-    Anything but raw bytes, or a transactional app, takes Faust's own per-record path."""
+    Why: Faust writes the store at ``table[key] = value`` and sends the changelog record later. A worker
+    killed in between restarts with a local state that the changelog never got; the state's stored offset
+    says its events were applied, so their redelivery is skipped, their recommendations are never sent, and
+    a worker that restores the partition from the changelog (empty disk, rebalance) loses those events for
+    good. Here :meth:`stage` queues the record (raw key and value, or a tombstone) for the given changelog
+    partition -- the event's partition, which is the key's partition (co-partitioned) -- and keeps the value
+    in memory (:meth:`stored` reads it first). When the producer reports a changelog batch delivered, its
+    records and the store's persisted changelog offset go to that partition's RocksDB in one write batch.
+    So a crash loses only states whose changelog records were not delivered -- which the redelivered,
+    uncommitted events rebuild -- and after any restart the local store, the changelog and the committed
+    offsets agree.
 
-    _changelog_queue: RecordBatches | None = None
+    Batching: one Kafka record batch per changelog partition per micro-batch (:class:`RecordBatches`)
+    instead of Faust's per-key ``send_soon`` (a producer buffer entry, a future and a persisted-offset write
+    per record: measured as costly as our whole model step). The agent calls :meth:`send_changelog_batches`
+    after staging, before the batch's events are acked (and Faust flushes the producer before each commit).
 
-    def _batched(self, key, value) -> bool:
-        return isinstance(key, bytes) and (value is None or isinstance(value, bytes)) and not self.app.in_transaction
+    Rebalance: :meth:`forget_unflushed` (every rebalance) drops the states not yet written locally and
+    detaches the deliveries still in flight: Faust's recovery then replays those partitions' changelogs
+    from the persisted offset, which only ever moves together with what reached the store."""
 
-    def on_key_set(self, key, value) -> None:
-        if not self._batched(key, value):
-            return super().on_key_set(key, value)
-        self._queue_changelog(key, value)
-        self._sensor_on_set(self, key, value)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._queue: RecordBatches | None = None
+        self._unflushed: dict[bytes, tuple[bytes, bytes | None, int]] = {}  # key -> newest staged entry
+        self._in_flight: dict[int, deque] = {}  # partition -> staged entries not yet delivered, in send order
+        self.store_error: BaseException | None = None  # a failed local write (the agent stops on it)
 
-    def on_key_del(self, key) -> None:
-        if not self._batched(key, None):
-            return super().on_key_del(key)
-        self._queue_changelog(key, None)
-        self._sensor_on_del(self, key)
+    def stage(self, key: bytes, value: bytes | None, partition: int) -> None:
+        """Queue ``key`` -> ``value`` (None = delete) for changelog ``partition``; readable at once."""
+        if self._queue is None:
+            self._queue = RecordBatches(self.app.producer._ensure_producer())
+        self._queue.add(self.changelog_topic.get_topic_name(), key, value, partition=partition)
+        entry = (key, value, partition)
+        self._unflushed[key] = entry
+        self._in_flight.setdefault(partition, deque()).append(entry)
+        if value is None:
+            self._sensor_on_del(self, key)
+        else:
+            self._sensor_on_set(self, key, value)
 
-    def _queue_changelog(self, key: bytes, value: bytes | None) -> None:
-        partition = self.partition_for_key(key)  # the current event's partition (raises outside a stream)
-        if partition is None:
-            raise RuntimeError(f"table {self.name}: no partition for a changelog record (no current event)")
-        if self._changelog_queue is None:
-            self._changelog_queue = RecordBatches(self.app.producer._ensure_producer())
-        self._changelog_queue.add(self.changelog_topic.get_topic_name(), key, value, partition=partition)
+    def stored(self, key: bytes, partition: int | None) -> bytes | None:
+        """The key's newest staged value, else the one in the local store of ``partition`` (None: search
+        every local partition, e.g. for a pseudonymised id, which is not the record key)."""
+        entry = self._unflushed.get(key)
+        if entry is not None:
+            return entry[1]
+        store = self.data
+        if partition is not None:
+            return store._db_for_partition(partition).get(key)
+        for db in list(store._dbs.values()):
+            value = db.get(key)
+            if value is not None:
+                return value
+        return None
 
     async def send_changelog_batches(self) -> list:
-        """Hand the queued changelog records to the producer; returns the delivery futures."""
-        queue, self._changelog_queue = self._changelog_queue, None
+        """Hand the staged changelog records to the producer; returns the delivery futures."""
+        queue, self._queue = self._queue, None
         if queue is None:
             return []
-        return await queue.send(on_delivered=self._changelog_delivered)
+        in_flight = self._in_flight
+        return await queue.send(on_delivered=lambda t, p, n, f: self._changelog_delivered(in_flight, t, p, n, f))
 
-    def _changelog_delivered(self, topic: str, partition: int, n_records: int, future: asyncio.Future) -> None:
+    def _changelog_delivered(self, in_flight: dict, topic: str, partition: int, n_records: int,
+                             future: asyncio.Future) -> None:
+        # a partition's batches are delivered (and their callbacks run) in the order they were sent
+        entries = in_flight.get(partition, ())
+        written = [entries.popleft() for _ in range(min(n_records, len(entries)))]
         if future.cancelled() or future.exception() is not None:
-            return  # the agent awaits the same future and fails loudly
-        sent = future.result()
-        if sent is not None and sent.offset is not None:
-            from faust.types import TP
+            return  # not delivered: the agent awaits the same future and stops
+        store = self.data
+        db = store._dbs.get(partition)
+        if in_flight is not self._in_flight or db is None:
+            return  # sent before a rebalance: Faust recovers the partition from the changelog
+        import rocksdict
 
-            self.data.set_persisted_offset(TP(topic, partition), sent.offset + n_records - 1)
+        sent = future.result()
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key, value, _ in written:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        if sent is not None and sent.offset is not None:
+            batch.put(store.offset_key, str(sent.offset + n_records - 1).encode())
+        try:
+            db.write(batch)
+        except Exception as exc:  # e.g. a full disk: keep the states in memory, stop the agent
+            self.store_error = exc
+            return
+        for entry in written:
+            key = entry[0]
+            if self._unflushed.get(key) is entry:
+                del self._unflushed[key]
+            if entry[1] is None:
+                store._key_index.pop(key, None)
+            else:
+                store._key_index[key] = partition
+
+    def forget_unflushed(self) -> None:
+        """At a rebalance: states not yet in the local store are dropped (recovery replays them)."""
+        self._queue = None
+        self._unflushed = {}
+        self._in_flight = {}
+
+    @property
+    def unflushed(self) -> int:
+        """States staged but not yet in the local store."""
+        return len(self._unflushed)
 
 
 # --- model -----------------------------------------------------------------------------------------
@@ -586,10 +655,12 @@ def build_app(settings: Settings, spine: Spine | None = None) -> faust.App:
     @app.on_partitions_revoked.connect
     async def on_revoked(app, revoked, **kwargs) -> None:
         app.spine.state_cache.clear()
+        table.forget_unflushed()
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app, assigned, **kwargs) -> None:
         app.spine.state_cache.clear()
+        table.forget_unflushed()
 
     @app.task
     async def follow_catalog():
@@ -629,10 +700,7 @@ async def handle_batch(app: faust.App, batch: Sequence[Any], recs_topic: str, dl
     wall, mono = time.time(), time.monotonic()
     incoming = [Incoming(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset,
                          _received_at(e.message, wall, mono)) for e in batch]
-    first_event_of = {}
-    for e in batch:
-        first_event_of.setdefault(e.message.key, e)
-
+    partition_of = {e.message.key: e.message.partition for e in batch}  # record key (= user id) -> partition
     cache = spine.state_cache
 
     def load_state(user_id: str) -> bytes | None:
@@ -640,31 +708,26 @@ async def handle_batch(app: faust.App, batch: Sequence[Any], recs_topic: str, dl
         cached = cache.get(key)
         if cached is not None:
             return cached
-        event = first_event_of.get(key)
-        if event is None:  # pseudonymised id (not the record key): Faust looks in every local partition
-            return table.get(key)
-        with event_context(event):  # the user's own partition
-            return table.get(key)
+        return table.stored(key, partition_of.get(key))  # no partition: a pseudonymised id, not the record key
 
     from .live.service import context_vectors
 
     model = spine.model  # one version for the whole batch, even if a reload lands meanwhile
-    queries = await context_vectors(spine.catalog_vectors, model, [m.value for m in incoming])
+    queries = await context_vectors(spine.catalog_vectors, model, [m.value for m in incoming],
+                                    spine.config.max_event_bytes)
     result = process_batch(incoming, load_state, model, spine.config, queries=queries, enricher=spine.enricher)
 
+    # new states (and deletions) are staged: in memory now, in the local store once their changelog
+    # records are delivered (BatchedChangelogTable)
     for user_id, index in result.deleted.items():
-        cache.discard(user_id.encode())
-        if user_id not in result.states:  # erased and nothing after: delete the key (changelog tombstone)
-            with event_context(batch[index]):
-                try:
-                    del table[user_id.encode()]
-                except KeyError:
-                    pass
+        key = user_id.encode()
+        cache.discard(key)
+        if user_id not in result.states:  # a tombstone on the partition of the delete_user event
+            table.stage(key, None, batch[index].message.partition)
         spine.users_seen.discard(user_id)
     for user_id, state in result.states.items():
         key = user_id.encode()
-        with event_context(batch[result.last_index[user_id]]):
-            table[key] = state
+        table.stage(key, state, batch[result.last_index[user_id]].message.partition)
         cache.put(key, state)
 
     producer = app.producer
@@ -687,6 +750,8 @@ async def handle_batch(app: faust.App, batch: Sequence[Any], recs_topic: str, dl
     previous, spine.pending_sends = spine.pending_sends, futures
     if previous:
         await asyncio.gather(*previous)
+    if table.store_error is not None:
+        raise RuntimeError(f"writing delivered states to the local store failed: {table.store_error!r}")
 
     metrics.EVENTS_CONSUMED.inc(len(batch))
     metrics.BATCH_SIZE.labels(stage="events").observe(len(batch))
@@ -695,6 +760,8 @@ async def handle_batch(app: faust.App, batch: Sequence[Any], recs_topic: str, dl
     metrics.EVENTS_DLQ.inc(len(result.dlq))
     metrics.EVENTS_SKIPPED_DUPLICATE.inc(result.duplicates)
     metrics.RECOMMENDATIONS_EMITTED.inc(len(result.recommendations))
+    if result.replayed:
+        metrics.RECOMMENDATIONS_REPLAYED.inc(result.replayed)
     if result.deleted:
         metrics.USERS_DELETED.inc(len(result.deleted))
     if result.applied:

@@ -28,6 +28,13 @@ EVENTS_SKIPPED_DUPLICATE = Counter("stream_rec_events_duplicate_total",
                                    registry=REGISTRY)
 RECOMMENDATIONS_EMITTED = Counter("stream_rec_recommendations_emitted_total",
                                   "Recommendation records published", registry=REGISTRY)
+RECOMMENDATIONS_REPLAYED = Counter("stream_rec_recommendations_replayed_total",
+                                   "Lists sent again for a redelivered event that its user's state had "
+                                   "applied last (its first recommendation may not have been delivered)",
+                                   registry=REGISTRY)
+RECORDS_SKIPPED = Counter("stream_rec_records_skipped_total",
+                          "catalog/control records the worker could not use (each one logged), by topic and reason",
+                          ["topic", "reason"], registry=REGISTRY)
 CATALOG_ITEMS = Counter("stream_rec_catalog_items_total", "Catalog records applied to the live catalog",
                         registry=REGISTRY)
 EVENT_TO_REC_LATENCY = Histogram("stream_rec_event_to_recommendation_seconds",

@@ -54,6 +54,9 @@ class BatchResult:
     invalid: Counter = field(default_factory=Counter)  # reason -> count
     applied: int = 0  # events that changed a state
     duplicates: int = 0  # redelivered events skipped (offset already applied)
+    # users whose events in the batch were all redelivered, the newest being the one their state applied
+    # last: their list is sent again from the stored state (its recommendation may not have been delivered)
+    replayed: int = 0
     event_timestamps: list[float] = field(default_factory=list)  # of applied events (latency metrics)
     received_at: list[float] = field(default_factory=list)
     step_seconds: float = 0.0
@@ -146,6 +149,11 @@ def recommendation_record(user_id: str, state: UserState, items: list[tuple[str,
     return record
 
 
+def is_last_applied(state: UserState, msg: Incoming) -> bool:
+    """``msg`` is the event the state applied last (a redelivery of it: its list may not have gone out)."""
+    return state.offset == msg.offset and state.partition == msg.partition
+
+
 def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes | None], model,
                   config: PipelineConfig = PipelineConfig(), now: Callable[[], float] = time.time,
                   queries: dict[int, np.ndarray] | None = None, enricher=None) -> BatchResult:
@@ -179,6 +187,7 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
     # 2. load states, drop redelivered events (effectively-once state under at-least-once delivery),
     # apply deletions: a delete_user drops the stored state and the user's earlier events in the batch
     users, states, pending = [], [], []
+    replays: set[int] = set()  # positions in ``users`` whose list is re-sent, their state unchanged
     for user_id, items in by_user.items():
         raw = load_state(user_id)
         try:
@@ -187,6 +196,12 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
             state = UserState()  # unreadable old state: start over rather than stop the stream
         fresh = [(i, e) for i, e in items if not state.already_applied(batch[i].partition, batch[i].offset)]
         result.duplicates += len(items) - len(fresh)
+        if not fresh and is_last_applied(state, batch[items[-1][0]]) and items[-1][1].event_type != DELETE_USER:
+            replays.add(len(users))
+            users.append(user_id)
+            states.append(state)
+            pending.append(items[-1:])
+            continue
         deletes = [n for n, (_, e) in enumerate(fresh) if e.event_type == DELETE_USER]
         if deletes:
             result.deleted[user_id] = fresh[deletes[-1]][0]
@@ -199,6 +214,7 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
             pending.append(fresh)
     if not users:
         return result
+    result.replayed = len(replays)
     tag = model_tag(model.version)
 
     # 3. hidden vectors: stored ones when they come from this model, else rebuilt from history
@@ -222,10 +238,11 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
         hiddens[n] = h
 
     # 4. one GRU step per new event, batched across users (with an enricher: negative feedback is not stepped)
-    positives = pending
+    positives = [[] if n in replays else fresh for n, fresh in enumerate(pending)]
     if enricher is not None:
-        enricher.observe(users, [fresh[0][1] for fresh in pending])
-        positives = [[(i, e) for i, e in fresh if not enricher.is_negative(e)] for fresh in pending]
+        applied = [n for n in range(len(users)) if n not in replays]
+        enricher.observe([users[n] for n in applied], [pending[n][0][1] for n in applied])
+        positives = [[(i, e) for i, e in fresh if not enricher.is_negative(e)] for fresh in positives]
     seqs = []
     for st, fresh in zip(states, positives):
         rows = model.rows_for([e.item_id for _, e in fresh])
@@ -238,6 +255,8 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
 
     # 5. new states
     for n, (user_id, st, fresh) in enumerate(zip(users, states, pending)):
+        if n in replays:
+            continue
         history = st.history
         for _, e in positives[n]:
             history = append_history(history, e.item_id, e.timestamp, config.history_len)

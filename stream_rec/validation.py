@@ -7,7 +7,8 @@ machine-readable ``reason`` (the DLQ record's ``reason`` and the ``reason`` labe
 ==================== =================================================================================
 ``empty``            no value (tombstone) or only whitespace
 ``oversize``         value longer than ``Settings.max_event_bytes`` (checked before parsing)
-``bad_json``         not UTF-8, or not JSON
+``bad_json``         not UTF-8 (a byte order mark or UTF-16 included), not JSON, or nested deeper than
+                     ``boundedjson.MAX_DEPTH`` levels (checked before parsing: stream_rec/boundedjson.py)
 ``not_an_object``    JSON, but not an object
 ``missing_field``    ``user_id``, ``item_id``, ``event_type`` or ``timestamp`` absent or null (control events,
                      e.g. ``delete_user``, need no ``item_id``)
@@ -27,11 +28,12 @@ what Kafka tooling and JavaScript produce.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from . import boundedjson
 
 EVENT_TYPES = frozenset({"view", "click", "rate", "purchase", "add_to_cart", "like", "share", "dislike", "skip"})
 # Control events travel in the events topic, keyed by user, so they are ordered with the user's other
@@ -103,9 +105,9 @@ def validate_event(raw: bytes | None, *, key: bytes | None = None, check_key: bo
     if len(raw) > max_bytes:
         return Invalid("oversize", f"{len(raw)} bytes > max_event_bytes={max_bytes}")
     try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        return Invalid("bad_json", str(exc)[:200])
+        doc = boundedjson.parse(raw, max_bytes=max_bytes)
+    except boundedjson.JSONRejected as exc:
+        return Invalid(exc.reason, exc.detail)
     if not isinstance(doc, dict):
         return Invalid("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
     control = isinstance(doc.get("event_type"), str) and doc["event_type"] in CONTROL_EVENT_TYPES
@@ -159,7 +161,8 @@ def validate_event(raw: bytes | None, *, key: bytes | None = None, check_key: bo
     if check_key:
         key_text = key.decode("utf-8", "replace") if key is not None else None
         if key_text != user_id:
-            return Invalid("key_mismatch", f"record key {key_text!r} is not the user_id {user_id!r}")
+            shown = key_text if key_text is None or len(key_text) <= MAX_ID_CHARS else key_text[:MAX_ID_CHARS] + "..."
+            return Invalid("key_mismatch", f"record key {shown!r} is not the user_id {user_id!r}")
     if known_item is not None and not control and not known_item(item_id):
         return Invalid("unknown_item", f"item_id {item_id!r} is not in the catalog")
     return Event(user_id, item_id, event_type, ts, value, context)

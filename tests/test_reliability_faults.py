@@ -208,6 +208,72 @@ def test_crash_repeated_kill9_at_scale(fault_settings, tmp_path):
     run_crash(fault_settings, tmp_path, stream, kills=3, chunk=200, pause_s=0.2)
 
 
+def run_kill9_bursts(settings, tmp_path: Path, kills: int, burst_users: int, seed: int) -> dict:
+    """kill -9 at a random point of a burst of new users (one event each), restart on the same data dir,
+    ``kills`` times; then a worker on an EMPTY data dir rebuilds every state from the changelog and
+    applies one more event per user. Every event must be in its user's state exactly once, and every
+    user's last event must have a recommendation (also the ones whose first event's state was already
+    delivered when the kill came, but not their recommendation)."""
+    rng = random.Random(seed)
+    items = write_items(tmp_path, CATALOG)
+    events_topic = settings.topic(settings.events_topic)
+    truth: dict[str, list[tuple[str, float]]] = collections.defaultdict(list)
+    t0 = time.time() - 3600.0
+
+    def event(user: str) -> dict:
+        ts = round(t0 + len(truth[user]) + rng.uniform(0, 0.5), 3)
+        item = rng.choice(ITEM_IDS)
+        truth[user].append((item, ts))
+        return {"user_id": user, "item_id": item, "event_type": "view", "timestamp": ts}
+
+    def probe(worker: WorkerProcess, n: int) -> None:  # the worker is up and consuming
+        user = f"probe-{seed}-{n}"
+        produce(settings, events_topic, [event(user)])
+        consume(settings, settings.topic(settings.recommendations_topic), timeout_s=120,
+                until=lambda rs: any(isinstance(r["value"], dict) and r["value"]["user_id"] == user for r in rs))
+        assert worker.alive(), worker.log_tail()
+
+    worker = WorkerProcess(settings, tmp_path / "w", items=items).start()
+    delays = []
+    try:
+        for k in range(kills):
+            probe(worker, k)
+            produce(settings, events_topic, [event(f"burst-{seed}-{k}-{u:04d}") for u in range(burst_users)])
+            delays.append(rng.uniform(0.02, 0.25))
+            time.sleep(delays[-1])
+            worker.kill()
+            assert worker.proc.returncode == -9
+            worker = WorkerProcess(settings, tmp_path / "w", items=items).start()  # same data dir
+        probe(worker, kills)
+        stream = UserStream(n_users=0, per_user=0)
+        stream.truth = truth
+        latest_recs(settings, stream, timeout_s=60)  # every burst event got its recommendation
+    finally:
+        worker.stop()
+    # an empty data dir: every state comes from the changelog; one more event per user on top of it
+    rebuilt = settings.replace(data_dir=tmp_path / "empty-data-dir")
+    produce(settings, events_topic, [event(user) for user in list(truth)])
+    worker = WorkerProcess(rebuilt, tmp_path / "w2", items=items).start()
+    try:
+        latest_recs(settings, stream, timeout_s=180)
+        assert worker.alive(), worker.log_tail()
+    finally:
+        worker.stop()
+    figures = check_states(settings, stream)
+    figures.update(kills=kills, kill_delays_ms=[round(d * 1000) for d in delays])
+    print(f"[figures] kill -9 bursts: {figures}")
+    return figures
+
+
+def test_kill9_during_bursts_of_new_users_state_is_in_the_changelog(fault_settings, tmp_path):
+    run_kill9_bursts(fault_settings, tmp_path, kills=3, burst_users=300, seed=11)
+
+
+@pytest.mark.slow
+def test_kill9_during_bursts_of_new_users_many_kills(fault_settings, tmp_path):
+    run_kill9_bursts(fault_settings, tmp_path, kills=15, burst_users=400, seed=12)
+
+
 # --- rebalance -----------------------------------------------------------------------------------------
 
 @pytest.mark.slow

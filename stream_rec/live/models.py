@@ -245,18 +245,24 @@ class LiveModel:
                 await self.reload(changed)
 
 
+MAX_CONTROL_BYTES = 64 * 1024  # a control record is a few dozen bytes; anything this large is not one
+
+
 def reload_request(message: Any) -> str | None | bool:
     """Parse a ``control`` topic message. Returns the path to reload from (None = the ``--model``
-    root) for ``{"type": "reload", "path"?: ...}``, or False for anything else."""
-    if isinstance(message, (bytes, bytearray)):
-        import json
+    root) for ``{"type": "reload", "path"?: ...}``, or False for anything else (bytes are parsed with
+    the bounded parser of stream_rec/boundedjson.py: no size or nesting can make this raise)."""
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        from ..boundedjson import JSONRejected, parse
 
         try:
-            message = json.loads(message)
-        except ValueError:
+            message = parse(message, max_bytes=MAX_CONTROL_BYTES)
+        except JSONRejected:
             return False
     if not isinstance(message, dict) or message.get("type") != "reload":
         return False
     path = message.get("path")
+    if isinstance(path, str) and "\x00" in path:
+        return False  # no file system path holds a NUL
     return path if isinstance(path, str) and path else None
 

@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .. import boundedjson
 from .encoding import EncodingQueue, encoder_function, metrics_hook
 from .models import LiveModel, reload_request
 
@@ -146,14 +147,29 @@ async def control_loop(live: LiveModel, settings, poll_ms: int = 200, on_reload=
                         continue  # sent before this worker started
                     path = reload_request(m.value)
                     if path is False:
-                        log.warning("control: ignoring message %r", (m.value or b"")[:200])
+                        skip_record("control", "not_a_command", m, "not a control command")
                         continue
-                    result = await live.reload(path)
+                    try:
+                        result = await live.reload(path)
+                    except Exception as exc:  # no control record may stop the worker
+                        skip_record("control", "reload_failed", m, repr(exc)[:200])
+                        continue
                     log.info("control: reload -> %s", result)
                     if on_reload is not None:
                         on_reload(result)
     finally:
         await consumer.stop()
+
+
+def skip_record(topic: str, reason: str, message, detail: str) -> None:
+    """A ``catalog``/``control`` record the worker cannot use: one WARNING line (where it is, why, its
+    size -- not its content) and ``stream_rec_records_skipped_total{topic, reason}``."""
+    from .. import metrics
+
+    log.warning("%s: skipping the record at partition %s offset %s (%d bytes): %s: %s", topic,
+                getattr(message, "partition", "?"), getattr(message, "offset", "?"),
+                len(getattr(message, "value", None) or b""), reason, detail)
+    metrics.RECORDS_SKIPPED.labels(topic=topic, reason=reason).inc()
 
 
 def reload_message(path: str | None = None) -> bytes:
@@ -179,26 +195,28 @@ def seed_catalog(model, records: Sequence[dict], settings) -> list[str]:
 
 
 # --- event context text (a query, a review) ------------------------------------------------------------
-def context_text_of(raw: bytes | None) -> str:
-    """The ``context.text`` of a raw event value ('' when none). Cheap for the common case: records
+def context_text_of(raw: bytes | None, max_bytes: int = 16384) -> str:
+    """The ``context.text`` of a raw event value ('' when none, or when the value is not an event the
+    validator could accept: over ``max_bytes``, not bounded JSON). Cheap for the common case: records
     without the word ``context`` are not parsed twice."""
     if not raw or b'"context"' not in raw:
         return ""
     try:
-        doc = json.loads(raw)
-    except ValueError:
+        doc = boundedjson.parse(raw, max_bytes=max_bytes)
+    except boundedjson.JSONRejected:
         return ""
     from ..recsys.context import context_text
 
     return context_text(doc.get("context")) if isinstance(doc, dict) and isinstance(doc.get("context"), dict) else ""
 
 
-async def context_vectors(catalog_vectors: CatalogVectors, model, values: Sequence[bytes | None]) -> dict[int, np.ndarray]:
+async def context_vectors(catalog_vectors: CatalogVectors, model, values: Sequence[bytes | None],
+                          max_bytes: int = 16384) -> dict[int, np.ndarray]:
     """{batch index: query vector} for the events of a micro-batch that carry ``context.text``, encoded
     through the same micro-batching queue as the catalog (only for models that use text)."""
     if not CatalogVectors.uses_text(model):
         return {}
-    texts = {i: t for i, t in enumerate(context_text_of(v) for v in values) if t}
+    texts = {i: t for i, t in enumerate(context_text_of(v, max_bytes) for v in values) if t}
     if not texts:
         return {}
     vecs = await (await catalog_vectors.queue()).encode_many(list(texts.values()))
