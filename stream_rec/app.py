@@ -84,10 +84,12 @@ import logging
 import time
 import weakref
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import faust
+import mode
 import numpy as np
 from faust.streams import _current_event
 from faust.transport import drivers as faust_drivers
@@ -95,8 +97,11 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 
 from . import metrics
 from .kafka import client_kwargs, faust_credentials, fetched_end_offsets
-from .pipeline import Incoming, PipelineConfig, process_batch
+from .live.service import skip_record
+from .pipeline import (Incoming, PipelineConfig, origin_of, process_batch_isolating, rerouted_headers,
+                       state_partitions)
 from .settings import Settings
+from .validation import Invalid, validate_catalog_record
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +131,17 @@ class LowLatencyConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
 class LowLatencyConsumer(aiokafka_driver.Consumer):
     def _new_consumer_thread(self):
         return LowLatencyConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _commit(self, offsets) -> bool:
+        # Faust flushes the producer right before this. Once any record of ours failed to be delivered, no
+        # offset may be committed any more: the batch it belonged to may be acked already (delivery is
+        # awaited one batch late), and committing would skip its events for good. The agent stops on the
+        # same failure; a restarted worker is redelivered everything after the last good commit.
+        failure = getattr(getattr(self.app, "spine", None), "delivery_failure", None)
+        if failure is not None:
+            log.error("not committing offsets: a record was not delivered (%r)", failure)
+            return False
+        return await super()._commit(offsets)
 
 
 class LowLatencyTransport(aiokafka_driver.Transport):
@@ -274,15 +290,18 @@ class RecordBatches:
         """Wait until the producer knows the topic's partitions (instant after the first time)."""
         await self._producer.client._wait_on_metadata(topic)
 
-    def add(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
-        """Queue one record (``value`` None = a tombstone). Without ``partition`` the producer's partitioner
-        picks it (``ready(topic)`` must have been awaited); a given partition is checked by ``send``."""
+    def add(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
+            timestamp: float | None = None, headers: Sequence[tuple[str, bytes]] = ()) -> None:
+        """Queue one record (``value`` None = a tombstone; ``timestamp`` in epoch seconds, None = now).
+        Without ``partition`` the producer's partitioner picks it (``ready(topic)`` must have been
+        awaited); a given partition is checked by ``send``."""
         if partition is None:
             partition = self._producer._partition(topic, None, key, value, key, value)
+        headers = list(headers)
         batches = self._batches.setdefault((topic, partition), [])
-        if not batches or batches[-1].append(key=key, value=value, timestamp=None) is None:
+        if not batches or batches[-1].append(key=key, value=value, timestamp=timestamp, headers=headers) is None:
             batch = self._producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None) is None:
+            if batch.append(key=key, value=value, timestamp=timestamp, headers=headers) is None:
                 raise ValueError(f"a {len(value or b'')}-byte record does not fit in a producer batch")
             batches.append(batch)
 
@@ -329,7 +348,8 @@ class BatchedChangelogTable(faust.Table):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._queue: RecordBatches | None = None
-        self._unflushed: dict[bytes, tuple[bytes, bytes | None, int]] = {}  # key -> newest staged entry
+        # (key, partition) -> the newest entry staged for it: (key, value, partition)
+        self._unflushed: dict[tuple[bytes, int], tuple[bytes, bytes | None, int]] = {}
         self._in_flight: dict[int, deque] = {}  # partition -> staged entries not yet delivered, in send order
         self.store_error: BaseException | None = None  # a failed local write (the agent stops on it)
 
@@ -339,7 +359,7 @@ class BatchedChangelogTable(faust.Table):
             self._queue = RecordBatches(self.app.producer._ensure_producer())
         self._queue.add(self.changelog_topic.get_topic_name(), key, value, partition=partition)
         entry = (key, value, partition)
-        self._unflushed[key] = entry
+        self._unflushed[(key, partition)] = entry
         self._in_flight.setdefault(partition, deque()).append(entry)
         if value is None:
             self._sensor_on_del(self, key)
@@ -347,14 +367,15 @@ class BatchedChangelogTable(faust.Table):
             self._sensor_on_set(self, key, value)
 
     def stored(self, key: bytes, partition: int | None) -> bytes | None:
-        """The key's newest staged value, else the one in the local store of ``partition`` (None: search
-        every local partition, e.g. for a pseudonymised id, which is not the record key)."""
-        entry = self._unflushed.get(key)
-        if entry is not None:
-            return entry[1]
+        """The key's newest value staged for ``partition``, else the one in that partition's local store
+        (``partition`` None: search every local partition; only for a state key that is not a record key)."""
         store = self.data
         if partition is not None:
-            return store._db_for_partition(partition).get(key)
+            entry = self._unflushed.get((key, partition))
+            return entry[1] if entry is not None else store._db_for_partition(partition).get(key)
+        for (staged, _), entry in self._unflushed.items():
+            if staged == key and entry[1] is not None:
+                return entry[1]
         for db in list(store._dbs.values()):
             value = db.get(key)
             if value is not None:
@@ -397,13 +418,8 @@ class BatchedChangelogTable(faust.Table):
             self.store_error = exc
             return
         for entry in written:
-            key = entry[0]
-            if self._unflushed.get(key) is entry:
-                del self._unflushed[key]
-            if entry[1] is None:
-                store._key_index.pop(key, None)
-            else:
-                store._key_index[key] = partition
+            if self._unflushed.get((entry[0], partition)) is entry:
+                del self._unflushed[(entry[0], partition)]
 
     def forget_unflushed(self) -> None:
         """At a rebalance: states not yet in the local store are dropped (recovery replays them)."""
@@ -531,8 +547,15 @@ class Spine:
         self.enricher = Enricher.from_settings(settings)
         self.users_seen: set[str] = set()
         self.pending_sends: list = []  # delivery futures of the previous batch (see handle_batch)
+        self.delivery_failure: BaseException | None = None  # set once a record was not delivered: no commit after it
         self.state_cache = StateCache(settings.state_cache_users)
         self._announce_model()
+
+    def note_delivery(self, future: asyncio.Future) -> None:
+        """Done-callback of every delivery future: remember a failure (LowLatencyConsumer then refuses to
+        commit offsets, and the agent stops when it awaits the future)."""
+        if not future.cancelled() and future.exception() is not None and self.delivery_failure is None:
+            self.delivery_failure = future.exception()
 
     @property
     def model(self):
@@ -597,14 +620,6 @@ class Spine:
         return len(records)
 
 
-def parse_catalog_record(raw: bytes | None) -> dict | None:
-    try:
-        doc = json.loads(raw) if raw else None
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) and doc.get("item_id") not in (None, "") else None
-
-
 # --- the app -----------------------------------------------------------------------------------------
 def build_app(settings: Settings, spine: Spine | None = None) -> faust.App:
     """The Faust app with its topics, table, agent and timers. ``app.spine`` holds the live model."""
@@ -644,7 +659,13 @@ def build_app(settings: Settings, spine: Spine | None = None) -> faust.App:
                                                  value_type=bytes, partitions=settings.partitions))  # raw codec
     app.state_table = table
 
-    @app.agent(events)
+    # CrashingSupervisor: an error in the agent (a failed delivery, a bug outside the per-record
+    # containment of process_batch_isolating) stops the worker with a non-zero exit status instead of
+    # Faust's default in-process restart, which would go on with the next events while the failed batch
+    # stays unacked (a gap Faust's commit does not always respect: it commits past it when the group has
+    # no committed offset yet). A supervisor (systemd, Kubernetes) restarts the worker, which is then
+    # redelivered everything after the last commit.
+    @app.agent(events, supervisor_strategy=mode.CrashingSupervisor)
     async def process_events(stream):
         gc.freeze()  # what the worker's start-up created stays too (see make_worker)
         fill_s = max(settings.batch_max_wait_ms, settings.batch_fill_max_ms) / 1000.0
@@ -688,6 +709,11 @@ def build_app(settings: Settings, spine: Spine | None = None) -> faust.App:
     return app
 
 
+def _log_batch_error(exc: BaseException) -> None:
+    log.error("processing a micro-batch raised %r; processing its events one at a time (an event that raises "
+              "again goes to the DLQ as processing_error)", exc, exc_info=exc)
+
+
 def _received_at(message, wall: float, mono: float) -> float:
     time_in = getattr(message, "time_in", None)  # monotonic, set by Faust's monitor on arrival
     return wall - (mono - time_in) if time_in else wall
@@ -697,10 +723,14 @@ async def handle_batch(app: faust.App, batch: Sequence[Any], recs_topic: str, dl
     """Run one micro-batch: read states, process, write states, send records, update metrics."""
     spine: Spine = app.spine
     table = app.state_table
+    producer = app.producer
+    events_topic = batch[0].message.topic
+    if not spine.config.partitions:  # the events topic's partition count, for the partitioner check
+        spine.config = replace(spine.config, partitions=await topic_partitions(producer, events_topic))
     wall, mono = time.time(), time.monotonic()
     incoming = [Incoming(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset,
-                         _received_at(e.message, wall, mono)) for e in batch]
-    partition_of = {e.message.key: e.message.partition for e in batch}  # record key (= user id) -> partition
+                         _received_at(e.message, wall, mono), origin_of(e.message.headers)) for e in batch]
+    partition_of = state_partitions(incoming, spine.config)  # state key -> the partition that holds it
     cache = spine.state_cache
 
     def load_state(user_id: str) -> bytes | None:
@@ -708,14 +738,19 @@ async def handle_batch(app: faust.App, batch: Sequence[Any], recs_topic: str, dl
         cached = cache.get(key)
         if cached is not None:
             return cached
-        return table.stored(key, partition_of.get(key))  # no partition: a pseudonymised id, not the record key
+        return table.stored(key, partition_of.get(key))  # None: not a record key (check_key off): search
 
     from .live.service import context_vectors
 
     model = spine.model  # one version for the whole batch, even if a reload lands meanwhile
-    queries = await context_vectors(spine.catalog_vectors, model, [m.value for m in incoming],
-                                    spine.config.max_event_bytes)
-    result = process_batch(incoming, load_state, model, spine.config, queries=queries, enricher=spine.enricher)
+    try:
+        queries = await context_vectors(spine.catalog_vectors, model, [m.value for m in incoming],
+                                        spine.config.max_event_bytes)
+    except Exception as exc:  # queries only boost lists: serve the batch without them
+        log.error("encoding the batch's context.text queries failed, serving without them: %r", exc)
+        queries = {}
+    result = process_batch_isolating(incoming, load_state, model, spine.config, queries=queries,
+                                     enricher=spine.enricher, on_error=_log_batch_error)
 
     # new states (and deletions) are staged: in memory now, in the local store once their changelog
     # records are delivered (BatchedChangelogTable)
@@ -729,18 +764,27 @@ async def handle_batch(app: faust.App, batch: Sequence[Any], recs_topic: str, dl
         key = user_id.encode()
         table.stage(key, state, batch[result.last_index[user_id]].message.partition)
         cache.put(key, state)
+    for user_id, index in result.erased_elsewhere:  # a state another partitioner's events left there
+        key, partition = user_id.encode(), batch[index].message.partition
+        if table.stored(key, partition) is not None:
+            table.stage(key, None, partition)
 
-    producer = app.producer
     futures = await table.send_changelog_batches()
-    if result.recommendations:
-        recs = RecordBatches(producer._ensure_producer())
-        await recs.ready(recs_topic)
+    if result.recommendations or result.rerouted:
+        records = RecordBatches(producer._ensure_producer())
+        await records.ready(recs_topic)
         for rec in result.recommendations:
-            recs.add(recs_topic, rec["user_id"].encode(), json.dumps(rec).encode())
-        futures += await recs.send()
+            records.add(recs_topic, rec["user_id"].encode(), json.dumps(rec).encode())
+        for index, partition in result.rerouted:  # to the partition of the key: applied there, once
+            m = batch[index].message
+            records.add(events_topic, m.key, m.value, partition=partition, timestamp=m.timestamp,
+                        headers=rerouted_headers(m.headers, incoming[index]))
+        futures += await records.send()
     for bad in result.dlq:
         key = None if bad["original_key_b64"] is None else base64.b64decode(bad["original_key_b64"])
         futures.append(await producer.send(dlq_topic, key, json.dumps(bad).encode(), None, None, None))
+    for future in futures:
+        future.add_done_callback(spine.note_delivery)
     sent = time.time()
     # Acks are awaited one batch late, so the stream is not paused for a broker round trip per batch
     # (measured: ~5 ms per batch, as long as the processing itself). Safe for at-least-once: Faust
@@ -762,6 +806,8 @@ async def handle_batch(app: faust.App, batch: Sequence[Any], recs_topic: str, dl
     metrics.RECOMMENDATIONS_EMITTED.inc(len(result.recommendations))
     if result.replayed:
         metrics.RECOMMENDATIONS_REPLAYED.inc(result.replayed)
+    if result.rerouted:
+        metrics.EVENTS_REROUTED.inc(len(result.rerouted))
     if result.deleted:
         metrics.USERS_DELETED.inc(len(result.deleted))
     if result.applied:
@@ -797,14 +843,45 @@ async def catalog_loop(app: faust.App, settings: Settings, poll_ms: int = 500) -
         await consumer.seek_to_beginning(*tps)
         while True:
             fetched = await consumer.getmany(timeout_ms=poll_ms, max_records=1000)
-            records = [parse_catalog_record(m.value) for msgs in fetched.values() for m in msgs]
-            applied = await app.spine.update_catalog([r for r in records if r])
+            records = []
+            for message in (m for msgs in fetched.values() for m in msgs):
+                record = validate_catalog_record(message.value)
+                if isinstance(record, Invalid):
+                    skip_record("catalog", record.reason, message, record.detail)
+                elif record is not None:
+                    records.append((message, record))
+            applied = await apply_catalog_records(app.spine, records)
             if applied:
                 log.info("catalog: applied %d records (%d items known)", applied, app.spine.model.n_items)
     except asyncio.CancelledError:
         raise
     finally:
         await consumer.stop()
+
+
+async def apply_catalog_records(spine: Spine, records: Sequence[tuple[Any, dict]]) -> int:
+    """``spine.update_catalog`` for (message, record) pairs; if the batch fails, record by record, so one
+    record the model cannot take is skipped (logged, counted) and the others still enter the catalog."""
+    if not records:
+        return 0
+    try:
+        return await spine.update_catalog([r for _, r in records])
+    except Exception as exc:
+        log.error("catalog: applying %d records failed (%r); applying them one at a time", len(records), exc)
+    applied = 0
+    for message, record in records:
+        try:
+            applied += await spine.update_catalog([record])
+        except Exception as exc:
+            skip_record("catalog", "apply_failed", message, repr(exc)[:200])
+    return applied
+
+
+async def topic_partitions(producer, topic: str) -> int:
+    """How many partitions ``topic`` has (the producer's metadata; waits for it the first time)."""
+    client = producer._ensure_producer().client
+    await client._wait_on_metadata(topic)
+    return len(client.cluster.partitions_for_topic(topic))
 
 
 def consumer_lag(app: faust.App, topic: str) -> int:

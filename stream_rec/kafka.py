@@ -8,6 +8,7 @@ the worker and in the tools around it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import ssl
 from typing import Any, Iterable
@@ -22,6 +23,17 @@ TOPIC_LAYOUT = {
     "events-dlq": ("one", False),
     "control": ("one", False),
 }
+
+
+@functools.lru_cache(maxsize=65536)  # the same users come back; murmur2 in Python costs ~6 us per key
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key`` among ``partitions``: murmur2, as the Java
+    client, Kafka Streams, aiokafka and Faust compute it (``aiokafka.partitioner.DefaultPartitioner``).
+    librdkafka-based clients (confluent-kafka, and Go/C#/Node clients built on it) default to CRC32
+    (``consistent_random``) and put a key elsewhere unless configured with ``partitioner=murmur2_random``."""
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -97,8 +109,9 @@ async def ensure_topics(settings: Settings) -> None:
 
 
 async def produce_json(settings: Settings, topic: str, records: Iterable[dict], key_field: str | None = None,
-                       producer=None) -> int:
-    """Send JSON records (keyed by ``record[key_field]``) and wait for all acks. Returns the count."""
+                       producer=None, every_partition: bool = False) -> int:
+    """Send JSON records (keyed by ``record[key_field]``) and wait for all acks. Returns the count of
+    records. ``every_partition``: one copy of each record to every partition of the topic (``forget``)."""
     from aiokafka import AIOKafkaProducer
 
     own = producer is None
@@ -106,13 +119,17 @@ async def produce_json(settings: Settings, topic: str, records: Iterable[dict], 
         producer = AIOKafkaProducer(**client_kwargs(settings), linger_ms=5)
         await producer.start()
     try:
-        futures = []
+        partitions = sorted(await producer.partitions_for(topic)) if every_partition else [None]
+        futures, count = [], 0
         for rec in records:
             key = str(rec[key_field]).encode() if key_field and key_field in rec else None
-            futures.append(await producer.send(topic, json.dumps(rec).encode(), key=key))
+            value = json.dumps(rec).encode()
+            for partition in partitions:
+                futures.append(await producer.send(topic, value, key=key, partition=partition))
+            count += 1
         for f in futures:
             await f
-        return len(futures)
+        return count
     finally:
         if own:
             await producer.stop()

@@ -26,6 +26,9 @@ EVENTS_DLQ = Counter("stream_rec_events_dlq_total", "Events written to the dead-
 EVENTS_SKIPPED_DUPLICATE = Counter("stream_rec_events_duplicate_total",
                                    "Redelivered events skipped because their offset was already applied",
                                    registry=REGISTRY)
+EVENTS_REROUTED = Counter("stream_rec_events_rerouted_total",
+                          "Events that arrived on another partition than their key's (a producer with another "
+                          "partitioner) and were re-sent to it, not applied where they landed", registry=REGISTRY)
 RECOMMENDATIONS_EMITTED = Counter("stream_rec_recommendations_emitted_total",
                                   "Recommendation records published", registry=REGISTRY)
 RECOMMENDATIONS_REPLAYED = Counter("stream_rec_recommendations_replayed_total",

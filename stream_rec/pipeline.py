@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .kafka import key_partition
 from .state import UserState, append_history, decode_state, encode_state, model_tag, StateDecodeError
 from .privacy import pseudonymize
 from .validation import DELETE_USER, Event, Invalid, validate_event
@@ -39,6 +40,8 @@ class Incoming:
     partition: int
     offset: int
     received_at: float  # worker clock when the record was taken from the stream
+    # (partition, offset) where a re-routed copy was first written (header REROUTED_FROM); else None
+    origin: tuple[int, int] | None = None
 
 
 @dataclass
@@ -52,6 +55,12 @@ class BatchResult:
     # user with events after the deletion also has a fresh entry in ``states``.
     deleted: dict[str, int] = field(default_factory=dict)
     invalid: Counter = field(default_factory=Counter)  # reason -> count
+    # (batch index, partition its key belongs to) of events that arrived on another partition (a producer
+    # with another partitioner): the agent re-sends each there (REROUTED_FROM header); not applied here
+    rerouted: list[tuple[int, int]] = field(default_factory=list)
+    # (user_id, batch index) of delete_user events that arrived on another partition than the user's: the
+    # agent deletes the user's key on *that* partition too (a state left there by such a producer)
+    erased_elsewhere: list[tuple[str, int]] = field(default_factory=list)
     applied: int = 0  # events that changed a state
     duplicates: int = 0  # redelivered events skipped (offset already applied)
     # users whose events in the batch were all redelivered, the newest being the one their state applied
@@ -72,24 +81,78 @@ class PipelineConfig:
     half_precision_state: bool = True
     pseudonymize_key: str = field(default="", repr=False)  # see stream_rec/privacy.py
     context_alpha: float = 1.0  # weight of an event's context.text query in its list (0 = ignore queries)
+    partitions: int = 0  # of the events topic: events on another partition than their key's are re-routed (0 = no check)
+    dlq_max_original_bytes: int = 128 * 1024  # original bytes kept in a DLQ record (see dlq_record)
 
     @classmethod
     def from_settings(cls, settings) -> "PipelineConfig":
         return cls(top_k=settings.top_k, history_len=settings.history_len, max_event_bytes=settings.max_event_bytes,
                    pseudonymize_key=settings.pseudonymize_key,
-                   context_alpha=getattr(settings, "context_alpha", 1.0))
+                   context_alpha=getattr(settings, "context_alpha", 1.0),
+                   dlq_max_original_bytes=settings.dlq_max_original_bytes)
 
 
-def dlq_record(msg: Incoming, invalid: Invalid, now: float) -> dict:
-    """The events-dlq record: original bytes (base64) + where they came from + why they failed."""
+DLQ_MAX_KEY_BYTES = 1024  # record keys are user ids (<= 256 characters); a longer key is cut in the DLQ
+DLQ_MAX_DETAIL_CHARS = 500
+
+
+REROUTED_FROM = "stream-rec-rerouted-from"  # header of a re-routed copy: b"<partition>:<offset>" of the original
+
+
+def origin_of(headers) -> tuple[int, int] | None:
+    """The original (partition, offset) of a re-routed record, from its headers (None when not re-routed)."""
+    for name, value in headers or ():
+        if name == REROUTED_FROM:
+            try:
+                partition, offset = value.split(b":")
+                return int(partition), int(offset)
+            except (ValueError, AttributeError):
+                return None
+    return None
+
+
+def rerouted_headers(headers, msg: Incoming) -> list[tuple[str, bytes]]:
+    """The headers of a re-routed copy of ``msg``: its own (minus an older origin) plus where it came from.
+    A copy of a copy keeps the first origin."""
+    origin = msg.origin or (msg.partition, msg.offset)
+    kept = [(name, value) for name, value in headers or () if name != REROUTED_FROM]
+    return kept + [(REROUTED_FROM, f"{origin[0]}:{origin[1]}".encode())]
+
+
+def state_partitions(batch: Sequence[Incoming], config: "PipelineConfig") -> dict[bytes, int]:
+    """State key -> the partition that holds it, for the users of ``batch``: the key's partition under
+    the default partitioner (``config.partitions``) -- states live only there -- or, without a partition
+    count, the partition the user's event came in on. The agent reads states with it."""
+    out: dict[bytes, int] = {}
+    for msg in batch:
+        if msg.key is None:
+            continue
+        key = msg.key
+        if config.pseudonymize_key:
+            key = pseudonymize(key.decode("utf-8", "replace"), config.pseudonymize_key).encode()
+        out[key] = key_partition(msg.key, config.partitions) if config.partitions else msg.partition
+    return out
+
+
+def dlq_record(msg: Incoming, invalid: Invalid, now: float, max_original_bytes: int = 128 * 1024) -> dict:
+    """The events-dlq record: original bytes (base64) + where they came from + why they failed.
+
+    The original value is kept up to ``max_original_bytes`` (``original_truncated`` says whether it was
+    cut, ``original_size`` is its full length) and the key up to ``DLQ_MAX_KEY_BYTES``, so a DLQ record
+    always fits what the worker's producer can send, whatever the size of the record it describes."""
+    value = msg.value or b""
+    key = msg.key
     return {
-        "original_value_b64": base64.b64encode(msg.value or b"").decode("ascii"),
-        "original_key_b64": None if msg.key is None else base64.b64encode(msg.key).decode("ascii"),
+        "original_value_b64": base64.b64encode(value[:max_original_bytes]).decode("ascii"),
+        "original_key_b64": None if key is None else base64.b64encode(key[:DLQ_MAX_KEY_BYTES]).decode("ascii"),
+        "original_size": len(value),
+        "original_truncated": len(value) > max_original_bytes,
+        "original_key_truncated": key is not None and len(key) > DLQ_MAX_KEY_BYTES,
         "topic": msg.topic,
         "partition": msg.partition,
         "offset": msg.offset,
         "reason": invalid.reason,
-        "detail": invalid.detail,
+        "detail": invalid.detail[:DLQ_MAX_DETAIL_CHARS],
         "failed_at": now,
     }
 
@@ -176,10 +239,19 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
                                  max_bytes=config.max_event_bytes, known_item=known_item, now=t_now)
         if isinstance(checked, Invalid):
             result.invalid[checked.reason] += 1
-            result.dlq.append(dlq_record(msg, checked, t_now))
+            result.dlq.append(dlq_record(msg, checked, t_now, config.dlq_max_original_bytes))
         else:
             if config.pseudonymize_key:  # after the key check, which compares raw ids
                 checked = replace(checked, user_id=pseudonymize(checked.user_id, config.pseudonymize_key))
+            if config.partitions and msg.key is not None:
+                home = key_partition(msg.key, config.partitions)
+                if home != msg.partition:  # another partitioner: the user's state is not on this partition
+                    result.rerouted.append((index, home))
+                    if checked.event_type == DELETE_USER:  # and erase what such a producer left here
+                        result.erased_elsewhere.append((checked.user_id, index))
+                        if enricher is not None:
+                            enricher.forget(checked.user_id)
+                    continue
             by_user[checked.user_id].append((index, checked))
     if not by_user:
         return result
@@ -194,7 +266,8 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
             state = decode_state(raw) if raw else UserState()
         except StateDecodeError:
             state = UserState()  # unreadable old state: start over rather than stop the stream
-        fresh = [(i, e) for i, e in items if not state.already_applied(batch[i].partition, batch[i].offset)]
+        fresh = [(i, e) for i, e in items
+                 if not state.already_applied(batch[i].partition, batch[i].offset, batch[i].origin)]
         result.duplicates += len(items) - len(fresh)
         if not fresh and is_last_applied(state, batch[items[-1][0]]) and items[-1][1].event_type != DELETE_USER:
             replays.add(len(users))
@@ -264,8 +337,14 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
         if enricher is not None:
             negatives = enricher.remember_negatives(user_id, [e for _, e in fresh], negatives)
         last_index = fresh[-1][0]
+        origins = st.origins
+        if any(batch[i].origin for i, _ in fresh):
+            origins = dict(origins)
+            for i, _ in fresh:
+                if batch[i].origin:
+                    origins[batch[i].origin[0]] = max(batch[i].origin[1], origins.get(batch[i].origin[0], -1))
         st = UserState(hiddens[n], history, batch[last_index].partition, batch[last_index].offset,
-                       st.n_events + len(fresh), tag, negatives)
+                       st.n_events + len(fresh), tag, negatives, origins)
         states[n] = st
         result.states[user_id] = encode_state(st, half=config.half_precision_state)
         result.last_index[user_id] = last_index
@@ -301,3 +380,58 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
         result.recommendations.append(
             recommendation_record(user_id, st, items, model.version, last, fresh[-1][1].timestamp, t_sent, extra))
     return result
+
+
+def process_batch_isolating(batch: Sequence[Incoming], load_state: Callable[[str], bytes | None], model,
+                            config: PipelineConfig = PipelineConfig(), now: Callable[[], float] = time.time,
+                            queries: dict[int, np.ndarray] | None = None, enricher=None,
+                            on_error: Callable[[BaseException], None] | None = None) -> BatchResult:
+    """:func:`process_batch`, contained per record: if the batch raises (a bug, or a record that trips
+    the model -- validation itself never raises), its events are processed again one at a time, each on
+    top of the states the earlier ones produced, and an event whose own processing raises goes to the DLQ
+    as ``processing_error``. So no single record can stop the stream, and no event is skipped silently.
+    ``on_error(exc)`` is told of the batch's failure (the agent logs it). The one-at-a-time pass sends one
+    recommendation per event, and an enricher sees the events of the failed attempt twice (its online
+    quality counters only)."""
+    try:
+        return process_batch(batch, load_state, model, config, now, queries, enricher)
+    except Exception as exc:
+        if on_error is not None:
+            on_error(exc)
+    merged = BatchResult()
+    overlay: dict[str, bytes | None] = {}  # states written by the events already processed
+
+    def load(user_id: str) -> bytes | None:
+        return overlay[user_id] if user_id in overlay else load_state(user_id)
+
+    for index, msg in enumerate(batch):
+        query = {0: queries[index]} if queries and index in queries else None
+        try:
+            one = process_batch([msg], load, model, config, now, query, enricher)
+        except Exception as exc:
+            merged.invalid["processing_error"] += 1
+            merged.dlq.append(dlq_record(msg, Invalid("processing_error", f"{type(exc).__name__}: {exc}"), now(),
+                                         config.dlq_max_original_bytes))
+            continue
+        for user_id in one.deleted:
+            overlay[user_id] = None
+            merged.deleted[user_id] = index
+            merged.states.pop(user_id, None)
+            merged.last_index.pop(user_id, None)
+        for user_id, state in one.states.items():
+            overlay[user_id] = state
+            merged.states[user_id] = state
+            merged.last_index[user_id] = index
+        merged.rerouted.extend((index, partition) for _, partition in one.rerouted)
+        merged.erased_elsewhere.extend((user_id, index) for user_id, _ in one.erased_elsewhere)
+        merged.recommendations.extend(one.recommendations)
+        merged.dlq.extend(one.dlq)
+        merged.invalid.update(one.invalid)
+        merged.applied += one.applied
+        merged.duplicates += one.duplicates
+        merged.replayed += one.replayed
+        merged.event_timestamps.extend(one.event_timestamps)
+        merged.received_at.extend(one.received_at)
+        merged.step_seconds += one.step_seconds
+        merged.topk_seconds += one.topk_seconds
+    return merged

@@ -66,6 +66,9 @@ class Settings:
     top_k: int = 10
     history_len: int = 50  # rolling item history kept per user
     max_event_bytes: int = 16384  # larger events go to the DLQ as oversize
+    # a DLQ record keeps at most this many bytes of the original value (flagged original_truncated), so it
+    # always fits the worker producer's request and batch limits (1 MB, 512 KiB) after base64 (x4/3)
+    dlq_max_original_bytes: int = 128 * 1024
     pseudonymize_key: str = field(default="", repr=False)  # when set, user ids become HMAC-SHA256(key, id) on ingest (stream_rec.privacy)
     device: str = "auto"  # auto | cpu | cuda
     # compute threads in the worker (torch intra-op and numpy's BLAS): the GRU step on a micro-batch is

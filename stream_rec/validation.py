@@ -20,6 +20,8 @@ machine-readable ``reason`` (the DLQ record's ``reason`` and the ``reason`` labe
 ``key_mismatch``     the Kafka key is not the ``user_id``: the event sits on the wrong partition for the
                      co-partitioned state table, so applying it would split a user's state
 ``unknown_item``     ``item_id`` not in the live catalog (only checked once a catalog is known)
+``processing_error`` a valid event whose processing raised (``pipeline.process_batch_isolating``: the
+                     other events of its batch are processed; ``detail`` names the exception)
 ==================== =================================================================================
 
 Timestamps are epoch seconds (float); milliseconds (> 1e11) are accepted and converted, because that is
@@ -47,7 +49,7 @@ FUTURE_SLACK_S = 86_400.0  # clocks drift; a day ahead is suspicious, more is wr
 MAX_ID_CHARS = 256
 
 REASONS = ("empty", "oversize", "bad_json", "not_an_object", "missing_field", "wrong_type",
-           "unknown_event_type", "bad_timestamp", "key_mismatch", "unknown_item")
+           "unknown_event_type", "bad_timestamp", "key_mismatch", "unknown_item", "processing_error")
 
 
 @dataclass(frozen=True)
@@ -166,3 +168,28 @@ def validate_event(raw: bytes | None, *, key: bytes | None = None, check_key: bo
     if known_item is not None and not control and not known_item(item_id):
         return Invalid("unknown_item", f"item_id {item_id!r} is not in the catalog")
     return Event(user_id, item_id, event_type, ts, value, context)
+
+
+# --- catalog records ------------------------------------------------------------------------------------
+MAX_CATALOG_RECORD_BYTES = 256 * 1024  # a title, a description and some attributes; larger is not an item
+
+
+def validate_catalog_record(raw: bytes | None, max_bytes: int = MAX_CATALOG_RECORD_BYTES) -> dict | Invalid | None:
+    """A ``catalog`` record value -> the item record (``item_id`` as a string), an :class:`Invalid` with
+    the same reasons as events (the worker logs and counts it, then goes on), or None for a tombstone
+    (the topic is compacted; deletions are not applied). Never raises."""
+    if raw is None:
+        return None
+    try:
+        doc = boundedjson.parse(raw, max_bytes=max_bytes)
+    except boundedjson.JSONRejected as exc:
+        return Invalid(exc.reason, exc.detail)
+    if not isinstance(doc, dict):
+        return Invalid("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
+    if doc.get("item_id") is None:
+        return Invalid("missing_field", "missing item_id")
+    item_id = _as_id("item_id", doc["item_id"])
+    if isinstance(item_id, Invalid):
+        return item_id
+    doc["item_id"] = item_id
+    return doc
