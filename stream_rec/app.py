@@ -81,6 +81,7 @@ import base64
 import gc
 import json
 import logging
+import os
 import time
 import weakref
 from collections import deque
@@ -102,6 +103,7 @@ from .pipeline import (Incoming, PipelineConfig, origin_of, process_batch_isolat
                        state_partitions)
 from .settings import Settings
 from .validation import Invalid, validate_catalog_record
+from .watchdog import STALL_EXIT_STATUS, StallWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +155,13 @@ class LowLatencyTransport(aiokafka_driver.Transport):
 
 
 faust_drivers.TRANSPORTS.aliases["streamrec"] = f"{__name__}:LowLatencyTransport"
+
+
+def rocksdb_options(settings: Settings) -> dict:
+    """The state table's RocksDB memory bounds (per partition; see Settings.rocksdb_*)."""
+    mb = 1024 * 1024
+    return {"write_buffer_size": settings.rocksdb_write_buffer_mb * mb, "max_write_buffer_number": 2,
+            "block_cache_size": settings.rocksdb_block_cache_mb * mb}
 
 
 def broker_urls(settings: Settings) -> str:
@@ -549,6 +558,7 @@ class Spine:
         self.pending_sends: list = []  # delivery futures of the previous batch (see handle_batch)
         self.delivery_failure: BaseException | None = None  # set once a record was not delivered: no commit after it
         self.state_cache = StateCache(settings.state_cache_users)
+        self.watchdog = StallWatchdog(settings.stall_warn_s, settings.stall_exit_s)  # fed by handle_batch
         self._announce_model()
 
     def note_delivery(self, future: asyncio.Future) -> None:
@@ -647,6 +657,10 @@ def build_app(settings: Settings, spine: Spine | None = None) -> faust.App:
         # 2 ms to every recommendation (measured: p50 built->arrived 11.1 -> 7.5 ms at 1k ev/s)
         producer_linger=0.0,
         producer_max_batch_size=PRODUCER_MAX_BATCH_BYTES,
+        # bounded requests: Faust's producer default (20 min) would let a lost produce request look like an
+        # idle worker; now a delivery that fails for this long crashes the agent (no commit after it)
+        producer_request_timeout=settings.request_timeout_s,
+        broker_request_timeout=max(settings.request_timeout_s, settings.session_timeout_s),
         **faust_credentials(settings),
     )
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
@@ -656,7 +670,8 @@ def build_app(settings: Settings, spine: Spine | None = None) -> faust.App:
     recommendations = app.topic(settings.topic(settings.recommendations_topic), partitions=settings.partitions, **raw)
     dlq = app.topic(settings.topic(settings.dlq_topic), partitions=1, **raw)
     table = app.tables.add(BatchedChangelogTable(app, name=STATE_TABLE, beacon=app.tables.beacon, key_type=bytes,
-                                                 value_type=bytes, partitions=settings.partitions))  # raw codec
+                                                 value_type=bytes, partitions=settings.partitions,  # raw codec
+                                                 options=rocksdb_options(settings)))
     app.state_table = table
 
     # CrashingSupervisor: an error in the agent (a failed delivery, a bug outside the per-record
@@ -704,7 +719,9 @@ def build_app(settings: Settings, spine: Spine | None = None) -> faust.App:
 
     @app.timer(interval=2.0)
     async def report_lag():
-        metrics.CONSUMER_LAG.set(consumer_lag(app, events.get_topic_name()))
+        lag = consumer_lag(app, events.get_topic_name())
+        metrics.CONSUMER_LAG.set(lag)
+        check_stall(app, lag)
 
     return app
 
@@ -819,6 +836,7 @@ async def handle_batch(app: faust.App, batch: Sequence[Any], recs_topic: str, dl
             metrics.CONSUME_TO_REC_LATENCY.observe(max(0.0, sent - ts))
         spine.users_seen.update(result.states)
     metrics.USERS_IN_STATE.set(len(spine.users_seen))
+    spine.watchdog.batch_handled()
 
 
 async def catalog_loop(app: faust.App, settings: Settings, poll_ms: int = 500) -> None:
@@ -882,6 +900,62 @@ async def topic_partitions(producer, topic: str) -> int:
     client = producer._ensure_producer().client
     await client._wait_on_metadata(topic)
     return len(client.cluster.partitions_for_topic(topic))
+
+
+STALL_LOG_EVERY_S = 30.0
+
+
+def check_stall(app: faust.App, lag: int) -> None:
+    """Feed the stall watchdog the lag (every 2 s): gauges, a WARNING with what the worker waits on when a
+    stall starts and every 30 s while it lasts, and the exit that lets a supervisor restart the worker."""
+    dog: StallWatchdog = app.spine.watchdog
+    before = dog.stalled_for
+    stalled = dog.check(lag, recovering=bool(app.rebalancing or getattr(app, "in_recovery", False)))
+    metrics.READY.set(1 if dog.ready else 0)
+    metrics.STALLED_SECONDS.set(stalled)
+    if not stalled:
+        if before:
+            log.warning("stall over: micro-batches handled again after %.0f s", before)
+        return
+    if not before or stalled // STALL_LOG_EVERY_S != before // STALL_LOG_EVERY_S:
+        log.warning("STALLED: no micro-batch handled for %.0f s while %d events wait; waiting on: %s", stalled, lag,
+                    waits_of(app))
+    if dog.should_exit:
+        log.error("stalled for %.0f s (stall_exit_s=%.0f): exiting with status %d so that a supervisor restarts "
+                  "the worker (uncommitted events are redelivered)", stalled, dog.exit_after_s, STALL_EXIT_STATUS)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(STALL_EXIT_STATUS)  # not a graceful stop: that would wait on what is stuck
+
+
+def waits_of(app: faust.App) -> str:
+    """What the worker is waiting on, for the stall WARNING (each part best effort)."""
+    parts = []
+    pending = [f for f in app.spine.pending_sends if not f.done()]
+    parts.append(f"{len(pending)} of the previous batch's {len(app.spine.pending_sends)} deliveries unanswered")
+    try:
+        accumulator = app.producer._ensure_producer()._message_accumulator
+        queued = sum(len(q) for q in accumulator._batches.values())
+        parts.append(f"{queued} record batches queued in the producer")
+    except Exception:
+        pass
+    try:
+        consumer = app.consumer
+        read = getattr(consumer, "_read_offset", {})
+        behind = []
+        for tp in sorted(consumer.assignment()):
+            high = consumer.highwater(tp)
+            pos = read.get(tp)
+            if high is not None and (pos is None or pos + 1 < high):
+                behind.append(f"{tp.topic}[{tp.partition}] read {pos} of {high}")
+        parts.append("partitions behind: " + (", ".join(behind) or "none"))
+        if getattr(consumer, "_paused_partitions", None):
+            parts.append(f"paused: {sorted(consumer._paused_partitions)}")
+        if not getattr(consumer, "flow_active", True):
+            parts.append("consumer flow stopped (rebalance?)")
+    except Exception as exc:
+        parts.append(f"consumer state unreadable ({exc!r})")
+    return "; ".join(parts)
 
 
 def consumer_lag(app: faust.App, topic: str) -> int:

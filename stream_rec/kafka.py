@@ -48,7 +48,8 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 def client_kwargs(settings: Settings) -> dict[str, Any]:
     """aiokafka keyword arguments for bootstrap + security (works for producer, consumer, admin)."""
-    kw: dict[str, Any] = {"bootstrap_servers": settings.broker}
+    kw: dict[str, Any] = {"bootstrap_servers": settings.broker,
+                          "request_timeout_ms": int(settings.request_timeout_s * 1000)}
     protocol = settings.security_protocol.upper()
     if protocol != "PLAINTEXT":
         kw["security_protocol"] = protocol

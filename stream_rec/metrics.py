@@ -53,6 +53,10 @@ MODEL_STEP_SECONDS = Histogram("stream_rec_model_step_seconds",
                                buckets=STEP_BUCKETS, registry=REGISTRY)
 CONSUMER_LAG = Gauge("stream_rec_consumer_lag_messages", "High watermark minus position, summed over the "
                      "worker's assigned events partitions", registry=REGISTRY)
+READY = Gauge("stream_rec_ready", "1 while the worker makes progress; 0 while stalled (stream_rec/watchdog.py)",
+              registry=REGISTRY)
+STALLED_SECONDS = Gauge("stream_rec_stalled_seconds", "Seconds without a handled micro-batch while events wait "
+                        "(0 = not stalled)", registry=REGISTRY)
 USERS_IN_STATE = Gauge("stream_rec_users_in_state", "Users with state touched by this worker since start",
                        registry=REGISTRY)
 MODEL_INFO = Gauge("stream_rec_model_info", "1 for the model version being served", ["version", "trained"],

@@ -341,6 +341,41 @@ def test_broker_paused_then_resumed_worker_recovers_without_restart(tmp_path):
         check_states(settings, stream)
 
 
+# --- silent stall -----------------------------------------------------------------------------------------
+
+def test_stalled_worker_warns_then_exits_for_its_supervisor(tmp_path):
+    """The broker stops answering (SIGSTOP) while events wait: the watchdog logs a WARNING with what the
+    worker waits on, /metrics says not ready, and after stall_exit_s the worker exits with status 75 (a
+    supervisor restarts it). The restarted worker then applies every event exactly once."""
+    from stream_rec.watchdog import STALL_EXIT_STATUS
+
+    with EmbeddedBroker(log_file=tmp_path / "tansu.log") as broker:
+        settings = make_settings(broker.bootstrap, tmp_path / "data", stall_warn_s=3.0, stall_exit_s=12.0)
+        asyncio.run(ensure_topics(settings))
+        stream = UserStream(n_users=200, per_user=60, seed=6)
+        items = write_items(tmp_path, CATALOG)
+        worker = WorkerProcess(settings, tmp_path / "w", items=items).start()
+        try:
+            produce(settings, settings.topic(settings.events_topic), stream.events[:10])
+            wait_for_first_rec(settings, worker)
+            produce(settings, settings.topic(settings.events_topic), stream.events[10:])  # a backlog
+            with paused(broker.process):
+                ready = wait_until(lambda: (lambda m: m if m.get("stream_rec_ready") == 0 else None)(
+                    scrape(worker.metrics_url())), timeout_s=30, message="the worker to report itself not ready")
+                status = worker.proc.wait(timeout=60)
+            log_text = worker.log_path.read_text(errors="replace")
+            assert status == STALL_EXIT_STATUS, (status, worker.log_tail())
+            assert "STALLED: no micro-batch handled" in log_text and "waiting on:" in log_text, worker.log_tail()
+            assert ready["stream_rec_stalled_seconds"] >= 3 and ready["stream_rec_consumer_lag_messages"] > 0
+            worker = WorkerProcess(settings, tmp_path / "w", items=items).start()  # what the supervisor does
+            latest_recs(settings, stream, timeout_s=180)
+        finally:
+            worker.stop()
+        figures = check_states(settings, stream)
+        stall_line = next(line for line in log_text.splitlines() if "STALLED" in line)
+        print(f"[figures] stall: exit status {status}; {figures}; log: {stall_line[stall_line.index('STALLED'):][:300]}")
+
+
 # --- malformed input -------------------------------------------------------------------------------------
 
 def run_fuzz(settings, tmp_path: Path, n_bad: int, n_good: int) -> dict:

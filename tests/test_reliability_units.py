@@ -292,3 +292,15 @@ def test_a_record_that_makes_processing_raise_goes_to_the_dlq_and_the_rest_is_pr
     assert "tripwire" in out.dlq[0]["detail"] and out.invalid == {"processing_error": 1}
     assert decode_state(out.states["ann"]).seen_items() == [ITEMS[0], ITEMS[1]]  # on top of its own first event
     assert out.last_index == {"ann": 2, "cat": 3} and "ben" not in out.states and out.applied == 3
+
+
+def test_stall_watchdog():
+    import doctest
+
+    from stream_rec import watchdog
+
+    assert doctest.testmod(watchdog).failed == 0
+    t = [0.0]
+    dog = watchdog.StallWatchdog(warn_after_s=10, exit_after_s=0, clock=lambda: t[0])
+    t[0] = 1e6
+    assert dog.check(lag=1) and not dog.should_exit  # exit_after_s=0: never exits
