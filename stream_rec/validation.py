@@ -97,6 +97,17 @@ def _as_number(value: Any) -> float | None:
         return None
 
 
+def json_object(raw: bytes, max_bytes: int) -> dict | Invalid:
+    """The JSON object in ``raw`` (bounded parse: stream_rec/boundedjson.py), or why there is none."""
+    try:
+        doc = boundedjson.parse(raw, max_bytes=max_bytes)
+    except boundedjson.JSONRejected as exc:
+        return Invalid(exc.reason, exc.detail)
+    if not isinstance(doc, dict):
+        return Invalid("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
 def validate_event(raw: bytes | None, *, key: bytes | None = None, check_key: bool = True,
                    max_bytes: int = 16384, known_item: Callable[[str], bool] | None = None,
                    now: float | None = None) -> Event | Invalid:
@@ -106,12 +117,9 @@ def validate_event(raw: bytes | None, *, key: bytes | None = None, check_key: bo
         return Invalid("empty", "record has no value")
     if len(raw) > max_bytes:
         return Invalid("oversize", f"{len(raw)} bytes > max_event_bytes={max_bytes}")
-    try:
-        doc = boundedjson.parse(raw, max_bytes=max_bytes)
-    except boundedjson.JSONRejected as exc:
-        return Invalid(exc.reason, exc.detail)
-    if not isinstance(doc, dict):
-        return Invalid("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
+    doc = json_object(raw, max_bytes)
+    if isinstance(doc, Invalid):
+        return doc
     control = isinstance(doc.get("event_type"), str) and doc["event_type"] in CONTROL_EVENT_TYPES
     missing = [f for f in (CONTROL_REQUIRED_FIELDS if control else REQUIRED_FIELDS) if doc.get(f) is None]
     if missing:
@@ -180,12 +188,9 @@ def validate_catalog_record(raw: bytes | None, max_bytes: int = MAX_CATALOG_RECO
     (the topic is compacted; deletions are not applied). Never raises."""
     if raw is None:
         return None
-    try:
-        doc = boundedjson.parse(raw, max_bytes=max_bytes)
-    except boundedjson.JSONRejected as exc:
-        return Invalid(exc.reason, exc.detail)
-    if not isinstance(doc, dict):
-        return Invalid("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
+    doc = json_object(raw, max_bytes)
+    if isinstance(doc, Invalid):
+        return doc
     if doc.get("item_id") is None:
         return Invalid("missing_field", "missing item_id")
     item_id = _as_id("item_id", doc["item_id"])

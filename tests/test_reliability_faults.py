@@ -461,3 +461,19 @@ def test_backpressure_lag_grows_memory_bounded_nothing_dropped(fault_settings, t
     print(f"[figures] backpressure: {figures}")
     assert max(lag_samples, default=0) > 1000, f"the producer did not outpace the worker: {figures}"
     assert rss.peak_mb - (start_mb or rss.peak_mb) < 400, figures
+
+
+# --- sustained load --------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_soak_drains_with_nothing_lost(tmp_path):
+    """benchmarks/soak.py (`make soak` runs the full 300k events): one minute of 2,500 ev/s offered to one
+    worker must drain with every user's event count exact and no stall."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "benchmarks/soak.py", "--events", "150000", "--rate", "2500",
+                          "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=900,
+                         cwd=Path(__file__).resolve().parents[1])
+    print(out.stdout[-3000:])
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "drained=True" in out.stdout and "users with a wrong count: 0" in out.stdout
