@@ -360,13 +360,13 @@ def test_stalled_worker_warns_then_exits_for_its_supervisor(tmp_path):
             wait_for_first_rec(settings, worker)
             produce(settings, settings.topic(settings.events_topic), stream.events[10:])  # a backlog
             with paused(broker.process):
-                ready = wait_until(lambda: (lambda m: m if m.get("stream_rec_ready") == 0 else None)(
-                    scrape(worker.metrics_url())), timeout_s=30, message="the worker to report itself not ready")
+                stalled = wait_until(lambda: (lambda m: m if m.get("stream_rec_stalled_seconds", 0) >= 3 else None)(
+                    scrape(worker.metrics_url())), timeout_s=30, message="the worker to report a stall")
                 status = worker.proc.wait(timeout=60)
             log_text = worker.log_path.read_text(errors="replace")
             assert status == STALL_EXIT_STATUS, (status, worker.log_tail())
             assert "STALLED: no micro-batch handled" in log_text and "waiting on:" in log_text, worker.log_tail()
-            assert ready["stream_rec_stalled_seconds"] >= 3 and ready["stream_rec_consumer_lag_messages"] > 0
+            assert stalled["stream_rec_ready"] == 0 and stalled["stream_rec_consumer_lag_messages"] > 0
             worker = WorkerProcess(settings, tmp_path / "w", items=items).start()  # what the supervisor does
             latest_recs(settings, stream, timeout_s=180)
         finally:

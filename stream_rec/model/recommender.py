@@ -69,7 +69,7 @@ def read_json(path: Path, max_bytes: int):
     try:
         return parse_file(path, max_bytes=max_bytes)
     except JSONRejected as exc:
-        raise ModelLoadError(f"{path}: {exc.reason}: {exc.detail}") from None
+        raise ModelLoadError(f"{path}: unreadable JSON ({exc.reason}: {exc.detail})") from None
     except OSError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
 
