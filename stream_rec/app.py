@@ -329,6 +329,17 @@ class RecordBatches:
         return futures
 
 
+def write_batch(store):
+    """An empty RocksDB write batch for Faust's rocksdb ``store`` (rocksdict or python-rocksdb driver)."""
+    if store.use_rocksdict:
+        import rocksdict
+
+        return rocksdict.WriteBatch(raw_mode=True)
+    import rocksdb
+
+    return rocksdb.WriteBatch()
+
+
 class BatchedChangelogTable(faust.Table):
     """The user-state table, written *behind* its changelog: a state reaches the local RocksDB store only
     after its changelog record was delivered.
@@ -410,10 +421,8 @@ class BatchedChangelogTable(faust.Table):
         db = store._dbs.get(partition)
         if in_flight is not self._in_flight or db is None:
             return  # sent before a rebalance: Faust recovers the partition from the changelog
-        import rocksdict
-
         sent = future.result()
-        batch = rocksdict.WriteBatch(raw_mode=True)
+        batch = write_batch(store)
         for key, value, _ in written:
             if value is None:
                 batch.delete(key)
@@ -435,11 +444,6 @@ class BatchedChangelogTable(faust.Table):
         self._queue = None
         self._unflushed = {}
         self._in_flight = {}
-
-    @property
-    def unflushed(self) -> int:
-        """States staged but not yet in the local store."""
-        return len(self._unflushed)
 
 
 # --- model -----------------------------------------------------------------------------------------
