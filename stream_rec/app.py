@@ -394,7 +394,7 @@ class BatchedChangelogTable(faust.Table):
             entry = self._unflushed.get((key, partition))
             return entry[1] if entry is not None else store._db_for_partition(partition).get(key)
         for (staged, _), entry in self._unflushed.items():
-            if staged == key and entry[1] is not None:
+            if staged == key:
                 return entry[1]
         for db in list(store._dbs.values()):
             value = db.get(key)

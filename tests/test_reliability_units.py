@@ -304,3 +304,40 @@ def test_stall_watchdog():
     dog = watchdog.StallWatchdog(warn_after_s=10, exit_after_s=0, clock=lambda: t[0])
     t[0] = 1e6
     assert dog.check(lag=1) and not dog.should_exit  # exit_after_s=0: never exits
+
+
+def test_events_on_another_partition_than_their_keys_are_rerouted_once(small_model):
+    """The partitioner check of process_batch (4 partitions: murmur2 puts "alice" on 1, librdkafka's CRC32
+    on 3): a misplaced event is re-routed, not applied; its copy (origin header) is applied once on the
+    right partition, and a second copy of the same original (a crash before the commit) is a duplicate."""
+    import json as json_
+
+    from stream_rec.kafka import key_partition
+    from stream_rec.pipeline import Incoming, PipelineConfig, origin_of, process_batch, rerouted_headers
+    from stream_rec.state import decode_state, encode_state
+
+    config = PipelineConfig(partitions=4)
+    home = key_partition(b"alice", 4)
+    assert home == 1
+    now = time.time() - 100
+    value = lambda item, dt: json_.dumps({"user_id": "alice", "item_id": item, "event_type": "view",
+                                          "timestamp": now + dt}).encode()
+    delete = json_.dumps(delete_user_event("alice", now=now + 9)).encode()
+    landed = [Incoming(value(ITEMS[0], 0), b"alice", "events", 3, 10, 0.0),
+              Incoming(delete, b"alice", "events", 3, 11, 0.0)]
+    out = process_batch(landed, {}.get, small_model, config)
+    assert out.rerouted == [(0, home), (1, home)] and out.erased_elsewhere == [("alice", 1)]
+    assert not out.states and not out.recommendations
+
+    headers = rerouted_headers([("trace", b"x")], landed[0])
+    assert headers == [("trace", b"x"), ("stream-rec-rerouted-from", b"3:10")] and origin_of(headers) == (3, 10)
+    copy = Incoming(landed[0].value, b"alice", "events", home, 50, 0.0, origin_of(headers))
+    store: dict[str, bytes] = {}
+    first = process_batch([copy], store.get, small_model, config)
+    state = decode_state(first.states["alice"])
+    assert first.applied == 1 and state.origins == {3: 10}
+    assert decode_state(encode_state(state)).origins == {3: 10}  # state codec version 3
+    store.update(first.states)
+    again = Incoming(landed[0].value, b"alice", "events", home, 51, 0.0, (3, 10))  # re-sent after a crash
+    second = process_batch([again], store.get, small_model, config)
+    assert second.duplicates == 1 and not second.states
