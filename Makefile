@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # torch 2.13.0 is pinned so pip takes the CPU wheel where one is on disk; on a GPU box install a CUDA build first.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup tools demo test test-slow bench lint clean
+.PHONY: setup tools demo test test-slow bench soak lint clean
 
 $(BIN)/stream-rec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test-slow: setup tools  ## slow tests and benchmarks: crash/rebalance/fuzz at sc
 
 bench: setup  ## throughput/latency benchmark against an embedded broker
 	$(BIN)/stream-rec bench
+
+soak: setup  ## 300,000 events offered at 2,500 ev/s to one worker: must drain, nothing lost; prints RSS over the run
+	$(BIN)/python benchmarks/soak.py
 
 clean:
 	rm -rf var runs .pytest_cache

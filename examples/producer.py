@@ -8,7 +8,12 @@ The three rules of the ``events`` topic (contract: topics/README.md, schema: top
 
 1. **Key = user_id** (UTF-8). Kafka partitions by key, so all events of a user land on one partition, in
    order, on the worker that holds that user's state. A record whose key is not its user_id is dead-
-   lettered (``key_mismatch``).
+   lettered (``key_mismatch``). The partition must be the one Kafka's default partitioner picks
+   (murmur2, as here with aiokafka, the Java client and Faust). librdkafka clients (``confluent-kafka``,
+   and the Go/.NET/Node clients built on it) default to CRC32: configure them with
+   ``"partitioner": "murmur2_random"``. The worker re-routes events that land on another partition
+   (``stream_rec_events_rerouted_total``), at the cost of a second hop and of their order relative to
+   the user's other events.
 2. **Value = one JSON object** with ``user_id``, ``item_id``, ``event_type`` (view, click, rate,
    purchase, add_to_cart, like, share; dislike and skip as negative feedback) and ``timestamp`` (epoch seconds; milliseconds are accepted).
    ``value`` (number) and ``context`` (object, optional ``text``) are optional.

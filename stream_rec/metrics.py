@@ -24,8 +24,17 @@ EVENTS_INVALID = Counter("stream_rec_events_invalid_total", "Events that failed 
 EVENTS_DLQ = Counter("stream_rec_events_dlq_total", "Events written to the dead-letter topic", **_REG)
 EVENTS_SKIPPED_DUPLICATE = Counter("stream_rec_events_duplicate_total",
                                    "Redelivered events skipped because their offset was already applied", **_REG)
+EVENTS_REROUTED = Counter("stream_rec_events_rerouted_total",
+                          "Events that arrived on another partition than their key's (a producer with another "
+                          "partitioner) and were re-sent to it, not applied where they landed", **_REG)
 RECOMMENDATIONS_EMITTED = Counter("stream_rec_recommendations_emitted_total", "Recommendation records published",
                                   **_REG)
+RECOMMENDATIONS_REPLAYED = Counter("stream_rec_recommendations_replayed_total",
+                                   "Lists sent again for a redelivered event that its user's state had applied last "
+                                   "(its first recommendation may not have been delivered)", **_REG)
+RECORDS_SKIPPED = Counter("stream_rec_records_skipped_total",
+                          "catalog/control records the worker could not use (each one logged), by topic and reason",
+                          ["topic", "reason"], **_REG)
 CATALOG_ITEMS = Counter("stream_rec_catalog_items_total", "Catalog records applied to the live catalog", **_REG)
 EVENT_TO_REC_LATENCY = Histogram("stream_rec_event_to_recommendation_seconds",
                                  "Time from the event's own timestamp to its recommendation being sent",
@@ -40,6 +49,10 @@ MODEL_STEP_SECONDS = Histogram("stream_rec_model_step_seconds",
                                buckets=STEP_BUCKETS, **_REG)
 CONSUMER_LAG = Gauge("stream_rec_consumer_lag_messages",
                      "High watermark minus position, summed over the worker's assigned events partitions", **_REG)
+READY = Gauge("stream_rec_ready", "1 while the worker makes progress; 0 while stalled or restoring tables "
+              "(stream_rec/worker/watchdog.py)", **_REG)
+STALLED_SECONDS = Gauge("stream_rec_stalled_seconds",
+                        "Seconds without a handled micro-batch while events wait (0 = not stalled)", **_REG)
 USERS_IN_STATE = Gauge("stream_rec_users_in_state", "Users with state touched by this worker since start", **_REG)
 MODEL_INFO = Gauge("stream_rec_model_info", "1 for the model version being served", ["version", "trained"], **_REG)
 MODEL_RELOADS = Counter("stream_rec_model_reloads_total", "Model hot reloads", **_REG)

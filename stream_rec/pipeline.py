@@ -1,8 +1,10 @@
 """One micro-batch of the stream as plain functions (no Kafka, no Faust), in named phases:
 
     phase             what                                                        passes on
-    validate_batch    raw records -> valid events by user (bad ones -> DLQ)       {user: [(batch index, Event)]}
-    load_users        stored states; redelivered events dropped; deletions        TouchedUsers: B users
+    validate_batch    raw records -> valid events by user (bad ones -> DLQ,       {user: [(batch index, Event)]}
+                      misplaced ones -> result.rerouted)
+    load_users        stored states; redelivered events dropped (or replayed);    TouchedUsers: B users
+                      deletions
     initial_hiddens   the stored vector if this model wrote it, else initial       [B] x [H]
                       state (new user) or rebuilt from the stored history
     positive_events   grade the previous lists; negative feedback not stepped     [B] x [(batch index, Event)]
@@ -11,9 +13,25 @@
     rank_users        top-K per user, seen items excluded (+ query, Enricher)     [B] x [(item_id, score)]
     emit_records      recommendation records                                      result.recommendations
 
-``process_batch`` is what the worker calls per micro-batch (stream_rec/worker/batch.py) and what the unit
-tests and the benchmark call directly. The worker only moves bytes in and out: it reads states from the
-table, writes ``BatchResult.states`` back and sends ``BatchResult.recommendations`` / ``BatchResult.dlq``.
+``process_batch`` is what the unit tests and the benchmark call directly; the worker calls
+``process_batch_isolating`` (the same, contained per record: an event whose processing raises goes to the
+DLQ as ``processing_error`` and the rest of its batch is processed). The worker only moves bytes in and
+out: it reads states from the table, writes ``BatchResult.states`` back and sends
+``BatchResult.recommendations`` / ``BatchResult.dlq`` (and re-sends ``BatchResult.rerouted``).
+
+Two rules keep a user's state right whatever reaches the worker:
+
+* **Partitioner.** A user's state lives on the partition Kafka's default partitioner (murmur2) gives her
+  key. An event that arrived on another one (a producer with another partitioner, e.g. librdkafka's
+  CRC32 default) is not applied: ``validate_batch`` lists it in ``result.rerouted`` and the worker
+  re-sends it to the right partition with a header naming its origin (``io.topics.REROUTED_FROM``); the
+  state remembers the last applied origin offset per origin partition, so a copy re-sent twice (a crash
+  before the commit) is applied once. A ``delete_user`` that arrived elsewhere is re-routed the same way
+  and also erases whatever state sits on the partition where it landed (``result.erased_elsewhere``).
+* **Redelivery.** Events already applied (offset <= the state's) are skipped. When all of a user's
+  events in the batch are redelivered and the newest is the one the state applied last, the user's list
+  is sent again from the stored state (``result.replayed``): the state's changelog record may have been
+  delivered before a crash while the recommendation was not.
 
 Batching across users is where the speed comes from: all users' k-th event of the batch go through the
 GRU in one ``Recommender.step`` call, and all touched users share one ``Recommender.topk`` call, so a
@@ -30,6 +48,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .io.topics import key_partition
 from .model.sequences import rewarm, run_steps, time_gaps
 from .privacy import pseudonymize
 from .recsys.context import boost_queries, context_text
@@ -50,6 +69,8 @@ class Incoming:
     partition: int
     offset: int
     received_at: float  # worker clock when the record was taken from the stream
+    # (partition, offset) where a re-routed copy was first written (header io.topics.REROUTED_FROM); else None
+    origin: tuple[int, int] | None = None
 
 
 @dataclass
@@ -63,8 +84,15 @@ class BatchResult:
     # user with events after the deletion also has a fresh entry in ``states``.
     deleted: dict[str, int] = field(default_factory=dict)
     invalid: Counter = field(default_factory=Counter)  # reason -> count
+    # (batch index, partition its key belongs to) of events that arrived on another partition (a producer
+    # with another partitioner): the worker re-sends each there; not applied here
+    rerouted: list[tuple[int, int]] = field(default_factory=list)
+    # (user_id, batch index) of delete_user events that arrived on another partition than the user's: the
+    # worker deletes the user's key on *that* partition too (a state left there by such a producer)
+    erased_elsewhere: list[tuple[str, int]] = field(default_factory=list)
     applied: int = 0  # events that changed a state
     duplicates: int = 0  # redelivered events skipped (offset already applied)
+    replayed: int = 0  # users whose list was sent again for their redelivered last applied event
     event_timestamps: list[float] = field(default_factory=list)  # of applied events (latency metrics)
     received_at: list[float] = field(default_factory=list)
     step_seconds: float = 0.0
@@ -80,26 +108,57 @@ class PipelineConfig:
     half_precision_state: bool = True
     pseudonymize_key: str = field(default="", repr=False)  # see stream_rec/privacy.py
     context_alpha: float = 1.0  # weight of an event's context.text query in its list (0 = ignore queries)
+    partitions: int = 0  # of the events topic: events off their key's partition are re-routed (0 = no check)
+    dlq_max_original_bytes: int = 128 * 1024  # original bytes kept in a DLQ record (see dlq_record)
 
     @classmethod
     def from_settings(cls, settings) -> "PipelineConfig":
         return cls(top_k=settings.top_k, history_len=settings.history_len, max_event_bytes=settings.max_event_bytes,
                    pseudonymize_key=settings.pseudonymize_key,
-                   context_alpha=getattr(settings, "context_alpha", 1.0))
+                   context_alpha=getattr(settings, "context_alpha", 1.0),
+                   dlq_max_original_bytes=settings.dlq_max_original_bytes)
 
 
-def dlq_record(msg: Incoming, invalid: Invalid, now: float) -> dict:
-    """The events-dlq record: original bytes (base64) + where they came from + why they failed."""
+DLQ_MAX_KEY_BYTES = 1024  # record keys are user ids (<= 256 characters); a longer key is cut in the DLQ
+DLQ_MAX_DETAIL_CHARS = 500
+
+
+def dlq_record(msg: Incoming, invalid: Invalid, now: float, max_original_bytes: int = 128 * 1024) -> dict:
+    """The events-dlq record: original bytes (base64) + where they came from + why they failed.
+
+    The original value is kept up to ``max_original_bytes`` (``original_truncated`` says whether it was
+    cut, ``original_size`` is its full length) and the key up to ``DLQ_MAX_KEY_BYTES``, so a DLQ record
+    always fits what the worker's producer can send, whatever the size of the record it describes."""
+    value = msg.value or b""
+    key = msg.key
     return {
-        "original_value_b64": base64.b64encode(msg.value or b"").decode("ascii"),
-        "original_key_b64": None if msg.key is None else base64.b64encode(msg.key).decode("ascii"),
+        "original_value_b64": base64.b64encode(value[:max_original_bytes]).decode("ascii"),
+        "original_key_b64": None if key is None else base64.b64encode(key[:DLQ_MAX_KEY_BYTES]).decode("ascii"),
+        "original_size": len(value),
+        "original_truncated": len(value) > max_original_bytes,
+        "original_key_truncated": key is not None and len(key) > DLQ_MAX_KEY_BYTES,
         "topic": msg.topic,
         "partition": msg.partition,
         "offset": msg.offset,
         "reason": invalid.reason,
-        "detail": invalid.detail,
+        "detail": invalid.detail[:DLQ_MAX_DETAIL_CHARS],
         "failed_at": now,
     }
+
+
+def state_partitions(batch: Sequence[Incoming], config: PipelineConfig) -> dict[bytes, int]:
+    """State key -> the partition that holds it, for the users of ``batch``: the key's partition under
+    the default partitioner (``config.partitions``) -- states live only there -- or, without a partition
+    count, the partition the user's event came in on. The worker reads states with it."""
+    out: dict[bytes, int] = {}
+    for msg in batch:
+        if msg.key is None:
+            continue
+        key = msg.key
+        if config.pseudonymize_key:
+            key = pseudonymize(key.decode("utf-8", "replace"), config.pseudonymize_key).encode()
+        out[key] = key_partition(msg.key, config.partitions) if config.partitions else msg.partition
+    return out
 
 
 def recommendation_record(user_id: str, state: UserState, items: list[tuple[str, float]], model_version: str,
@@ -129,6 +188,8 @@ class TouchedUsers:
     users: list[str] = field(default_factory=list)
     states: list[UserState] = field(default_factory=list)  # as stored; the new ones after store_states
     pending: list[list[tuple[int, Event]]] = field(default_factory=list)  # new (batch index, event), oldest first
+    # positions of users whose list is sent again, state unchanged (``pending`` holds the redelivered event)
+    replays: set[int] = field(default_factory=set)
 
 
 def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes | None], model,
@@ -160,11 +221,73 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
     return result
 
 
+def process_batch_isolating(batch: Sequence[Incoming], load_state: Callable[[str], bytes | None], model,
+                            config: PipelineConfig = PipelineConfig(), now: Callable[[], float] = time.time,
+                            queries: dict[int, np.ndarray] | None = None, enricher=None,
+                            on_error: Callable[[BaseException], None] | None = None) -> BatchResult:
+    """:func:`process_batch`, contained per record: if the batch raises (a bug, or a record that trips
+    the model -- validation itself never raises), its events are processed again one at a time, each on
+    top of the states the earlier ones produced, and an event whose own processing raises goes to the DLQ
+    as ``processing_error``. So no single record can stop the stream, and no event is skipped silently.
+    ``on_error(exc)`` is told of the batch's failure (the worker logs it). The one-at-a-time pass sends one
+    recommendation per event, and an enricher sees the events of the failed attempt twice (its online
+    quality counters only)."""
+    try:
+        return process_batch(batch, load_state, model, config, now, queries, enricher)
+    except Exception as exc:
+        if on_error is not None:
+            on_error(exc)
+    merged = BatchResult()
+    overlay: dict[str, bytes | None] = {}  # states written by the events already processed
+
+    def load(user_id: str) -> bytes | None:
+        return overlay[user_id] if user_id in overlay else load_state(user_id)
+
+    for index, msg in enumerate(batch):
+        query = {0: queries[index]} if queries and index in queries else None
+        try:
+            one = process_batch([msg], load, model, config, now, query, enricher)
+        except Exception as exc:
+            merged.invalid["processing_error"] += 1
+            merged.dlq.append(dlq_record(msg, Invalid("processing_error", f"{type(exc).__name__}: {exc}"), now(),
+                                         config.dlq_max_original_bytes))
+            continue
+        for user_id in one.deleted:
+            overlay[user_id] = None
+        overlay.update(one.states)
+        merge_at(merged, one, index)
+    return merged
+
+
+def merge_at(merged: BatchResult, one: BatchResult, index: int) -> None:
+    """Add the result of the one-event batch ``[batch[index]]`` to ``merged`` (its batch indexes become
+    ``index``; a user's deletion drops what ``merged`` held for her)."""
+    for user_id in one.deleted:
+        merged.deleted[user_id] = index
+        merged.states.pop(user_id, None)
+        merged.last_index.pop(user_id, None)
+    merged.states.update(one.states)
+    merged.last_index.update((user_id, index) for user_id in one.states)
+    merged.rerouted.extend((index, partition) for _, partition in one.rerouted)
+    merged.erased_elsewhere.extend((user_id, index) for user_id, _ in one.erased_elsewhere)
+    merged.recommendations.extend(one.recommendations)
+    merged.dlq.extend(one.dlq)
+    merged.invalid.update(one.invalid)
+    merged.applied += one.applied
+    merged.duplicates += one.duplicates
+    merged.replayed += one.replayed
+    merged.event_timestamps.extend(one.event_timestamps)
+    merged.received_at.extend(one.received_at)
+    merged.step_seconds += one.step_seconds
+    merged.topk_seconds += one.topk_seconds
+
+
 def validate_batch(batch: Sequence[Incoming], model, config: PipelineConfig, now: float,
                    result: BatchResult) -> dict[str, list[tuple[int, Event]]]:
-    """Each user's valid events in arrival (= offset) order; invalid records go to ``result.dlq``.
-    With ``pseudonymize_key`` users are keyed by their pseudonym (after the key check, which compares
-    raw ids)."""
+    """Each user's valid events in arrival (= offset) order; invalid records go to ``result.dlq``, events
+    on another partition than their key's to ``result.rerouted`` (and a ``delete_user`` among them to
+    ``result.erased_elsewhere`` too). With ``pseudonymize_key`` users are keyed by their pseudonym (after
+    the key check, which compares raw ids)."""
     known_item = (lambda item: item in model.row_of) if model is not None else (lambda item: False)
     by_user: dict[str, list[tuple[int, Event]]] = defaultdict(list)
     for index, msg in enumerate(batch):
@@ -172,10 +295,16 @@ def validate_batch(batch: Sequence[Incoming], model, config: PipelineConfig, now
                                  max_bytes=config.max_event_bytes, known_item=known_item, now=now)
         if isinstance(checked, Invalid):
             result.invalid[checked.reason] += 1
-            result.dlq.append(dlq_record(msg, checked, now))
+            result.dlq.append(dlq_record(msg, checked, now, config.dlq_max_original_bytes))
             continue
         if config.pseudonymize_key:
             checked = replace(checked, user_id=pseudonymize(checked.user_id, config.pseudonymize_key))
+        home = key_partition(msg.key, config.partitions) if config.partitions and msg.key else msg.partition
+        if home != msg.partition:  # another partitioner: the user's state is not on this partition
+            result.rerouted.append((index, home))
+            if checked.event_type == DELETE_USER:  # and erase what such a producer left here
+                result.erased_elsewhere.append((checked.user_id, index))
+            continue
         by_user[checked.user_id].append((index, checked))
     return by_user
 
@@ -191,14 +320,23 @@ def read_state(raw: bytes | None) -> UserState:
 
 def load_users(by_user: dict[str, list[tuple[int, Event]]], batch: Sequence[Incoming],
                load_state: Callable[[str], bytes | None], result: BatchResult, enricher) -> TouchedUsers:
-    """The users with new events and their stored states. Redelivered events (offset already applied)
-    are dropped: effectively-once state under at-least-once delivery. A ``delete_user`` drops the stored
-    state and the user's earlier events of the batch (and the enricher's memory of the user)."""
+    """The users with new events and their stored states. Redelivered events (offset, or origin of a
+    re-routed copy, already applied) are dropped: effectively-once state under at-least-once delivery; a
+    user whose newest redelivered event is the one the state applied last is replayed (her list is sent
+    again). A ``delete_user`` drops the stored state and the user's earlier events of the batch (and the
+    enricher's memory of the user, also for a deletion that arrived on another partition)."""
     touched = TouchedUsers()
+    if enricher is not None:
+        for user_id, _ in result.erased_elsewhere:
+            enricher.forget(user_id)
     for user_id, items in by_user.items():
         state = read_state(load_state(user_id))
-        fresh = [(i, e) for i, e in items if not state.already_applied(batch[i].partition, batch[i].offset)]
+        fresh = [(i, e) for i, e in items
+                 if not state.already_applied(batch[i].partition, batch[i].offset, batch[i].origin)]
         result.duplicates += len(items) - len(fresh)
+        if not fresh and is_last_applied(state, batch[items[-1][0]]) and items[-1][1].event_type != DELETE_USER:
+            touched.replays.add(len(touched.users))
+            fresh = items[-1:]
         deletes = [n for n, (_, e) in enumerate(fresh) if e.event_type == DELETE_USER]
         if deletes:
             result.deleted[user_id] = fresh[deletes[-1]][0]
@@ -209,7 +347,13 @@ def load_users(by_user: dict[str, list[tuple[int, Event]]], batch: Sequence[Inco
             touched.users.append(user_id)
             touched.states.append(state)
             touched.pending.append(fresh)
+    result.replayed = len(touched.replays)
     return touched
+
+
+def is_last_applied(state: UserState, msg: Incoming) -> bool:
+    """``msg`` is the event the state applied last (a redelivery of it: its list may not have gone out)."""
+    return state.offset == msg.offset and state.partition == msg.partition
 
 
 def initial_hiddens(model, states: Sequence[UserState]) -> list[np.ndarray]:
@@ -236,11 +380,15 @@ def initial_hiddens(model, states: Sequence[UserState]) -> list[np.ndarray]:
 
 def positive_events(touched: TouchedUsers, enricher) -> list[list[tuple[int, Event]]]:
     """The new events stepped through the GRU: all of them, or with an enricher the positive ones
-    (negative feedback is kept apart), after each user's first new event graded the list sent before."""
+    (negative feedback is kept apart), after each user's first new event graded the list sent before.
+    Nothing for a replayed user: her state stays as stored."""
+    replays = touched.replays
+    pending = [[] if n in replays else fresh for n, fresh in enumerate(touched.pending)]
     if enricher is None:
-        return touched.pending
-    enricher.observe(touched.users, [fresh[0][1] for fresh in touched.pending])
-    return [[(i, e) for i, e in fresh if not enricher.is_negative(e)] for fresh in touched.pending]
+        return pending
+    applied = [n for n in range(len(touched.users)) if n not in replays]
+    enricher.observe([touched.users[n] for n in applied], [pending[n][0][1] for n in applied])
+    return [[(i, e) for i, e in fresh if not enricher.is_negative(e)] for fresh in pending]
 
 
 def step_users(model, hiddens: list[np.ndarray], states: Sequence[UserState],
@@ -260,9 +408,11 @@ def step_users(model, hiddens: list[np.ndarray], states: Sequence[UserState],
 def store_states(touched: TouchedUsers, positives: Sequence[Sequence[tuple[int, Event]]],
                  hiddens: Sequence[np.ndarray], tag: int, batch: Sequence[Incoming], config: PipelineConfig,
                  result: BatchResult, enricher) -> None:
-    """The users' new states (history of positives, negatives, last applied offset), into
-    ``touched.states`` and, encoded, ``result.states``."""
+    """The users' new states (history of positives, negatives, last applied offset, origins of re-routed
+    events), into ``touched.states`` and, encoded, ``result.states``. Replayed users keep theirs."""
     for n, (user_id, st, fresh) in enumerate(zip(touched.users, touched.states, touched.pending)):
+        if n in touched.replays:
+            continue
         history = st.history
         for _, e in positives[n]:
             history = append_history(history, e.item_id, e.timestamp, config.history_len)
@@ -271,13 +421,25 @@ def store_states(touched: TouchedUsers, positives: Sequence[Sequence[tuple[int, 
             negatives = enricher.remember_negatives(user_id, [e for _, e in fresh], negatives)
         last_index = fresh[-1][0]
         st = UserState(hiddens[n], history, batch[last_index].partition, batch[last_index].offset,
-                       st.n_events + len(fresh), tag, negatives)
+                       st.n_events + len(fresh), tag, negatives, applied_origins(st.origins, batch, fresh))
         touched.states[n] = st
         result.states[user_id] = encode_state(st, half=config.half_precision_state)
         result.last_index[user_id] = last_index
         result.applied += len(fresh)
         result.event_timestamps.extend(e.timestamp for _, e in fresh)
         result.received_at.extend(batch[i].received_at for i, _ in fresh)
+
+
+def applied_origins(origins: dict[int, int], batch: Sequence[Incoming],
+                    fresh: Sequence[tuple[int, Event]]) -> dict[int, int]:
+    """``origins`` (origin partition -> last applied origin offset) after the re-routed events of ``fresh``."""
+    rerouted = [batch[i].origin for i, _ in fresh if batch[i].origin]
+    if not rerouted:
+        return origins
+    out = dict(origins)
+    for partition, offset in rerouted:
+        out[partition] = max(offset, out.get(partition, -1))
+    return out
 
 
 def rank_users(model, touched: TouchedUsers, hiddens: Sequence[np.ndarray], queries: dict[int, np.ndarray],

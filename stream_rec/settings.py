@@ -41,6 +41,10 @@ class Settings:
     # faust-streaming hard-codes 1500 ms; on a quiet topic that is the event->rec latency floor.
     fetch_max_wait_ms: int = 10
     session_timeout_s: float = 6.0  # Faust waits ~half of this to join a group
+    # every Kafka request of every client the project builds (the worker's Faust producer and consumer,
+    # the catalog/control followers, the CLI tools) fails after this long instead of hanging: Faust's own
+    # producer default is 20 minutes, during which a lost produce request looks like an idle worker
+    request_timeout_s: float = 30.0
     # Security: PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = "PLAIN"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
@@ -57,6 +61,11 @@ class Settings:
     metrics_port: int = 9108
     web_host: str = "127.0.0.1"  # Faust's own web server
     web_port: int = 6066
+    # stall watchdog (stream_rec/worker/watchdog.py): no micro-batch for stall_warn_s while events wait -> a WARNING
+    # saying what the worker waits on, stream_rec_ready 0; after stall_exit_s the worker exits with status
+    # 75 so that its supervisor restarts it (0 = never exit)
+    stall_warn_s: float = 30.0
+    stall_exit_s: float = 300.0
     batch_max_events: int = 256  # micro-batch: at most this many events ...
     batch_max_wait_ms: int = 5  # ... or this long after the first one
     # the events agent fills a micro-batch adaptively (stream_rec.worker.faust_ext.take_batches): it closes
@@ -67,9 +76,17 @@ class Settings:
     # read hits the dict instead of RocksDB through Faust's table get (DEVELOPERS.md: the profile).
     # Emptied at every rebalance, so it never outlives the worker's ownership. 0 = off.
     state_cache_users: int = 100_000
+    # RocksDB memory per table partition (Faust's defaults: 3 x 64 MB write buffers and a 2 GiB block cache
+    # for *each* partition, so the worker's RSS grows for hundreds of MB before it levels off, measured by
+    # benchmarks/soak.py): write buffers of this size (two of them), and this block cache
+    rocksdb_write_buffer_mb: int = 16
+    rocksdb_block_cache_mb: int = 64
     top_k: int = 10
     history_len: int = 50  # rolling item history kept per user
     max_event_bytes: int = 16384  # larger events go to the DLQ as oversize
+    # a DLQ record keeps at most this many bytes of the original value (flagged original_truncated), so it
+    # always fits the worker producer's request and batch limits (1 MB, 512 KiB) after base64 (x4/3)
+    dlq_max_original_bytes: int = 128 * 1024
     pseudonymize_key: str = field(default="", repr=False)  # when set, user ids become HMAC-SHA256(key, id) on ingest (stream_rec.privacy)
     device: str = "auto"  # auto | cpu | cuda
     # compute threads in the worker (torch intra-op and numpy's BLAS): the GRU step on a micro-batch is

@@ -13,18 +13,23 @@ A user's state is what the stream needs to serve the next event without reading 
 * ``negatives``: the user's recent negative items (``dislike``/``skip``, or a low ``rate``), newest last,
   at most ``Enricher.negatives_per_user`` (stream_rec/recsys/enricher.py). They are kept apart from
   ``history`` (never stepped through the GRU, never replayed by a re-warm, not "seen") and live here so
-  a restarted or rebalanced worker still pushes them down.
+  a restarted or rebalanced worker still pushes them down;
+* ``origins``: for events the worker re-routed from a wrong partition (a producer with another
+  partitioner, see stream_rec/pipeline.py), the last applied *original* offset per original partition,
+  so a re-routed copy sent twice (a crash between the re-route and the offset commit) is applied once.
 
-Layout (little endian), version 2 (what ``encode_state`` writes)::
+Layout (little endian), version 3 (what ``encode_state`` writes when ``origins`` is not empty;
+version 2 otherwise, so states of users never re-routed stay readable by version-2 workers)::
 
     B version | B flags (bit0: hidden is float16) | I model_tag | i partition | q offset | I n_events
     H hidden_size | hidden_size x (e or f)
     H n_history | n_history x (d timestamp, H id_len, id_len bytes UTF-8)
     H n_negatives | n_negatives x (H id_len, id_len bytes UTF-8)
+    H n_origins | n_origins x (i partition, q offset)                      (version 3 only)
 
 Version 1 is the same without the ``negatives`` part; it is still decoded (``negatives`` empty), so
-tables and changelogs written before version 2 load unchanged. (A version-1 reader cannot read
-version 2: it treats such a state as unreadable and starts the user over.)
+tables and changelogs written before version 2 load unchanged. (An older reader cannot read a newer
+version: it treats such a state as unreadable and starts the user over.)
 
 No pickle (unsafe and Python-only) and no JSON of floats (3-4x larger, slow): about 300 bytes for a
 128-d float16 state with 10 history entries. Unknown versions raise ``StateDecodeError``.
@@ -38,12 +43,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-VERSION = 2
-READABLE_VERSIONS = (1, 2)  # 1: no negatives
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # 1: no negatives; 2: no origins
 FLAG_FLOAT16 = 0x01
 _HEAD = struct.Struct("<BBIiqIH")
 _ENTRY = struct.Struct("<dH")
 _COUNT = struct.Struct("<H")
+_ORIGIN = struct.Struct("<iq")
 NO_OFFSET = -1
 
 
@@ -65,10 +71,14 @@ class UserState:
     n_events: int = 0  # events applied since the state was created
     model_tag: int = 0
     negatives: list[str] = field(default_factory=list)  # recent negative item ids, newest last
+    origins: dict[int, int] = field(default_factory=dict)  # re-routed events: original partition -> last offset
 
-    def already_applied(self, partition: int, offset: int) -> bool:
-        """True for a redelivered event (same partition, offset not after the last applied one)."""
-        return partition == self.partition and offset <= self.offset
+    def already_applied(self, partition: int, offset: int, origin: tuple[int, int] | None = None) -> bool:
+        """True for a redelivered event (same partition, offset not after the last applied one), and for
+        a re-routed copy whose original (partition, offset) ``origin`` was applied already."""
+        if partition == self.partition and offset <= self.offset:
+            return True
+        return origin is not None and self.origins.get(origin[0], NO_OFFSET) >= origin[1]
 
     @property
     def last_timestamp(self) -> float | None:
@@ -87,9 +97,10 @@ def append_history(history: list[tuple[str, float]], item_id: str, timestamp: fl
 def encode_state(state: UserState, *, half: bool = True) -> bytes:
     hidden = np.zeros(0, dtype=np.float32) if state.hidden is None else np.asarray(state.hidden).ravel()
     dtype = "<f2" if half else "<f4"
-    if len(state.history) > 0xFFFF or hidden.size > 0xFFFF or len(state.negatives) > 0xFFFF:
+    if len(state.history) > 0xFFFF or hidden.size > 0xFFFF or len(state.negatives) > 0xFFFF or len(state.origins) > 0xFFFF:
         raise ValueError("state too large to encode")
-    parts = [_HEAD.pack(VERSION, FLAG_FLOAT16 if half else 0, state.model_tag & 0xFFFFFFFF, state.partition,
+    version = 3 if state.origins else 2
+    parts = [_HEAD.pack(version, FLAG_FLOAT16 if half else 0, state.model_tag & 0xFFFFFFFF, state.partition,
                         state.offset, min(state.n_events, 0xFFFFFFFF), hidden.size),
              hidden.astype(dtype).tobytes(), _COUNT.pack(len(state.history))]
     for item_id, ts in state.history:
@@ -101,6 +112,9 @@ def encode_state(state: UserState, *, half: bool = True) -> bytes:
         raw = item_id.encode("utf-8")
         parts.append(_COUNT.pack(len(raw)))
         parts.append(raw)
+    if version >= 3:
+        parts.append(_COUNT.pack(len(state.origins)))
+        parts.extend(_ORIGIN.pack(p, o) for p, o in sorted(state.origins.items()))
     return b"".join(parts)
 
 
@@ -130,10 +144,18 @@ def decode_state(data: bytes) -> UserState:
                 pos += _COUNT.size
                 negatives.append(data[pos:pos + length].decode("utf-8"))
                 pos += length
+        origins = {}
+        if version >= 3:
+            (n_origins,) = _COUNT.unpack_from(data, pos)
+            pos += _COUNT.size
+            for _ in range(n_origins):
+                origin_partition, origin_offset = _ORIGIN.unpack_from(data, pos)
+                origins[origin_partition] = origin_offset
+                pos += _ORIGIN.size
         if pos != len(data):
             raise StateDecodeError(f"{len(data) - pos} trailing bytes")
     except (struct.error, ValueError, UnicodeDecodeError) as exc:
         if isinstance(exc, StateDecodeError):
             raise
         raise StateDecodeError(f"corrupt state: {exc}") from exc
-    return UserState(hidden if size else None, history, partition, offset, n_events, tag, negatives)
+    return UserState(hidden if size else None, history, partition, offset, n_events, tag, negatives, origins)

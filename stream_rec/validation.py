@@ -1,4 +1,6 @@
-"""Validation of raw ``events`` records: bytes -> :class:`Event` or :class:`Invalid` (never an exception).
+"""Validation of raw ``events`` records: bytes -> :class:`Event` or :class:`Invalid` (never an exception);
+and of ``catalog`` records (:func:`validate_catalog_record`, same reasons). JSON is parsed bounded
+(stream_rec/boundedjson.py).
 
 The worker never crashes on input: every record that is not a usable event becomes an ``Invalid`` with a
 machine-readable ``reason`` (the DLQ record's ``reason`` and the ``reason`` label of
@@ -7,7 +9,8 @@ machine-readable ``reason`` (the DLQ record's ``reason`` and the ``reason`` labe
 ==================== =================================================================================
 ``empty``            no value (tombstone) or only whitespace
 ``oversize``         value longer than ``Settings.max_event_bytes`` (checked before parsing)
-``bad_json``         not UTF-8, or not JSON
+``bad_json``         not UTF-8 (a byte order mark or UTF-16 included), not JSON, or nested deeper than
+                     ``boundedjson.MAX_DEPTH`` levels (checked before parsing: stream_rec/boundedjson.py)
 ``not_an_object``    JSON, but not an object
 ``missing_field``    ``user_id``, ``item_id``, ``event_type`` or ``timestamp`` absent or null (control events,
                      e.g. ``delete_user``, need no ``item_id``)
@@ -19,6 +22,8 @@ machine-readable ``reason`` (the DLQ record's ``reason`` and the ``reason`` labe
 ``key_mismatch``     the Kafka key is not the ``user_id``: the event sits on the wrong partition for the
                      co-partitioned state table, so applying it would split a user's state
 ``unknown_item``     ``item_id`` not in the live catalog (only checked once a catalog is known)
+``processing_error`` a valid event whose processing raised (``pipeline.process_batch_isolating``: the
+                     other events of its batch are processed; ``detail`` names the exception)
 ==================== =================================================================================
 
 Timestamps are epoch seconds (float); milliseconds (> 1e11) are accepted and converted, because that is
@@ -27,11 +32,12 @@ what Kafka tooling and JavaScript produce.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from . import boundedjson
 
 EVENT_TYPES = frozenset({"view", "click", "rate", "purchase", "add_to_cart", "like", "share", "dislike", "skip"})
 # Control events travel in the events topic, keyed by user, so they are ordered with the user's other
@@ -45,7 +51,7 @@ FUTURE_SLACK_S = 86_400.0  # clocks drift; a day ahead is suspicious, more is wr
 MAX_ID_CHARS = 256
 
 REASONS = ("empty", "oversize", "bad_json", "not_an_object", "missing_field", "wrong_type",
-           "unknown_event_type", "bad_timestamp", "key_mismatch", "unknown_item")
+           "unknown_event_type", "bad_timestamp", "key_mismatch", "unknown_item", "processing_error")
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,17 @@ def _as_number(value: Any) -> float | None:
         return None
 
 
+def json_object(raw: bytes, max_bytes: int) -> dict | Invalid:
+    """The JSON object in ``raw`` (bounded parse: stream_rec/boundedjson.py), or why there is none."""
+    try:
+        doc = boundedjson.parse(raw, max_bytes=max_bytes)
+    except boundedjson.JSONRejected as exc:
+        return Invalid(exc.reason, exc.detail)
+    if not isinstance(doc, dict):
+        return Invalid("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
 def validate_event(raw: bytes | None, *, key: bytes | None = None, check_key: bool = True,
                    max_bytes: int = 16384, known_item: Callable[[str], bool] | None = None,
                    now: float | None = None) -> Event | Invalid:
@@ -102,12 +119,9 @@ def validate_event(raw: bytes | None, *, key: bytes | None = None, check_key: bo
         return Invalid("empty", "record has no value")
     if len(raw) > max_bytes:
         return Invalid("oversize", f"{len(raw)} bytes > max_event_bytes={max_bytes}")
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        return Invalid("bad_json", str(exc)[:200])
-    if not isinstance(doc, dict):
-        return Invalid("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
+    doc = json_object(raw, max_bytes)
+    if isinstance(doc, Invalid):
+        return doc
     control = isinstance(doc.get("event_type"), str) and doc["event_type"] in CONTROL_EVENT_TYPES
     missing = [f for f in (CONTROL_REQUIRED_FIELDS if control else REQUIRED_FIELDS) if doc.get(f) is None]
     if missing:
@@ -125,7 +139,8 @@ def validate_event(raw: bytes | None, *, key: bytes | None = None, check_key: bo
     if check_key:
         key_text = key.decode("utf-8", "replace") if key is not None else None
         if key_text != user_id:
-            return Invalid("key_mismatch", f"record key {key_text!r} is not the user_id {user_id!r}")
+            shown = key_text if key_text is None or len(key_text) <= MAX_ID_CHARS else key_text[:MAX_ID_CHARS] + "..."
+            return Invalid("key_mismatch", f"record key {shown!r} is not the user_id {user_id!r}")
     if known_item is not None and not control and not known_item(item_id):
         return Invalid("unknown_item", f"item_id {item_id!r} is not in the catalog")
     return Event(user_id, item_id, event_type, ts, *extras)
@@ -184,3 +199,25 @@ def _check_value_and_context(doc: dict) -> tuple[float | None, dict[str, Any]] |
             return Invalid("wrong_type", f"context.mmr_lambda must be a number in [0, 1], "
                                          f"got {str(context['mmr_lambda'])[:50]!r}")
     return value, context
+
+
+# --- catalog records ------------------------------------------------------------------------------------
+MAX_CATALOG_RECORD_BYTES = 256 * 1024  # a title, a description and some attributes; larger is not an item
+
+
+def validate_catalog_record(raw: bytes | None, max_bytes: int = MAX_CATALOG_RECORD_BYTES) -> dict | Invalid | None:
+    """A ``catalog`` record value -> the item record (``item_id`` as a string), an :class:`Invalid` with
+    the same reasons as events (the worker logs and counts it, then goes on), or None for a tombstone
+    (the topic is compacted; deletions are not applied). Never raises."""
+    if raw is None:
+        return None
+    doc = json_object(raw, max_bytes)
+    if isinstance(doc, Invalid):
+        return doc
+    if doc.get("item_id") is None:
+        return Invalid("missing_field", "missing item_id")
+    item_id = _as_id("item_id", doc["item_id"])
+    if isinstance(item_id, Invalid):
+        return item_id
+    doc["item_id"] = item_id
+    return doc

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 from stream_rec.io.broker import EmbeddedBroker, free_port
@@ -72,6 +73,25 @@ def bare_faust(broker: str, topic: str, n: int, app_id: str, datadir: str, parti
     _run_baseline(app)
 
 
+class event_context:
+    """``with event_context(event):`` makes ``event`` Faust's current event, so a stock Faust table write
+    uses its partition (inside a ``take_batches`` batch no event is current). A class, not a
+    ``contextlib.contextmanager``: it runs once per user per batch."""
+
+    __slots__ = ("_event", "_token", "_var")
+
+    def __init__(self, event):
+        from faust.streams import _current_event
+
+        self._event, self._var = event, _current_event
+
+    def __enter__(self):
+        self._token = self._var.set(weakref.ref(self._event))
+
+    def __exit__(self, *exc) -> None:
+        self._var.reset(self._token)
+
+
 def faust_floor(broker: str, topic: str, n: int, app_id: str, datadir: str, partitions: int) -> None:
     """Entry point of the Faust-floor subprocess: the bare consumer plus what every stream-rec worker must
     do whatever its model -- write each user's state into a RocksDB table with a changelog and send one
@@ -79,7 +99,7 @@ def faust_floor(broker: str, topic: str, n: int, app_id: str, datadir: str, part
     per-record paths, with a fixed 512-byte state and a fixed 300-byte record instead of a model. It shows
     the ceiling that the fixed shape (Faust table + changelog + one recommendation per event) sets on this
     machine, beside the bare consumer."""
-    from stream_rec.worker.faust_ext import event_context, take_batches
+    from stream_rec.worker.faust_ext import take_batches
 
     app = _baseline_app(broker, app_id, datadir, partitions, store="rocksdb://", producer_linger=0.002)
     events = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")

@@ -75,6 +75,70 @@ def test_tampered_config_is_a_clear_error(model_dir, tmp_path, edit, message):
         Recommender.load(bad, device="cpu")
 
 
+NESTED = "[" * 100_000 + "]" * 100_000  # json.loads alone: RecursionError
+
+
+@pytest.mark.parametrize("edit, message", [
+    pytest.param(lambda c: c["gru"].update(hidden=200_000), "hidden must be <=", id="hidden_200k"),  # 480 GB
+    pytest.param(lambda c: c["gru"].update(emb_dim=10**9), "emb_dim must be <=", id="emb_dim_1e9"),  # 204 GB
+    pytest.param(lambda c: c["gru"].update(n_items=10**12), "n_items must be <=", id="n_items_1e12"),
+    pytest.param(lambda c: c["gru"].update(hidden=16_000, emb_dim=16_000), "parameters", id="product"),
+])
+def test_model_sizes_are_bounded_before_anything_is_allocated(model_dir, tmp_path, edit, message):
+    import resource
+
+    bad = _copy(model_dir, tmp_path)
+    config = json.loads((bad / "config.json").read_text())
+    edit(config)
+    (bad / "config.json").write_text(json.dumps(config))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ModelLoadError, match=message):
+        Recommender.load(bad, device="cpu")
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 200, f"the loader allocated {grown_mb:.0f} MB before refusing"
+
+
+@pytest.mark.parametrize("target, content", [
+    ("config.json", '{"gru": ' + NESTED + "}"),
+    ("items.json", '{"item_ids": ' + NESTED + "}"),
+    ("config.json", "\ufeff{}"),
+    ("items.json", '{"item_ids": ["a"], "texts": [{"nested": 1}]}'),
+])
+def test_model_json_is_parsed_bounded(model_dir, tmp_path, target, content):
+    bad = _copy(model_dir, tmp_path)
+    (bad / target).write_text(content, encoding="utf-8")
+    with pytest.raises(ModelLoadError):
+        Recommender.load(bad, device="cpu")
+
+
+def test_oversize_model_json_is_refused_unread(model_dir, tmp_path, monkeypatch):
+    from stream_rec.model import recommender
+
+    bad = _copy(model_dir, tmp_path)
+    monkeypatch.setattr(recommender, "MAX_ITEMS_JSON_BYTES", 100)
+    with pytest.raises(ModelLoadError, match="oversize"):
+        Recommender.load(bad, device="cpu")
+
+
+def test_evaluate_reports_a_bad_model_as_one_clear_error(model_dir, tmp_path):
+    import subprocess
+    import sys
+
+    bad = _copy(model_dir, tmp_path)
+    config = json.loads((bad / "config.json").read_text())
+    config["gru"]["hidden"] = 200_000
+    (bad / "config.json").write_text(json.dumps(config))
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id,timestamp\n" + "".join(f"u{u},item-{i},{1_000_000 + i}\n"
+                                                               for u in range(3) for i in range(4)))
+    items = tmp_path / "items.csv"
+    items.write_text("item_id,title\n" + "".join(f"item-{i},t{i}\n" for i in range(12)))
+    out = subprocess.run([sys.executable, "-m", "stream_rec", "evaluate", "--model", str(bad), "--events",
+                          str(events), "--items", str(items)], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "hidden must be <=" in out.stderr + out.stdout
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
 @pytest.mark.parametrize("damage", ["missing_weights", "not_json", "not_a_dir", "items_mismatch", "truncated"])
 def test_broken_model_dir_is_a_clear_error(model_dir, tmp_path, damage):
     bad = _copy(model_dir, tmp_path)

@@ -210,6 +210,72 @@ def test_crash_repeated_kill9_at_scale(fault_settings, tmp_path):
     run_crash(fault_settings, tmp_path, stream, kills=3, chunk=200, pause_s=0.2)
 
 
+def run_kill9_bursts(settings, tmp_path: Path, kills: int, burst_users: int, seed: int) -> dict:
+    """kill -9 at a random point of a burst of new users (one event each), restart on the same data dir,
+    ``kills`` times; then a worker on an EMPTY data dir rebuilds every state from the changelog and
+    applies one more event per user. Every event must be in its user's state exactly once, and every
+    user's last event must have a recommendation (also the ones whose first event's state was already
+    delivered when the kill came, but not their recommendation)."""
+    rng = random.Random(seed)
+    items = write_items(tmp_path, CATALOG)
+    events_topic = settings.topic(settings.events_topic)
+    truth: dict[str, list[tuple[str, float]]] = collections.defaultdict(list)
+    t0 = time.time() - 3600.0
+
+    def event(user: str) -> dict:
+        ts = round(t0 + len(truth[user]) + rng.uniform(0, 0.5), 3)
+        item = rng.choice(ITEM_IDS)
+        truth[user].append((item, ts))
+        return {"user_id": user, "item_id": item, "event_type": "view", "timestamp": ts}
+
+    def probe(worker: WorkerProcess, n: int) -> None:  # the worker is up and consuming
+        user = f"probe-{seed}-{n}"
+        produce(settings, events_topic, [event(user)])
+        consume(settings, settings.topic(settings.recommendations_topic), timeout_s=120,
+                until=lambda rs: any(isinstance(r["value"], dict) and r["value"]["user_id"] == user for r in rs))
+        assert worker.alive(), worker.log_tail()
+
+    worker = WorkerProcess(settings, tmp_path / "w", items=items).start()
+    delays = []
+    try:
+        for k in range(kills):
+            probe(worker, k)
+            produce(settings, events_topic, [event(f"burst-{seed}-{k}-{u:04d}") for u in range(burst_users)])
+            delays.append(rng.uniform(0.02, 0.25))
+            time.sleep(delays[-1])
+            worker.kill()
+            assert worker.proc.returncode == -9
+            worker = WorkerProcess(settings, tmp_path / "w", items=items).start()  # same data dir
+        probe(worker, kills)
+        stream = UserStream(n_users=0, per_user=0)
+        stream.truth = truth
+        latest_recs(settings, stream, timeout_s=60)  # every burst event got its recommendation
+    finally:
+        worker.stop()
+    # an empty data dir: every state comes from the changelog; one more event per user on top of it
+    rebuilt = settings.replace(data_dir=tmp_path / "empty-data-dir")
+    produce(settings, events_topic, [event(user) for user in list(truth)])
+    worker = WorkerProcess(rebuilt, tmp_path / "w2", items=items).start()
+    try:
+        latest_recs(settings, stream, timeout_s=180)
+        assert worker.alive(), worker.log_tail()
+    finally:
+        worker.stop()
+    figures = check_states(settings, stream)
+    figures.update(kills=kills, kill_delays_ms=[round(d * 1000) for d in delays])
+    print(f"[figures] kill -9 bursts: {figures}")
+    return figures
+
+
+def test_kill9_during_bursts_of_new_users_state_is_in_the_changelog(fault_settings, tmp_path):
+    run_kill9_bursts(fault_settings, tmp_path, kills=3, burst_users=300, seed=11)
+
+
+@pytest.mark.slow
+def test_kill9_during_bursts_of_new_users_many_kills(fault_settings, tmp_path):
+    run_kill9_bursts(fault_settings, tmp_path, kills=15, burst_users=400, seed=12)
+
+
 # --- rebalance -----------------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -275,6 +341,41 @@ def test_broker_paused_then_resumed_worker_recovers_without_restart(tmp_path):
         finally:
             worker.stop()
         check_states(settings, stream)
+
+
+# --- silent stall -----------------------------------------------------------------------------------------
+
+def test_stalled_worker_warns_then_exits_for_its_supervisor(tmp_path):
+    """The broker stops answering (SIGSTOP) while events wait: the watchdog logs a WARNING with what the
+    worker waits on, /metrics says not ready, and after stall_exit_s the worker exits with status 75 (a
+    supervisor restarts it). The restarted worker then applies every event exactly once."""
+    from stream_rec.worker.watchdog import STALL_EXIT_STATUS
+
+    with EmbeddedBroker(log_file=tmp_path / "tansu.log") as broker:
+        settings = make_settings(broker.bootstrap, tmp_path / "data", stall_warn_s=3.0, stall_exit_s=12.0)
+        asyncio.run(ensure_topics(settings))
+        stream = UserStream(n_users=200, per_user=60, seed=6)
+        items = write_items(tmp_path, CATALOG)
+        worker = WorkerProcess(settings, tmp_path / "w", items=items).start()
+        try:
+            produce(settings, settings.topic(settings.events_topic), stream.events[:10])
+            wait_for_first_rec(settings, worker)
+            produce(settings, settings.topic(settings.events_topic), stream.events[10:])  # a backlog
+            with paused(broker.process):
+                stalled = wait_until(lambda: (lambda m: m if m.get("stream_rec_stalled_seconds", 0) >= 3 else None)(
+                    scrape(worker.metrics_url())), timeout_s=30, message="the worker to report a stall")
+                status = worker.proc.wait(timeout=60)
+            log_text = worker.log_path.read_text(errors="replace")
+            assert status == STALL_EXIT_STATUS, (status, worker.log_tail())
+            assert "STALLED: no micro-batch handled" in log_text and "waiting on:" in log_text, worker.log_tail()
+            assert stalled["stream_rec_ready"] == 0 and stalled["stream_rec_consumer_lag_messages"] > 0
+            worker = WorkerProcess(settings, tmp_path / "w", items=items).start()  # what the supervisor does
+            latest_recs(settings, stream, timeout_s=180)
+        finally:
+            worker.stop()
+        figures = check_states(settings, stream)
+        stall_line = next(line for line in log_text.splitlines() if "STALLED" in line)
+        print(f"[figures] stall: exit status {status}; {figures}; log: {stall_line[stall_line.index('STALLED'):][:300]}")
 
 
 # --- malformed input -------------------------------------------------------------------------------------
@@ -362,3 +463,19 @@ def test_backpressure_lag_grows_memory_bounded_nothing_dropped(fault_settings, t
     print(f"[figures] backpressure: {figures}")
     assert max(lag_samples, default=0) > 1000, f"the producer did not outpace the worker: {figures}"
     assert rss.peak_mb - (start_mb or rss.peak_mb) < 400, figures
+
+
+# --- sustained load --------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_soak_drains_with_nothing_lost(tmp_path):
+    """benchmarks/soak.py (`make soak` runs the full 300k events): one minute of 2,500 ev/s offered to one
+    worker must drain with every user's event count exact and no stall."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "benchmarks/soak.py", "--events", "150000", "--rate", "2500",
+                          "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=900,
+                         cwd=Path(__file__).resolve().parents[1])
+    print(out.stdout[-3000:])
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "drained=True" in out.stdout and "users with a wrong count: 0" in out.stdout

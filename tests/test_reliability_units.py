@@ -197,3 +197,175 @@ def test_pseudonymize_on_ingest_keeps_raw_ids_out_of_state_and_output(small_mode
     deleted = process_batch(_batch([("ann@example.com", delete_user_event("ann@example.com", now=now))],
                                    first_offset=1), store.get, small_model, config)
     assert deleted.deleted == {hashed: 0}
+
+
+# --- bounded parsing of external bytes (stream_rec/boundedjson.py) ------------------------------------
+
+DEEP = b"[" * 100_000 + b"]" * 100_000  # json.loads alone: RecursionError
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (DEEP, "bad_json"),
+    (b'{"a": ' + b"[" * 33 + b"]" * 33 + b"}", "bad_json"),  # one level over the limit
+    (b"\xef\xbb\xbf{}", "bad_json"),  # UTF-8 byte order mark
+    ('{"a": 1}'.encode("utf-16"), "bad_json"),  # UTF-16 with BOM
+    ('{"a": 1}'.encode("utf-16-le"), "bad_json"),  # UTF-16 without BOM: valid UTF-8 with NULs, not JSON
+    (b'{"a": "\xff"}', "bad_json"),
+    (b"1" * 10_000, "bad_json"),  # an integer beyond int's string-conversion limit
+    (b"{}" + b" " * 100, "oversize"),
+])
+def test_bounded_parse_rejects_with_a_reason_and_never_recurses(raw, reason):
+    from stream_rec import boundedjson
+
+    with pytest.raises(boundedjson.JSONRejected) as info:
+        boundedjson.parse(raw, max_bytes=100 if reason == "oversize" else 1 << 20)
+    assert info.value.reason == reason
+
+
+def test_bounded_parse_counts_depth_outside_strings_only():
+    from stream_rec import boundedjson
+
+    brackets_in_text = b'{"t": "' + b"[{" * 500 + b'\\"]]"}'
+    assert boundedjson.parse(brackets_in_text, max_bytes=1 << 20) == {"t": "[{" * 500 + '"]]'}
+    wide = b"[" + b",".join([b"[1]"] * 1000) + b"]"  # 1,001 brackets, depth 2
+    assert len(boundedjson.parse(wide, max_bytes=1 << 20)) == 1000
+    exact = b"[" * 32 + b"]" * 32
+    assert boundedjson.parse(exact, max_bytes=100) is not None
+    assert boundedjson.nesting_depth(DEEP.decode(), 32) == 33  # stops counting past the limit
+
+
+def test_every_parser_of_external_bytes_survives_the_poison_kinds():
+    from stream_rec.io.topics import reload_request
+    from stream_rec.recsys.context import context_text_of
+    from stream_rec.validation import validate_catalog_record
+
+    nested = b'{"item_id": "x", "type": "reload", "context": {"text": "q"}, "attributes": ' + DEEP + b"}"
+    for raw in (nested, b"\xef\xbb\xbf" + b'{"item_id": "x"}', '{"item_id": "x"}'.encode("utf-16"),
+                bytes(range(256)), b'{"item_id": "x", "title": "' + b"y" * 1_000_000 + b'"}'):
+        assert isinstance(validate_event(raw, key=b"u"), Invalid)
+        assert isinstance(validate_catalog_record(raw), Invalid)
+        assert reload_request(raw) is False
+        assert context_text_of(raw) == ""
+    assert validate_catalog_record(b'{"item_id": 7, "title": "t"}') == {"item_id": "7", "title": "t"}
+    assert validate_catalog_record(None) is None  # a tombstone: nothing to apply, nothing to report
+    assert validate_catalog_record(b'{"item_id": true}').reason == "wrong_type"
+
+
+def test_dlq_record_of_a_huge_record_is_cut_and_says_so():
+    import base64
+    import json as json_
+
+    from stream_rec.pipeline import Incoming, dlq_record
+
+    msg = Incoming(b"x" * 900_000, b"k" * 5000, "events", 0, 7, time.time())
+    rec = dlq_record(msg, Invalid("oversize", "d" * 5000), time.time(), max_original_bytes=1000)
+    assert base64.b64decode(rec["original_value_b64"]) == b"x" * 1000
+    assert rec["original_truncated"] and rec["original_size"] == 900_000 and rec["original_key_truncated"]
+    assert len(rec["detail"]) == 500 and len(json_.dumps(rec)) < 5000
+    small = dlq_record(Incoming(b"{}", b"k", "events", 0, 8, 0.0), Invalid("empty", ""), 0.0)
+    assert not small["original_truncated"] and base64.b64decode(small["original_value_b64"]) == b"{}"
+
+
+def test_a_record_that_makes_processing_raise_goes_to_the_dlq_and_the_rest_is_processed(small_model):
+    from stream_rec.pipeline import PipelineConfig, process_batch_isolating
+    from stream_rec.state import decode_state
+
+    class Tripwire:  # the model, except that stepping one item raises (a bug a record can trigger)
+        def __init__(self, model, bad_row):
+            self._model, self._bad = model, bad_row
+
+        def __getattr__(self, name):
+            return getattr(self._model, name)
+
+        def step(self, states, rows, gaps):
+            if self._bad in rows:
+                raise FloatingPointError("tripwire")
+            return self._model.step(states, rows, gaps)
+
+    model = Tripwire(small_model, small_model.row_of[ITEMS[5]])
+    now = time.time() - 100
+    errors = []
+    batch = _batch([_view("ann", ITEMS[0], now), _view("ben", ITEMS[5], now), _view("ann", ITEMS[1], now + 1),
+                    _view("cat", ITEMS[2], now)])
+    out = process_batch_isolating(batch, {}.get, model, PipelineConfig(), on_error=errors.append)
+    assert len(errors) == 1 and isinstance(errors[0], FloatingPointError)
+    assert [d["reason"] for d in out.dlq] == ["processing_error"] and out.dlq[0]["offset"] == 1
+    assert "tripwire" in out.dlq[0]["detail"] and out.invalid == {"processing_error": 1}
+    assert decode_state(out.states["ann"]).seen_items() == [ITEMS[0], ITEMS[1]]  # on top of its own first event
+    assert out.last_index == {"ann": 2, "cat": 3} and "ben" not in out.states and out.applied == 3
+
+
+def test_catalog_and_control_records_that_cannot_be_applied_are_skipped_one_by_one():
+    """worker/follow.py: a poll's records are applied together; when that raises, one at a time, and the
+    record that raises again is skipped (counted under its topic) while the others are applied."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from stream_rec import metrics
+    from stream_rec.worker.follow import apply_contained
+
+    applied: list[list[str]] = []
+
+    async def apply(records):
+        values = [value for _, value in records]
+        if "bad" in values:
+            raise ValueError("the model cannot take this record")
+        applied.append(values)
+
+    skipped = metrics.RECORDS_SKIPPED.labels(topic="catalog", reason="apply_failed")
+    before = skipped._value.get()
+    records = [(SimpleNamespace(partition=0, offset=n, value=b"{}"), v) for n, v in enumerate(["a", "bad", "c"])]
+    asyncio.run(apply_contained("catalog", records, apply))
+    assert applied == [["a"], ["c"]] and skipped._value.get() == before + 1
+    asyncio.run(apply_contained("catalog", records[:1], apply))  # a good poll: applied in one call
+    assert applied[-1] == ["a"] and skipped._value.get() == before + 1
+
+
+def test_stall_watchdog():
+    import doctest
+
+    from stream_rec.worker import watchdog
+
+    assert doctest.testmod(watchdog).failed == 0
+    t = [0.0]
+    dog = watchdog.StallWatchdog(warn_after_s=10, exit_after_s=0, clock=lambda: t[0])
+    t[0] = 1e6
+    assert dog.check(lag=1) and not dog.should_exit  # exit_after_s=0: never exits
+
+
+def test_events_on_another_partition_than_their_keys_are_rerouted_once(small_model):
+    """The partitioner check of process_batch (4 partitions: murmur2 puts "alice" on 1, librdkafka's CRC32
+    on 3): a misplaced event is re-routed, not applied; its copy (origin header) is applied once on the
+    right partition, and a second copy of the same original (a crash before the commit) is a duplicate."""
+    import json as json_
+
+    from stream_rec.io.topics import key_partition, origin_of, rerouted_headers
+    from stream_rec.pipeline import Incoming, PipelineConfig, process_batch
+    from stream_rec.state import decode_state, encode_state
+
+    config = PipelineConfig(partitions=4)
+    home = key_partition(b"alice", 4)
+    assert home == 1
+    now = time.time() - 100
+    value = lambda item, dt: json_.dumps({"user_id": "alice", "item_id": item, "event_type": "view",
+                                          "timestamp": now + dt}).encode()
+    delete = json_.dumps(delete_user_event("alice", now=now + 9)).encode()
+    landed = [Incoming(value(ITEMS[0], 0), b"alice", "events", 3, 10, 0.0),
+              Incoming(delete, b"alice", "events", 3, 11, 0.0)]
+    out = process_batch(landed, {}.get, small_model, config)
+    assert out.rerouted == [(0, home), (1, home)] and out.erased_elsewhere == [("alice", 1)]
+    assert not out.states and not out.recommendations
+
+    headers = rerouted_headers([("trace", b"x")], landed[0].partition, landed[0].offset)
+    assert headers == [("trace", b"x"), ("stream-rec-rerouted-from", b"3:10")] and origin_of(headers) == (3, 10)
+    assert rerouted_headers(headers, home, 50) == headers  # a copy of a copy keeps the first origin
+    copy = Incoming(landed[0].value, b"alice", "events", home, 50, 0.0, origin_of(headers))
+    store: dict[str, bytes] = {}
+    first = process_batch([copy], store.get, small_model, config)
+    state = decode_state(first.states["alice"])
+    assert first.applied == 1 and state.origins == {3: 10}
+    assert decode_state(encode_state(state)).origins == {3: 10}  # state codec version 3
+    store.update(first.states)
+    again = Incoming(landed[0].value, b"alice", "events", home, 51, 0.0, (3, 10))  # re-sent after a crash
+    second = process_batch([again], store.get, small_model, config)
+    assert second.duplicates == 1 and not second.states

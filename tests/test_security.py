@@ -46,7 +46,7 @@ def _settings(protocol: str, tls: dict[str, str], **more) -> Settings:
 
 def test_plaintext_adds_no_security_arguments():
     kw = client_kwargs(Settings.from_env({}, broker="h:1"))
-    assert kw == {"bootstrap_servers": "h:1"}
+    assert kw == {"bootstrap_servers": "h:1", "request_timeout_ms": 30_000}  # bounded requests (Settings.request_timeout_s)
     assert faust_credentials(Settings.from_env({})) == {}
 
 

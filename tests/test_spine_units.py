@@ -159,6 +159,25 @@ def test_redelivery_is_skipped_and_state_continues(model):
     assert decode_state(out.states["a"]).seen_items() == ["space-00", "space-01", "space-02"]
 
 
+def test_redelivered_last_event_sends_its_list_again_without_changing_the_state(model):
+    """A crash after the state's changelog record was delivered but before the recommendation was: the
+    redelivered event is a duplicate for the state, and its list is sent again (same list, same event)."""
+    store: dict[str, bytes] = {}
+    first = msgs([ev("a", "space-00"), ev("b", "space-01"), ev("a", "space-02")], [b"a", b"b", b"a"])
+    out = process_batch(first, store.get, model)
+    store.update(out.states)
+    again = process_batch(first, store.get, model)
+    assert again.duplicates == 3 and again.applied == 0 and again.replayed == 2 and not again.states
+    recs = {r["user_id"]: r for r in again.recommendations}
+    before = {r["user_id"]: r for r in out.recommendations}
+    for user in ("a", "b"):
+        assert recs[user]["items"] == before[user]["items"]
+        assert recs[user]["event_timestamp"] == before[user]["event_timestamp"]
+    # only the newest applied event replays: an older duplicate (a's first event alone) sends nothing
+    older = process_batch(first[:1], store.get, model)
+    assert older.duplicates == 1 and not older.recommendations
+
+
 def test_batched_equals_one_by_one(model):
     """Micro-batching must not change results: one batch == the same events one per batch."""
     raws = [ev("a", "space-00", ts=NOW - 30), ev("b", "nature-02"), ev("a", "space-01", ts=NOW - 20),

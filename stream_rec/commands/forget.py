@@ -1,7 +1,8 @@
 """`stream-rec forget USER...`: erase users' state (right to erasure).
 
-Publishes one ``delete_user`` control event per user to the *events* topic, keyed by the user id like
-every other event of that user. Why the events topic and not a separate control topic:
+Publishes a ``delete_user`` control event per user to the *events* topic, keyed by the user id like
+every other event of that user, one copy on *every* partition. Why the events topic and not a separate
+control topic:
 
 * ordering: Kafka orders records within a partition, so the deletion is applied after every event of
   that user produced before it, and an event produced afterwards starts a fresh state — no race
@@ -10,6 +11,13 @@ every other event of that user. Why the events topic and not a separate control 
   the RocksDB store and the changelog tombstone land on the partition that owns the user (the table
   is co-partitioned with the events topic). A standby or a restored worker replays the tombstone and
   the user stays gone; compaction later removes the old values from the changelog for good.
+* every partition: a producer with another partitioner (librdkafka's default CRC32) puts a user's events
+  on another partition than the murmur2 one the worker keeps her state on. The worker re-routes such
+  events to her partition (stream_rec/pipeline.py), and a copy of the deletion that lands on such a
+  partition is re-routed the same way, *behind* the events that came before it there; it also deletes
+  any state an older worker left on that partition. So the user is erased wherever her events went,
+  and none of her earlier events can bring her back. (A re-routed copy may arrive after events she
+  produced right after the ``forget``; it erases those too -- erasure errs on the side of erasing.)
 
 The user id is sent as given (raw): with ``pseudonymize_key`` set, the worker hashes it on ingest exactly
 like the user's ordinary events, so the same pseudonym is deleted. The command prints no user ids
@@ -73,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
 
     async def publish() -> int:
         await ensure_topics(settings)
-        return await produce_json(settings, settings.topic(settings.events_topic), events, key_field="user_id")
+        return await produce_json(settings, settings.topic(settings.events_topic), events, key_field="user_id",
+                                  every_partition=True)
 
     sent = asyncio.run(publish())
-    print(f"published {sent} delete_user event(s) to {settings.topic(settings.events_topic)}")
+    print(f"published {sent} delete_user event(s) to every partition of {settings.topic(settings.events_topic)}")
     return 0

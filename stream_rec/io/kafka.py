@@ -32,7 +32,8 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 def client_kwargs(settings: Settings) -> dict[str, Any]:
     """aiokafka keyword arguments for bootstrap + security (works for producer, consumer, admin)."""
-    kw: dict[str, Any] = {"bootstrap_servers": settings.broker}
+    kw: dict[str, Any] = {"bootstrap_servers": settings.broker,
+                          "request_timeout_ms": int(settings.request_timeout_s * 1000)}
     protocol = settings.security_protocol.upper()
     if protocol != "PLAINTEXT":
         kw["security_protocol"] = protocol
@@ -184,20 +185,25 @@ async def describe_topics(settings: Settings) -> list[dict[str, Any]]:
 
 
 async def produce_json(settings: Settings, topic: str, records: Iterable[dict], key_field: str | None = None,
-                       producer=None) -> int:
-    """Send JSON records (keyed by ``record[key_field]``) and wait for all acks. Returns the count."""
+                       producer=None, every_partition: bool = False) -> int:
+    """Send JSON records (keyed by ``record[key_field]``) and wait for all acks. Returns the count of
+    records. ``every_partition``: one copy of each record to every partition of the topic (``forget``)."""
     own = producer is None
     if own:
         producer = kafka_producer(settings, linger_ms=5)
         await producer.start()
     try:
-        futures = []
+        partitions = sorted(await producer.partitions_for(topic)) if every_partition else [None]
+        futures, count = [], 0
         for rec in records:
             key = str(rec[key_field]).encode() if key_field and key_field in rec else None
-            futures.append(await producer.send(topic, json.dumps(rec).encode(), key=key))
+            value = json.dumps(rec).encode()
+            for partition in partitions:
+                futures.append(await producer.send(topic, value, key=key, partition=partition))
+            count += 1
         for f in futures:
             await f
-        return len(futures)
+        return count
     finally:
         if own:
             await producer.stop()

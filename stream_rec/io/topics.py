@@ -1,15 +1,19 @@
 """The topic spec: every topic stream-rec uses -- the ones it creates itself and the ones Faust declares
 (the state table's changelog, the assignor's leader topic) -- with partitions, cleanup policy, retention
-and replication, and the format of the ``control`` topic's messages. The JSON Schemas of the record
-values live in ``topics/`` at the repository root. ``io.kafka.ensure_topics`` creates what is missing.
+and replication; how keys map to partitions (``key_partition``) and the header of an event the worker
+re-routed to its key's partition; and the format of the ``control`` topic's messages. The JSON Schemas
+of the record values live in ``topics/`` at the repository root. ``io.kafka.ensure_topics`` creates what
+is missing.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from ..boundedjson import JSONRejected, parse
 from ..settings import Settings
 
 STATE_TABLE = "user-state"  # the worker's Faust table; Faust names its changelog <app_id>-user-state-changelog
@@ -128,6 +132,42 @@ def spec_mismatches(spec: TopicSpec, partitions: int, replication_factor: int) -
     return out
 
 
+# --- partitioning of keyed topics ----------------------------------------------------------------------
+@functools.lru_cache(maxsize=65536)  # the same users come back; murmur2 in Python is slow per key
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key`` among ``partitions``: murmur2, as the Java
+    client, Kafka Streams, aiokafka and Faust compute it (``aiokafka.partitioner.DefaultPartitioner``).
+    librdkafka-based clients (confluent-kafka, and Go/C#/Node clients built on it) default to CRC32
+    (``consistent_random``) and put a key elsewhere unless configured with ``partitioner=murmur2_random``."""
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+# header of an event the worker re-sent to its key's partition: b"<partition>:<offset>" of the original
+REROUTED_FROM = "stream-rec-rerouted-from"
+
+
+def origin_of(headers) -> tuple[int, int] | None:
+    """The original (partition, offset) of a re-routed record, from its headers (None when not re-routed)."""
+    for name, value in headers or ():
+        if name == REROUTED_FROM:
+            try:
+                partition, offset = value.split(b":")
+                return int(partition), int(offset)
+            except (ValueError, AttributeError):
+                return None
+    return None
+
+
+def rerouted_headers(headers, partition: int, offset: int) -> list[tuple[str, bytes]]:
+    """The headers of a re-routed copy of the record at ``partition``/``offset``: its own (minus an older
+    origin) plus where it came from. A copy of a copy keeps the first origin."""
+    origin = origin_of(headers) or (partition, offset)
+    kept = [(name, value) for name, value in headers or () if name != REROUTED_FROM]
+    return kept + [(REROUTED_FROM, f"{origin[0]}:{origin[1]}".encode())]
+
+
 # --- control topic -------------------------------------------------------------------------------------
 def reload_message(path: str | None = None) -> bytes:
     """The ``control`` record that asks every worker to reload (from ``path``, or its ``--model``)."""
@@ -137,15 +177,21 @@ def reload_message(path: str | None = None) -> bytes:
     return json.dumps(msg).encode()
 
 
+MAX_CONTROL_BYTES = 64 * 1024  # a control record is a few dozen bytes; anything this large is not one
+
+
 def reload_request(message: Any) -> str | None | bool:
     """Parse a ``control`` topic message. Returns the path to reload from (None = the ``--model``
-    root) for ``{"type": "reload", "path"?: ...}``, or False for anything else."""
-    if isinstance(message, (bytes, bytearray)):
+    root) for ``{"type": "reload", "path"?: ...}``, or False for anything else (bytes are parsed with
+    the bounded parser of stream_rec/boundedjson.py: no size or nesting can make this raise)."""
+    if isinstance(message, (bytes, bytearray, memoryview)):
         try:
-            message = json.loads(message)
-        except ValueError:
+            message = parse(message, max_bytes=MAX_CONTROL_BYTES)
+        except JSONRejected:
             return False
     if not isinstance(message, dict) or message.get("type") != "reload":
         return False
     path = message.get("path")
+    if isinstance(path, str) and "\x00" in path:
+        return False  # no file system path holds a NUL
     return path if isinstance(path, str) and path else None

@@ -33,6 +33,12 @@ from torch import nn
 PAD = 0  # item row 0 is padding / "no item"
 
 
+# Upper bounds of each dimension of a model read from disk (GRUConfig.from_dict), far above any model this
+# project trains; together they can still ask for too much, so the loader also bounds the parameter count
+# (stream_rec.model.recommender.MAX_PARAMETERS) before allocating anything.
+CONFIG_MAXIMUM = {"n_items": 20_000_000, "text_dim": 16_384, "emb_dim": 16_384, "hidden": 16_384}
+
+
 @dataclass(frozen=True)
 class GRUConfig:
     n_items: int  # number of real items; rows are 1..n_items, row 0 is padding
@@ -76,6 +82,9 @@ class GRUConfig:
         for name, low in minimum.items():
             if getattr(config, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(config, name)}")
+        for name, high in CONFIG_MAXIMUM.items():  # before anything is allocated from these numbers
+            if getattr(config, name) > high:
+                raise ValueError(f"{name} must be <= {high}, got {getattr(config, name)}")
         for name in ("dropout", "id_dropout"):
             if not 0.0 <= getattr(config, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(config, name)}")

@@ -36,6 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..boundedjson import JSONRejected, parse_file
 from .gru import PAD, GRUConfig, HybridGRU, neighbour_init, topk_excluding
 
 
@@ -45,6 +46,31 @@ ARTIFACT_FORMAT = 1
 
 class ModelLoadError(ValueError):
     """A model directory is missing, incomplete or inconsistent."""
+
+
+# Limits of a model directory read from disk (untrusted input): checked before anything is allocated.
+MAX_CONFIG_JSON_BYTES = 4 << 20  # config + training history and metrics
+MAX_ITEMS_JSON_BYTES = 512 << 20  # ids and texts of up to millions of items
+MAX_PARAMETERS = 1_000_000_000  # parameters + buffers (4 GB as float32): 50x the largest model trained here
+MAX_VERSION_BYTES = 256
+
+
+def parameter_count(config: GRUConfig) -> int:
+    """Parameters and buffers of a HybridGRU with ``config``, counted on torch's meta device (shapes only:
+    nothing is allocated), so the count follows the architecture wherever it changes."""
+    with torch.device("meta"):
+        model = HybridGRU(config)
+    return sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+
+
+def read_json(path: Path, max_bytes: int):
+    """A model file's JSON through the bounded parser (size, nesting depth, UTF-8) -> ModelLoadError."""
+    try:
+        return parse_file(path, max_bytes=max_bytes)
+    except JSONRejected as exc:
+        raise ModelLoadError(f"{path}: unreadable JSON ({exc.reason}: {exc.detail})") from None
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -120,11 +146,7 @@ class Recommender:
     def load(cls, model_dir: str | Path, device: str = "auto") -> "Recommender":
         """Load and validate an artifact directory, or the newest one inside a directory of them."""
         model_dir = resolve_model_dir(model_dir)
-        try:
-            config = json.loads((model_dir / "config.json").read_text())
-            items = json.loads((model_dir / "items.json").read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelLoadError(f"{model_dir}: unreadable JSON ({exc})") from exc
+        config = read_json(model_dir / "config.json", MAX_CONFIG_JSON_BYTES)
         if not isinstance(config, dict) or not isinstance(config.get("gru"), dict):
             raise ModelLoadError(f"{model_dir}/config.json: no 'gru' section (not a stream-rec model?)")
         if not isinstance(config.get("format", ARTIFACT_FORMAT), int) or config.get("format", ARTIFACT_FORMAT) > ARTIFACT_FORMAT:
@@ -133,6 +155,11 @@ class Recommender:
             gru_config = GRUConfig.from_dict(config["gru"])
         except (TypeError, ValueError) as exc:
             raise ModelLoadError(f"{model_dir}/config.json: bad 'gru' section: {exc}") from exc
+        n_parameters = parameter_count(gru_config)
+        if n_parameters > MAX_PARAMETERS:
+            raise ModelLoadError(f"{model_dir}/config.json: a model of {n_parameters:,} parameters and buffers "
+                                 f"(more than {MAX_PARAMETERS:,})")
+        items = read_json(model_dir / "items.json", MAX_ITEMS_JSON_BYTES)
         item_ids = items.get("item_ids") if isinstance(items, dict) else None
         if not isinstance(item_ids, list) or not all(isinstance(i, str) for i in item_ids):
             raise ModelLoadError(f"{model_dir}/items.json: 'item_ids' must be a list of strings")
@@ -141,12 +168,11 @@ class Recommender:
         if len(set(item_ids)) != len(item_ids):
             raise ModelLoadError(f"{model_dir}/items.json: duplicate item ids")
         texts = items.get("texts")
-        if texts is not None and (not isinstance(texts, list) or len(texts) != len(item_ids)):
-            raise ModelLoadError(f"{model_dir}/items.json: 'texts' must have one entry per item")
+        if texts is not None and (not isinstance(texts, list) or len(texts) != len(item_ids)
+                                  or not all(isinstance(t, str) for t in texts)):
+            raise ModelLoadError(f"{model_dir}/items.json: 'texts' must have one string per item")
         model = _load_weights(model_dir, gru_config)
-        version = (model_dir / "VERSION").read_text().strip()
-        if not version:
-            raise ModelLoadError(f"{model_dir}/VERSION is empty")
+        version = _read_version(model_dir)
         meta = {k: v for k, v in config.items() if k not in ("gru",)}
         rec = cls(model, item_ids, version, trained=bool(config.get("trained", True)), device=device,
                   item_texts=texts, encoder_id=config.get("encoder_id"), meta=meta)
@@ -283,6 +309,11 @@ def _load_weights(model_dir: Path, gru_config: GRUConfig) -> HybridGRU:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    for name in ("weights.safetensors", "text_vectors.safetensors"):  # read whole: bounded first
+        size = (model_dir / name).stat().st_size
+        if size > 4 * MAX_PARAMETERS + (16 << 20):
+            raise ModelLoadError(f"{model_dir}/{name}: {size:,} bytes, more than a model of "
+                                 f"{MAX_PARAMETERS:,} float32 parameters")
     try:
         weights = load_file(str(model_dir / "weights.safetensors"))
         text_vectors = load_file(str(model_dir / "text_vectors.safetensors")).get("text_vectors")
@@ -306,6 +337,19 @@ def _load_weights(model_dir: Path, gru_config: GRUConfig) -> HybridGRU:
                              + "; ".join(d for d in details if d))
     model.load_state_dict(weights | {"text_vectors": text_vectors})
     return model
+
+
+def _read_version(model_dir: Path) -> str:
+    """The model's version string: one line of UTF-8 text, read bounded."""
+    with open(model_dir / "VERSION", "rb") as fh:
+        raw = fh.read(MAX_VERSION_BYTES + 1)
+    try:
+        version = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ModelLoadError(f"{model_dir}/VERSION is not UTF-8 text") from None
+    if not version or len(raw) > MAX_VERSION_BYTES or "\n" in version:
+        raise ModelLoadError(f"{model_dir}/VERSION must be one line of at most {MAX_VERSION_BYTES} bytes")
+    return version
 
 
 def resolve_model_dir(path: str | Path) -> Path:

@@ -19,11 +19,11 @@ worker encodes them through its encoding queue instead). ``boost_queries`` is th
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from .. import boundedjson
 from .vectors import score_scale, unit_rows
 
 if TYPE_CHECKING:
@@ -38,14 +38,15 @@ def context_text(context: dict | None) -> str:
     return text.strip() if isinstance(text, str) else ""
 
 
-def context_text_of(raw: bytes | None) -> str:
-    """The ``context.text`` of a raw event value ('' when none). Cheap for the common case: records
+def context_text_of(raw: bytes | None, max_bytes: int = 16384) -> str:
+    """The ``context.text`` of a raw event value ('' when none, or when the value is not an event the
+    validator could accept: over ``max_bytes``, not bounded JSON). Cheap for the common case: records
     without the word ``context`` are not parsed twice."""
     if not raw or b'"context"' not in raw:
         return ""
     try:
-        doc = json.loads(raw)
-    except ValueError:
+        doc = boundedjson.parse(raw, max_bytes=max_bytes)
+    except boundedjson.JSONRejected:
         return ""
     return context_text(doc.get("context")) if isinstance(doc, dict) and isinstance(doc.get("context"), dict) else ""
 

@@ -10,7 +10,10 @@ module             what
 =================  ==================================================================================
 ``app``            the Faust app: topics, the state table, the agent, the tasks (declarations only)
 ``batch``          the batch handler: table reads/writes, ``process_batch``, sends, metrics
-``faust_ext``      what we add to Faust/aiokafka: transport, ``take_batches``, batched sends and changelogs
+``faust_ext``      what we add to Faust/aiokafka: transport, ``take_batches``, batched sends, the state table
+                   written behind its changelog
+``follow``         the one follower of the ``catalog`` and ``control`` topics, each record contained
+``watchdog``       stall detection (pure ``StallWatchdog``) and its gauges, WARNING and exit
 ``catalog``        the live catalog and the text vectors of new items and queries
 ``encoding``       the micro-batching queue in front of the text encoder
 ``models``         model resolution, hot reload (``LiveModel``), the ``control`` topic
@@ -20,19 +23,23 @@ module             what
 
 Design decisions
 ----------------
-**Micro-batching with a RocksDB table and correct changelogs.** Writing a table from inside
-``stream.take()`` fails: the table and the RocksDB store use ``faust.streams.current_event()`` (a
-ContextVar holding a weakref to the event) to pick the store partition and the changelog partition, and
-inside ``take()`` no event is current. We iterate ``faust_ext.take_batches`` instead (an adaptive variant
-of Faust's ``stream.take_events``: batches fill up while a backlog lasts, close 1 ms after the intake
-pauses), which yields the Faust ``Event`` objects, and for each user we set the current-event ContextVar
-to *that user's own last event in the batch* around the table read and write (``faust_ext.event_context``).
-Events are keyed by ``user_id`` and the table is co-partitioned with ``events`` (same key, same partition
-count), so the user's event partition *is* the partition of the user's table key: the value lands in the
-right RocksDB partition and the changelog record on the right changelog partition. Records whose Kafka key
-is not their ``user_id`` are rejected (``key_mismatch``) because they would break that equality.
-``take_batches`` acks the batch's offsets only after our loop body returns, i.e. after states are written
-and every recommendation/DLQ record is handed to the producer. tests/test_spine_kafka.py::
+**Micro-batching with a RocksDB table written behind its changelog.** Faust's own table write
+(``table[key] = value``) picks the store partition and the changelog partition from
+``faust.streams.current_event()``, which is unset inside ``stream.take()`` batches, and it writes the local
+store *before* the changelog record is delivered. We iterate ``faust_ext.take_batches`` instead (an
+adaptive variant of Faust's ``stream.take_events``: batches fill up while a backlog lasts, close 1 ms
+after the intake pauses), which yields the Faust ``Event`` objects, and write through
+``faust_ext.BatchedChangelogTable``: each new state is *staged* for the partition of the user's own event
+(events are keyed by ``user_id`` and the table is co-partitioned with ``events``, so that is the
+partition of the user's table key), kept in memory, and written to RocksDB -- with the store's persisted
+changelog offset -- only when its changelog record is delivered. A ``kill -9`` therefore never leaves a
+local state the changelog lacks (tests/test_reliability_faults.py::test_kill9_during_bursts_*). Records
+whose Kafka key is not their ``user_id`` are rejected (``key_mismatch``) because they would break the
+co-partitioning; records on another partition than their key's murmur2 partition (a producer with
+another partitioner) are re-sent there (``pipeline`` module docstring). ``take_batches`` acks the batch's
+offsets only after our loop body *returned*, i.e. after states are staged and every recommendation/DLQ
+record is handed to the producer; a body that raises acks nothing, and the agent's
+``mode.CrashingSupervisor`` stops the worker for its supervisor to restart. tests/test_spine_kafka.py::
 test_restart_recovers_state checks the result end to end: a worker restarted on the same data dir
 continues each user's history, and one started on an *empty* data dir rebuilds the same states from the
 changelog alone. (The embedded broker under-reports end offsets after batched produces, which would cut
@@ -40,16 +47,21 @@ that changelog replay short; ``faust_ext.LowLatencyTransport`` confirms them wit
 ``stream_rec.io.kafka.fetched_end_offsets``.)
 
 **Deletion and pseudonyms.** ``delete_user`` control events (``stream-rec forget``) travel in ``events``
-keyed by the user, so they are ordered with the user's own events; the key is deleted in that event's
-context, so the tombstone lands on the user's changelog partition. With ``Settings.pseudonymize_key``
-the pipeline replaces user ids by their keyed hash right after validation (table reads then search the
-worker's local partitions, since the hash is not the record key; writes still use the event context).
+keyed by the user, so they are ordered with the user's own events; the tombstone is staged on that
+event's partition, the user's changelog partition. ``forget`` sends one copy to every partition, so a
+deletion also reaches what a producer with another partitioner put elsewhere. With
+``Settings.pseudonymize_key`` the pipeline replaces user ids by their keyed hash right after validation
+(``pipeline.state_partitions`` maps each hash to the partition of the record key it came from).
 
 **Delivery semantics: at-least-once delivery, effectively-once state.** A crash after sending
 recommendations but before the offset commit redelivers events. Each state stores the (partition,
 offset) of the last event applied to it; redelivered events (offset <= stored) are skipped and counted in
-``stream_rec_events_duplicate_total``, so a user's GRU state and history never apply an event twice. A
-recommendation may be emitted twice for the same event (consumers key by user and keep the newest).
+``stream_rec_events_duplicate_total``, so a user's GRU state and history never apply an event twice.
+When all of a user's events in a batch are redelivered and the newest is the one the state applied
+last, the user's list is sent again from the stored state (``stream_rec_recommendations_replayed_total``):
+the state's changelog record may have been delivered before the crash while the recommendation was
+not. A recommendation may be emitted twice for the same event (consumers key by user and keep the newest).
+Once any record failed to be delivered, no offset is committed any more (``faust_ext.LowLatencyConsumer``).
 
 **Table.** RocksDB store (``store='rocksdb://'``, faust-streaming's rocksdict backend), keys are UTF-8
 user ids and values our own binary codec (stream_rec/state.py, ``raw`` serializers: no pickle, no JSON
@@ -60,7 +72,7 @@ so two apps sharing a data dir would mix offsets).
 recommendations go into one Kafka record batch per partition (``faust_ext.RecordBatches``, aiokafka's
 ``send_batch``: one future per partition, not per record), and so do its changelog records
 (``faust_ext.BatchedChangelogTable``: same records on the same partitions as Faust's per-key
-``send_soon``, queued by the table writes and handed over before the batch is acked). We await the
+``send_soon``, staged by the batch handler and handed over before the batch is acked). We await the
 delivery futures together, one batch late (the stream does not stop for a broker round trip per batch).
 That keeps at-least-once: Faust flushes the producer before it commits offsets, so a batch's offsets are
 never committed before its records (and its changelog writes) are delivered.
@@ -73,7 +85,13 @@ on the consumer before it starts.
 **Catalog per worker, not per partition.** Every worker needs the whole catalog to score, so the catalog
 is not a group-consumed agent (that would give each worker only some partitions): a task in every worker
 reads the compacted ``catalog`` topic from the beginning with its own group-less consumer
-(``catalog.catalog_loop``).
+(``catalog.catalog_loop``, through ``follow.follow_records``: a record that is not an item, or that the
+model cannot take, is skipped, logged and counted; the control topic is followed the same way).
+
+**No silent stall.** Every Kafka request is bounded (``Settings.request_timeout_s``). The batch handler
+and a 2 s timer feed ``watchdog.StallWatchdog``: no micro-batch for ``stall_warn_s`` while events wait is
+a ``STALLED`` WARNING saying what the worker waits on and ``stream_rec_ready 0``; after ``stall_exit_s``
+the worker exits with status 75 for its supervisor to restart it.
 
 **Exposure.** Faust's own web server is disabled (it serves table contents and binds every interface);
 the only listener is the Prometheus endpoint on ``Settings.metrics_host`` (localhost by default).

@@ -7,6 +7,7 @@ import gc
 from pathlib import Path
 
 import faust
+import mode
 
 from .. import metrics
 from ..io.topics import STATE_TABLE, topic_spec
@@ -14,9 +15,11 @@ from ..learning.finetune import follow_alarms
 from ..settings import Settings
 from .batch import handle_batch
 from .catalog import catalog_loop
-from .faust_ext import BatchedChangelogTable, app_options, consumer_lag, take_batches
+from .faust_ext import (BatchedChangelogTable, app_options, consumer_lag, recovering, rocksdb_options, take_batches,
+                        waits_of)
 from .models import control_loop
 from .services import WorkerServices
+from .watchdog import check_stall
 
 RAW = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")  # our own codecs
 
@@ -34,20 +37,21 @@ def build_app(settings: Settings, services: WorkerServices | None = None) -> fau
     dlq = app.topic(settings.topic(settings.dlq_topic), partitions=1, **RAW)
     app.state_table = app.tables.add(BatchedChangelogTable(  # raw codec: stream_rec/state.py
         app, name=STATE_TABLE, beacon=app.tables.beacon, key_type=bytes, value_type=bytes,
-        partitions=changelog.partitions, extra_topic_configs=changelog.configs))
+        partitions=changelog.partitions, extra_topic_configs=changelog.configs, options=rocksdb_options(settings)))
 
-    @app.agent(events)
+    # an agent error stops the worker, its batch unacked (not Faust's restart on the next events: RELIABILITY.md)
+    @app.agent(events, supervisor_strategy=mode.CrashingSupervisor)
     async def process_events(stream):
         gc.freeze()  # what the worker's start-up created stays too (see worker/run.py)
         fill_s = max(settings.batch_max_wait_ms, settings.batch_fill_max_ms) / 1000.0
         async for batch in take_batches(stream, settings.batch_max_events, fill_s):
             await handle_batch(app, batch, recommendations.get_topic_name(), dlq.get_topic_name())
 
-    async def clear_state_cache(app, partitions, **kwargs) -> None:  # on every rebalance: the cache holds
-        app.services.state_cache.clear()  # only keys of partitions this worker owns
+    async def on_rebalance(app, partitions, **kwargs) -> None:  # partitions revoked or assigned
+        app.services.forget_partitions(app.state_table)
 
-    app.on_partitions_revoked.connect(clear_state_cache)
-    app.on_partitions_assigned.connect(clear_state_cache)
+    app.on_partitions_revoked.connect(on_rebalance)
+    app.on_partitions_assigned.connect(on_rebalance)
 
     @app.task
     async def follow_catalog():  # every worker holds the whole catalog
@@ -73,7 +77,9 @@ def build_app(settings: Settings, services: WorkerServices | None = None) -> fau
                 await follow_alarms(services.enricher.monitor, services.finetuner)
 
     @app.timer(interval=2.0)
-    async def report_lag():
-        metrics.CONSUMER_LAG.set(consumer_lag(app, events.get_topic_name()))
+    async def report_lag():  # the lag gauge, and the stall watchdog fed with the lag (worker/watchdog.py)
+        lag = consumer_lag(app, events.get_topic_name())
+        metrics.CONSUMER_LAG.set(lag)
+        check_stall(services.watchdog, lag, recovering(app), lambda: waits_of(app, services.pending_sends))
 
     return app

@@ -1,45 +1,63 @@
-"""The batch handler: one micro-batch of Faust events through :func:`stream_rec.pipeline.process_batch`,
-with the table reads and writes, the sends and the metrics around it (the agent in worker/app.py only
-loops over ``take_batches`` and calls :func:`handle_batch`)."""
+"""The batch handler: one micro-batch of Faust events through :func:`stream_rec.pipeline.process_batch_isolating`,
+with the table reads and staged writes, the sends and the metrics around it (the agent in worker/app.py
+only loops over ``take_batches`` and calls :func:`handle_batch`)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
+import logging
 import time
+from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 import faust
 
 from .. import metrics
-from ..pipeline import BatchResult, Incoming, process_batch
+from ..io.topics import origin_of, rerouted_headers
+from ..pipeline import BatchResult, Incoming, process_batch_isolating, state_partitions
 from .catalog import context_vectors
-from .faust_ext import RecordBatches, event_context
+from .faust_ext import RecordBatches, topic_partitions
 from .services import StateCache, WorkerServices
+
+log = logging.getLogger(__name__)
 
 
 async def handle_batch(app: faust.App, batch: Sequence[Any], recs_topic: str, dlq_topic: str) -> None:
-    """Run one micro-batch: read states, process, write states, send records, update metrics."""
+    """Run one micro-batch: read states, process, stage states, send records, update metrics."""
     services: WorkerServices = app.services
     table = app.state_table
+    if not services.config.partitions:  # the events topic's partition count, for the partitioner check
+        partitions = await topic_partitions(app.producer, batch[0].message.topic)
+        services.config = replace(services.config, partitions=partitions)
     incoming = incoming_records(batch)
     model = services.model  # one version for the whole batch, even if a reload lands meanwhile
-    queries = await context_vectors(services.catalog_vectors, model, [m.value for m in incoming])
-    result = process_batch(incoming, state_reader(table, services.state_cache, batch), model, services.config,
-                           queries=queries, enricher=services.enricher)
-    write_states(table, services, batch, result)
-    futures = await send_records(app.producer, table, result, recs_topic, dlq_topic)
+    queries = await batch_queries(services, model, incoming)
+    result = process_batch_isolating(incoming, state_reader(table, services.state_cache, incoming, services.config),
+                                     model, services.config, queries=queries, enricher=services.enricher,
+                                     on_error=_log_batch_error)
+    stage_states(table, services, batch, result)
+    futures = await send_records(app.producer, table, batch, result, recs_topic, dlq_topic)
+    for future in futures:
+        future.add_done_callback(services.note_delivery)
     sent = time.time()
     # Acks are awaited one batch late, so the stream is not paused for a broker round trip per batch.
-    # Safe for at-least-once: Faust flushes the producer before every offset commit, so no offset is
-    # committed before the records of its batch are delivered. A send that still fails after the
-    # producer's retries is raised here, one batch later, and crashes the agent (recorded in the log);
-    # the worker does not go on silently.
+    # Safe for at-least-once: Faust flushes the producer before every offset commit, and no offset is
+    # committed once a delivery failed (services.delivery_failure). A send that still fails after the
+    # producer's retries is raised here, one batch later, and stops the worker (worker/app.py).
     previous, services.pending_sends = services.pending_sends, futures
     if previous:
         await asyncio.gather(*previous)
+    if table.store_error is not None:
+        raise RuntimeError(f"writing delivered states to the local store failed: {table.store_error!r}")
     record_metrics(services, len(batch), result, sent)
+    services.watchdog.batch_handled()
+
+
+def _log_batch_error(exc: BaseException) -> None:
+    log.error("processing a micro-batch raised %r; processing its events one at a time (an event that raises "
+              "again goes to the DLQ as processing_error)", exc, exc_info=exc)
 
 
 def _received_at(message, wall: float, mono: float) -> float:
@@ -48,63 +66,76 @@ def _received_at(message, wall: float, mono: float) -> float:
 
 
 def incoming_records(batch: Sequence[Any]) -> list[Incoming]:
-    """The pipeline's view of Faust events: bytes, where they came from, when the worker got them."""
+    """The pipeline's view of Faust events: bytes, where they came from (and where a re-routed copy was
+    first written), when the worker got them."""
     wall, mono = time.time(), time.monotonic()
     return [Incoming(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset,
-                     _received_at(e.message, wall, mono)) for e in batch]
+                     _received_at(e.message, wall, mono), origin_of(e.message.headers)) for e in batch]
 
 
-def state_reader(table, cache: StateCache, batch: Sequence[Any]) -> Callable[[str], bytes | None]:
-    """``load_state(user_id)`` for the pipeline: the state cache, else the table in the context of the
-    user's own first event of the batch (its partition)."""
-    first_event_of = {}
-    for e in batch:
-        first_event_of.setdefault(e.message.key, e)
+async def batch_queries(services: WorkerServices, model, incoming: Sequence[Incoming]) -> dict:
+    """The query vectors of the batch's ``context.text`` (encoded by the catalog's queue). Queries only
+    boost lists: if encoding fails, the batch is served without them."""
+    try:
+        return await context_vectors(services.catalog_vectors, model, [m.value for m in incoming],
+                                     services.config.max_event_bytes)
+    except Exception as exc:
+        log.error("encoding the batch's context.text queries failed, serving without them: %r", exc)
+        return {}
+
+
+def state_reader(table, cache: StateCache, incoming: Sequence[Incoming], config) -> Callable[[str], bytes | None]:
+    """``load_state(user_id)`` for the pipeline: the state cache, else the newest value staged or stored
+    on the partition that holds the user's state (``pipeline.state_partitions``)."""
+    partition_of = state_partitions(incoming, config)
 
     def load_state(user_id: str) -> bytes | None:
         key = user_id.encode()
         cached = cache.get(key)
         if cached is not None:
             return cached
-        event = first_event_of.get(key)
-        if event is None:  # pseudonymised id (not the record key): Faust looks in every local partition
-            return table.get(key)
-        with event_context(event):  # the user's own partition
-            return table.get(key)
+        return table.stored(key, partition_of.get(key))  # None: not a record key (check_key off): search
 
     return load_state
 
 
-def write_states(table, services: WorkerServices, batch: Sequence[Any], result: BatchResult) -> None:
-    """Deletions (a changelog tombstone) and new states, each in the context of the user's event that
-    caused it, so they land on the user's partition; the state cache follows."""
+def stage_states(table, services: WorkerServices, batch: Sequence[Any], result: BatchResult) -> None:
+    """Deletions (a changelog tombstone) and new states, staged for the partition of the user's event
+    that caused them: in memory now, in the local store once their changelog records are delivered
+    (``faust_ext.BatchedChangelogTable``); the state cache follows."""
     cache = services.state_cache
     for user_id, index in result.deleted.items():
-        cache.discard(user_id.encode())
-        if user_id not in result.states:  # erased and nothing after: delete the key (changelog tombstone)
-            with event_context(batch[index]):
-                try:
-                    del table[user_id.encode()]
-                except KeyError:
-                    pass
+        key = user_id.encode()
+        cache.discard(key)
+        if user_id not in result.states:  # erased and nothing after: a tombstone
+            table.stage(key, None, batch[index].message.partition)
         services.users_seen.discard(user_id)
     for user_id, state in result.states.items():
         key = user_id.encode()
-        with event_context(batch[result.last_index[user_id]]):
-            table[key] = state
+        table.stage(key, state, batch[result.last_index[user_id]].message.partition)
         cache.put(key, state)
+    for user_id, index in result.erased_elsewhere:  # a state another partitioner's events left there
+        key, partition = user_id.encode(), batch[index].message.partition
+        if table.stored(key, partition) is not None:
+            table.stage(key, None, partition)
 
 
-async def send_records(producer, table, result: BatchResult, recs_topic: str, dlq_topic: str) -> list:
-    """Hand the changelog batches, the recommendations (one record batch per partition) and the DLQ
-    records to the producer; returns their delivery futures."""
+async def send_records(producer, table, batch: Sequence[Any], result: BatchResult, recs_topic: str,
+                       dlq_topic: str) -> list:
+    """Hand the changelog batches, the recommendations and the re-routed events (one record batch per
+    partition) and the DLQ records to the producer; returns their delivery futures."""
     futures = await table.send_changelog_batches()
-    if result.recommendations:
-        recs = RecordBatches(producer._ensure_producer())
-        await recs.ready(recs_topic)
+    if result.recommendations or result.rerouted:
+        records = RecordBatches(producer._ensure_producer())
+        await records.ready(recs_topic)
         for rec in result.recommendations:
-            recs.add(recs_topic, rec["user_id"].encode(), json.dumps(rec).encode())
-        futures += await recs.send()
+            records.add(recs_topic, rec["user_id"].encode(), json.dumps(rec).encode())
+        for index, partition in result.rerouted:  # to the partition of the key: applied there, once
+            m = batch[index].message
+            records.add(m.topic, m.key, m.value, partition=partition,
+                        timestamp_ms=None if m.timestamp is None else int(m.timestamp * 1000),
+                        headers=rerouted_headers(m.headers, m.partition, m.offset))
+        futures += await records.send()
     for bad in result.dlq:
         key = None if bad["original_key_b64"] is None else base64.b64decode(bad["original_key_b64"])
         futures.append(await producer.send(dlq_topic, key, json.dumps(bad).encode(), None, None, None))
@@ -119,6 +150,8 @@ def record_metrics(services: WorkerServices, n_events: int, result: BatchResult,
     metrics.EVENTS_DLQ.inc(len(result.dlq))
     metrics.EVENTS_SKIPPED_DUPLICATE.inc(result.duplicates)
     metrics.RECOMMENDATIONS_EMITTED.inc(len(result.recommendations))
+    metrics.RECOMMENDATIONS_REPLAYED.inc(result.replayed)
+    metrics.EVENTS_REROUTED.inc(len(result.rerouted))
     if result.deleted:
         metrics.USERS_DELETED.inc(len(result.deleted))
     if result.applied:

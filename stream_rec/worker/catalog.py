@@ -9,7 +9,8 @@ date from the compacted ``catalog`` topic, and the text vectors of new items and
   creating the untrained model from the first records when there is none yet;
 * :func:`catalog_loop` -- a task in every worker reads the ``catalog`` topic from the beginning with its
   own group-less consumer (a consumer group would give each worker only some partitions) and applies
-  records in batches; ``--items FILE`` seeds the catalog at start (:func:`seed_catalog`).
+  records in batches, each record validated and contained (worker/follow.py); ``--items FILE`` seeds the
+  catalog at start (:func:`seed_catalog`).
 
 Events for items not in the catalog yet go to the DLQ as ``unknown_item``.
 """
@@ -17,20 +18,19 @@ Events for items not in the catalog yet go to the DLQ as ``unknown_item``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
-from contextlib import aclosing
 from typing import Callable, Sequence
 
 import numpy as np
 
 from .. import metrics
 from ..io.data import catalog_text
-from ..io.kafka import follow_from_beginning
 from ..recsys.context import context_text_of
+from ..validation import validate_catalog_record
 from .encoding import EncodingQueue, encoder_function, metrics_hook
+from .follow import follow_records
 
 log = logging.getLogger(__name__)
 
@@ -196,31 +196,28 @@ def seed_catalog(model, records: Sequence[dict], settings) -> list[str]:
     return new
 
 
-def parse_catalog_record(raw: bytes | None) -> dict | None:
-    try:
-        doc = json.loads(raw) if raw else None
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) and doc.get("item_id") not in (None, "") else None
-
-
 async def catalog_loop(catalog: LiveCatalog, settings, poll_ms: int = 500) -> None:
-    """Read the whole catalog topic (group-less, from the beginning) and keep following it."""
-    topic = settings.topic(settings.catalog_topic)
-    async with aclosing(follow_from_beginning(settings, topic, poll_ms, 1000)) as polls:
-        async for fetched in polls:
-            records = [parse_catalog_record(m.value) for m in fetched]
-            applied = await catalog.update_catalog([r for r in records if r])
-            if applied:
-                log.info("catalog: applied %d records (%d items known)", applied, catalog.live.current.n_items)
+    """Read the whole catalog topic (group-less, from the beginning) and keep following it. Each record
+    is validated (``validation.validate_catalog_record``: bounded parse, an ``item_id``); one that is
+    not an item, or that the model cannot take, is skipped (logged and counted, ``worker/follow.py``)."""
+
+    async def apply(records) -> None:
+        applied = await catalog.update_catalog([record for _, record in records])
+        if applied:
+            log.info("catalog: applied %d records (%d items known)", applied, catalog.live.current.n_items)
+
+    await follow_records(settings, settings.topic(settings.catalog_topic), "catalog",
+                         lambda message: validate_catalog_record(message.value), apply, poll_ms, 1000)
 
 
-async def context_vectors(catalog_vectors: CatalogVectors, model, values: Sequence[bytes | None]) -> dict[int, np.ndarray]:
+async def context_vectors(catalog_vectors: CatalogVectors, model, values: Sequence[bytes | None],
+                          max_bytes: int = 16384) -> dict[int, np.ndarray]:
     """{batch index: query vector} for the events of a micro-batch that carry ``context.text``, encoded
-    through the same micro-batching queue as the catalog (only for models that use text)."""
+    through the same micro-batching queue as the catalog (only for models that use text). ``max_bytes``:
+    larger values are not parsed (the validator refuses them as ``oversize``)."""
     if not uses_text(model):
         return {}
-    texts = {i: t for i, t in enumerate(context_text_of(v) for v in values) if t}
+    texts = {i: t for i, t in enumerate(context_text_of(v, max_bytes) for v in values) if t}
     if not texts:
         return {}
     vecs = await (await catalog_vectors.queue()).encode_many(list(texts.values()))

@@ -2,12 +2,15 @@
 in stream_rec/worker/__init__.py.
 
 * :class:`LowLatencyTransport` (URL scheme ``streamrec://``): the consumer honours
-  ``Settings.fetch_max_wait_ms`` and confirms end offsets with a fetch;
-* :class:`event_context`: make an event Faust's current event, so table reads and writes use its partition;
-* :func:`take_batches`: adaptive micro-batches from a Faust stream, acked after the batch;
-* :class:`RecordBatches` / :class:`BatchedChangelogTable`: records and changelog records sent as one
-  Kafka record batch per partition per micro-batch;
-* :func:`app_options`: the ``faust.App`` configuration; :func:`consumer_lag`: lag of the assigned partitions.
+  ``Settings.fetch_max_wait_ms``, confirms end offsets with a fetch, and commits nothing once a record
+  failed to be delivered;
+* :func:`take_batches`: adaptive micro-batches from a Faust stream, acked only once the batch was handled;
+* :class:`RecordBatches`: records sent as one Kafka record batch per partition per micro-batch;
+* :class:`BatchedChangelogTable`: the state table, written behind its changelog (a state reaches the
+  local store only once its changelog record was delivered), its changelog batched the same way;
+* :func:`app_options` / :func:`rocksdb_options`: the ``faust.App`` and table configuration;
+  :func:`consumer_lag`, :func:`waits_of`, :func:`recovering`, :func:`topic_partitions`: what the
+  worker reads of Faust's and aiokafka's state.
 
 These use Faust's and aiokafka's internals (named where they do); the test suite runs every one of them
 against the embedded broker.
@@ -16,17 +19,20 @@ against the embedded broker.
 from __future__ import annotations
 
 import asyncio
-import weakref
-from typing import Any, Callable
+import logging
+from collections import deque
+from typing import Any, Callable, Iterator, Sequence
 
 import faust
-from faust.streams import _current_event
 from faust.transport import drivers as faust_drivers
 from faust.transport.drivers import aiokafka as aiokafka_driver
 
 from .. import metrics
 from ..io.kafka import faust_credentials, fetched_end_offsets
 from ..settings import Settings
+
+log = logging.getLogger(__name__)
+
 
 # --- low-latency consumer ------------------------------------------------------------------------
 class LowLatencyConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
@@ -51,6 +57,17 @@ class LowLatencyConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
 class LowLatencyConsumer(aiokafka_driver.Consumer):
     def _new_consumer_thread(self):
         return LowLatencyConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _commit(self, offsets) -> bool:
+        # Faust flushes the producer right before this. Once any record of ours failed to be delivered, no
+        # offset may be committed any more: the batch it belonged to may be acked already (delivery is
+        # awaited one batch late), and committing would skip its events for good. The agent stops on the
+        # same failure; a restarted worker is redelivered everything after the last good commit.
+        failure = getattr(getattr(self.app, "services", None), "delivery_failure", None)
+        if failure is not None:
+            log.error("not committing offsets: a record was not delivered (%r)", failure)
+            return False
+        return await super()._commit(offsets)
 
 
 class LowLatencyTransport(aiokafka_driver.Transport):
@@ -95,25 +112,20 @@ def app_options(settings: Settings) -> dict[str, Any]:
         # wait to every recommendation (DEVELOPERS.md)
         producer_linger=0.0,
         producer_max_batch_size=PRODUCER_MAX_BATCH_BYTES,
+        # bounded requests: Faust's producer default (20 min) would let a lost produce request look like an
+        # idle worker; a delivery that fails for this long crashes the agent (and nothing is committed after it)
+        producer_request_timeout=settings.request_timeout_s,
+        broker_request_timeout=max(settings.request_timeout_s, settings.session_timeout_s),
         **faust_credentials(settings),
     )
 
 
-# --- current-event context (see module docstring) ------------------------------------------------
-class event_context:
-    """``with event_context(event):`` makes ``event`` Faust's current event, so table reads/writes use its
-    partition. (A class, not ``contextlib.contextmanager``: it runs once per user per batch.)"""
-
-    __slots__ = ("_event", "_token")
-
-    def __init__(self, event):
-        self._event = event
-
-    def __enter__(self):
-        self._token = _current_event.set(weakref.ref(self._event))
-
-    def __exit__(self, *exc) -> None:
-        _current_event.reset(self._token)
+def rocksdb_options(settings: Settings) -> dict:
+    """The state table's RocksDB memory bounds, per partition (Settings.rocksdb_*: Faust's defaults let
+    the worker's memory grow by hundreds of MB before RocksDB flushes, DEVELOPERS.md)."""
+    mb = 1024 * 1024
+    return {"write_buffer_size": settings.rocksdb_write_buffer_mb * mb, "max_write_buffer_number": 2,
+            "block_cache_size": settings.rocksdb_block_cache_mb * mb}
 
 
 # --- adaptive micro-batches ----------------------------------------------------------------------
@@ -172,12 +184,10 @@ class _Intake:
         self.consuming = loop.create_future()
         return list(self.buffer)
 
-    async def release(self, events: list) -> None:
-        """After the batch was processed: ack its events and let the intake go on."""
+    async def release(self) -> None:
+        """After the batch (acked by ``take_batches`` if it was handled): let the intake go on."""
         self.buffer.clear()
         self.has_events.clear()
-        for event in events:
-            await self.stream.ack(event)
         if not self.consuming.done():
             self.consuming.set_result(None)
         self.full.clear()
@@ -185,9 +195,14 @@ class _Intake:
 
 
 async def take_batches(stream, max_events: int, within_s: float, idle_s: float = INTAKE_IDLE_S):
-    """Like Faust's ``stream.take_events(max_events, within_s)`` (same buffering processor, same acks
-    after the loop body returns), but *adaptive*: a batch is handed over as soon as it is full, or when
-    the intake went idle (no new event for ``idle_s``), or ``within_s`` after its first event.
+    """Like Faust's ``stream.take_events(max_events, within_s)`` (same buffering processor), but
+    *adaptive*: a batch is handed over as soon as it is full, or when the intake went idle (no new event
+    for ``idle_s``), or ``within_s`` after its first event; and a batch is acked only when the loop body
+    *returned* for it.
+
+    Why the acks: ``take_events`` acks in a ``finally``, so when the body raises (or the agent is
+    cancelled) the batch's offsets are committed without its events having been processed. Here they
+    stay unacked and the commit cannot pass them (the agent then stops the worker, worker/app.py).
 
     Why: ``take_events`` waits a fixed ``within`` from the end of the previous batch, and Faust delivers
     events to the buffer one at a time, so with a backlog a short window holds few events and the
@@ -198,7 +213,7 @@ async def take_batches(stream, max_events: int, within_s: float, idle_s: float =
     intake = _Intake(stream, max_events)
     channel_it = stream.channel.__aiter__()
     enable_acks = stream.enable_acks
-    stream.enable_acks = False  # events are acked by intake.release, after the batch was processed
+    stream.enable_acks = False  # events are acked below, once the batch was processed
     stream.add_processor(intake.add)
     stream._enable_passive(channel_it)
     try:
@@ -210,8 +225,10 @@ async def take_batches(stream, max_events: int, within_s: float, idle_s: float =
             events = await intake.fill(within_s, idle_s)
             try:
                 yield events
+                for event in events:  # only a batch the loop body finished
+                    await stream.ack(event)
             finally:
-                await intake.release(events)
+                await intake.release()
     finally:
         stream.enable_acks = enable_acks
         stream._processors.remove(intake.add)
@@ -240,15 +257,18 @@ class RecordBatches:
         """Wait until the producer knows the topic's partitions (instant after the first time)."""
         await self._producer.client._wait_on_metadata(topic)
 
-    def add(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
-        """Queue one record (``value`` None = a tombstone). Without ``partition`` the producer's partitioner
-        picks it (``ready(topic)`` must have been awaited); a given partition is checked by ``send``."""
+    def add(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
+            timestamp_ms: int | None = None, headers: Sequence[tuple[str, bytes]] = ()) -> None:
+        """Queue one record (``value`` None = a tombstone; ``timestamp_ms`` None = now). Without
+        ``partition`` the producer's partitioner picks it (``ready(topic)`` must have been awaited); a
+        given partition is checked by ``send``."""
         if partition is None:
             partition = self._producer._partition(topic, None, key, value, key, value)
+        record = dict(key=key, value=value, timestamp=timestamp_ms, headers=list(headers))
         batches = self._batches.setdefault((topic, partition), [])
-        if not batches or batches[-1].append(key=key, value=value, timestamp=None) is None:
+        if not batches or batches[-1].append(**record) is None:
             batch = self._producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None) is None:
+            if batch.append(**record) is None:
                 raise ValueError(f"a {len(value or b'')}-byte record does not fit in a producer batch")
             batches.append(batch)
 
@@ -267,79 +287,172 @@ class RecordBatches:
         return futures
 
 
+def write_batch(store):
+    """An empty RocksDB write batch for Faust's rocksdb ``store`` (rocksdict or python-rocksdb driver)."""
+    if store.use_rocksdict:
+        import rocksdict
+
+        return rocksdict.WriteBatch(raw_mode=True)
+    import rocksdb
+
+    return rocksdb.WriteBatch()
+
+
 class BatchedChangelogTable(faust.Table):
-    """A Faust table whose changelog records go out as Kafka record batches, one per changelog partition
-    per micro-batch, instead of one ``send_soon`` per key (Faust's producer buffer, a future and a
-    persisted-offset write in RocksDB per record, which cost as much as the whole model step).
+    """The user-state table, written *behind* its changelog: a state reaches the local RocksDB store only
+    after its changelog record was delivered.
 
-    Same records, same place: ``on_key_set``/``on_key_del`` queue the (raw) key and value -- a tombstone
-    for a deletion -- on ``partition_for_key(key)``, i.e. the current event's partition, exactly where
-    Faust would send them; the store write itself is Faust's, unchanged. The agent calls
-    :meth:`send_changelog_batches` after its writes, before the batch's events are acked, so offsets are
-    never committed before the changelog records are in the producer (and Faust flushes the producer
-    before each commit). Deletions and writes of one micro-batch share the queue, so their order per key
-    is kept. When a batch is delivered, the store's persisted offset of that partition is set to its last
-    record (one RocksDB write per batch; recovery starts after it, as with Faust's own callback).
-    Anything but raw bytes, or a transactional app, takes Faust's own per-record path."""
+    Why: Faust writes the store at ``table[key] = value`` and sends the changelog record later. A worker
+    killed in between restarts with a local state that the changelog never got; the state's stored offset
+    says its events were applied, so their redelivery is skipped, their recommendations are never sent, and
+    a worker that restores the partition from the changelog (empty disk, rebalance) loses those events for
+    good. Here :meth:`stage` queues the record (raw key and value, or a tombstone) for the given changelog
+    partition -- the event's partition, which is the key's partition (co-partitioned) -- and keeps the value
+    in memory (:meth:`stored` reads it first). When the producer reports a changelog batch delivered, its
+    records and the store's persisted changelog offset go to that partition's RocksDB in one write batch.
+    So a crash loses only states whose changelog records were not delivered -- which the redelivered,
+    uncommitted events rebuild -- and after any restart the local store, the changelog and the committed
+    offsets agree.
 
-    _changelog_queue: RecordBatches | None = None
+    Batching: one Kafka record batch per changelog partition per micro-batch (:class:`RecordBatches`)
+    instead of Faust's per-key ``send_soon`` (a producer buffer entry, a future and a persisted-offset write
+    per record, which cost as much as the whole model step). The agent calls :meth:`send_changelog_batches`
+    after staging, before the batch's events are acked (and Faust flushes the producer before each commit).
 
-    def _batched(self, key, value) -> bool:
-        return isinstance(key, bytes) and (value is None or isinstance(value, bytes)) and not self.app.in_transaction
+    Rebalance: :meth:`forget_unflushed` (every rebalance) drops the states not yet written locally and
+    detaches the deliveries still in flight: Faust's recovery then replays those partitions' changelogs
+    from the persisted offset, which only ever moves together with what reached the store."""
 
-    def on_key_set(self, key, value) -> None:
-        if not self._batched(key, value):
-            return super().on_key_set(key, value)
-        self._queue_changelog(key, value)
-        self._sensor_on_set(self, key, value)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._queue: RecordBatches | None = None
+        # (key, partition) -> the newest entry staged for it: (key, value, partition)
+        self._unflushed: dict[tuple[bytes, int], tuple[bytes, bytes | None, int]] = {}
+        self._in_flight: dict[int, deque] = {}  # partition -> staged entries not yet delivered, in send order
+        self.store_error: BaseException | None = None  # a failed local write (the agent stops on it)
 
-    def on_key_del(self, key) -> None:
-        if not self._batched(key, None):
-            return super().on_key_del(key)
-        self._queue_changelog(key, None)
-        self._sensor_on_del(self, key)
+    def stage(self, key: bytes, value: bytes | None, partition: int) -> None:
+        """Queue ``key`` -> ``value`` (None = delete) for changelog ``partition``; readable at once."""
+        if self._queue is None:
+            self._queue = RecordBatches(self.app.producer._ensure_producer())
+        self._queue.add(self.changelog_topic.get_topic_name(), key, value, partition=partition)
+        entry = (key, value, partition)
+        self._unflushed[(key, partition)] = entry
+        self._in_flight.setdefault(partition, deque()).append(entry)
+        if value is None:
+            self._sensor_on_del(self, key)
+        else:
+            self._sensor_on_set(self, key, value)
 
-    def _queue_changelog(self, key: bytes, value: bytes | None) -> None:
-        partition = self.partition_for_key(key)  # the current event's partition (raises outside a stream)
-        if partition is None:
-            raise RuntimeError(f"table {self.name}: no partition for a changelog record (no current event)")
-        if self._changelog_queue is None:
-            self._changelog_queue = RecordBatches(self.app.producer._ensure_producer())
-        self._changelog_queue.add(self.changelog_topic.get_topic_name(), key, value, partition=partition)
+    def stored(self, key: bytes, partition: int | None) -> bytes | None:
+        """The key's newest value staged for ``partition``, else the one in that partition's local store
+        (``partition`` None: search every local partition; only for a state key that is not a record key)."""
+        store = self.data
+        if partition is not None:
+            entry = self._unflushed.get((key, partition))
+            return entry[1] if entry is not None else store._db_for_partition(partition).get(key)
+        for (staged, _), entry in self._unflushed.items():
+            if staged == key:
+                return entry[1]
+        for db in list(store._dbs.values()):
+            value = db.get(key)
+            if value is not None:
+                return value
+        return None
 
     async def send_changelog_batches(self) -> list:
-        """Hand the queued changelog records to the producer; returns the delivery futures."""
-        queue, self._changelog_queue = self._changelog_queue, None
+        """Hand the staged changelog records to the producer; returns the delivery futures."""
+        queue, self._queue = self._queue, None
         if queue is None:
             return []
-        return await queue.send(on_delivered=self._changelog_delivered)
+        in_flight = self._in_flight
+        return await queue.send(on_delivered=lambda t, p, n, f: self._changelog_delivered(in_flight, p, n, f))
 
-    def _changelog_delivered(self, topic: str, partition: int, n_records: int, future: asyncio.Future) -> None:
+    def _changelog_delivered(self, in_flight: dict, partition: int, n_records: int, future: asyncio.Future) -> None:
+        # a partition's batches are delivered (and their callbacks run) in the order they were sent
+        entries = in_flight.get(partition, ())
+        written = [entries.popleft() for _ in range(min(n_records, len(entries)))]
         if future.cancelled() or future.exception() is not None:
-            return  # the agent awaits the same future and fails loudly
+            return  # not delivered: the agent awaits the same future and stops
+        store = self.data
+        db = store._dbs.get(partition)
+        if in_flight is not self._in_flight or db is None:
+            return  # sent before a rebalance: Faust recovers the partition from the changelog
         sent = future.result()
+        batch = write_batch(store)
+        for key, value, _ in written:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
         if sent is not None and sent.offset is not None:
-            from faust.types import TP
+            batch.put(store.offset_key, str(sent.offset + n_records - 1).encode())
+        try:
+            db.write(batch)
+        except Exception as exc:  # e.g. a full disk: keep the states in memory, stop the agent
+            self.store_error = exc
+            return
+        for entry in written:
+            if self._unflushed.get((entry[0], partition)) is entry:
+                del self._unflushed[(entry[0], partition)]
 
-            self.data.set_persisted_offset(TP(topic, partition), sent.offset + n_records - 1)
+    def forget_unflushed(self) -> None:
+        """At a rebalance: states not yet in the local store are dropped (recovery replays them)."""
+        self._queue = None
+        self._unflushed = {}
+        self._in_flight = {}
+
+
+def _assigned(app: faust.App, topic: str | None = None) -> Iterator[tuple[Any, int | None, int | None]]:
+    """(partition, last read offset, high watermark) of each partition assigned to the worker's consumer
+    (of ``topic`` only, when given). Reads Faust's consumer internals; raises when it is not started."""
+    consumer = app.consumer
+    read = getattr(consumer, "_read_offset", {})
+    for tp in sorted(consumer.assignment()):
+        if topic is None or tp.topic == topic:
+            yield tp, read.get(tp), consumer.highwater(tp)
 
 
 def consumer_lag(app: faust.App, topic: str) -> int:
     """Sum over assigned partitions of ``topic``: high watermark - (last read offset + 1)."""
     try:
-        consumer = app.consumer
-        read = getattr(consumer, "_read_offset", {})
-        lag = 0
-        for tp in consumer.assignment():
-            if tp.topic != topic:
-                continue
-            high = consumer.highwater(tp)
-            if high is None:
-                continue
-            pos = read.get(tp)
-            lag += max(0, high - (pos + 1 if pos is not None else 0))
-        return lag
+        return sum(max(0, high - (pos + 1 if pos is not None else 0))
+                   for _, pos, high in _assigned(app, topic) if high is not None)
     except Exception:  # not started / rebalancing: keep the last value
         return int(metrics.CONSUMER_LAG._value.get())
 
 
+def recovering(app: faust.App) -> bool:
+    """A rebalance, or tables being restored from their changelogs: no micro-batch is expected then."""
+    return bool(app.rebalancing or getattr(app, "in_recovery", False))
+
+
+def waits_of(app: faust.App, pending_sends: Sequence[asyncio.Future]) -> str:
+    """What the worker is waiting on, for the stall WARNING (each part best effort): the previous batch's
+    deliveries (``pending_sends``), the producer's queue, the partitions behind, paused or stopped flow."""
+    pending = [f for f in pending_sends if not f.done()]
+    parts = [f"{len(pending)} of the previous batch's {len(pending_sends)} deliveries unanswered"]
+    try:
+        accumulator = app.producer._ensure_producer()._message_accumulator
+        parts.append(f"{sum(len(q) for q in accumulator._batches.values())} record batches queued in the producer")
+    except Exception:
+        pass
+    try:
+        behind = [f"{tp.topic}[{tp.partition}] read {pos} of {high}" for tp, pos, high in _assigned(app)
+                  if high is not None and (pos is None or pos + 1 < high)]
+        parts.append("partitions behind: " + (", ".join(behind) or "none"))
+        consumer = app.consumer
+        if getattr(consumer, "_paused_partitions", None):
+            parts.append(f"paused: {sorted(consumer._paused_partitions)}")
+        if not getattr(consumer, "flow_active", True):
+            parts.append("consumer flow stopped (rebalance?)")
+    except Exception as exc:
+        parts.append(f"consumer state unreadable ({exc!r})")
+    return "; ".join(parts)
+
+
+async def topic_partitions(producer, topic: str) -> int:
+    """How many partitions ``topic`` has (the Faust producer's metadata; waits for it the first time)."""
+    client = producer._ensure_producer().client
+    await client._wait_on_metadata(topic)
+    return len(client.cluster.partitions_for_topic(topic))

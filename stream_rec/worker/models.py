@@ -30,13 +30,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from ..io.kafka import follow_from_beginning
 from ..io.topics import reload_request
+from ..validation import Invalid
+from .follow import follow_records
 
 log = logging.getLogger(__name__)
 
@@ -229,19 +229,23 @@ class LiveModel:
 
 
 async def control_loop(live: LiveModel, settings, poll_ms: int = 200, on_reload=None) -> None:
-    """Follow the ``control`` topic and hot-reload on reload messages (every worker does this)."""
+    """Follow the ``control`` topic and hot-reload on reload messages (every worker does this). Anything
+    but a reload request is skipped (logged and counted, ``worker/follow.py``), and so is a request
+    whose reload raises."""
     started_ms = int(time.time() * 1000) - 1000
-    topic = settings.topic(settings.control_topic)
-    async with aclosing(follow_from_beginning(settings, topic, poll_ms, 100)) as polls:
-        async for fetched in polls:
-            for m in fetched:
-                if m.timestamp is not None and m.timestamp < started_ms:
-                    continue  # sent before this worker started
-                path = reload_request(m.value)
-                if path is False:
-                    log.warning("control: ignoring message %r", (m.value or b"")[:200])
-                    continue
-                result = await live.reload(path)
-                log.info("control: reload -> %s", result)
-                if on_reload is not None:
-                    on_reload(result)
+
+    def parse(message):
+        if message.timestamp is not None and message.timestamp < started_ms:
+            return None  # sent before this worker started
+        path = reload_request(message.value)
+        # a 1-tuple: None is a request too (reload from the --model root), not "nothing to do"
+        return Invalid("not_a_command", "not a control command") if path is False else (path,)
+
+    async def apply(requests) -> None:
+        for _, (path,) in requests:
+            result = await live.reload(path)
+            log.info("control: reload -> %s", result)
+            if on_reload is not None:
+                on_reload(result)
+
+    await follow_records(settings, settings.topic(settings.control_topic), "control", parse, apply, poll_ms, 100)

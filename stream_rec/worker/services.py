@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 
@@ -12,13 +13,15 @@ from ..recsys.enricher import Enricher
 from ..settings import Settings
 from .catalog import CatalogVectors, LiveCatalog
 from .models import LiveModel
+from .watchdog import StallWatchdog
 
 log = logging.getLogger(__name__)
 
 
 class WorkerServices:
     """The services of one worker: the live model (hot-reloadable), its catalog, the pipeline config,
-    the enricher, the state cache, and what the batch handler carries from one batch to the next."""
+    the enricher, the state cache, the stall watchdog, and what the batch handler carries from one batch
+    to the next."""
 
     def __init__(self, settings: Settings, model=None):
         self.settings = settings
@@ -36,8 +39,25 @@ class WorkerServices:
                           if settings.drift_finetune else None)
         self.users_seen: set[str] = set()
         self.pending_sends: list = []  # delivery futures of the previous batch (see worker/batch.py)
+        # set once a record was not delivered: no offset is committed after it (faust_ext.LowLatencyConsumer)
+        self.delivery_failure: BaseException | None = None
         self.state_cache = StateCache(settings.state_cache_users)
+        # fed by the batch handler and the lag timer; what a readiness check reads (worker/watchdog.py)
+        self.watchdog = StallWatchdog(settings.stall_warn_s, settings.stall_exit_s)
         self.announce_model()
+
+    def forget_partitions(self, table) -> None:
+        """At every rebalance: the state cache and the states not yet in the local store (of ``table``)
+        may hold keys of partitions this worker no longer owns; Faust's recovery replays each changelog
+        from the offset that reached the store."""
+        self.state_cache.clear()
+        table.forget_unflushed()
+
+    def note_delivery(self, future: asyncio.Future) -> None:
+        """Done-callback of every delivery future: remember the first failure (then nothing is committed,
+        and the agent stops when it awaits the future)."""
+        if not future.cancelled() and future.exception() is not None and self.delivery_failure is None:
+            self.delivery_failure = future.exception()
 
     @property
     def model(self):
