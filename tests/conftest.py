@@ -102,7 +102,7 @@ def consume(settings: Settings, topic: str, count: int | None = None, timeout_s:
             until: Callable[[list[dict]], bool] | None = None, idle_s: float | None = None) -> list[dict]:
     """Read ``topic`` from the beginning (no consumer group) until ``count`` records, ``until(records)``,
     ``idle_s`` seconds without a new record (after at least one), or ``timeout_s``. Each record is a dict:
-    ``{key, value (parsed JSON or raw bytes), partition, offset, topic}``."""
+    ``{key, value (parsed JSON or raw bytes), partition, offset, topic, timestamp (ms), headers}``."""
     async def go() -> list[dict]:
         consumer = kafka_consumer(settings, topic, auto_offset_reset="earliest", fetch_max_wait_ms=100)
         await consumer.start()
@@ -119,7 +119,7 @@ def consume(settings: Settings, topic: str, count: int | None = None, timeout_s:
                         except (TypeError, ValueError):
                             value = m.value
                         out.append({"key": m.key, "value": value, "partition": m.partition, "offset": m.offset,
-                                    "topic": m.topic})
+                                    "topic": m.topic, "timestamp": m.timestamp, "headers": list(m.headers or ())})
                         last_new = time.monotonic()
                 if count is not None and len(out) >= count:
                     break

@@ -23,7 +23,7 @@ import pytest
 
 from conftest import WorkerProcess, consume, make_settings, produce, scrape, wait_until, write_items
 from stream_rec.io.kafka import ensure_topics
-from stream_rec.io.topics import changelog_topic_name, key_partition
+from stream_rec.io.topics import REROUTED_FROM, changelog_topic_name, key_partition
 from stream_rec_devtools.harness import read_changelog_states
 from stream_rec.synthetic import make_catalog
 
@@ -105,6 +105,11 @@ def test_librdkafka_and_aiokafka_producers_build_one_state_and_forget_leaves_no_
     records = consume(settings, changelog, idle_s=3, timeout_s=30)
     for user in users:
         assert {r["partition"] for r in records if r["key"] == user.encode()} == {key_partition(user.encode(), 4)}
+    # each re-routed copy: on its key's partition, naming its origin, with the original's Kafka timestamp (ms)
+    copies = [r for r in consume(settings, topic, idle_s=3, timeout_s=30)
+              if any(name == REROUTED_FROM for name, _ in r["headers"])]
+    assert copies and all(r["partition"] == key_partition(r["key"], 4) for r in copies)
+    assert all(abs(r["timestamp"] / 1000 - time.time()) < 3600 for r in copies), [r["timestamp"] for r in copies]
 
     # forget alice, then a worker on an EMPTY data dir restores everything from the changelog
     env = {**os.environ, **settings.to_env()}
