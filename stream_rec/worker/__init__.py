@@ -9,7 +9,7 @@ catalog of every worker up to date from the ``catalog`` topic, hot-reload the mo
 module             what
 =================  ==================================================================================
 ``app``            the Faust app: topics, the state table, the agent, the tasks (declarations only)
-``batch``          the batch handler: table reads/writes, ``process_batch``, sends, metrics
+``batch``          the batch handler: state reads and staged writes, ``process_batch_isolating``, sends, metrics
 ``faust_ext``      what we add to Faust/aiokafka: transport, ``take_batches``, batched sends, the state table
                    written behind its changelog
 ``follow``         the one follower of the ``catalog`` and ``control`` topics, each record contained
