@@ -133,7 +133,7 @@ def spec_mismatches(spec: TopicSpec, partitions: int, replication_factor: int) -
 
 
 # --- partitioning of keyed topics ----------------------------------------------------------------------
-@functools.lru_cache(maxsize=65536)  # the same users come back; murmur2 in Python is slow per key
+@functools.lru_cache(maxsize=65536)  # the same users come back; murmur2 in Python is slow (DEVELOPERS.md)
 def key_partition(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner gives ``key`` among ``partitions``: murmur2, as the Java
     client, Kafka Streams, aiokafka and Faust compute it (``aiokafka.partitioner.DefaultPartitioner``).
