@@ -12,7 +12,8 @@
     emit_records      recommendation records                                      result.recommendations
 
 ``process_batch`` is what the worker calls per micro-batch (stream_rec/worker/batch.py) and what the unit
-tests and the benchmark call directly. The worker only moves bytes in and out: it reads states from the
+tests and the benchmark call directly. ``current_record`` is the same ranking for one user without a new
+event, from the stored state alone: the worker's lookup (``GET /recommendations/{user_id}``). The worker only moves bytes in and out: it reads states from the
 table, writes ``BatchResult.states`` back and sends ``BatchResult.recommendations`` / ``BatchResult.dlq``.
 
 Batching across users is where the speed comes from: all users' k-th event of the batch go through the
@@ -103,17 +104,20 @@ def dlq_record(msg: Incoming, invalid: Invalid, now: float) -> dict:
 
 
 def recommendation_record(user_id: str, state: UserState, items: list[tuple[str, float]], model_version: str,
-                          last: Incoming, event_ts: float, now: float, extra: dict | None = None) -> dict:
-    """``extra`` (from ``recsys.enricher.Enricher.finish``): ``reasons`` (one per item) and ``interests``."""
+                          last: Incoming | None, event_ts: float, now: float, extra: dict | None = None) -> dict:
+    """``extra`` (from ``recsys.enricher.Enricher.finish``): ``reasons`` (one per item) and ``interests``.
+    ``last``: the event the list answers (None for a lookup: no ``latency_ms`` then)."""
     record = {
         "user_id": user_id,
         "items": [{"item_id": item, "score": round(score, 6)} for item, score in items],
         "model_version": model_version,
         "event_timestamp": event_ts,
         "produced_at": now,
-        "latency_ms": round((now - last.received_at) * 1000.0, 3),
+        "latency_ms": None if last is None else round((now - last.received_at) * 1000.0, 3),
         "history": state.seen_items()[-HISTORY_IN_RECORD:],
     }
+    if last is None:
+        del record["latency_ms"]
     if extra:
         for entry, reason in zip(record["items"], extra.get("reasons", ())):
             entry["reason"] = reason
@@ -158,6 +162,25 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
     result.topk_seconds = time.perf_counter() - t0
     emit_records(touched, lists, extras, model.version, batch, now(), result)
     return result
+
+
+def current_record(user_id: str, raw_state: bytes | None, model, config: PipelineConfig = PipelineConfig(),
+                   now: float | None = None, enricher=None) -> dict | None:
+    """The list the user has now, as a recommendation record, from the stored state alone: the phases of a
+    micro-batch without a new event -- ``initial_hiddens`` (the stored vector, or one rebuilt from the
+    stored history when another model version wrote it) and ``rank_users`` (seen items excluded, the
+    enricher's stages) -- with nothing recorded (no exposure counted, no list for the quality monitor).
+    None when there is no state for ``user_id`` (its stored key: the pseudonym when pseudonymising)."""
+    if not raw_state or model is None:
+        return None
+    state = read_state(raw_state)
+    if state.hidden is None and not state.history:
+        return None
+    touched = TouchedUsers([user_id], [state], [[]])
+    hiddens = initial_hiddens(model, touched.states)
+    lists, extras = rank_users(model, touched, hiddens, {}, config, enricher, record=False)
+    return recommendation_record(user_id, state, lists[0], model.version, None, state.last_timestamp,
+                                 time.time() if now is None else now, extras[0])
 
 
 def validate_batch(batch: Sequence[Incoming], model, config: PipelineConfig, now: float,
@@ -281,10 +304,11 @@ def store_states(touched: TouchedUsers, positives: Sequence[Sequence[tuple[int, 
 
 
 def rank_users(model, touched: TouchedUsers, hiddens: Sequence[np.ndarray], queries: dict[int, np.ndarray],
-               config: PipelineConfig, enricher) -> tuple[list[list[tuple[str, float]]], list[dict | None]]:
+               config: PipelineConfig, enricher, record: bool = True
+               ) -> tuple[list[list[tuple[str, float]]], list[dict | None]]:
     """Top-K of every touched user, seen items excluded; a user's newest query of the batch (``queries``:
-    batch index -> vector) boosts their list; with an enricher its stages and annotations.
-    -> ([B] lists of (item_id, score), [B] extra record fields or None)"""
+    batch index -> vector) boosts their list; with an enricher its stages and annotations (``record``: the
+    lists are sent, so the enricher counts them).  -> ([B] lists of (item_id, score), [B] extra fields or None)"""
     batch = RankBatch(model, touched.users, hiddens, [[r for r in model.rows_for(st.seen_items()) if r]
                                                       for st in touched.states], config.top_k,
                       events=[[e for _, e in fresh] for fresh in touched.pending],
@@ -296,7 +320,7 @@ def rank_users(model, touched: TouchedUsers, hiddens: Sequence[np.ndarray], quer
                 batch.queries[n], batch.query_texts[n] = queries[asked[-1][0]], context_text(asked[-1][1].context)
     lists = plain_lists(batch)
     if enricher is not None:
-        return enricher.finish(batch, lists)
+        return enricher.finish(batch, lists, record=record)
     asked = sorted(batch.queries)
     if asked:
         scores = rescore(batch, asked, [boost_queries])

@@ -22,7 +22,7 @@ from stream_rec.settings import Settings
 def test_listeners_default_to_localhost():
     s = Settings.from_env({})
     assert s.metrics_host == "127.0.0.1"
-    assert s.web_host == "127.0.0.1"
+    assert s.http_url == "http://127.0.0.1:9108"  # what the group learns (Faust's canonical_url)
     assert s.security_protocol == "PLAINTEXT"
     assert s.pseudonymize_key == ""
 

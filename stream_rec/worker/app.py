@@ -49,6 +49,11 @@ def build_app(settings: Settings, services: WorkerServices | None = None) -> fau
     app.on_partitions_revoked.connect(clear_state_cache)
     app.on_partitions_assigned.connect(clear_state_cache)
 
+    async def joined(app, partitions, **kwargs) -> None:  # /readyz: the group answered (worker/http.py)
+        app.services.joined = True
+
+    app.on_partitions_assigned.connect(joined)
+
     @app.task
     async def follow_catalog():  # every worker holds the whole catalog
         await catalog_loop(services.catalog, settings)
@@ -74,6 +79,8 @@ def build_app(settings: Settings, services: WorkerServices | None = None) -> fau
 
     @app.timer(interval=2.0)
     async def report_lag():
-        metrics.CONSUMER_LAG.set(consumer_lag(app, events.get_topic_name()))
+        lag = consumer_lag(app, events.get_topic_name())
+        metrics.CONSUMER_LAG.set(lag)
+        services.watchdog.check(lag, recovering=bool(app.rebalancing or app.in_recovery))  # -> /readyz
 
     return app

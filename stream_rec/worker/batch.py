@@ -40,6 +40,7 @@ async def handle_batch(app: faust.App, batch: Sequence[Any], recs_topic: str, dl
     if previous:
         await asyncio.gather(*previous)
     record_metrics(services, len(batch), result, sent)
+    services.watchdog.batch_handled()
 
 
 def _received_at(message, wall: float, mono: float) -> float:

@@ -10,6 +10,7 @@ from ..learning.finetune import drift_finetuner
 from ..pipeline import PipelineConfig
 from ..recsys.enricher import Enricher
 from ..settings import Settings
+from ..watchdog import StallWatchdog
 from .catalog import CatalogVectors, LiveCatalog
 from .models import LiveModel
 
@@ -37,6 +38,10 @@ class WorkerServices:
         self.users_seen: set[str] = set()
         self.pending_sends: list = []  # delivery futures of the previous batch (see worker/batch.py)
         self.state_cache = StateCache(settings.state_cache_users)
+        # readiness (worker/http.py): the group assigned partitions once; the stall watchdog, fed by the batch
+        # handler (batch_handled) and the lag timer (check)
+        self.joined = False
+        self.watchdog = StallWatchdog(settings.stall_warn_s)
         self.announce_model()
 
     @property
