@@ -125,3 +125,4 @@ def test_worker_app_gets_credentials_and_keeps_its_web_server_private(tls_files,
     conf = app.conf
     assert not conf.web_enabled or (conf.web_bind in ("127.0.0.1", "localhost", "::1")
                                      and not conf.web_tables_enabled), "Faust's web server would expose user state"
+    assert str(conf.canonical_url) == settings.http_url  # what the group learns: our listener, for lookup redirects
