@@ -272,12 +272,12 @@ def run_demo(duration_s: float, interval_s: float, peak_rate: float, workdir: Pa
     items_path.write_text("".join(json.dumps(i) + "\n" for i in world.items))
     with EmbeddedBroker(log_file=workdir / "broker.log") as broker:
         settings = Settings(broker=broker.bootstrap, partitions=2, app_id="render-dashboard",
-                            data_dir=workdir / "worker-data", metrics_port=free_port(), web_port=free_port(),
+                            data_dir=workdir / "worker-data", metrics_port=free_port(),
                             device="cpu")
         asyncio.run(ensure_topics(settings))
         env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
         log = open(workdir / "worker.log", "wb")
-        worker = subprocess.Popen([sys.executable, "-m", "stream_rec", "worker", "--items", str(items_path)],
+        worker = subprocess.Popen([sys.executable, "-m", "stream_rec", "worker", "--items-file", str(items_path)],
                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
         try:

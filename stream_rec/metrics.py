@@ -9,9 +9,14 @@ these names; tests/test_deploy.py checks that.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
+                               ProcessCollector, generate_latest)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds ... and python_info: the
+# collectors prometheus_client registers on its global registry, here on ours
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STEP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -53,6 +58,9 @@ READY = Gauge("stream_rec_ready", "1 while the worker makes progress; 0 while st
               "(stream_rec/worker/watchdog.py)", **_REG)
 STALLED_SECONDS = Gauge("stream_rec_stalled_seconds",
                         "Seconds without a handled micro-batch while events wait (0 = not stalled)", **_REG)
+EVENT_LOOP_LAG = Gauge("stream_rec_event_loop_lag_seconds",
+                       "How late a 0.5 s timer fires on the worker's event loop (everything the worker does shares it)",
+                       **_REG)
 USERS_IN_STATE = Gauge("stream_rec_users_in_state", "Users with state touched by this worker since start", **_REG)
 MODEL_INFO = Gauge("stream_rec_model_info", "1 for the model version being served", ["version", "trained"], **_REG)
 MODEL_RELOADS = Counter("stream_rec_model_reloads_total", "Model hot reloads", **_REG)
@@ -72,6 +80,6 @@ for _stage in ("step", "topk"):
 BATCH_SIZE.labels(stage="events")
 
 
-def serve(host: str, port: int) -> None:
-    """Expose ``/metrics`` on host:port (localhost by default, see Settings.metrics_host)."""
-    start_http_server(port, addr=host, registry=REGISTRY)
+def exposition() -> tuple[bytes, str]:
+    """The text exposition of every metric and its content type (served at ``/metrics`` by stream_rec/worker/http.py)."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

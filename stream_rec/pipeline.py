@@ -13,7 +13,9 @@
     rank_users        top-K per user, seen items excluded (+ query, Enricher)     [B] x [(item_id, score)]
     emit_records      recommendation records                                      result.recommendations
 
-``process_batch`` is what the unit tests and the benchmark call directly; the worker calls
+``process_batch`` is what the unit tests and the benchmark call directly; ``current_record`` is the same
+ranking for one user without a new event, from the stored state alone (the worker's lookup,
+``GET /recommendations/{user_id}``); the worker calls
 ``process_batch_isolating`` (the same, contained per record: an event whose processing raises goes to the
 DLQ as ``processing_error`` and the rest of its batch is processed). The worker only moves bytes in and
 out: it reads states from the table, writes ``BatchResult.states`` back and sends
@@ -162,17 +164,20 @@ def state_partitions(batch: Sequence[Incoming], config: PipelineConfig) -> dict[
 
 
 def recommendation_record(user_id: str, state: UserState, items: list[tuple[str, float]], model_version: str,
-                          last: Incoming, event_ts: float, now: float, extra: dict | None = None) -> dict:
-    """``extra`` (from ``recsys.enricher.Enricher.finish``): ``reasons`` (one per item) and ``interests``."""
+                          last: Incoming | None, event_ts: float, now: float, extra: dict | None = None) -> dict:
+    """``extra`` (from ``recsys.enricher.Enricher.finish``): ``reasons`` (one per item) and ``interests``.
+    ``last``: the event the list answers (None for a lookup: no ``latency_ms`` then)."""
     record = {
         "user_id": user_id,
         "items": [{"item_id": item, "score": round(score, 6)} for item, score in items],
         "model_version": model_version,
         "event_timestamp": event_ts,
         "produced_at": now,
-        "latency_ms": round((now - last.received_at) * 1000.0, 3),
+        "latency_ms": None if last is None else round((now - last.received_at) * 1000.0, 3),
         "history": state.seen_items()[-HISTORY_IN_RECORD:],
     }
+    if last is None:
+        del record["latency_ms"]
     if extra:
         for entry, reason in zip(record["items"], extra.get("reasons", ())):
             entry["reason"] = reason
@@ -280,6 +285,25 @@ def merge_at(merged: BatchResult, one: BatchResult, index: int) -> None:
     merged.received_at.extend(one.received_at)
     merged.step_seconds += one.step_seconds
     merged.topk_seconds += one.topk_seconds
+
+
+def current_record(user_id: str, raw_state: bytes | None, model, config: PipelineConfig = PipelineConfig(),
+                   now: float | None = None, enricher=None) -> dict | None:
+    """The list the user has now, as a recommendation record, from the stored state alone: the phases of a
+    micro-batch without a new event -- ``initial_hiddens`` (the stored vector, or one rebuilt from the
+    stored history when another model version wrote it) and ``rank_users`` (seen items excluded, the
+    enricher's stages) -- with nothing recorded (no exposure counted, no list for the quality monitor).
+    None when there is no state for ``user_id`` (its stored key: the pseudonym when pseudonymising)."""
+    if not raw_state or model is None:
+        return None
+    state = read_state(raw_state)
+    if state.hidden is None and not state.history:
+        return None
+    touched = TouchedUsers([user_id], [state], [[]])
+    hiddens = initial_hiddens(model, touched.states)
+    lists, extras = rank_users(model, touched, hiddens, {}, config, enricher, record=False)
+    return recommendation_record(user_id, state, lists[0], model.version, None, state.last_timestamp,
+                                 time.time() if now is None else now, extras[0])
 
 
 def validate_batch(batch: Sequence[Incoming], model, config: PipelineConfig, now: float,
@@ -443,10 +467,11 @@ def applied_origins(origins: dict[int, int], batch: Sequence[Incoming],
 
 
 def rank_users(model, touched: TouchedUsers, hiddens: Sequence[np.ndarray], queries: dict[int, np.ndarray],
-               config: PipelineConfig, enricher) -> tuple[list[list[tuple[str, float]]], list[dict | None]]:
+               config: PipelineConfig, enricher, record: bool = True
+               ) -> tuple[list[list[tuple[str, float]]], list[dict | None]]:
     """Top-K of every touched user, seen items excluded; a user's newest query of the batch (``queries``:
-    batch index -> vector) boosts their list; with an enricher its stages and annotations.
-    -> ([B] lists of (item_id, score), [B] extra record fields or None)"""
+    batch index -> vector) boosts their list; with an enricher its stages and annotations (``record``: the
+    lists are sent, so the enricher counts them).  -> ([B] lists of (item_id, score), [B] extra fields or None)"""
     batch = RankBatch(model, touched.users, hiddens, [[r for r in model.rows_for(st.seen_items()) if r]
                                                       for st in touched.states], config.top_k,
                       events=[[e for _, e in fresh] for fresh in touched.pending],
@@ -458,7 +483,7 @@ def rank_users(model, touched: TouchedUsers, hiddens: Sequence[np.ndarray], quer
                 batch.queries[n], batch.query_texts[n] = queries[asked[-1][0]], context_text(asked[-1][1].context)
     lists = plain_lists(batch)
     if enricher is not None:
-        return enricher.finish(batch, lists)
+        return enricher.finish(batch, lists, record=record)
     asked = sorted(batch.queries)
     if asked:
         scores = rescore(batch, asked, [boost_queries])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,10 @@ def default_cache_dir() -> Path:
     """Where derived artefacts (extracted encoder, embedding cache, demo model) live."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "stream-rec"
+
+
+class SettingsError(ValueError):
+    """A ``STREAM_REC_*`` variable or flag value that does not fit its setting."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,8 @@ class Settings:
     # the catalog/control followers, the CLI tools) fails after this long instead of hanging: Faust's own
     # producer default is 20 minutes, during which a lost produce request looks like an idle worker
     request_timeout_s: float = 30.0
+    # a command (and a worker at start) gives up with one `error:` line when no broker answers this long
+    connect_timeout_s: float = 15.0
     # Security: PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = "PLAIN"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
@@ -57,10 +64,14 @@ class Settings:
     # --- Worker ------------------------------------------------------------------------------------
     data_dir: Path = Path("var/worker")  # RocksDB tables live under data_dir/<app_id>/
     model: str = ""  # model directory, or a directory of model directories (newest is used)
+    # the worker's one HTTP listener: /metrics, /healthz, /readyz, /recommendations/{user_id}
+    # (stream_rec/worker/http.py); 0 = no listener
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9108
-    web_host: str = "127.0.0.1"  # Faust's own web server
-    web_port: int = 6066
+    # the URL other workers redirect a user's lookup to when this worker owns the user's partition (Faust's
+    # canonical_url, shared with the group at every rebalance); empty = http://METRICS_HOST:METRICS_PORT, or
+    # the host's name when METRICS_HOST is 0.0.0.0 (Kubernetes: the pod's DNS name, deploy/k8s)
+    advertised_url: str = ""
     # stall watchdog (stream_rec/worker/watchdog.py): no micro-batch for stall_warn_s while events wait -> a WARNING
     # saying what the worker waits on, stream_rec_ready 0; after stall_exit_s the worker exits with status
     # 75 so that its supervisor restarts it (0 = never exit)
@@ -113,6 +124,10 @@ class Settings:
     drift_finetune_cooldown_s: float = 3600.0  # at most one drift fine-tune per this many seconds
     drift_recent_events: int = 50000  # recent events kept in memory for the drift fine-tune
 
+    # --- Logs --------------------------------------------------------------------------------------
+    log_level: str = "info"  # debug | info | warning | error
+    log_format: str = "text"  # text | json (one JSON object per line: time, level, logger, message)
+
     # --- Paths -------------------------------------------------------------------------------------
     cache_dir: Path = field(default_factory=default_cache_dir)
 
@@ -146,12 +161,23 @@ class Settings:
         so sharing one data dir between two app ids would mix their offsets."""
         return Path(self.data_dir) / self.app_id
 
+    @property
+    def http_url(self) -> str:
+        """The URL of this worker's HTTP listener as others reach it: ``advertised_url``, else built from
+        ``metrics_host``/``metrics_port`` (a wildcard bind address names no host: the machine's name then)."""
+        if self.advertised_url:
+            return self.advertised_url.rstrip("/")
+        host = self.metrics_host
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.getfqdn()
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.metrics_port}"
+
 
 def _field(name: str) -> dataclasses.Field:
     for f in fields(Settings):
         if f.name == name:
             return f
-    raise TypeError(f"unknown setting {name!r}")
+    raise SettingsError(f"unknown setting {name!r}")
 
 
 def _coerce(f: dataclasses.Field, raw: str) -> Any:
@@ -166,5 +192,5 @@ def _coerce(f: dataclasses.Field, raw: str) -> Any:
         if kind == "Path":
             return Path(raw)
     except ValueError as exc:
-        raise ValueError(f"setting {ENV_PREFIX}{f.name.upper()}={raw!r}: expected {kind}") from exc
+        raise SettingsError(f"setting {ENV_PREFIX}{f.name.upper()}={raw!r}: expected {kind}") from None
     return raw

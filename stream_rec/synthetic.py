@@ -86,6 +86,6 @@ def synthetic_events(n: int, users: int, seed: int) -> tuple[list[dict], list[di
     per_user = max(1, -(-n // max(users, 1)))
     world = make_world(n_users=users, events_per_user=(per_user, per_user + 4), seed=seed)
     events = world.events
-    while len(events) < n:  # tiny --users: repeat the walk
+    while len(events) < n:  # tiny --synthetic-users: repeat the walk
         events = events + world.events
     return world.items, events[:n]

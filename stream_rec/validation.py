@@ -14,9 +14,11 @@ machine-readable ``reason`` (the DLQ record's ``reason`` and the ``reason`` labe
 ``not_an_object``    JSON, but not an object
 ``missing_field``    ``user_id``, ``item_id``, ``event_type`` or ``timestamp`` absent or null (control events,
                      e.g. ``delete_user``, need no ``item_id``)
-``wrong_type``       a field of the wrong type (ids must be non-empty strings or integers, ``timestamp`` and
-                     ``value`` numbers, ``context`` an object whose ``text`` is a string and whose
-                     ``mmr_lambda`` is a number in [0, 1]), or an id too long
+``wrong_type``       a field of the wrong type (ids must be strings with a non-space character and no lone
+                     surrogate, at most ``MAX_ID_CHARS`` long, or integers in the 64-bit range -- ``1.0``
+                     counts as ``1``, as in JSON Schema; ``timestamp`` and ``value`` numbers; ``context`` an
+                     object whose ``text`` and ``device`` are strings and whose ``mmr_lambda`` is a number
+                     in [0, 1])
 ``unknown_event_type`` ``event_type`` not in :data:`EVENT_TYPES`
 ``bad_timestamp``    NaN/inf, before 2000-01-01, or more than ``FUTURE_SLACK_S`` ahead of the worker clock
 ``key_mismatch``     the Kafka key is not the ``user_id``: the event sits on the wrong partition for the
@@ -28,6 +30,12 @@ machine-readable ``reason`` (the DLQ record's ``reason`` and the ``reason`` labe
 
 Timestamps are epoch seconds (float); milliseconds (> 1e11) are accepted and converted, because that is
 what Kafka tooling and JavaScript produce.
+
+The contract published to producers is ``topics/events.schema.json``. It says the same as this module
+about one record on its own; what it cannot say is checked here only: the size limit, the Kafka key, the
+catalog, and the clock (``bad_timestamp`` for more than a day ahead). tests/test_events_schema.py runs the
+whole fuzz corpus (stream_rec_devtools/faults.py) and the edge cases through both and fails on any
+disagreement; the schema's enum and bounds are compared with the constants below.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ CONTROL_REQUIRED_FIELDS = ("user_id", "event_type", "timestamp")
 MIN_TIMESTAMP = 946_684_800.0  # 2000-01-01T00:00:00Z
 FUTURE_SLACK_S = 86_400.0  # clocks drift; a day ahead is suspicious, more is wrong
 MAX_ID_CHARS = 256
+INT_ID_RANGE = (-(2 ** 63), 2 ** 64 - 1)  # integer ids: int64 or uint64, as databases hand them out
 
 REASONS = ("empty", "oversize", "bad_json", "not_an_object", "missing_field", "wrong_type",
            "unknown_event_type", "bad_timestamp", "key_mismatch", "unknown_item", "processing_error")
@@ -76,8 +85,12 @@ class Invalid:
 
 
 def _as_id(name: str, value: Any) -> str | Invalid:
+    if isinstance(value, float) and value.is_integer():  # 1.0: an integer to JSON Schema, and to us
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return Invalid("wrong_type", f"{name} must be a string or an integer, got {type(value).__name__}")
+    if isinstance(value, int) and not INT_ID_RANGE[0] <= value <= INT_ID_RANGE[1]:
+        return Invalid("wrong_type", f"{name} is an integer outside the 64-bit range")
     text = str(value)
     if not text.strip():
         return Invalid("wrong_type", f"{name} is empty")
@@ -179,8 +192,8 @@ def _check_timestamp(value: Any, now: float) -> float | Invalid:
 
 
 def _check_value_and_context(doc: dict) -> tuple[float | None, dict[str, Any]] | Invalid:
-    """(value, context): an optional finite number, an optional object with a string ``text`` and a
-    ``mmr_lambda`` in [0, 1]."""
+    """(value, context): an optional finite number; an optional object whose known keys are typed: ``text``
+    and ``device`` strings, ``mmr_lambda`` a number in [0, 1] (null = absent, for each)."""
     value = doc.get("value")
     if value is not None:
         value = _as_number(value)
@@ -188,12 +201,13 @@ def _check_value_and_context(doc: dict) -> tuple[float | None, dict[str, Any]] |
             return Invalid("wrong_type", "value must be a finite number")
     context = doc.get("context")
     if context is None:
-        context = {}
-    elif not isinstance(context, dict):
+        return value, {}
+    if not isinstance(context, dict):
         return Invalid("wrong_type", f"context must be an object, got {type(context).__name__}")
-    elif "text" in context and context["text"] is not None and not isinstance(context["text"], str):
-        return Invalid("wrong_type", "context.text must be a string")
-    elif context.get("mmr_lambda") is not None:  # per-request diversity (stream_rec/recsys/enricher.py)
+    for key in ("text", "device"):
+        if context.get(key) is not None and not isinstance(context[key], str):
+            return Invalid("wrong_type", f"context.{key} must be a string")
+    if context.get("mmr_lambda") is not None:  # per-request diversity (stream_rec/recsys/enricher.py)
         lam = _as_number(context["mmr_lambda"])
         if lam is None or not 0.0 <= lam <= 1.0:  # NaN fails the range check too
             return Invalid("wrong_type", f"context.mmr_lambda must be a number in [0, 1], "

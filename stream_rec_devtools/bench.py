@@ -212,26 +212,26 @@ def cpu_rate(r: dict) -> float:
 def run_bench(args: argparse.Namespace) -> int:
     """`stream-rec bench` (its flags in ``args``): every scenario, figures printed and written to ``args.out``."""
     workdir = Path(tempfile.mkdtemp(prefix="stream-rec-bench-"))
-    results: dict = {"events": args.events, "users": args.users, "partitions": args.partitions,
+    results: dict = {"events": args.synthetic_events, "users": args.synthetic_users, "partitions": args.partitions,
                      "batch_max_events": args.batch_max_events,
                      "batch_max_wait_ms": args.batch_max_wait_ms, "cpus": os.cpu_count()}
     with EmbeddedBroker(log_file=workdir / "broker.log") as broker:
         settings = Settings.from_env(broker=broker.bootstrap, partitions=args.partitions, data_dir=workdir / "spine",
-                                     metrics_port=free_port(), web_port=free_port(), app_id="bench-spine",
+                                     metrics_port=free_port(), app_id="bench-spine",
                                      batch_max_events=args.batch_max_events,
                                      batch_max_wait_ms=args.batch_max_wait_ms)
         asyncio.run(ensure_topics(settings))
-        items, events = synthetic_events(args.events, args.users, seed=0)
+        items, events = synthetic_events(args.synthetic_events, args.synthetic_users, seed=0)
         items_file = workdir / "items.jsonl"
         items_file.write_text("".join(json.dumps(i) + "\n" for i in items))
         topic = settings.topic(settings.events_topic)
-        print(f"[bench] broker {broker.bootstrap}; publishing {len(events)} events ({args.users} users, "
+        print(f"[bench] broker {broker.bootstrap}; publishing {len(events)} events ({args.synthetic_users} users, "
               f"{args.partitions} partitions) ...", flush=True)
         asyncio.run(publish(settings, topic, events, len(events), 0.0, True, progress=True))
 
         if not args.skip_bare:
             print("[bench] bare Faust consumer (take(1000)) ...", flush=True)
-            bare = measure_bare(broker.bootstrap, topic, len(events), args.partitions, workdir, args.timeout)
+            bare = measure_bare(broker.bootstrap, topic, len(events), args.partitions, workdir, args.timeout_s)
             bare["events_per_s"] = rate(bare)
             bare["events_per_cpu_s"] = cpu_rate(bare)
             results["bare_faust"] = bare
@@ -239,7 +239,7 @@ def run_bench(args: argparse.Namespace) -> int:
                   f"({bare['events_per_cpu_s']:,.0f} per CPU-second)", flush=True)
             print("[bench] Faust floor (bare + a RocksDB table write and a record per user per micro-batch) ...",
                   flush=True)
-            floor = measure_bare(broker.bootstrap, topic, len(events), args.partitions, workdir, args.timeout, entry="faust_floor")
+            floor = measure_bare(broker.bootstrap, topic, len(events), args.partitions, workdir, args.timeout_s, entry="faust_floor")
             floor["events_per_s"] = rate(floor)
             floor["events_per_cpu_s"] = cpu_rate(floor)
             results["faust_floor"] = floor
@@ -247,7 +247,7 @@ def run_bench(args: argparse.Namespace) -> int:
                   f"({floor['events_per_cpu_s']:,.0f} per CPU-second) = {rate(floor) / rate(bare):.2f} x bare",
                   flush=True)
         print("[bench] spine worker (validate + RocksDB state + GRU step + top-K + sends) ...", flush=True)
-        spine = measure_spine(settings, items_file, len(events), workdir, args.timeout)
+        spine = measure_spine(settings, items_file, len(events), workdir, args.timeout_s)
         spine["events_per_s"] = rate(spine)
         spine["events_per_cpu_s"] = cpu_rate(spine)
         results["spine"] = spine
@@ -286,12 +286,12 @@ def run_model_scenarios(args: argparse.Namespace, bootstrap: str, workdir: Path,
     model_dir, rec = load_newest(model_dir, device="cpu")
     results["model"] = {"dir": str(model_dir), "version": rec.version, "hidden": rec.hidden_size,
                         "items": rec.n_items}
-    print(f"[bench] pipeline with trained model {rec.version}: backlog of {args.events} events, then "
-          f"{args.latency_rate:g} ev/s for {args.latency_seconds:g} s; then the same with batch size 1 ...", flush=True)
-    live = run_live_scenarios(bootstrap, workdir / "live", model_dir, saturation_events=args.events,
+    print(f"[bench] pipeline with trained model {rec.version}: backlog of {args.synthetic_events} events, then "
+          f"{args.latency_rate:g} ev/s for {args.latency_duration_s:g} s; then the same with batch size 1 ...", flush=True)
+    live = run_live_scenarios(bootstrap, workdir / "live", model_dir, saturation_events=args.synthetic_events,
                               batch1_events=args.batch1_events, latency_rate=args.latency_rate,
-                              latency_seconds=args.latency_seconds, batch_max_events=args.batch_max_events,
-                              log_dir=workdir, n_users=args.users, batch_max_wait_ms=args.batch_max_wait_ms)
+                              latency_seconds=args.latency_duration_s, batch_max_events=args.batch_max_events,
+                              log_dir=workdir, n_users=args.synthetic_users, batch_max_wait_ms=args.batch_max_wait_ms)
     results.update(live)
     for name in ("pipeline", "pipeline_batch1"):
         r = live[name]

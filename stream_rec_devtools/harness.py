@@ -50,7 +50,7 @@ def isolated_settings(broker: str, data_dir: str | Path, tag: str = "run", **ove
     """Settings for one run on a shared broker: unique app id + topic prefix, free ports."""
     run = f"{tag}-{uuid.uuid4().hex[:8]}"
     base = dict(broker=broker, app_id=f"stream-rec-{run}", topic_prefix=f"{run}.", data_dir=Path(data_dir),
-                metrics_port=free_port(), web_port=free_port())
+                metrics_port=free_port())
     base.update(overrides)
     return Settings.from_env({}, **base)
 
@@ -58,7 +58,7 @@ def isolated_settings(broker: str, data_dir: str | Path, tag: str = "run", **ove
 class WorkerProcess:
     """``stream-rec worker`` in a child process, configured through the environment. Context manager.
 
-    ``workdir``: the worker's working directory (its log goes there too); ``items``: a ``--items`` file;
+    ``workdir``: the worker's working directory (its log goes there too); ``items``: an ``--items-file``;
     ``log_file``: where the log goes (default: in ``workdir``, else a temporary file deleted on stop);
     ``threads``: OMP_NUM_THREADS of the worker (default: inherited)."""
 
@@ -89,9 +89,9 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if self.workdir is not None:
             self.workdir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "stream_rec", "worker", "--loglevel", self.loglevel, *self.extra_args]
+        cmd = [sys.executable, "-m", "stream_rec", "worker", "--log-level", self.loglevel, *self.extra_args]
         if self.items:
-            cmd += ["--items", str(self.items)]
+            cmd += ["--items-file", str(self.items)]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
@@ -111,7 +111,11 @@ class WorkerProcess:
             return ""
 
     def metrics_url(self) -> str:
-        return f"http://{self.settings.metrics_host}:{self.settings.metrics_port}/metrics"
+        return self.url("/metrics")
+
+    def url(self, path: str = "") -> str:
+        """A URL of the worker's HTTP listener (/metrics, /healthz, /readyz, /recommendations/USER)."""
+        return f"http://{self.settings.metrics_host}:{self.settings.metrics_port}{path}"
 
     def stop(self, grace_s: float = 20.0) -> int | None:
         """SIGTERM (a clean Faust shutdown), SIGKILL after ``grace_s``; returns the exit code."""

@@ -122,11 +122,11 @@ async def replay(args, bootstrap: str) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model_dir, rec = load_newest(args.model, device="cpu")
-    seqs = sequences(read_events(args.events))
-    users = list(seqs)[: args.limit_users] if args.limit_users else list(seqs)
+    seqs = sequences(read_events(args.events_file))
+    users = list(seqs)[: args.max_users] if args.max_users else list(seqs)
     unknown_items = {i for u in users for i, _ in seqs[u] if i not in rec.row_of}
-    if args.items:
-        catalog = read_items(args.items)
+    if args.items_file:
+        catalog = read_items(args.items_file)
         unknown_items |= {i for i in catalog if i not in rec.row_of} & {i for u in users for i, _ in seqs[u]}
     # the worker sends events for items its model does not know to the DLQ; leave them out of the log
     n_before = sum(len(seqs[u]) for u in users)
@@ -195,7 +195,7 @@ async def replay(args, bootstrap: str) -> dict:
                     await send_paced(producer, settings, flat, scorer, args, on_sent, bar, wake)
             send_seconds = time.time() - t_send
             finished = await collector.wait_for(lambda: len(done_users) >= len(streamed), timeout_s=1e9,
-                                                idle_s=args.timeout)
+                                                idle_s=args.timeout_s)
         except asyncio.CancelledError:  # Ctrl-C: score what came back so far instead of losing it all
             task = asyncio.current_task()
             if task is not None:
@@ -218,7 +218,7 @@ async def replay(args, bootstrap: str) -> dict:
     summary = scorer.summary()
     result = {
         "model": {"dir": str(model_dir), "version": rec.version},
-        "events": args.events,
+        "events": args.events_file,
         "users": len(streamed),
         "users_streamed_whole": len(complete),
         "events_streamed": len(flat),

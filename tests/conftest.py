@@ -52,7 +52,7 @@ def make_settings(bootstrap: str, data_dir: Path, **overrides: Any) -> Settings:
     """Settings for one test: unique topic prefix and app id, 2 partitions, free ports, short timeouts."""
     tag = uuid.uuid4().hex[:8]
     values = dict(broker=bootstrap, topic_prefix=f"t{tag}-", app_id=f"test-{tag}", partitions=2,
-                  data_dir=data_dir, metrics_port=free_port(), web_port=free_port(), session_timeout_s=6.0,
+                  data_dir=data_dir, metrics_port=free_port(), session_timeout_s=6.0,
                   device="cpu")
     values.update(overrides)
     return Settings(**values)

@@ -321,7 +321,7 @@ def test_worker_entrypoint_gives_each_running_container_a_stable_state_dir(tmp_p
     first, out1 = start()
     second, out2 = start()
     try:
-        assert out1 == f"{tmp_path}/state/slot-0|worker --items /catalog/items.jsonl"
+        assert out1 == f"{tmp_path}/state/slot-0|worker --items-file /catalog/items.jsonl"
         assert out2.startswith(f"{tmp_path}/state/slot-1|")
         first.kill()
         first.wait(timeout=10)

@@ -211,7 +211,7 @@ def test_rules_and_dashboard_are_generated_from_the_compose_sources(objects, tmp
 
 def _pod_env(doc: dict, settings: dict[str, str]) -> dict[str, str]:
     container = containers(doc)[0]
-    return {**settings, **{e["name"]: e["value"] for e in container.get("env", [])}}
+    return {**settings, **{e["name"]: e["value"] for e in container.get("env", []) if "value" in e}}
 
 
 def test_worker_statefulset_wiring(objects):
@@ -238,6 +238,13 @@ def test_worker_statefulset_wiring(objects):
     assert env["STREAM_REC_METRICS_HOST"] == "0.0.0.0"
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": port}
     assert svc["spec"]["ports"][0]["port"] == port
+    # lookups are redirected to the owner's pod DNS name under this headless Service, on the listener's port
+    downward = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"] if "valueFrom" in e}
+    assert downward == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    names = [e["name"] for e in container["env"]]
+    assert names.index("STREAM_REC_ADVERTISED_URL") > max(names.index("POD_NAME"), names.index("POD_NAMESPACE"))
+    assert env["STREAM_REC_ADVERTISED_URL"] == f"http://$(POD_NAME).{svc['metadata']['name']}.$(POD_NAMESPACE).svc:{port}"
+    assert svc["spec"]["publishNotReadyAddresses"] is True  # not-ready pods are still scraped and reachable
     probes = {k: (container[k]["httpGet"]["path"], container[k]["httpGet"]["port"])
               for k in ("startupProbe", "livenessProbe", "readinessProbe")}
     assert probes == {"startupProbe": ("/healthz", "http"), "livenessProbe": ("/healthz", "http"),

@@ -71,8 +71,8 @@ def offline_recommend(model: Path, events: list[dict], tmp_path: Path, k: int = 
     csv = tmp_path / "history.csv"
     write_events_csv(csv, events)
     out = tmp_path / "offline.jsonl"
-    subprocess.run([sys.executable, "-m", "stream_rec", "recommend", "--model", str(model), "--events", str(csv),
-                    "--k", str(k), "--out", str(out), "--device", "cpu", "--quiet"], check=True)
+    subprocess.run([sys.executable, "-m", "stream_rec", "recommend", "--model", str(model), "--events-file", str(csv),
+                    "--top-k", str(k), "--out", str(out), "--device", "cpu", "--quiet"], check=True)
     return {row["user_id"]: row["items"] for row in map(json.loads, out.read_text().splitlines())}
 
 
@@ -202,8 +202,8 @@ def test_replay_scores_every_list_and_matches_offline(broker, trained_model, tmp
     write_events_csv(tmp_path / "events.csv", world.events)
     write_items_csv(tmp_path / "items.csv", world.items)
     out = tmp_path / "replay"
-    proc = subprocess.run([sys.executable, "-m", "stream_rec", "replay", "--events", str(tmp_path / "events.csv"),
-                           "--items", str(tmp_path / "items.csv"), "--model", str(trained_model), "--broker", broker,
+    proc = subprocess.run([sys.executable, "-m", "stream_rec", "replay", "--events-file", str(tmp_path / "events.csv"),
+                           "--items-file", str(tmp_path / "items.csv"), "--model", str(trained_model), "--broker", broker,
                            "--order", "paced", "--out", str(out)], capture_output=True, text=True, timeout=200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "replay.json").read_text())

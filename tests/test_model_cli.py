@@ -33,13 +33,13 @@ def test_train_evaluate_recommend(files, variant, capsys):
     d, world = files
     model = d / f"model-{variant}"
     extra = ["--no-text"] if variant == "id-only" else []
-    run_cli("train", "--events", d / "events.csv", "--items", d / "items.csv", "--out", model, "--epochs", 3,
+    run_cli("train", "--events-file", d / "events.csv", "--items-file", d / "items.csv", "--out", model, "--epochs", 3,
             "--hidden", 16, "--emb-dim", 8, "--batch-size", 8, "--quiet", "--device", "cpu", *extra)
     summary = json.loads(capsys.readouterr().out)
     assert summary["state_bytes_per_user"] == 64 and summary["version"].startswith("gru-")
     assert (model / "VERSION").read_text().strip() == summary["version"]
 
-    run_cli("evaluate", "--model", model, "--events", d / "events.csv", "--items", d / "items.csv",
+    run_cli("evaluate", "--model", model, "--events-file", d / "events.csv", "--items-file", d / "items.csv",
             "--plot", d / f"curve-{variant}.png", "--out", d / f"eval-{variant}.json", "--quiet")
     report = json.loads(capsys.readouterr().out)
     assert set(report) >= {"gru", "popularity", "markov"} and report["gru"]["users"] == 60
@@ -48,8 +48,8 @@ def test_train_evaluate_recommend(files, variant, capsys):
     assert json.loads((d / f"eval-{variant}.json").read_text())["markov"] == report["markov"]
 
     out = d / f"recs-{variant}.jsonl"
-    run_cli("recommend", "--model", model, "--items", d / "items_more.csv", "--events", d / "events.csv",
-            "--k", 20, "--out", out, "--quiet")
+    run_cli("recommend", "--model", model, "--items-file", d / "items_more.csv", "--events-file", d / "events.csv",
+            "--top-k", 20, "--out", out, "--quiet")
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 60
     seen = {}
@@ -65,28 +65,37 @@ def test_train_evaluate_recommend(files, variant, capsys):
 
 
 def test_train_and_recommend_read_the_jsonl_the_stack_produces(files, tmp_path, capsys):
-    """Events as the events topic carries them and the catalog as `stream-rec produce --items-out` writes it."""
+    """train / evaluate / recommend on the events as the events topic carries them (JSONL) and the catalog as
+    `stream-rec produce --items-out-file` writes it."""
     _, world = files
     (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in world.events))
     (tmp_path / "catalog.jsonl").write_text("".join(json.dumps(i) + "\n" for i in world.items))
     model = tmp_path / "model"
-    run_cli("train", "--events", tmp_path / "events.jsonl", "--items", tmp_path / "catalog.jsonl", "--out", model,
+    run_cli("train", "--events-file", tmp_path / "events.jsonl", "--items-file", tmp_path / "catalog.jsonl", "--out", model,
             "--epochs", 1, "--hidden", 16, "--emb-dim", 8, "--quiet", "--device", "cpu", "--no-text")
     assert json.loads(capsys.readouterr().out)["version"].startswith("gru-")
     assert json.loads((model / "items.json").read_text())["item_ids"] == [i["item_id"] for i in world.items]
-    run_cli("recommend", "--model", model, "--events", tmp_path / "events.jsonl", "--k", 5, "--quiet",
+    run_cli("evaluate", "--model", model, "--events-file", tmp_path / "events.jsonl", "--items-file",
+            tmp_path / "catalog.jsonl", "--no-baselines", "--quiet", "--device", "cpu", "--plot", tmp_path / "c.png")
+    report = json.loads(capsys.readouterr().out)
+    assert report["data"]["users"] == len({e["user_id"] for e in world.events}) and "model" in report
+    run_cli("recommend", "--model", model, "--events-file", tmp_path / "events.jsonl", "--top-k", 5, "--quiet",
             "--out", tmp_path / "recs.jsonl")
     users = {json.loads(line)["user_id"] for line in (tmp_path / "recs.jsonl").read_text().splitlines()}
     assert users == {e["user_id"] for e in world.events}
 
 
 def test_clear_errors(files, tmp_path, capsys):
+    """A model directory that does not load, or a file in the wrong format: one line, exit code 1."""
     d, _ = files
-    with pytest.raises(SystemExit, match="model directory not found"):
-        main(["evaluate", "--model", str(tmp_path / "nope"), "--events", str(d / "events.csv"),
-              "--items", str(d / "items.csv")])
-    with pytest.raises(SystemExit, match="needs columns user_id,item_id,timestamp"):
-        main(["train", "--events", str(d / "items.csv"), "--items", str(d / "items.csv"), "--out", str(tmp_path / "m")])
+    assert main(["evaluate", "--model", str(tmp_path / "nope"), "--events-file", str(d / "events.csv"),
+                 "--items-file", str(d / "items.csv")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "model directory not found" in err and err.count("\n") == 1
+    assert main(["train", "--events-file", str(d / "items.csv"), "--items-file", str(d / "items.csv"),
+                 "--out", str(tmp_path / "m")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "needs columns user_id,item_id,timestamp" in err and err.count("\n") == 1
 
 
 def test_help_explains_every_flag(capsys):
@@ -94,4 +103,4 @@ def test_help_explains_every_flag(capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         text = capsys.readouterr().out
-        assert "--events" in text and "--model" in text or command == "train"
+        assert "--events-file" in text and "--model" in text or command == "train"

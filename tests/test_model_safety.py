@@ -133,8 +133,8 @@ def test_evaluate_reports_a_bad_model_as_one_clear_error(model_dir, tmp_path):
                                                                for u in range(3) for i in range(4)))
     items = tmp_path / "items.csv"
     items.write_text("item_id,title\n" + "".join(f"item-{i},t{i}\n" for i in range(12)))
-    out = subprocess.run([sys.executable, "-m", "stream_rec", "evaluate", "--model", str(bad), "--events",
-                          str(events), "--items", str(items)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "stream_rec", "evaluate", "--model", str(bad), "--events-file",
+                          str(events), "--items-file", str(items)], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "hidden must be <=" in out.stderr + out.stdout
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
 

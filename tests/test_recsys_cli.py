@@ -20,7 +20,7 @@ def model_dir(tmp_path_factory):
     write_items_csv(d / "items.csv", world.items)
     recent = make_world(n_users=40, events_per_user=(4, 8), items_per_theme=4, seed=9, start_ts=1_800_000_000.0)
     write_events_csv(d / "recent.csv", [dict(e, user_id="r" + e["user_id"]) for e in recent.events])
-    assert main(["train", "--events", str(d / "events.csv"), "--items", str(d / "items.csv"), "--text-columns", "text",
+    assert main(["train", "--events-file", str(d / "events.csv"), "--items-file", str(d / "items.csv"), "--text-columns", "text",
                  "--out", str(d / "m1"), "--hidden", "16", "--emb-dim", "8", "--epochs", "2", "--quiet"]) == 0
     return d
 
@@ -28,7 +28,7 @@ def model_dir(tmp_path_factory):
 def test_finetune_writes_a_loadable_new_version(model_dir, capsys):
     d = model_dir
     capsys.readouterr()
-    assert main(["finetune", "--model", str(d / "m1"), "--events", str(d / "recent.csv"), "--out", str(d / "m2"),
+    assert main(["finetune", "--model", str(d / "m1"), "--events-file", str(d / "recent.csv"), "--out", str(d / "m2"),
                  "--epochs", "2", "--quiet"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["users"] > 0 and [e["epoch"] for e in out["epochs"]] == [0, 1, 2]
@@ -40,7 +40,7 @@ def test_finetune_writes_a_loadable_new_version(model_dir, capsys):
 def test_finetune_bad_input_is_a_clear_error(model_dir, tmp_path):
     (tmp_path / "bad.csv").write_text("user,item\n1,2\n")
     with pytest.raises(SystemExit, match="user_id,item_id,timestamp"):
-        main(["finetune", "--model", str(model_dir / "m1"), "--events", str(tmp_path / "bad.csv"),
+        main(["finetune", "--model", str(model_dir / "m1"), "--events-file", str(tmp_path / "bad.csv"),
               "--out", str(tmp_path / "x")])
 
 
@@ -53,12 +53,12 @@ def test_interests_cli(model_dir, capsys):
     user, themes = next((u, t) for u, t in by_user.items() if len(set(t[-3:])) == 1)  # last 3 of one theme
     theme = themes[-1]
     capsys.readouterr()
-    assert main(["interests", "--model", str(d / "m1"), "--events", str(d / "events.csv"), "--user", user,
+    assert main(["interests", "--model", str(d / "m1"), "--events-file", str(d / "events.csv"), "--user", user,
                  "--labels", ",".join(THEMES), "--recent", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["interests"] and out["interests"][0]["label"] == theme
     with pytest.raises(SystemExit, match="no events"):
-        main(["interests", "--model", str(d / "m1"), "--events", str(d / "events.csv"), "--user", "nobody",
+        main(["interests", "--model", str(d / "m1"), "--events-file", str(d / "events.csv"), "--user", "nobody",
               "--labels", "space"])
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from conftest import WorkerProcess, consume, make_settings, produce, scrape, wait_until, write_items
-from stream_rec.io.broker import EmbeddedBroker, free_port
+from stream_rec.io.broker import EmbeddedBroker
 from stream_rec.io.kafka import ensure_topics
 from stream_rec.io.topics import STATE_TABLE
 from stream_rec_devtools.faults import fuzz_corpus, paused
@@ -296,7 +296,7 @@ def test_rebalance_second_worker_joins_then_first_leaves(fault_settings, tmp_pat
         time.sleep(2.0)
         # same app id (consumer group), its own empty data dir: partitions move to it and it must restore
         # their state from the changelog, not from a local copy
-        settings_b = settings.replace(data_dir=tmp_path / "data-b", metrics_port=0, web_port=free_port())
+        settings_b = settings.replace(data_dir=tmp_path / "data-b", metrics_port=0)
         worker_b = WorkerProcess(settings_b, tmp_path / "b", items=items).start()
         wait_until(lambda: assignments(worker_b) >= 1, timeout_s=60, message="the second worker's assignment")
         time.sleep(3.0)

@@ -22,7 +22,7 @@ from stream_rec.settings import Settings
 def test_listeners_default_to_localhost():
     s = Settings.from_env({})
     assert s.metrics_host == "127.0.0.1"
-    assert s.web_host == "127.0.0.1"
+    assert s.http_url == "http://127.0.0.1:9108"  # what the group learns (Faust's canonical_url)
     assert s.security_protocol == "PLAINTEXT"
     assert s.pseudonymize_key == ""
 
@@ -125,3 +125,4 @@ def test_worker_app_gets_credentials_and_keeps_its_web_server_private(tls_files,
     conf = app.conf
     assert not conf.web_enabled or (conf.web_bind in ("127.0.0.1", "localhost", "::1")
                                      and not conf.web_tables_enabled), "Faust's web server would expose user state"
+    assert str(conf.canonical_url) == settings.http_url  # what the group learns: our listener, for lookup redirects

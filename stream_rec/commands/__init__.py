@@ -1,1 +1,1 @@
-"""Sub-commands of `stream-rec`; each module defines ``register(subparsers)`` (see stream_rec/cli.py)."""
+"""Sub-commands of `stream-rec`; each module defines ``SUMMARY`` and ``register(subparsers)`` (see stream_rec/cli.py)."""

@@ -27,25 +27,27 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import RawDescriptionHelpFormatter
+from ._common import add_command
+
+
+SUMMARY = "worker throughput and latency vs bare Faust and a Faust floor (embedded broker)"
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="worker throughput and latency vs bare Faust and a Faust floor (embedded broker)",
-                       description=__doc__, formatter_class=RawDescriptionHelpFormatter)
-    p.add_argument("--events", type=int, default=20000, help="events to publish")
-    p.add_argument("--users", type=int, default=1000, help="synthetic users")
-    p.add_argument("--partitions", type=int, default=4, help="partitions of the events topic")
-    p.add_argument("--batch-max-events", type=int, default=256, help="spine micro-batch size")
-    p.add_argument("--batch-max-wait-ms", type=int, default=5, help="spine micro-batch wait limit")
+    p = add_command(sub, __name__, SUMMARY, __doc__, raw=True)
+    p.add_argument("--synthetic-events", type=int, default=20000, metavar="N", help="events to publish")
+    p.add_argument("--synthetic-users", type=int, default=1000, metavar="N", help="synthetic users")
+    p.add_argument("--partitions", type=int, default=4, metavar="N", help="partitions of the events topic")
+    p.add_argument("--batch-max-events", type=int, default=256, metavar="N", help="spine micro-batch size")
+    p.add_argument("--batch-max-wait-ms", type=int, default=5, metavar="MS", help="spine micro-batch wait limit")
     p.add_argument("--skip-bare", action="store_true", help="measure the spine only")
-    p.add_argument("--out", default="runs/bench-spine.json", help="JSON results file")
-    p.add_argument("--timeout", type=float, default=300, help="give up on a stage after this many seconds")
+    p.add_argument("--out", metavar="FILE", default="runs/bench-spine.json", help="JSON results file")
+    p.add_argument("--timeout-s", type=float, default=300, metavar="S", help="give up on a stage after S seconds")
     p.add_argument("--model", metavar="DIR", help="trained model for the pipeline scenarios (default: the demo model "
                                                   "of the synthetic world, trained on first use and cached)")
     p.add_argument("--skip-model", action="store_true", help="skip the trained-model pipeline scenarios")
     p.add_argument("--latency-rate", type=float, default=1000.0, metavar="EV/S", help="offered load of the latency run")
-    p.add_argument("--latency-seconds", type=float, default=10.0, metavar="S", help="how long that load is offered")
+    p.add_argument("--latency-duration-s", type=float, default=10.0, metavar="S", help="how long that load is offered")
     p.add_argument("--batch1-events", type=int, default=3000, metavar="N", help="backlog of the batch-size-1 pipeline")
     p.set_defaults(func=run)
 

@@ -1,12 +1,15 @@
 """`stream-rec demo`: embedded broker + worker + synthetic producer + live tail, in one command.
 
 Run the whole thing locally: an embedded broker, a worker serving the untrained model (or --model), a
-synthetic event stream, and a live view of the recommendations. Ctrl-C stops everything cleanly.
+synthetic event stream, and a live view of the recommendations. Ctrl-C, SIGTERM or SIGHUP (the terminal
+closing) stops everything cleanly.
 
 Order of start: broker -> topics -> catalog -> worker (subprocess) -> producer + tail (this process).
-Order of stop (Ctrl-C, or --duration): producer and tail -> worker (SIGTERM, a clean Faust shutdown; SIGKILL
-after a grace period) -> broker. Worker and broker run in their own process groups, so a terminal Ctrl-C
-reaches only this process, which then stops them in that order: nothing is left running.
+Order of stop (a signal, or --duration-s): producer and tail -> worker (SIGTERM, a clean Faust shutdown;
+SIGKILL after a grace period) -> broker. Worker and broker run in their own process groups, so a terminal
+Ctrl-C reaches only this process, which then stops them in that order: nothing is left running. Once the
+stop has begun, SIGTERM and SIGHUP no longer interrupt it (a closed terminal must not orphan the worker);
+a second Ctrl-C kills what is left.
 """
 
 from __future__ import annotations
@@ -19,26 +22,34 @@ import tempfile
 import time
 from pathlib import Path
 
-from ._common import add_command
+from ._common import add_command, signals_interrupt
+
+SUMMARY = "broker + worker + synthetic producer + live tail (Ctrl-C stops all)"
 
 
 def register(sub) -> None:
-    p = add_command(sub, "demo", "broker + worker + synthetic producer + live tail (Ctrl-C stops all)", __doc__)
+    p = add_command(sub, __name__, SUMMARY, __doc__)
     p.add_argument("--port", type=int, default=0, help="broker port (0 = any free port)")
-    p.add_argument("--rate", type=float, default=20.0, help="synthetic events per second")
-    p.add_argument("--users", type=int, default=50, help="synthetic users")
-    p.add_argument("--events", type=int, default=100_000, help="stop producing after this many events")
-    p.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S seconds (0 = until Ctrl-C)")
-    p.add_argument("--data-dir", help="worker data dir and logs (default: a fresh temporary directory)")
-    p.add_argument("--model", help="trained model directory to serve (default: a small model trained on the "
-                                   "synthetic world in seconds on first use, then cached under the cache dir)")
+    p.add_argument("--rate", type=float, default=20.0, metavar="EV/S", help="synthetic events per second")
+    p.add_argument("--synthetic-users", type=int, default=50, metavar="N", help="synthetic users")
+    p.add_argument("--synthetic-events", type=int, default=100_000, metavar="N",
+                   help="stop producing after this many events")
+    p.add_argument("--duration-s", type=float, default=0.0, metavar="S", help="stop after S seconds (0 = until Ctrl-C)")
+    p.add_argument("--data-dir", metavar="DIR", help="worker data dir and logs (default: a fresh temporary directory)")
+    p.add_argument("--model", metavar="DIR", help="trained model directory to serve (default: a small model trained "
+                                                  "on the synthetic world in seconds on first use, then cached under "
+                                                  "the cache dir)")
     p.add_argument("--untrained", action="store_true", help="serve the untrained model (random recommendations)")
-    p.add_argument("--metrics-port", type=int, default=0, help="worker /metrics port (0 = any free port)")
+    p.add_argument("--metrics-port", type=int, default=0, metavar="N",
+                   help="port of the worker's HTTP listener (0 = any free port)")
     p.set_defaults(func=run)
 
 
 def say(text: str) -> None:
-    print(f"[demo] {text}", flush=True)
+    try:
+        print(f"[demo] {text}", flush=True)
+    except OSError:  # the terminal is gone (SIGHUP): go on stopping quietly
+        pass
 
 
 def demo_model(args: argparse.Namespace) -> str | None:
@@ -73,7 +84,7 @@ async def produce_and_tail(settings, events: list[dict], args: argparse.Namespac
             if not worker.alive():
                 say(f"worker exited with code {worker.proc.returncode}; see {worker.log_path}")
                 break
-            if args.duration and time.monotonic() - started > args.duration:
+            if args.duration_s and time.monotonic() - started > args.duration_s:
                 break
             await asyncio.sleep(0.2)
     finally:
@@ -95,36 +106,41 @@ def run(args: argparse.Namespace) -> int:
     from ..settings import Settings
     from ..synthetic import synthetic_events
 
-    model = demo_model(args)
-    data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="stream-rec-demo-"))
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with EmbeddedBroker(args.port or None, log_file=data_dir / "broker.log") as broker:
-        settings = Settings.from_env(broker=broker.bootstrap, data_dir=data_dir / "worker",
-                                     metrics_port=args.metrics_port or free_port(), web_port=free_port(),
-                                     model=model)
-        say(f"broker pid {broker.process.pid} on {broker.bootstrap} (embedded Tansu, in memory)")
-        asyncio.run(ensure_topics(settings))
-        items, events = synthetic_events(args.events, args.users, seed=0)
-        items_file = data_dir / "items.jsonl"
-        items_file.write_text("".join(json.dumps(i) + "\n" for i in items))
-        asyncio.run(produce_json(settings, settings.topic(settings.catalog_topic), items, "item_id"))
-        say(f"catalog: {len(items)} items published to '{settings.topic(settings.catalog_topic)}'")
-        worker = WorkerProcess(settings, items=items_file, log_file=data_dir / "worker.log").start()
-        say(f"worker pid {worker.proc.pid} started (log: {worker.log_path}, metrics: {worker.metrics_url()}); "
-            "it joins its group in ~10 s")
-        say(f"producing {args.rate:g} events/s for {args.users} users; recommendations below "
-            "(user, last items seen -> top items). Ctrl-C stops everything.")
-        try:
-            asyncio.run(produce_and_tail(settings, events, args, worker))
-        except KeyboardInterrupt:
-            pass
-        finally:
-            say("stopping worker ...")
+    worker = None
+    with signals_interrupt():  # SIGTERM / SIGHUP stop the demo like Ctrl-C
+        model = demo_model(args)
+        data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="stream-rec-demo-"))
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with EmbeddedBroker(args.port or None, log_file=data_dir / "broker.log") as broker:
+            settings = Settings.from_env(broker=broker.bootstrap, data_dir=data_dir / "worker",
+                                         metrics_port=args.metrics_port or free_port(), model=model)
+            say(f"broker pid {broker.process.pid} on {broker.bootstrap} (embedded Tansu, in memory)")
+            asyncio.run(ensure_topics(settings))
+            items, events = synthetic_events(args.synthetic_events, args.synthetic_users, seed=0)
+            items_file = data_dir / "items.jsonl"
+            items_file.write_text("".join(json.dumps(i) + "\n" for i in items))
+            asyncio.run(produce_json(settings, settings.topic(settings.catalog_topic), items, "item_id"))
+            say(f"catalog: {len(items)} items published to '{settings.topic(settings.catalog_topic)}'")
             try:
-                worker.stop()
-            except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
-                worker.kill()
-            faulthandler.cancel_dump_traceback_later()
-            say("stopping broker ...")
+                worker = WorkerProcess(settings, items=items_file, log_file=data_dir / "worker.log").start()
+                say(f"worker pid {worker.proc.pid} started (log: {worker.log_path}, http: {settings.http_url}/healthz); "
+                    "it joins its group in ~10 s")
+                say(f"producing {args.rate:g} events/s for {args.synthetic_users} users; recommendations below "
+                    "(user, last items seen -> top items). Ctrl-C stops everything.")
+                asyncio.run(produce_and_tail(settings, events, args, worker))
+            except KeyboardInterrupt:
+                pass
+            finally:
+                # from here on a hang-up or a SIGTERM does not cut the stop short: the children go first
+                for hangup in (signal.SIGHUP, signal.SIGTERM):
+                    signal.signal(hangup, signal.SIG_IGN)
+                if worker is not None:
+                    say("stopping worker ...")
+                    try:
+                        worker.stop()
+                    except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
+                        worker.kill()
+                faulthandler.cancel_dump_traceback_later()
+                say("stopping broker ...")
     say(f"stopped; worker log and state kept in {data_dir}")
-    return 0 if worker.proc.returncode in (0, -signal.SIGTERM, -signal.SIGKILL) else 1
+    return 0 if worker is None or worker.proc.returncode in (0, -signal.SIGTERM, -signal.SIGKILL) else 1

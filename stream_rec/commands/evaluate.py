@@ -14,17 +14,19 @@ from ._common import add_command
 from ._model_args import add_data_args, add_model_flag, load_data
 
 
+SUMMARY = "HR@10 / NDCG@10 / MRR@10 of a model on a held-out last event per user"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = add_command(subparsers, "evaluate", "HR@10 / NDCG@10 / MRR@10 of a model on a held-out last event per user",
-                    __doc__, argparse.ArgumentDefaultsHelpFormatter)
+    p = add_command(subparsers, __name__, SUMMARY, __doc__)
     add_model_flag(p)
     add_data_args(p)
-    p.add_argument("--k", type=int, default=10, help="cut-off of the metrics")
-    p.add_argument("--plot", default="", help="training-curve PNG path (default: training_curve.png in the "
-                                              "current directory)")
-    p.add_argument("--out", default="", help="also write the metrics JSON to this file")
+    p.add_argument("--top-k", type=int, default=10, metavar="K", help="cut-off of the metrics")
+    p.add_argument("--plot", metavar="FILE", default="", help="training-curve PNG path (default: training_curve.png "
+                                                              "in the current directory)")
+    p.add_argument("--out", metavar="FILE", default="", help="also write the metrics JSON to this file")
     p.add_argument("--no-baselines", action="store_true", help="only the model, no popularity / Markov")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -35,16 +37,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ..model.encoder import shared_encoder
     from ..model.evaluate import evaluate_recommender, training_curve_plot
-    from ..model.recommender import ModelLoadError, Recommender
+    from ..model.recommender import Recommender
     from ..settings import Settings
 
-    try:
-        rec = Recommender.load(args.model, device=args.device)
-    except ModelLoadError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    rec = Recommender.load(args.model, device=args.device)  # ModelLoadError: one line (stream_rec/cli.py)
     split, item_texts, info = load_data(args)
     added = rec.add_catalog(item_texts, lambda: shared_encoder(Settings.from_env().cache_dir, args.device))
-    results = evaluate_recommender(rec, split, k=args.k, baselines=not args.no_baselines, progress=not args.quiet)
+    results = evaluate_recommender(rec, split, k=args.top_k, baselines=not args.no_baselines, progress=not args.quiet)
     report = {"model": rec.version, "data": info, "items_added_from_text": len(added),
               "state_bytes_per_user": rec.state_bytes} | results
     plot = Path(args.plot or "training_curve.png")

@@ -1,6 +1,6 @@
 """`stream-rec finetune`: continue training a model on recent events and write a new model version.
 
-Continue training MODEL on the events in RECENT (a replay file or an export of the events topic) and write a
+Continue training MODEL on the events of --events-file (a replay file or an export of the events topic) and write a
 new model directory the worker hot-reloads. Each user's last recent event is the validation target; the
 unchanged model counts as epoch 0, so the result is never worse on it than the input model. See
 stream_rec/learning/finetune.py.
@@ -10,27 +10,34 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_command
+from ._common import add_command, existing_path
 from ._model_args import add_format_flag, add_model_flag
 
 
+SUMMARY = "fine-tune a model on recent events and write a new model version"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = add_command(subparsers, "finetune", "fine-tune a model on recent events and write a new model version",
-                    __doc__, argparse.ArgumentDefaultsHelpFormatter)
+    p = add_command(subparsers, __name__, SUMMARY, __doc__)
     add_model_flag(p, "model directory to start from (or a directory of them: newest)")
-    p.add_argument("--events", required=True, help="recent events: CSV user_id,item_id,timestamp, JSONL events-topic "
-                                                   "records, or a MovieLens file/dir")
-    p.add_argument("--out", required=True, help="new model directory to write")
-    p.add_argument("--items", help="item catalog (CSV item_id,title or MovieLens file): items in RECENT that the model "
-                                   "does not know are added from their text; without it their events are skipped")
-    p.add_argument("--history", help="older events of the same users; each user's last --context-events of them are "
-                                     "put before the recent ones so training starts from a realistic state")
+    p.add_argument("--events-file", metavar="FILE", required=True, type=existing_path,
+                   help="recent events: JSONL events-topic records, CSV user_id,item_id,timestamp, or a MovieLens "
+                        "file/dir")
+    p.add_argument("--out", metavar="DIR", required=True, help="new model directory to write")
+    p.add_argument("--items-file", metavar="FILE", type=existing_path,
+                   help="item catalog (JSONL catalog records, CSV item_id,title or a MovieLens file): items of the "
+                        "recent events that the model does not know are added from their text; without it their "
+                        "events are skipped")
+    p.add_argument("--history-file", metavar="FILE", type=existing_path,
+                   help="older events of the same users; each user's last --context-events of them are put before "
+                        "the recent ones so training starts from a realistic state")
     add_format_flag(p, "file format of the inputs")
     p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (the best one by validation is kept)")
     p.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (training's default is 2e-3)")
     p.add_argument("--batch-size", type=int, default=32, help="users per batch")
-    p.add_argument("--context-events", type=int, default=20, help="older events per user taken from --history")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--context-events", type=int, default=20, metavar="N",
+                   help="older events per user taken from --history-file")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -39,16 +46,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..io.data import DataError
-    from ..model.recommender import ModelLoadError
     from ..learning.finetune import FinetuneParams, finetune_model_dir
 
     params = FinetuneParams(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                             context_events=args.context_events, device=args.device, threads=args.threads)
     try:
-        out, version, report = finetune_model_dir(args.model, args.events, args.out, args.items, args.history,
-                                                  args.format, params, progress=not args.quiet)
-    except (DataError, ModelLoadError, ValueError) as exc:
+        out, version, report = finetune_model_dir(args.model, args.events_file, args.out, args.items_file,
+                                                  args.history_file, args.format, params, progress=not args.quiet)
+    except ValueError as exc:  # DataError and ModelLoadError among them; also a model that cannot take the data
         raise SystemExit(f"error: {exc}") from None
     print(json.dumps({"model": str(out), "version": version, "best_epoch": report.best_epoch,
                       "users": report.users, "events": report.events, "added_items": report.added_items,

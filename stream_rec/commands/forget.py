@@ -32,7 +32,9 @@ import sys
 import time
 
 from ..validation import DELETE_USER
-from ._common import add_broker_flags, settings_from_args
+from ._common import add_broker_flags, add_command, existing_path, settings_from_args
+
+SUMMARY = "erase users' state: publish delete_user control events"
 
 
 def delete_user_event(user_id: str, now: float | None = None) -> dict:
@@ -42,25 +44,21 @@ def delete_user_event(user_id: str, now: float | None = None) -> dict:
     return {"user_id": user_id, "event_type": DELETE_USER, "timestamp": time.time() if now is None else now}
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "forget", help="erase users' state: publish delete_user control events",
-        description="Publish a delete_user control event for each USER to the events topic (keyed by the user "
-                    "id, so it is ordered after the user's earlier events). The worker deletes the user's state "
-                    "from its table, which writes a tombstone to the changelog: a restored worker does not bring "
-                    "the user back. Later events of the same user start a fresh state.")
+def register(sub) -> None:
+    p = add_command(sub, __name__, SUMMARY, __doc__)
     p.add_argument("users", nargs="*", metavar="USER", help="user ids to erase (raw ids, as producers send them)")
-    p.add_argument("--file", help="also read user ids from this file, one per line ('-' for stdin)")
+    p.add_argument("--users-file", metavar="FILE", type=existing_path,
+                   help="also read user ids from this file, one per line ('-' for stdin)")
     add_broker_flags(p)
     p.set_defaults(func=run)
 
 
 def read_users(args: argparse.Namespace) -> list[str]:
     users = list(args.users)
-    if args.file == "-":
+    if args.users_file == "-":
         users.extend(line.strip() for line in sys.stdin if line.strip())
-    elif args.file:
-        with open(args.file, encoding="utf-8") as f:
+    elif args.users_file:
+        with open(args.users_file, encoding="utf-8") as f:
             users.extend(line.strip() for line in f if line.strip())
     return users
 
@@ -70,12 +68,12 @@ def run(args: argparse.Namespace) -> int:
 
     users = read_users(args)
     if not users:
-        print("stream-rec forget: give at least one USER (or --file)", file=sys.stderr)
+        print("error: stream-rec forget: give at least one USER (or --users-file)", file=sys.stderr)
         return 2
     try:
         events = [delete_user_event(u) for u in users]
     except ValueError as exc:
-        print(f"stream-rec forget: {exc}", file=sys.stderr)
+        print(f"error: stream-rec forget: {exc}", file=sys.stderr)
         return 2
     settings = settings_from_args(args)
 

@@ -1,8 +1,8 @@
 """`stream-rec recommend`: top-k lists for every user of an event file, through the serving path.
 
-For every user in --events, step the incremental model through their events in timestamp order (exactly what
+For every user in --events-file, step the incremental model through their events in timestamp order (exactly what
 the stream does) and write one JSON line {"user_id": ..., "items": [...]} with the top-k items, seen items
-excluded. Items of --items that the model was not trained on are encoded and become recommendable through
+excluded. Items of --items-file that the model was not trained on are encoded and become recommendable through
 their text vectors.
 """
 
@@ -14,17 +14,18 @@ from ._common import add_command
 from ._model_args import add_data_args, add_model_flag
 
 
+SUMMARY = "write top-k recommendations (JSON lines) for every user of an event file"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = add_command(subparsers, "recommend", "write top-k recommendations (JSON lines) for every user of an event file",
-                    __doc__, argparse.ArgumentDefaultsHelpFormatter)
+    p = add_command(subparsers, __name__, SUMMARY, __doc__)
     add_model_flag(p)
-    add_data_args(p, events_help="history events: CSV with user_id,item_id,timestamp, or a MovieLens file/directory",
-                  items_required=False)
-    p.add_argument("--k", type=int, default=10, help="items per user")
-    p.add_argument("--out", default="-", help="JSON-lines output file ('-' = stdout)")
+    add_data_args(p, items_required=False)
+    p.add_argument("--top-k", type=int, default=10, metavar="K", help="items per user")
+    p.add_argument("--out", metavar="FILE", default="-", help="JSON-lines output file ('-' = stdout)")
     p.add_argument("--scores", action="store_true", help="also write the scores (\"scores\": [...])")
     p.add_argument("--batch-size", type=int, default=1024, help="users stepped together")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -35,22 +36,19 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ..io.data import DataError, read_events, sequences
+    from ..io.data import read_events, sequences
     from ..model.encoder import shared_encoder
     from ..model.evaluate import step_histories
-    from ..model.recommender import ModelLoadError, Recommender
+    from ..model.recommender import Recommender
     from ..model.sequences import to_sequence
-    from ._model_args import read_item_texts
     from ..settings import Settings
+    from ._model_args import read_item_texts
 
-    if args.k < 1:
-        raise SystemExit("error: --k must be at least 1")
-    try:
-        rec = Recommender.load(args.model, device=args.device)
-        item_texts = read_item_texts(args)
-        seqs = sequences(read_events(args.events, args.format))
-    except (ModelLoadError, DataError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+    if args.top_k < 1:
+        raise SystemExit("error: --top-k must be at least 1")
+    rec = Recommender.load(args.model, device=args.device)  # ModelLoadError / DataError: one line (cli.py)
+    item_texts = read_item_texts(args)
+    seqs = sequences(read_events(args.events_file, args.format))
     rec.add_catalog(item_texts, lambda: shared_encoder(Settings.from_env().cache_dir, args.device))
     users = list(seqs)
     out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")
@@ -59,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             batch = users[s:s + args.batch_size]
             histories = [to_sequence(seqs[u], rec.row_of) for u in batch]
             states = step_histories(rec, [h.rows for h in histories], [h.gaps for h in histories])
-            lists = rec.topk(states, args.k, [h.rows.tolist() for h in histories])
+            lists = rec.topk(states, args.top_k, [h.rows.tolist() for h in histories])
             for user, recs in zip(batch, lists):
                 line = {"user_id": user, "items": [i for i, _ in recs]}
                 if args.scores:

@@ -13,10 +13,11 @@ import argparse
 
 from ._common import add_broker_flags, add_command, settings_from_args
 
+SUMMARY = "tell every worker to hot-reload its model (control topic)"
+
 
 def register(sub) -> None:
-    p = add_command(sub, "reload", "tell every worker to hot-reload its model (control topic)",
-                    __doc__, argparse.ArgumentDefaultsHelpFormatter)
+    p = add_command(sub, __name__, SUMMARY, __doc__)
     add_broker_flags(p)
     p.add_argument("--path", metavar="DIR", help="model directory to load (default: each worker's --model)")
     p.set_defaults(func=run)

@@ -13,14 +13,16 @@ import time
 
 from ._common import add_broker_flags, add_command, settings_from_args
 
+SUMMARY = "print recommendations as they arrive"
+
 
 def register(sub) -> None:
-    p = add_command(sub, "tail", "print recommendations as they arrive", __doc__)
+    p = add_command(sub, __name__, SUMMARY, __doc__)
     add_broker_flags(p)
     p.add_argument("--from-beginning", action="store_true", help="start at the oldest record, not the newest")
-    p.add_argument("--max", type=int, default=0, metavar="N", help="exit after N records (0 = never)")
-    p.add_argument("--timeout", type=float, default=0.0, metavar="S", help="exit after S seconds (0 = never)")
-    p.add_argument("--items", type=int, default=5, metavar="K", help="recommended items shown per line")
+    p.add_argument("--max-records", type=int, default=0, metavar="N", help="exit after N records (0 = never)")
+    p.add_argument("--timeout-s", type=float, default=0.0, metavar="S", help="exit after S seconds (0 = never)")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="recommended items shown per line")
     p.add_argument("--json", action="store_true", help="print the raw JSON records instead")
     p.set_defaults(func=run)
 
@@ -36,12 +38,11 @@ def format_record(rec: dict, n_items: int = 5) -> str:
 async def follow(settings, from_beginning: bool, max_records: int, timeout_s: float, n_items: int, as_json: bool,
                  out=sys.stdout, stop=None) -> int:
     """Print records until ``max_records``/``timeout_s``/``stop`` (an asyncio.Event) says so; returns the count."""
-    from ..io.kafka import kafka_consumer
+    from ..io.kafka import kafka_consumer, start_client
 
     topic = settings.topic(settings.recommendations_topic)
-    consumer = kafka_consumer(settings, topic, fetch_max_wait_ms=50,
-                             auto_offset_reset="earliest" if from_beginning else "latest")
-    await consumer.start()
+    consumer = await start_client(kafka_consumer(settings, topic, fetch_max_wait_ms=50,
+                                                 auto_offset_reset="earliest" if from_beginning else "latest"), settings)
     count, start = 0, time.monotonic()
     try:
         while not (stop is not None and stop.is_set()):
@@ -67,5 +68,5 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     settings = settings_from_args(args)
-    asyncio.run(follow(settings, args.from_beginning, args.max, args.timeout, args.items, args.json))
+    asyncio.run(follow(settings, args.from_beginning, args.max_records, args.timeout_s, args.top_k, args.json))
     return 0

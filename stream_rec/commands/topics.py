@@ -1,5 +1,9 @@
 """`stream-rec topics`: create the topics of the one topic spec (stream_rec.io.topics.TOPIC_LAYOUT), or show them.
 
+Create every stream-rec topic from the one topic spec (names, partitions, cleanup policy, retention,
+replication; Faust's state changelog included), or print that spec / the broker's view of it. Existing
+topics are never changed.
+
     stream-rec topics create --replication-factor 3     # what the compose init job and the Kubernetes Job run
     stream-rec topics show                              # the spec as a table (no broker needed)
     stream-rec topics show --live                       # what the broker has, and where it differs
@@ -10,15 +14,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import add_broker_flags, settings_from_args
+from ._common import Parser, add_broker_flags, add_command, add_setting, settings_from_args
+
+SUMMARY = "create or show the stream-rec topics (one spec, Faust's changelog included)"
 
 
 def register(sub) -> None:
-    p = sub.add_parser("topics", help="create or show the stream-rec topics (one spec, Faust's changelog included)",
-                       description="Create every stream-rec topic from the one topic spec (names, partitions, "
-                                   "cleanup policy, retention, replication; Faust's state changelog included), "
-                                   "or print that spec / the broker's view of it. Existing topics are never changed.")
-    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = add_command(sub, __name__, SUMMARY, __doc__, raw=True)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=Parser)
     create = actions.add_parser("create", help="create the missing topics (existing ones are kept; differences warned)")
     create.add_argument("--wait-s", type=float, default=0.0, metavar="S",
                         help="keep retrying this long while the broker is unreachable (an init job starting with "
@@ -29,8 +32,7 @@ def register(sub) -> None:
                            "differ from the spec")
     for q in (create, show):
         add_broker_flags(q)
-        q.add_argument("--app-id", metavar="ID", help="the workers' app id: names the state changelog "
-                                                      "(env STREAM_REC_APP_ID, default stream-rec)")
+        add_setting(q, "app_id", "the workers' app id: names the state changelog", metavar="ID")
     p.set_defaults(func=run)
 
 
@@ -68,30 +70,21 @@ def format_table(rows: list[list[str]]) -> str:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from aiokafka.errors import KafkaConnectionError
+    from ..io.topics import topic_specs
 
-    from ..io.topics import TopicError, topic_specs
+    settings = settings_from_args(args)
+    specs = topic_specs(settings)
+    if args.action == "show" and not args.live:
+        print(format_table([spec_row(s) for s in specs]))
+        return 0
+    if args.action == "show":
+        from ..io.kafka import describe_topics
 
-    try:
-        settings = settings_from_args(args, app_id=args.app_id)
-        specs = topic_specs(settings)
-        if args.action == "show" and not args.live:
-            print(format_table([spec_row(s) for s in specs]))
-            return 0
-        if args.action == "show":
-            from ..io.kafka import describe_topics
-
-            topics = asyncio.run(describe_topics(settings))
-            print(format_table([live_row(t) for t in topics]))
-            print("(* differs from the spec; - not reported by the broker: its default applies)")
-            return 0
-        created = {s.name for s in asyncio.run(_create(settings, args.wait_s))}
-    except TopicError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KafkaConnectionError as exc:
-        print(f"error: no Kafka broker answers at {args.broker or 'STREAM_REC_BROKER'}: {exc}", file=sys.stderr)
-        return 1
+        topics = asyncio.run(describe_topics(settings))
+        print(format_table([live_row(t) for t in topics]))
+        print("(* differs from the spec; - not reported by the broker: its default applies)")
+        return 0
+    created = {s.name for s in asyncio.run(_create(settings, args.wait_s))}
     for spec in specs:
         print(f"{spec.name}: {'created' if spec.name in created else 'exists'}")
     print(f"topics ready on {settings.broker} ({len(created)} created)")
@@ -103,15 +96,13 @@ async def _create(settings, wait_s: float):
     import asyncio
     import time
 
-    from aiokafka.errors import KafkaConnectionError
-
-    from ..io.kafka import ensure_topics
+    from ..io.kafka import BrokerUnreachable, ensure_topics
 
     deadline = time.monotonic() + wait_s
     while True:
         try:
             return await ensure_topics(settings)
-        except KafkaConnectionError:
+        except BrokerUnreachable:
             if time.monotonic() >= deadline:
                 raise
             print(f"waiting for Kafka at {settings.broker} ...", file=sys.stderr, flush=True)

@@ -12,17 +12,19 @@ import argparse
 from ._common import add_command
 from ._model_args import add_data_args, load_data
 
+SUMMARY = "train the hybrid GRU recommender offline and write a model directory"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    # defaults live with the model and training code (importing them imports torch: only when `train` runs)
     from ..model.gru import GRUConfig
     from ..model.train import TrainParams
 
-    m = GRUConfig(n_items=0, text_dim=0)  # defaults live with the model and training code
+    m = GRUConfig(n_items=0, text_dim=0)
     d = TrainParams()
-    p = add_command(subparsers, "train", "train the hybrid GRU recommender offline and write a model directory",
-                    __doc__, argparse.ArgumentDefaultsHelpFormatter)
+    p = add_command(subparsers, __name__, SUMMARY, __doc__)
     add_data_args(p)
-    p.add_argument("--out", required=True, help="model directory to write (created if missing)")
+    p.add_argument("--out", metavar="DIR", required=True, help="model directory to write (created if missing)")
     g = p.add_argument_group("model")
     g.add_argument("--hidden", type=int, default=m.hidden, help="GRU hidden size = per-user state (float32: 4 bytes each)")
     g.add_argument("--emb-dim", type=int, default=m.emb_dim, help="item vector size (ID embedding and text projection)")
@@ -36,14 +38,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs (early stopping usually ends sooner)")
     t.add_argument("--batch-size", type=int, default=d.batch_size, help="users per batch")
-    t.add_argument("--max-len", type=int, default=d.max_len, help="window length for truncated back-propagation (chosen on validation: 50 on ml-1m-half, "
+    t.add_argument("--max-len", type=int, default=d.max_len,
+                   help="window length for truncated back-propagation (chosen on validation: 50 on ml-1m-half, "
                         "where it is also 40%% faster; 200 on the small MovieLens-100K)")
     t.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
     t.add_argument("--weight-decay", type=float, default=d.weight_decay, help="Adam weight decay")
     t.add_argument("--patience", type=int, default=d.patience, help="epochs without validation gain before stopping")
-    t.add_argument("--time-budget", type=float, default=0.0, help="wall-time budget in seconds: no epoch is started that would likely overrun it (0 = none)")
+    t.add_argument("--time-budget-s", type=float, default=0.0, metavar="S",
+                   help="wall-time budget: no epoch is started that would likely overrun it (0 = none)")
     t.add_argument("--seed", type=int, default=d.seed, help="random seed (weights, batch order, dropout)")
-    t.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -64,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("error: --no-text and --no-ids leave the model without item representations")
     params = TrainParams(epochs=args.epochs, batch_size=args.batch_size, max_len=args.max_len, lr=args.lr,
                          weight_decay=args.weight_decay, patience=args.patience, seed=args.seed, device=args.device,
-                         threads=args.threads, time_budget_s=args.time_budget)
+                         threads=args.threads, time_budget_s=args.time_budget_s)
     encoder = None if args.no_text else shared_encoder(Settings.from_env().cache_dir, args.device)
     started = time.perf_counter()
     rec, history = train_recommender(split, item_texts, config, params, encoder=encoder, progress=not args.quiet)

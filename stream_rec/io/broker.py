@@ -119,6 +119,9 @@ class EmbeddedBroker:
         atexit.register(self.stop)
         try:
             wait_for_kafka(self.bootstrap, self.startup_timeout_s)
+        except KeyboardInterrupt:  # stopped while starting: no error to report
+            self.stop()
+            raise
         except BaseException:
             exit_code = self.process.poll()
             tail = self._log_tail()
@@ -146,7 +149,7 @@ class EmbeddedBroker:
             proc.terminate()
             try:
                 proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):  # slow, or a second Ctrl-C/SIGTERM: no more waiting
                 proc.kill()
                 proc.wait()
         if self._log_handle is not None:

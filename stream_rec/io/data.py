@@ -15,7 +15,7 @@ Formats (``fmt``):
 
 ``detect_format`` picks the format from the file name (``u.data``/``u.item`` -> ml-100k,
 ``ratings.dat``/``movies.dat`` -> ml-1m, ``*.jsonl``/``*.ndjson`` -> jsonl, anything else -> csv); a
-directory resolves to the MovieLens file inside it, so ``--events ../ml-100k --items ../ml-100k`` works.
+directory resolves to the MovieLens file inside it, so ``--events-file ../ml-100k --items-file ../ml-100k`` works.
 
 Three views of the same files: :func:`read_events` / :func:`read_items` (typed, for training and
 evaluation), :func:`read_catalog` (the catalog records a worker seeds its live catalog with) and
@@ -155,12 +155,12 @@ def _read_event_jsonl(path: Path) -> Iterator[Interaction]:
 
 
 def read_event_records(path: str | Path) -> Iterator[dict]:
-    """Raw event records for publishing (``stream-rec produce --file``): JSONL as it is, or CSV with a
+    """Raw event records for publishing (``stream-rec produce --events-file``): JSONL as it is, or CSV with a
     header ``user_id,item_id[,event_type][,timestamp][,value]`` (``userId``/``movieId``/``rating`` also
     understood), numbers made numbers. Nothing is checked: the worker's validation decides what is bad."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--file: no such file {path}")
+        raise FileNotFoundError(2, "no such file", str(path))
     if path.suffix.lower() != ".csv":
         yield from (rec for _, rec in _jsonl(path))
         return
@@ -276,10 +276,10 @@ def catalog_text(record: dict) -> str:
 
 def read_catalog(path: str | Path) -> list[dict]:
     """Catalog records from a JSONL file (one ``{item_id, title, text?, attributes?}`` per line) or a
-    CSV file with an ``item_id`` column (the worker's ``--items``); item ids become strings."""
+    CSV file with an ``item_id`` column (the worker's ``--items-file``); item ids become strings."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--items: no such file {path}")
+        raise FileNotFoundError(2, "no such file", str(path))
     if path.suffix.lower() == ".csv":
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))

@@ -61,6 +61,50 @@ def faust_credentials(settings: Settings) -> dict[str, Any]:
     return {"broker_credentials": faust.SSLCredentials(ctx)}
 
 
+class BrokerUnreachable(ConnectionError):
+    """No Kafka broker answered within ``Settings.connect_timeout_s`` (the message names the servers)."""
+
+
+async def start_client(client, settings: Settings):
+    """``await client.start()`` (an aiokafka producer, consumer or admin client), bounded by
+    ``Settings.connect_timeout_s``; a client that cannot reach a broker is closed and
+    :class:`BrokerUnreachable` raised, so a command fails with one line instead of a traceback."""
+    from aiokafka.errors import KafkaConnectionError
+
+    quiet = _BootstrapErrors()  # aiokafka logs an ERROR per refused bootstrap server: the exception says it once
+    logging.getLogger("aiokafka").addFilter(quiet)
+    try:
+        await asyncio.wait_for(client.start(), settings.connect_timeout_s)
+    except (KafkaConnectionError, asyncio.TimeoutError, OSError) as exc:
+        try:
+            await (client.close() if hasattr(client, "close") else client.stop())
+        except Exception:  # already half-closed: nothing more to release
+            pass
+        if isinstance(exc, asyncio.TimeoutError):
+            reason = f"no answer within {settings.connect_timeout_s:g} s (STREAM_REC_CONNECT_TIMEOUT_S)"
+        else:
+            reason = quiet.errors[-1] if quiet.errors else str(exc) or type(exc).__name__
+        raise BrokerUnreachable(f"no Kafka broker answers at {settings.broker}: {reason}; "
+                                "check --broker / STREAM_REC_BROKER") from None
+    finally:
+        logging.getLogger("aiokafka").removeFilter(quiet)
+    return client
+
+
+class _BootstrapErrors(logging.Filter):
+    """Keeps aiokafka's "Unable connect to HOST:PORT: why" records out of the log, and their text."""
+
+    def __init__(self):
+        super().__init__()
+        self.errors: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Unable connect to"):
+            self.errors.append(record.getMessage().replace("Unable connect to ", "", 1))
+            return False
+        return True
+
+
 def kafka_producer(settings: Settings, **options: Any):
     """An aiokafka producer (not started) for ``settings``' brokers and security."""
     from aiokafka import AIOKafkaProducer
@@ -132,8 +176,7 @@ async def ensure_topics(settings: Settings) -> list[TopicSpec]:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     specs = topic_specs(settings)
-    admin = AIOKafkaAdminClient(**client_kwargs(settings))
-    await admin.start()
+    admin = await start_client(AIOKafkaAdminClient(**client_kwargs(settings)), settings)
     try:
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
@@ -161,8 +204,7 @@ async def describe_topics(settings: Settings) -> list[dict[str, Any]]:
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     specs = topic_specs(settings)
-    admin = AIOKafkaAdminClient(**client_kwargs(settings))
-    await admin.start()
+    admin = await start_client(AIOKafkaAdminClient(**client_kwargs(settings)), settings)
     try:
         existing = set(await admin.list_topics())
         names = [s.name for s in specs if s.name in existing]
@@ -190,8 +232,7 @@ async def produce_json(settings: Settings, topic: str, records: Iterable[dict], 
     records. ``every_partition``: one copy of each record to every partition of the topic (``forget``)."""
     own = producer is None
     if own:
-        producer = kafka_producer(settings, linger_ms=5)
-        await producer.start()
+        producer = await start_client(kafka_producer(settings, linger_ms=5), settings)
     try:
         partitions = sorted(await producer.partitions_for(topic)) if every_partition else [None]
         futures, count = [], 0
@@ -215,8 +256,7 @@ async def publish(settings: Settings, topic: str, events: Iterable[dict], total:
     bar; acks are awaited in chunks (not per record). ``stamp_now`` replaces timestamps with the send time."""
     from tqdm import tqdm
 
-    producer = kafka_producer(settings, linger_ms=5)
-    await producer.start()
+    producer = await start_client(kafka_producer(settings, linger_ms=5), settings)
     bar = tqdm(total=total, unit="ev", disable=not progress, desc=f"-> {topic}")
     sent, pending = 0, []
     start = time.monotonic()
@@ -251,8 +291,7 @@ async def read_topic(settings: Settings, topic: str, *, timeout_s: float = 30.0)
     ``ConsumerRecord`` objects, partition by partition). No consumer group, nothing committed."""
     from aiokafka import TopicPartition
 
-    consumer = kafka_consumer(settings, auto_offset_reset="earliest")
-    await consumer.start()
+    consumer = await start_client(kafka_consumer(settings, auto_offset_reset="earliest"), settings)
     try:
         await consumer.topics()  # a full metadata fetch, so partitions_for_topic knows this topic
         partitions = consumer.partitions_for_topic(topic) or set()

@@ -2,7 +2,7 @@
 
 What it does, in order:
 
-1. items in the recent events that the model does not know are added from their text (``--items``;
+1. items in the recent events that the model does not know are added from their text (``--items-file``;
    ``Recommender.add_catalog``), so new catalog items become trainable rows with ID embeddings;
 2. each user's recent events become a training sequence (``model.train.to_sequence``); with ``history``
    the user's last ``context_events`` older events are put in front, so the GRU sees the recent events

@@ -202,12 +202,13 @@ class Enricher:
             self._space = (unit, mmr, profiler)
         return mmr
 
-    def finish(self, batch: RankBatch, lists: list[list[tuple[str, float]]]
+    def finish(self, batch: RankBatch, lists: list[list[tuple[str, float]]], record: bool = True
                ) -> tuple[list[list[tuple[str, float]]], list[dict]]:
         """Final lists and the extra record fields of each user: ``{"reasons": [...], "interests": [...]}``.
 
         ``lists`` are the plain lists (``ranking.plain_lists``); only users with a query, negatives or a
-        lambda below 1, or every user when the exposure cap is on, are re-scored here."""
+        lambda below 1, or every user when the exposure cap is on, are re-scored here. ``record``: the lists
+        are sent (the exposure window and the quality monitor count them); False for a lookup."""
         vectors, _, profiler = self.item_space(batch.model)
         feedback = NegativeFeedback(vectors, self.negative_strength, self.negative_radius)
         lams = np.array([self.request_lambda(events) for events in batch.events], dtype=np.float64)
@@ -215,14 +216,15 @@ class Enricher:
                      or n in batch.queries or feedback.rows(batch, n)]
         lists = list(lists)
         if positions:
-            for n, items in zip(positions, self._rescored(batch, positions, lams[positions], feedback)):
+            for n, items in zip(positions, self._rescored(batch, positions, lams[positions], feedback, record)):
                 lists[n] = items
         extras = self.annotate(batch, lists, vectors, profiler)
-        self.monitor.record_batch(batch.users, [[i for i, _ in items] for items in lists])
+        if record:
+            self.monitor.record_batch(batch.users, [[i for i, _ in items] for items in lists])
         return lists, extras
 
     def _rescored(self, batch: RankBatch, positions: list[int], lams: np.ndarray,
-                  feedback: NegativeFeedback) -> list[list[tuple[str, float]]]:
+                  feedback: NegativeFeedback, record: bool = True) -> list[list[tuple[str, float]]]:
         """Lists of the users at ``positions``: stages, then MMR (with the exposure cap) or top-k."""
         scores = rescore(batch, positions, [boost_queries, feedback])
         excluded = [list(batch.seen[n]) + feedback.rows(batch, n) for n in positions]
@@ -230,7 +232,8 @@ class Enricher:
         if self.exposure is None and not diverse:  # MMR with lambda 1 is the top-k
             return top_k_lists(batch.model, scores, batch.k, excluded)
         rows = mmr_rerank_scores(scores, self.mmr_vectors(batch.model) if diverse else feedback.item_vectors,
-                                 batch.k, lams, self.mmr_candidates, excluded, self.exposure, centre=False)
+                                 batch.k, lams, self.mmr_candidates, excluded, self.exposure, centre=False,
+                                 record=record)
         return lists_of_rows(batch.model, scores, rows)
 
     def annotate(self, batch: RankBatch, lists: list[list[tuple[str, float]]], vectors: np.ndarray,

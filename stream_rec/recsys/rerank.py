@@ -88,8 +88,10 @@ def mmr_rerank_batch(candidate_rows: np.ndarray, relevance: np.ndarray, item_vec
 
 def mmr_rerank_scores(scores: np.ndarray, item_vectors: np.ndarray, k: int, lam: float | np.ndarray = 1.0,
                       n_candidates: int = 50, exclude_rows: list[list[int]] | None = None,
-                      exposure: "ExposureWindow | None" = None, centre: bool = True) -> np.ndarray:
+                      exposure: "ExposureWindow | None" = None, centre: bool = True,
+                      record: bool = True) -> np.ndarray:
     """Convenience for the worker: full score matrix -> top ``n_candidates`` -> exposure cap -> MMR.
+    The chosen lists count as exposures unless ``record`` is False (a lookup shows a list, it sends none).
 
     scores [B, N+1] (row 0 = padding), exclude_rows[b] = seen rows. ``centre`` subtracts the catalog's
     mean vector first (``vectors.centred``; pass pre-centred vectors and ``centre=False`` to do it once
@@ -108,7 +110,7 @@ def mmr_rerank_scores(scores: np.ndarray, item_vectors: np.ndarray, k: int, lam:
     rel = np.take_along_axis(s, cand, axis=1)
     demote = exposure.over_cap(cand) if exposure is not None else None
     out = mmr_rerank_batch(cand, rel, item_vectors, k, lam, demote)
-    if exposure is not None:
+    if exposure is not None and record:
         exposure.record(out)
     return out
 

@@ -18,6 +18,7 @@ module             what
 ``encoding``       the micro-batching queue in front of the text encoder
 ``models``         model resolution, hot reload (``LiveModel``), the ``control`` topic
 ``services``       ``WorkerServices`` (what the agent and tasks share) and the state cache
+``http``           the one HTTP listener: ``/metrics``, ``/healthz``, ``/readyz``, ``/recommendations/{user_id}``
 ``run``            ``make_worker``: the model to serve, thread and GC tuning, the ``faust.Worker``
 =================  ==================================================================================
 
@@ -93,8 +94,12 @@ and a 2 s timer feed ``watchdog.StallWatchdog``: no micro-batch for ``stall_warn
 a ``STALLED`` WARNING saying what the worker waits on and ``stream_rec_ready 0``; after ``stall_exit_s``
 the worker exits with status 75 for its supervisor to restart it.
 
-**Exposure.** Faust's own web server is disabled (it serves table contents and binds every interface);
-the only listener is the Prometheus endpoint on ``Settings.metrics_host`` (localhost by default).
+**One listener.** Faust's own web server is disabled (it serves table contents and binds every interface);
+the only listener is ours (``http``, on ``Settings.metrics_host``, localhost by default), run as a mode
+service on the worker's event loop: metrics, health, readiness, and a user's current list computed from
+the stored state by the stream's own ranking (``pipeline.current_record``). A lookup for a user of another
+worker's partition is redirected there: Faust's assignor shares every member's ``canonical_url``
+(``Settings.http_url``) with the group assignment.
 
 **Model.** Until a trained model directory is given (``--model``), the worker runs
 ``Recommender.untrained`` (same HybridGRU, random weights) and says so in its logs, in ``model_version``

@@ -53,6 +53,11 @@ def build_app(settings: Settings, services: WorkerServices | None = None) -> fau
     app.on_partitions_revoked.connect(on_rebalance)
     app.on_partitions_assigned.connect(on_rebalance)
 
+    async def joined(app, partitions, **kwargs) -> None:  # /readyz: the group answered (worker/http.py)
+        app.services.joined = True
+
+    app.on_partitions_assigned.connect(joined)
+
     @app.task
     async def follow_catalog():  # every worker holds the whole catalog
         await catalog_loop(services.catalog, settings)

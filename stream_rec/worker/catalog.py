@@ -9,7 +9,7 @@ date from the compacted ``catalog`` topic, and the text vectors of new items and
   creating the untrained model from the first records when there is none yet;
 * :func:`catalog_loop` -- a task in every worker reads the ``catalog`` topic from the beginning with its
   own group-less consumer (a consumer group would give each worker only some partitions) and applies
-  records in batches, each record validated and contained (worker/follow.py); ``--items FILE`` seeds the
+  records in batches, each record validated and contained (worker/follow.py); ``--items-file FILE`` seeds the
   catalog at start (:func:`seed_catalog`).
 
 Events for items not in the catalog yet go to the DLQ as ``unknown_item``.
@@ -183,7 +183,7 @@ def untrained_model(items: Sequence[dict], settings):
 
 
 def seed_catalog(model, records: Sequence[dict], settings) -> list[str]:
-    """Add the ``--items`` records the model does not know, at start (synchronously: nothing is being
+    """Add the ``--items-file`` records the model does not know, at start (synchronously: nothing is being
     served yet). A text model encodes them with the shared encoder (and its disk cache)."""
     if uses_text(model):
         from ..model.encoder import shared_encoder

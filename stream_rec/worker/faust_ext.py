@@ -101,12 +101,11 @@ def app_options(settings: Settings) -> dict[str, Any]:
         broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 6),
         consumer_auto_offset_reset="earliest",
         # Faust's web server is off: it would serve /table/<name>/ (every user's state) and binds 0.0.0.0
-        # by default. Metrics have their own localhost server (Settings.metrics_host/port); nothing of
-        # ours uses Faust's web views or its table router.
+        # by default. The worker's one listener is stream_rec/worker/http.py (Settings.metrics_host/port);
+        # canonical_url is the URL of that listener, which the partition assignor tells every member of
+        # the group, so a lookup can be redirected to the worker that owns the user's partition.
         web_enabled=False,
-        web_host=settings.web_host,
-        web_bind=settings.web_host,
-        web_port=settings.web_port,
+        canonical_url=settings.http_url,
         # no linger: a micro-batch's records are already batched (RecordBatches, BatchedChangelogTable), and
         # while a request is in flight aiokafka batches what comes next anyway; lingering only adds its
         # wait to every recommendation (DEVELOPERS.md)

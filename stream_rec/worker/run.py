@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import gc
 import logging
+import signal
 from typing import Sequence
 
 import faust
 
+from ..logs import logging_config
 from ..settings import Settings
 from .app import build_app
 from .catalog import seed_catalog, untrained_model, uses_text
+from .http import HttpService, bind_listener
 from .models import load_newest
 from .services import WorkerServices
 
@@ -42,17 +45,33 @@ def limit_threads(n: int) -> None:
     threadpool_limits(n)
 
 
-def make_worker(settings: Settings, items: Sequence[dict] = (), loglevel: str = "info", **worker_kwargs):
-    """A ``faust.Worker`` for the app (run it with ``.execute_from_commandline()``)."""
-    if settings.torch_threads > 0:
-        limit_threads(settings.torch_threads)
-    services = WorkerServices(settings, load_model(settings, items))
-    if uses_text(services.model):
-        # Load the LLM encoder before consuming: loading it on a thread while the stream runs holds the
-        # GIL for seconds, stalling the first batches of a backlog.
-        services.catalog_vectors.load_encoder()
+class Worker(faust.Worker):
+    """``faust.Worker`` that also stops cleanly on SIGHUP (a closed terminal, a supervisor's hang-up), the
+    way it stops on SIGTERM: agents stopped, offsets committed, producer flushed, RocksDB closed."""
+
+    def _install_signal_handlers_unix(self) -> None:
+        super()._install_signal_handlers_unix()
+        self.loop.add_signal_handler(signal.SIGHUP, self._on_sigterm)
+
+
+def make_worker(settings: Settings, items: Sequence[dict] = (), **worker_kwargs) -> Worker:
+    """A :class:`Worker` for the app (run it with ``.execute_from_commandline()``), with the HTTP listener
+    (worker/http.py) when ``metrics_port`` is set; its port is bound here, before anything is loaded."""
+    listener = bind_listener(settings) if settings.metrics_port else None
+    try:
+        if settings.torch_threads > 0:
+            limit_threads(settings.torch_threads)
+        services = WorkerServices(settings, load_model(settings, items))
+        if uses_text(services.model):
+            # Load the LLM encoder before consuming: loading it on a thread while the stream runs holds the
+            # GIL for seconds, stalling the first batches of a backlog.
+            services.catalog_vectors.load_encoder()
+    except BaseException:
+        if listener is not None:
+            listener.close()
+        raise
     if services.model is None:
-        log.warning("no catalog yet (no --items, no --model): waiting for records on the %s topic",
+        log.warning("no catalog yet (no --items-file, no --model): waiting for records on the %s topic",
                     settings.topic(settings.catalog_topic))
     app = build_app(settings, services)
     # Everything loaded so far (torch, transformers, the model, Faust) lives as long as the worker: move it
@@ -60,7 +79,10 @@ def make_worker(settings: Settings, items: Sequence[dict] = (), loglevel: str = 
     # (DEVELOPERS.md has the measurement).
     gc.collect()
     gc.freeze()
-    worker = faust.Worker(app, loglevel=loglevel, **worker_kwargs)
+    # the HTTP service starts before the app (probes answer during start-up) and stops after it
+    http = [HttpService(app, settings, listener)] if listener is not None else []
+    worker = Worker(app, *http, loglevel=settings.log_level,
+                    logging_config=logging_config(settings.log_level, settings.log_format), **worker_kwargs)
     # Faust's terminal spinner sets the root logger to DEBUG (to show every record while it spins) when
     # the level is WARNING or above: every aiokafka send then builds a debug record. No spinner: the
     # level asked for is the level we get.

@@ -42,7 +42,9 @@ class WorkerServices:
         # set once a record was not delivered: no offset is committed after it (faust_ext.LowLatencyConsumer)
         self.delivery_failure: BaseException | None = None
         self.state_cache = StateCache(settings.state_cache_users)
-        # fed by the batch handler and the lag timer; what a readiness check reads (worker/watchdog.py)
+        # readiness (worker/http.py): the group assigned partitions once; the stall watchdog, fed by the batch
+        # handler (batch_handled) and the lag timer (check)
+        self.joined = False
         self.watchdog = StallWatchdog(settings.stall_warn_s, settings.stall_exit_s)
         self.announce_model()
 

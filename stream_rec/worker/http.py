@@ -1,0 +1,258 @@
+"""The worker's one HTTP listener (``Settings.metrics_host:metrics_port``, localhost by default), served by
+aiohttp on the worker's own event loop:
+
+=================================  ====================================================================
+``GET /metrics``                   Prometheus exposition of stream_rec/metrics.py (process CPU/memory too)
+``GET /healthz``                   200 while the process runs and its event loop answers (this answer
+                                   comes from the loop itself); the loop lag it measures is in the body
+``GET /readyz``                    200 when the model is loaded, the consumer group assigned partitions,
+                                   no rebalance or table recovery is under way and the worker is not
+                                   stalled; else 503 with a JSON body naming what is missing
+``GET /recommendations/{user_id}`` the user's current list, computed from the stored state by the ranking
+                                   the stream uses (``pipeline.current_record``); served by the worker
+                                   that owns the user's partition: another worker answers 307 to it
+=================================  ====================================================================
+
+Pure pieces, tested without Kafka: :class:`Readiness` (what ``/readyz`` says, from a
+:class:`WorkerStatus` snapshot and a stall watchdog) and :func:`route` (answer here, redirect, or say
+that the owner is unknown). :class:`HttpService` is the Faust/mode service around them; it starts before
+the Faust app (``faust.Worker(app, http_service)``), so the probes answer during start-up, and stops after
+it. Faust's own web server stays off: it binds every interface and serves whole tables.
+
+Who owns a user: events are keyed by the raw user id and partitioned by murmur2 of that key (what every
+Kafka producer and Faust pick), and the state table is co-partitioned with ``events``, so the user's
+partition is :func:`user_partition` of the raw id -- also with ``pseudonymize_key``, where the table key
+is the pseudonym but the record key, hence the partition, is the raw id. Which worker owns a partition
+comes from Faust's partition assignor: every member publishes its ``canonical_url``
+(``Settings.http_url``) with the group assignment, and every member learns the others' at each rebalance.
+
+No access log: request paths carry user ids, which the worker never logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+from mode import Service
+
+from .. import metrics
+from ..io.topics import changelog_topic_name
+from ..pipeline import current_record
+from ..privacy import pseudonymize
+from ..settings import Settings
+
+log = logging.getLogger(__name__)
+
+REDIRECTED = "redirected"  # query flag of a redirected lookup: it is answered or refused, never sent on again
+
+
+class ListenError(OSError):
+    """The HTTP listener's address cannot be bound (port in use, no such interface)."""
+
+
+def bind_listener(settings: Settings) -> socket.socket:
+    """The listening socket on ``metrics_host:metrics_port``, bound now (at start, so a port in use fails
+    the command with one line before anything else starts)."""
+    host, port = settings.metrics_host, settings.metrics_port
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {host}:{port} (STREAM_REC_METRICS_HOST/PORT): "
+                          f"{exc.strerror or exc}") from None
+
+
+# --- readiness (pure) -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WorkerStatus:
+    """What the worker knows about itself when ``/readyz`` is asked."""
+
+    model_loaded: bool  # a model is served (--model, or the untrained one once catalog records arrived)
+    joined: bool  # the consumer group assigned partitions at least once (an empty assignment counts)
+    rebalancing: bool  # a rebalance, or the table recovery after it, is under way
+    recovery_remaining: int = 0  # changelog records still to replay (0: none, or not known)
+    stopping: bool = False
+
+
+class Readiness:
+    """``/readyz``: ready when nothing is missing. ``watchdog``: an object with ``stalled`` (bool) and
+    ``stalled_for`` (seconds), fed by the worker -- :class:`stream_rec.worker.watchdog.StallWatchdog`, whose
+    ``check(lag, recovering)`` reports a stall when events wait and no micro-batch was handled for
+    ``Settings.stall_warn_s``."""
+
+    def __init__(self, watchdog: Any):
+        self.watchdog = watchdog
+
+    def missing(self, status: WorkerStatus) -> dict[str, str]:
+        """name -> why, for each condition of readiness that does not hold (empty: ready)."""
+        out: dict[str, str] = {}
+        if status.stopping:
+            out["running"] = "the worker is stopping"
+        if not status.model_loaded:
+            out["model"] = "no model yet: no --model, and no catalog record has arrived"
+        if not status.joined:
+            out["group"] = "not joined: the consumer group has not assigned partitions yet"
+        elif status.rebalancing:
+            left = f" ({status.recovery_remaining} changelog records left)" if status.recovery_remaining else ""
+            out["recovery"] = "rebalancing: partitions are being assigned or tables recovered" + left
+        if self.watchdog.stalled:
+            out["progress"] = (f"stalled: no micro-batch handled for {self.watchdog.stalled_for:.0f} s "
+                               "while events wait")
+        return out
+
+
+# --- lookups: who answers (pure) ------------------------------------------------------------------------
+def user_partition(user_id: str, partitions: int) -> int:
+    """The partition of the user's events (and state): murmur2 of the raw id, as Kafka's default
+    partitioner and Faust compute it."""
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(user_id.encode("utf-8", "surrogatepass")) & 0x7FFFFFFF) % partitions
+
+
+@dataclass(frozen=True)
+class Route:
+    kind: str  # "here" | "redirect" | "unknown"
+    url: str | None = None  # the owner's URL for "redirect"
+    reason: str = ""  # for "unknown"
+
+
+def route(partition: int, own_url: str, owned: set[int], owners: dict[str, set[int]], rebalancing: bool,
+          redirected: bool = False) -> Route:
+    """Where the lookup of a user on ``partition`` is answered: here (this worker owns it), at another
+    worker's URL (``owners``: URL -> active partitions, from the group assignment), or nowhere right now.
+    A request that was redirected once is never redirected again (stale assignments cannot ping-pong)."""
+    if rebalancing:
+        return Route("unknown", reason="rebalancing: partition owners are being assigned; retry shortly")
+    if partition in owned:
+        return Route("here")
+    owner = next((url for url, parts in owners.items() if partition in parts), None)
+    if owner is None:
+        return Route("unknown", reason=f"no worker owns partition {partition} right now")
+    if owner.rstrip("/") == own_url.rstrip("/") or redirected:
+        return Route("unknown", reason=f"the group assignment of partition {partition} is out of date here")
+    return Route("redirect", url=owner.rstrip("/"))
+
+
+# --- the service ----------------------------------------------------------------------------------------
+class HttpService(Service):
+    """aiohttp on the worker's event loop: ``/metrics``, ``/healthz``, ``/readyz``, ``/recommendations``."""
+
+    LOOP_LAG_INTERVAL_S = 0.5
+
+    def __init__(self, app, settings: Settings, sock: socket.socket, **kwargs):
+        super().__init__(**kwargs)
+        self.app = app  # the faust.App of stream_rec/worker/app.py (``app.services``: WorkerServices)
+        self.settings = settings
+        self.sock = sock
+        self.readiness = Readiness(app.services.watchdog)
+        self.started_at = time.monotonic()
+        self.loop_lags: deque[float] = deque(maxlen=int(60 / self.LOOP_LAG_INTERVAL_S))  # the last minute
+        self._runner: web.AppRunner | None = None
+
+    async def on_start(self) -> None:
+        web_app = web.Application()
+        web_app.router.add_get("/metrics", self.get_metrics)
+        web_app.router.add_get("/healthz", self.get_healthz)
+        web_app.router.add_get("/readyz", self.get_readyz)
+        web_app.router.add_get("/recommendations/{user_id:.+}", self.get_recommendations)
+        self._runner = web.AppRunner(web_app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.SockSite(self._runner, self.sock).start()
+        log.info("HTTP on %s:%d (/metrics /healthz /readyz /recommendations/USER), advertised to the group as %s",
+                 self.settings.metrics_host, self.settings.metrics_port, self.app.conf.canonical_url)
+
+    async def on_stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @Service.task
+    async def _measure_loop_lag(self) -> None:
+        """How late a timer fires on the event loop: everything the worker does shares that loop."""
+        loop = asyncio.get_running_loop()
+        while not self.should_stop:
+            before = loop.time()
+            await self.sleep(self.LOOP_LAG_INTERVAL_S)
+            lag = max(0.0, loop.time() - before - self.LOOP_LAG_INTERVAL_S)
+            self.loop_lags.append(lag)
+            metrics.EVENT_LOOP_LAG.set(lag)
+
+    # --- what the worker knows --------------------------------------------------------------------------
+    def status(self) -> WorkerStatus:
+        app = self.app
+        remaining = 0
+        if app.in_recovery:
+            try:
+                remaining = int(app.tables.recovery.active_remaining_total())
+            except Exception:  # Faust internals: the count is only informative
+                remaining = 0
+        return WorkerStatus(model_loaded=app.services.model is not None, joined=app.services.joined,
+                            rebalancing=bool(app.rebalancing or app.in_recovery), recovery_remaining=remaining,
+                            stopping=bool(app.should_stop))
+
+    def owners(self) -> tuple[set[int], dict[str, set[int]]]:
+        """(partitions this worker owns, URL -> partitions of every member) of the state table."""
+        changelog = changelog_topic_name(self.settings)
+        assignor = self.app.assignor
+        owned = {tp.partition for tp in assignor.assigned_actives() if tp.topic == changelog}
+        owners = {url: set(topics.get(changelog, ())) for url, topics in assignor.table_metadata(changelog).items()}
+        return owned, owners
+
+    # --- handlers ---------------------------------------------------------------------------------------
+    async def get_metrics(self, request: web.Request) -> web.Response:
+        body, content_type = metrics.exposition()
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = content_type
+        return response
+
+    async def get_healthz(self, request: web.Request) -> web.Response:
+        lags = list(self.loop_lags)
+        return web.json_response({
+            "status": "ok", "pid": os.getpid(), "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "loop_lag_ms": round(lags[-1] * 1000, 1) if lags else None,
+            "loop_lag_max_ms_1m": round(max(lags) * 1000, 1) if lags else None})
+
+    async def get_readyz(self, request: web.Request) -> web.Response:
+        status = self.status()
+        missing = self.readiness.missing(status)
+        owned, _ = self.owners() if status.joined else (set(), {})
+        body = {"ready": not missing, "missing": sorted(missing), "detail": missing,
+                "partitions": sorted(owned), "url": str(self.app.conf.canonical_url)}
+        return web.json_response(body, status=503 if missing else 200)
+
+    async def get_recommendations(self, request: web.Request) -> web.Response:
+        user_id = request.match_info["user_id"]
+        services = self.app.services
+        partition = user_partition(user_id, self.settings.partitions)
+        owned, owners = self.owners()
+        where = route(partition, str(self.app.conf.canonical_url), owned, owners,
+                      rebalancing=bool(self.app.rebalancing or self.app.in_recovery),
+                      redirected=REDIRECTED in request.query)
+        if where.kind == "redirect":
+            location = f"{where.url}/recommendations/{quote(user_id, safe='')}?{REDIRECTED}=1"
+            return web.json_response({"redirect": where.url, "partition": partition}, status=307,
+                                     headers={"Location": location})
+        if where.kind == "unknown":
+            return web.json_response({"error": "owner unknown", "detail": where.reason, "partition": partition},
+                                     status=503, headers={"Retry-After": "1"})
+        model = services.model
+        if model is None:
+            return web.json_response({"error": "no model yet", "partition": partition}, status=503,
+                                     headers={"Retry-After": "5"})
+        key = pseudonymize(user_id, self.settings.pseudonymize_key)
+        raw_state = services.state_cache.get(key.encode()) or self.app.state_table.get(key.encode())
+        record = current_record(key, raw_state, model, services.config, enricher=services.enricher)
+        if record is None:
+            return web.json_response({"error": "unknown user", "detail": "no state for this user on its partition",
+                                      "partition": partition}, status=404)
+        record["partition"] = partition
+        return web.json_response(record)
