@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+import sys
 from typing import Sequence
 
 import faust
@@ -61,6 +62,8 @@ def make_worker(settings: Settings, items: Sequence[dict] = (), **worker_kwargs)
     try:
         if settings.torch_threads > 0:
             limit_threads(settings.torch_threads)
+        if settings.gil_switch_interval_ms > 0:
+            sys.setswitchinterval(settings.gil_switch_interval_ms / 1000.0)
         services = WorkerServices(settings, load_model(settings, items))
         if uses_text(services.model):
             # Load the LLM encoder before consuming: loading it on a thread while the stream runs holds the
@@ -79,6 +82,8 @@ def make_worker(settings: Settings, items: Sequence[dict] = (), **worker_kwargs)
     # (DEVELOPERS.md has the measurement).
     gc.collect()
     gc.freeze()
+    if services.tracer is not None:  # the latency microscope: GC, loop callbacks, executor threads
+        services.tracer.install()
     # the HTTP service starts before the app (probes answer during start-up) and stops after it
     http = [HttpService(app, settings, listener)] if listener is not None else []
     worker = Worker(app, *http, loglevel=settings.log_level,
