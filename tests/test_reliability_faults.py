@@ -354,13 +354,20 @@ def test_stalled_worker_warns_then_exits_for_its_supervisor(tmp_path):
     with EmbeddedBroker(log_file=tmp_path / "tansu.log") as broker:
         settings = make_settings(broker.bootstrap, tmp_path / "data", stall_warn_s=3.0, stall_exit_s=12.0)
         asyncio.run(ensure_topics(settings))
-        stream = UserStream(n_users=200, per_user=60, seed=6)
+        # The backlog (~4 MB) is larger than what the worker's consumer buffers from one fetch per
+        # partition (1 MB), so events still wait in the broker when it stops answering.
+        stream = UserStream(n_users=400, per_user=80, seed=6)
         items = write_items(tmp_path, CATALOG)
         worker = WorkerProcess(settings, tmp_path / "w", items=items).start()
         try:
             produce(settings, settings.topic(settings.events_topic), stream.events[:10])
             wait_for_first_rec(settings, worker)
-            produce(settings, settings.topic(settings.events_topic), stream.events[10:])  # a backlog
+            consumed = scrape(worker.metrics_url())["stream_rec_events_consumed_total"]
+            with paused(worker.proc):  # a fast worker must not keep up with the producer and drain it all
+                produce(settings, settings.topic(settings.events_topic), stream.events[10:])
+            # the worker has read past the backlog's start: it knows the new end offsets (its lag)
+            wait_until(lambda: scrape(worker.metrics_url())["stream_rec_events_consumed_total"] > consumed,
+                       timeout_s=30, message="the worker to read the backlog")
             with paused(broker.process):
                 stalled = wait_until(lambda: (lambda m: m if m.get("stream_rec_stalled_seconds", 0) >= 3 else None)(
                     scrape(worker.metrics_url())), timeout_s=30, message="the worker to report a stall")

@@ -10,7 +10,8 @@ loses them (a worker's RocksDB tables survive, but a new broker starts with empt
 ``start()`` waits for a real Kafka metadata round trip (aiokafka), not just an open TCP port, so
 callers can create topics and produce right away. ``stop()`` terminates the process (then kills it
 after a grace period) and never leaves it behind, even when the caller crashes (context manager,
-``atexit``).
+``atexit``) or is killed with SIGKILL (on Linux the broker is told to stop when its parent dies:
+:func:`_stop_with_parent`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import asyncio
 import atexit
 import logging
 import os
+import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +33,18 @@ log = logging.getLogger(__name__)
 
 class BrokerError(RuntimeError):
     """The embedded broker could not be found or did not come up."""
+
+
+def _stop_with_parent() -> None:
+    """Runs in the broker's process before it starts: ask Linux to send it SIGTERM when its parent dies
+    (``prctl(PR_SET_PDEATHSIG)``), so a ``kill -9`` of a test run, a demo or ``stream-rec broker`` leaves
+    no broker holding its port. Elsewhere (no such call) the broker is stopped by ``stop``/``atexit`` only."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def broker_binary() -> str:
@@ -114,8 +129,12 @@ class EmbeddedBroker:
         log.info("starting embedded Kafka broker (Tansu) on %s", self.bootstrap)
         # Own process group: a Ctrl-C in the terminal reaches us, and we stop the broker ourselves
         # in order (after the worker), instead of the broker dying first under a flushing worker.
+        # The death signal follows the *thread* that started the broker: only the main thread lives as
+        # long as the process.
+        on_main_thread = threading.current_thread() is threading.main_thread()
         self.process = subprocess.Popen(cmd, stdout=self._log_handle, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                                        stdin=subprocess.DEVNULL, start_new_session=True,
+                                        preexec_fn=_stop_with_parent if on_main_thread else None)
         atexit.register(self.stop)
         try:
             wait_for_kafka(self.bootstrap, self.startup_timeout_s)
