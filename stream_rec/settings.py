@@ -78,7 +78,7 @@ class Settings:
     stall_warn_s: float = 30.0
     stall_exit_s: float = 300.0
     batch_max_events: int = 256  # micro-batch: at most this many events ...
-    batch_max_wait_ms: int = 5  # ... and its oldest event waits at most this long, unless a backlog waits
+    batch_max_wait_ms: int = 3  # ... and its oldest event waits at most this long, unless a backlog waits
     # the events agent fills a micro-batch adaptively (stream_rec.worker.faust_ext.take_batches, close_reason):
     # it closes when full, 1 ms after the intake pauses or batch_max_wait_ms after its oldest event was taken
     # -- unless a whole batch of events waits (a backlog: then it fills up) -- and at the latest this long
@@ -109,10 +109,6 @@ class Settings:
     # tiny, and extra threads only contend with Faust's event loop and the consumer thread for the same
     # cores (DEVELOPERS.md). 0 = the libraries' defaults.
     torch_threads: int = 1
-    # how long a Python thread may hold the GIL while another waits for it (sys.setswitchinterval; Python's
-    # default is 5 ms). The worker's Faust consumer thread needs the GIL to hand every fetch over, and
-    # with the default it waited up to 5 ms per hand-off behind a micro-batch (DEVELOPERS.md). 0 = Python's
-    gil_switch_interval_ms: float = 5.0
     context_alpha: float = 1.0  # weight of an event's context.text (a query) in its list; 0 = ignore context
     model_poll_s: float = 3.0  # hot reload: check the --model directory for a newer model this often (0 = never)
     # --- Smarter recommendations in the worker (stream_rec/recsys/, docs/SMARTER.md) ---------------------

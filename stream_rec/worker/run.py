@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 import signal
-import sys
 from typing import Sequence
 
 import faust
@@ -62,8 +61,6 @@ def make_worker(settings: Settings, items: Sequence[dict] = (), **worker_kwargs)
     try:
         if settings.torch_threads > 0:
             limit_threads(settings.torch_threads)
-        if settings.gil_switch_interval_ms > 0:
-            sys.setswitchinterval(settings.gil_switch_interval_ms / 1000.0)
         services = WorkerServices(settings, load_model(settings, items))
         if uses_text(services.model):
             # Load the LLM encoder before consuming: loading it on a thread while the stream runs holds the
