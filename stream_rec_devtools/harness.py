@@ -35,7 +35,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from stream_rec.io.broker import free_port
+from stream_rec.io.broker import free_port, stop_with_parent_hook
 from stream_rec.io.kafka import kafka_consumer, kafka_producer, read_topic
 from stream_rec.io.topics import changelog_topic_name
 from stream_rec.settings import Settings
@@ -93,8 +93,10 @@ class WorkerProcess:
         if self.items:
             cmd += ["--items-file", str(self.items)]
         self._log = open(self.log_path, "ab")
+        # stops with this process even when it is killed (no orphaned worker after a killed test run or bench)
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=stop_with_parent_hook())
         return self
 
     def alive(self) -> bool:
