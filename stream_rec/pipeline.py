@@ -99,6 +99,7 @@ class BatchResult:
     received_at: list[float] = field(default_factory=list)
     step_seconds: float = 0.0
     topk_seconds: float = 0.0
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # phase -> seconds (the latency microscope)
 
 
 @dataclass(frozen=True)
@@ -209,20 +210,27 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
     feedback, MMR / exposure re-ranking, reasons, interests and the online quality monitor.
     Never raises on bad input: bad records end up in ``result.dlq``."""
     result = BatchResult()
+    phases, clock = result.phase_seconds, time.perf_counter
+    t0 = clock()
     by_user = validate_batch(batch, model, config, now(), result)
+    t1 = clock()
     touched = load_users(by_user, batch, load_state, result, enricher)
+    t2 = clock()
+    phases["validate"], phases["load"] = t1 - t0, t2 - t1
     if not touched.users:
         return result
-    t0 = time.perf_counter()
     hiddens = initial_hiddens(model, touched.states)
     positives = positive_events(touched, enricher)
     hiddens = step_users(model, hiddens, touched.states, positives, config.half_precision_state)
-    result.step_seconds = time.perf_counter() - t0
+    t3 = clock()
+    result.step_seconds = phases["step"] = t3 - t2
     store_states(touched, positives, hiddens, model_tag(model.version), batch, config, result, enricher)
-    t0 = time.perf_counter()
+    t4 = clock()
     lists, extras = rank_users(model, touched, hiddens, queries or {}, config, enricher)
-    result.topk_seconds = time.perf_counter() - t0
+    t5 = clock()
+    result.topk_seconds = phases["rank"] = t5 - t4
     emit_records(touched, lists, extras, model.version, batch, now(), result)
+    phases["store"], phases["emit"] = t4 - t3, clock() - t5
     return result
 
 
@@ -285,6 +293,8 @@ def merge_at(merged: BatchResult, one: BatchResult, index: int) -> None:
     merged.received_at.extend(one.received_at)
     merged.step_seconds += one.step_seconds
     merged.topk_seconds += one.topk_seconds
+    for phase, seconds in one.phase_seconds.items():
+        merged.phase_seconds[phase] = merged.phase_seconds.get(phase, 0.0) + seconds
 
 
 def current_record(user_id: str, raw_state: bytes | None, model, config: PipelineConfig = PipelineConfig(),

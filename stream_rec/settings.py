@@ -78,10 +78,15 @@ class Settings:
     stall_warn_s: float = 30.0
     stall_exit_s: float = 300.0
     batch_max_events: int = 256  # micro-batch: at most this many events ...
-    batch_max_wait_ms: int = 5  # ... or this long after the first one
-    # the events agent fills a micro-batch adaptively (stream_rec.worker.faust_ext.take_batches): it closes
-    # when full, 1 ms after the intake pauses, or this long after its first event
+    batch_max_wait_ms: int = 3  # ... and its oldest event waits at most this long, unless a backlog waits
+    # the events agent fills a micro-batch adaptively (stream_rec.worker.faust_ext.take_batches, close_reason):
+    # it closes when full, 1 ms after the intake pauses or batch_max_wait_ms after its oldest event was taken
+    # -- unless a whole batch of events waits (a backlog: then it fills up) -- and at the latest this long
+    # after it started filling
     batch_fill_max_ms: int = 50
+    # micro-batches whose records (recommendations, changelog) may be unacknowledged by the broker while the
+    # stream goes on (stream_rec.worker.faust_ext.InFlightBatches); 1 = wait for each batch's acks one batch later
+    max_in_flight_batches: int = 4
     encoder_batch_max: int = 64  # text encoder micro-batch (slower, sized separately)
     # states of this many recently active users are kept in worker memory as well as in the table: a
     # read hits the dict instead of RocksDB through Faust's table get (DEVELOPERS.md: the profile).
@@ -123,6 +128,11 @@ class Settings:
     drift_finetune: bool = False  # on a drift alarm, fine-tune on recent events into --model (a dir of model dirs)
     drift_finetune_cooldown_s: float = 3600.0  # at most one drift fine-tune per this many seconds
     drift_recent_events: int = 50000  # recent events kept in memory for the drift fine-tune
+
+    # the latency microscope (stream_rec/worker/trace.py, benchmarks/profile_worker.py): when set, the worker
+    # records the legs of every micro-batch and what else ran on its loops and threads, and writes them to
+    # this file (JSON lines) when it exits. Empty = off (nothing is installed)
+    trace_file: str = ""
 
     # --- Logs --------------------------------------------------------------------------------------
     log_level: str = "info"  # debug | info | warning | error

@@ -35,7 +35,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from stream_rec.io.broker import free_port
+from stream_rec.io.broker import free_port, stop_with_parent_hook
 from stream_rec.io.kafka import kafka_consumer, kafka_producer, read_topic
 from stream_rec.io.topics import changelog_topic_name
 from stream_rec.settings import Settings
@@ -93,8 +93,10 @@ class WorkerProcess:
         if self.items:
             cmd += ["--items-file", str(self.items)]
         self._log = open(self.log_path, "ab")
+        # stops with this process even when it is killed (no orphaned worker after a killed test run or bench)
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=stop_with_parent_hook())
         return self
 
     def alive(self) -> bool:
@@ -212,6 +214,26 @@ class RecCollector:
             await self._consumer.stop()
 
 
+@contextlib.contextmanager
+def no_gc_pauses():
+    """The cyclic GC off in this process while a measurement runs (back on, and run, afterwards). A bench
+    process sends the events and receives the recommendations on one event loop, and keeps every record
+    it timed: a full collection over those took 300 ms in the middle of a latency run, which delayed
+    sends and arrivals alike and showed up as the worker's latency (benchmarks/profile_worker.py --trace)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+        gc.unfreeze()
+
+
 def event_record(user_id: str, item_id: str, timestamp: float, event_type: str = "view",
                  value: float | None = None, context: dict | None = None) -> dict:
     rec = {"user_id": user_id, "item_id": item_id, "event_type": event_type, "timestamp": timestamp}
@@ -231,10 +253,11 @@ async def make_producer(settings: Settings):
 
 async def send_events(producer, settings: Settings, events: Iterable[dict], rate: float = 0.0,
                       on_sent: Callable[[int, dict, float], None] | None = None, chunk: int = 200,
-                      progress=None) -> int:
+                      progress=None, on_acked: Callable[[int, dict, float], None] | None = None) -> int:
     """Produce events (keyed by user_id) to the events topic at ``rate`` events/s (0 = as fast as the
-    producer goes). ``on_sent(i, event, t)`` gets each event's send time. Acks are awaited in chunks,
-    so throughput is not bound by one round trip per event."""
+    producer goes). ``on_sent(i, event, t)`` gets each event's send time, ``on_acked(i, event, t)`` the
+    time the broker's acknowledgement reached the producer. Acks are awaited in chunks, so throughput is
+    not bound by one round trip per event."""
     topic = settings.topic(settings.events_topic)
     t_start = time.perf_counter()
     pending = []
@@ -245,9 +268,12 @@ async def send_events(producer, settings: Settings, events: Iterable[dict], rate
             delay = due - time.perf_counter()
             if delay > 0.001:
                 await asyncio.sleep(delay)
-        pending.append(await producer.send(topic, json.dumps(ev).encode(), key=str(ev["user_id"]).encode()))
+        future = await producer.send(topic, json.dumps(ev).encode(), key=str(ev["user_id"]).encode())
+        pending.append(future)
         if on_sent is not None:
             on_sent(n - 1, ev, time.time())
+        if on_acked is not None:
+            future.add_done_callback(lambda _f, i=n - 1, ev=ev: on_acked(i, ev, time.time()))
         if len(pending) >= chunk:
             await asyncio.gather(*pending)
             pending.clear()

@@ -220,3 +220,28 @@ def test_delete_user_erases_state_through_the_changelog(spine_settings, tmp_path
     assert ben and ben[-1]["value"] is None, "ben's last changelog record must be a tombstone"
     ann = [r for r in changelog if r["key"] == b"ann"]
     assert len({r["partition"] for r in ann}) == 1, "a user's changelog records stay on one partition"
+
+
+def test_traced_worker_writes_every_leg_of_its_batches(spine_settings, tmp_path):
+    """``STREAM_REC_TRACE_FILE`` (the latency microscope): the worker's trace, written when it stops,
+    holds the fetch responses and hand-overs of the consumer thread (which wrap private aiokafka parts),
+    every micro-batch with its marks and phases, and their acknowledgements -- covering every event."""
+    from dataclasses import replace
+
+    trace = tmp_path / "trace.jsonl"
+    s = replace(spine_settings, trace_file=str(trace))
+    items, events = small_world(n_users=8, per_user=(4, 6), seed=3)
+    with WorkerProcess(s, tmp_path, items=write_items(tmp_path, items)) as worker:
+        produce(s, s.topic("events"), events)
+        consume(s, s.topic("recommendations"), timeout_s=60,
+                until=lambda rs: {r["value"]["user_id"] for r in rs} == {e["user_id"] for e in events})
+        assert worker.alive(), worker.log_tail()
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    kinds = {r[0] for r in records}
+    assert {"response", "fetch", "batch", "delivered"} <= kinds, kinds
+    batches = [r for r in records if r[0] == "batch"]
+    assert sum(len(b[4]) for b in batches) == len(events)  # every event in exactly one traced batch
+    marks = [m[0] for m in batches[-1][5]]
+    assert marks[0] == "start" and "process" in marks and "sent" in marks, marks
+    assert {p for p, _ in batches[-1][6]} >= {"validate", "step", "rank"}
+    assert {r[1] for r in records if r[0] == "delivered"} == {b[1] for b in batches}

@@ -33,7 +33,8 @@ def register(sub) -> None:
     add_setting(p, "advertised_url", "URL other workers redirect lookups of this worker's users to "
                                      "(empty = http://METRICS_HOST:METRICS_PORT)", metavar="URL")
     add_setting(p, "batch_max_events", "micro-batch size limit", metavar="N")
-    add_setting(p, "batch_max_wait_ms", "micro-batch wait limit", metavar="MS")
+    add_setting(p, "batch_max_wait_ms", "longest wait of a micro-batch's oldest event before it closes (a backlog "
+                                        "fills batches instead)", metavar="MS")
     add_setting(p, "top_k", "items per recommendation", metavar="K")
     add_setting(p, "mmr_lambda", "diversity re-rank: 1.0 = off (pure relevance), 0.6 = suggested trade-off",
                 metavar="L")

@@ -36,7 +36,7 @@ class BrokerError(RuntimeError):
 
 
 def _stop_with_parent() -> None:
-    """Runs in the broker's process before it starts: ask Linux to send it SIGTERM when its parent dies
+    """Runs in a child process before it starts: ask Linux to send it SIGTERM when its parent dies
     (``prctl(PR_SET_PDEATHSIG)``), so a ``kill -9`` of a test run, a demo or ``stream-rec broker`` leaves
     no broker holding its port. Elsewhere (no such call) the broker is stopped by ``stop``/``atexit`` only."""
     try:
@@ -45,6 +45,13 @@ def _stop_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def stop_with_parent_hook():
+    """The ``preexec_fn`` that makes a child process stop with this one (:func:`_stop_with_parent`), or None
+    off the main thread: the death signal follows the *thread* that started the child, and only the main
+    thread lives as long as the process."""
+    return _stop_with_parent if threading.current_thread() is threading.main_thread() else None
 
 
 def broker_binary() -> str:
@@ -129,12 +136,9 @@ class EmbeddedBroker:
         log.info("starting embedded Kafka broker (Tansu) on %s", self.bootstrap)
         # Own process group: a Ctrl-C in the terminal reaches us, and we stop the broker ourselves
         # in order (after the worker), instead of the broker dying first under a flushing worker.
-        # The death signal follows the *thread* that started the broker: only the main thread lives as
-        # long as the process.
-        on_main_thread = threading.current_thread() is threading.main_thread()
         self.process = subprocess.Popen(cmd, stdout=self._log_handle, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True,
-                                        preexec_fn=_stop_with_parent if on_main_thread else None)
+                                        preexec_fn=stop_with_parent_hook())
         atexit.register(self.stop)
         try:
             wait_for_kafka(self.bootstrap, self.startup_timeout_s)

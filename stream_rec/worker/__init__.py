@@ -10,8 +10,8 @@ module             what
 =================  ==================================================================================
 ``app``            the Faust app: topics, the state table, the agent, the tasks (declarations only)
 ``batch``          the batch handler: state reads and staged writes, ``process_batch_isolating``, sends, metrics
-``faust_ext``      what we add to Faust/aiokafka: transport, ``take_batches``, batched sends, the state table
-                   written behind its changelog
+``faust_ext``      what we add to Faust/aiokafka: transport, ``take_batches`` (latency-aware close), batched
+                   sends and the bound on batches in flight, the state table written behind its changelog
 ``follow``         the one follower of the ``catalog`` and ``control`` topics, each record contained
 ``watchdog``       stall detection (pure ``StallWatchdog``) and its gauges, WARNING and exit
 ``catalog``        the live catalog and the text vectors of new items and queries
@@ -20,6 +20,7 @@ module             what
 ``services``       ``WorkerServices`` (what the agent and tasks share) and the state cache
 ``http``           the one HTTP listener: ``/metrics``, ``/healthz``, ``/readyz``, ``/recommendations/{user_id}``
 ``run``            ``make_worker``: the model to serve, thread and GC tuning, the ``faust.Worker``
+``trace``          the latency microscope's worker side (``Settings.trace_file``; off by default)
 =================  ==================================================================================
 
 Design decisions
@@ -28,8 +29,9 @@ Design decisions
 (``table[key] = value``) picks the store partition and the changelog partition from
 ``faust.streams.current_event()``, which is unset inside ``stream.take()`` batches, and it writes the local
 store *before* the changelog record is delivered. We iterate ``faust_ext.take_batches`` instead (an
-adaptive variant of Faust's ``stream.take_events``: batches fill up while a backlog lasts, close 1 ms
-after the intake pauses), which yields the Faust ``Event`` objects, and write through
+adaptive variant of Faust's ``stream.take_events``: batches fill up while a backlog lasts; otherwise a
+batch closes 1 ms after the intake pauses, or ``batch_max_wait_ms`` after its oldest event was taken,
+``faust_ext.close_reason``), which yields the Faust ``Event`` objects, and write through
 ``faust_ext.BatchedChangelogTable``: each new state is *staged* for the partition of the user's own event
 (events are keyed by ``user_id`` and the table is co-partitioned with ``events``, so that is the
 partition of the user's table key), kept in memory, and written to RocksDB -- with the store's persisted
@@ -73,10 +75,11 @@ so two apps sharing a data dir would mix offsets).
 recommendations go into one Kafka record batch per partition (``faust_ext.RecordBatches``, aiokafka's
 ``send_batch``: one future per partition, not per record), and so do its changelog records
 (``faust_ext.BatchedChangelogTable``: same records on the same partitions as Faust's per-key
-``send_soon``, staged by the batch handler and handed over before the batch is acked). We await the
-delivery futures together, one batch late (the stream does not stop for a broker round trip per batch).
-That keeps at-least-once: Faust flushes the producer before it commits offsets, so a batch's offsets are
-never committed before its records (and its changelog writes) are delivered.
+``send_soon``, staged by the batch handler and handed over before the batch is acked). The stream does
+not wait for a batch's acknowledgements: up to ``max_in_flight_batches`` batches may be unacknowledged
+(``faust_ext.InFlightBatches``; a failed delivery is raised as soon as it is known). That keeps
+at-least-once: Faust flushes the producer before it commits offsets, so a batch's offsets are never
+committed before its records (and its changelog writes) are delivered.
 
 **Low-latency fetches.** faust-streaming's aiokafka driver hard-codes ``fetch_max_wait_ms=1500``: on a
 quiet topic a fetch waits that long before returning, which becomes the event->recommendation latency

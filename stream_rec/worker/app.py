@@ -43,8 +43,13 @@ def build_app(settings: Settings, services: WorkerServices | None = None) -> fau
     @app.agent(events, supervisor_strategy=mode.CrashingSupervisor)
     async def process_events(stream):
         gc.freeze()  # what the worker's start-up created stays too (see worker/run.py)
+        if services.tracer is not None:  # the latency microscope (Settings.trace_file)
+            services.tracer.install_app(app)
         fill_s = max(settings.batch_max_wait_ms, settings.batch_fill_max_ms) / 1000.0
-        async for batch in take_batches(stream, settings.batch_max_events, fill_s):
+        events_topic = events.get_topic_name()
+        async for batch in take_batches(stream, settings.batch_max_events, fill_s,
+                                        max_wait_s=settings.batch_max_wait_ms / 1000.0,
+                                        behind=lambda: consumer_lag(app, events_topic)):
             await handle_batch(app, batch, recommendations.get_topic_name(), dlq.get_topic_name())
 
     async def on_rebalance(app, partitions, **kwargs) -> None:  # partitions revoked or assigned
@@ -85,6 +90,6 @@ def build_app(settings: Settings, services: WorkerServices | None = None) -> fau
     async def report_lag():  # the lag gauge, and the stall watchdog fed with the lag (worker/watchdog.py)
         lag = consumer_lag(app, events.get_topic_name())
         metrics.CONSUMER_LAG.set(lag)
-        check_stall(services.watchdog, lag, recovering(app), lambda: waits_of(app, services.pending_sends))
+        check_stall(services.watchdog, lag, recovering(app), lambda: waits_of(app, services.in_flight.pending()))
 
     return app

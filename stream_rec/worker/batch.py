@@ -4,7 +4,6 @@ only loops over ``take_batches`` and calls :func:`handle_batch`)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -28,31 +27,45 @@ async def handle_batch(app: faust.App, batch: Sequence[Any], recs_topic: str, dl
     """Run one micro-batch: read states, process, stage states, send records, update metrics."""
     services: WorkerServices = app.services
     table = app.state_table
+    trace = services.tracer.batch(batch) if services.tracer is not None else None  # the latency microscope
     if not services.config.partitions:  # the events topic's partition count, for the partitioner check
         partitions = await topic_partitions(app.producer, batch[0].message.topic)
         services.config = replace(services.config, partitions=partitions)
     incoming = incoming_records(batch)
     model = services.model  # one version for the whole batch, even if a reload lands meanwhile
     queries = await batch_queries(services, model, incoming)
+    if trace:
+        trace.mark("queries")
     result = process_batch_isolating(incoming, state_reader(table, services.state_cache, incoming, services.config),
                                      model, services.config, queries=queries, enricher=services.enricher,
                                      on_error=_log_batch_error)
+    if trace:
+        trace.mark("process")
     stage_states(table, services, batch, result)
-    futures = await send_records(app.producer, table, batch, result, recs_topic, dlq_topic)
+    if trace:
+        trace.mark("stage")
+    futures = await send_records(app.producer, table, batch, result, recs_topic, dlq_topic, trace)
     for future in futures:
         future.add_done_callback(services.note_delivery)
     sent = time.time()
-    # Acks are awaited one batch late, so the stream is not paused for a broker round trip per batch.
-    # Safe for at-least-once: Faust flushes the producer before every offset commit, and no offset is
-    # committed once a delivery failed (services.delivery_failure). A send that still fails after the
-    # producer's retries is raised here, one batch later, and stops the worker (worker/app.py).
-    previous, services.pending_sends = services.pending_sends, futures
-    if previous:
-        await asyncio.gather(*previous)
+    if trace:
+        trace.mark("sent")
+        trace.deliveries(futures)
+    # Acks are not awaited batch by batch: at most max_in_flight_batches batches stay unacknowledged
+    # (faust_ext.InFlightBatches says why that is safe). A send that still fails after the producer's
+    # retries is raised here, once its batch's deliveries are done, and stops the worker (worker/app.py).
+    services.in_flight.add(futures)
+    await services.in_flight.settle()
+    if services.delivery_failure is not None:  # a newer batch failed while an older one is still in flight
+        raise services.delivery_failure
+    if trace:
+        trace.mark("settled")
     if table.store_error is not None:
         raise RuntimeError(f"writing delivered states to the local store failed: {table.store_error!r}")
     record_metrics(services, len(batch), result, sent)
     services.watchdog.batch_handled()
+    if trace:
+        trace.finish(result)
 
 
 def _log_batch_error(exc: BaseException) -> None:
@@ -121,10 +134,12 @@ def stage_states(table, services: WorkerServices, batch: Sequence[Any], result: 
 
 
 async def send_records(producer, table, batch: Sequence[Any], result: BatchResult, recs_topic: str,
-                       dlq_topic: str) -> list:
+                       dlq_topic: str, trace=None) -> list:
     """Hand the changelog batches, the recommendations and the re-routed events (one record batch per
     partition) and the DLQ records to the producer; returns their delivery futures."""
     futures = await table.send_changelog_batches()
+    if trace:
+        trace.mark("changelog")
     if result.recommendations or result.rerouted:
         records = RecordBatches(producer._ensure_producer())
         await records.ready(recs_topic)

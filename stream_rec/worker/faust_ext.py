@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from typing import Any, Callable, Iterator, Sequence
 
 import faust
 from faust.transport import drivers as faust_drivers
+from mode.services import WaitResults
 from faust.transport.drivers import aiokafka as aiokafka_driver
 
 from .. import metrics
@@ -54,9 +56,102 @@ class LowLatencyConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
             **aiokafka_driver.credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context))
 
 
+class TracedConsumerThread(LowLatencyConsumerThread):
+    """The consumer thread when the worker traces (``Settings.trace_file``, worker/trace.py): when a fetch
+    response reached aiokafka's fetcher, when its records were handed over to Faust in this thread, and
+    when they reached the worker's event loop."""
+
+    _fetched_at = 0.0
+
+    async def _fetch_records(self, consumer, *args, **kwargs):  # runs in the consumer thread
+        fetcher = consumer._fetcher
+        if not getattr(fetcher, "_stream_rec_traced", False):
+            fetcher._stream_rec_traced = True
+            self._trace_responses(fetcher, self.app.services.tracer)
+        records = await super()._fetch_records(consumer, *args, **kwargs)
+        if records:
+            self._fetched_at = time.time()
+        return records
+
+    @staticmethod
+    def _trace_responses(fetcher, tracer) -> None:
+        """Wrap aiokafka's ``Fetcher._proc_fetch_request`` (one fetch request and its response)."""
+        inner = fetcher._proc_fetch_request
+
+        async def proc_fetch_request(assignment, node_id, request):
+            before = dict(fetcher._records)
+            result = await inner(assignment, node_id, request)
+            tracer.response(time.time(), [(tp.topic, tp.partition, got._partition_records.next_fetch_offset)
+                                          for tp, got in fetcher._records.items()
+                                          if before.get(tp) is not got and got._partition_records is not None])
+            return result
+
+        fetcher._proc_fetch_request = proc_fetch_request
+
+    async def getmany(self, active_partitions, timeout):  # runs on the worker's event loop
+        records = await super().getmany(active_partitions, timeout)
+        if records:
+            self.app.services.tracer.fetch(self._fetched_at, time.time(), records)
+        return records
+
+
+def run_eagerly(coro) -> tuple[bool, Any]:
+    """Run ``coro`` in the calling task until it returns -- ``(True, its value)`` -- or first has to wait:
+    ``(False, a coroutine that finishes it)``, for a task to run (what Python 3.12's eager tasks do; this
+    runs on 3.11). Exceptions of the eager part propagate to the caller."""
+    try:
+        waiting = coro.send(None)
+    except StopIteration as stop:
+        return True, stop.value
+    return False, _finish(coro, waiting)
+
+
+async def _finish(coro, waiting):
+    """The rest of a coroutine suspended on ``waiting`` (a future, or None for a bare yield), driven as a
+    task drives it: wait, resume; when cancelled, cancel what it waits on and resume it (it sees the
+    CancelledError at its own ``await``)."""
+    while True:
+        if waiting is not None:
+            waiting._asyncio_future_blocking = False
+            try:
+                await asyncio.wait([waiting])
+            except asyncio.CancelledError:
+                waiting.cancel()
+        else:
+            await asyncio.sleep(0)
+        try:
+            waiting = coro.send(None)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _waits_on(coro, event) -> bool:
+    """``coro`` is ``event.wait()`` (not started yet)."""
+    frame = getattr(coro, "cr_frame", None)
+    return frame is not None and frame.f_locals.get("self") is event
+
+
 class LowLatencyConsumer(aiokafka_driver.Consumer):
+    async def wait_first(self, *coros, timeout=None):
+        # Faust's drain loop hands every fetched message to the streams with
+        # ``wait_first(callback(message), self.suspend_flow.wait())``, and mode's ``wait_first`` starts four
+        # tasks for it (the two coroutines, the service's stopped and crashed events): several event-loop
+        # iterations and ~0.1 ms of the loop's time per message, where putting the message into the
+        # stream's queue takes a few microseconds. The delivery is run eagerly instead: when it completes
+        # without waiting (the queue had room, flow is not suspended), that is the result; when it has to
+        # wait, the rest of it goes through ``wait_first`` exactly as before (a rebalance suspending the
+        # flow still interrupts it).
+        if len(coros) == 2 and timeout is None and _waits_on(coros[1], self.suspend_flow):
+            done, value = run_eagerly(coros[0])
+            if done:
+                coros[1].close()
+                return WaitResults([coros[0]], [value], False)
+            coros = (value, coros[1])
+        return await super().wait_first(*coros, timeout=timeout)
+
     def _new_consumer_thread(self):
-        return LowLatencyConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        traced = getattr(getattr(self.app, "services", None), "tracer", None) is not None
+        return (TracedConsumerThread if traced else LowLatencyConsumerThread)(self, loop=self.loop, beacon=self.beacon)
 
     async def _commit(self, offsets) -> bool:
         # Faust flushes the producer right before this. Once any record of ours failed to be delivered, no
@@ -131,6 +226,47 @@ def rocksdb_options(settings: Settings) -> dict:
 INTAKE_IDLE_S = 0.001  # a batch is closed early when no event arrived for this long
 
 
+def close_reason(n_events: int, max_events: int, filling_s: float, fill_max_s: float, idle_s: float,
+                 oldest_wait_s: float, max_wait_s: float | None, ready: int, behind: Callable[[], int],
+                 idle_close_s: float = INTAKE_IDLE_S) -> str | None:
+    """Why a micro-batch that holds ``n_events`` closes now, or None to keep filling it (pure).
+
+    ``full``: ``max_events``. ``fill_max``: it has been filling for ``fill_max_s`` (the bound, whatever
+    else happens). Otherwise it closes for latency -- ``max_wait``: its oldest event waited ``max_wait_s``
+    since the stream took it (None: no such bound), or ``idle``: no event was added for ``idle_close_s``
+    -- once the events already fetched (``ready``: in the stream's channel, not taken yet) are in it, and
+    unless a backlog of at least ``max_events`` events waits at the broker (``behind()``, asked only then),
+    in which case it fills up: at saturation large batches keep the per-batch costs small. So a trickle
+    of events can no longer hold a batch open for ``fill_max_s`` when the stream is not behind, and a batch
+    that is late already (its first event waited while the previous batch ran) still takes the events
+    that arrived meanwhile instead of leaving them for a batch of their own."""
+    if n_events >= max_events:
+        return "full"
+    if filling_s >= fill_max_s:
+        return "fill_max"
+    late = max_wait_s is not None and oldest_wait_s >= max_wait_s
+    if not late and idle_s < idle_close_s:
+        return None
+    if ready > 0 or behind() >= max_events:
+        return None
+    return "max_wait" if late else "idle"
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Batch(list):
+    """The events of one micro-batch, and why and when (``loop.time()``) it was closed."""
+
+    __slots__ = ("closed_by", "closed_at", "ready")
+
+    def __init__(self, events, closed_by: str, closed_at: float, ready: int = 0):
+        super().__init__(events)
+        self.closed_by, self.closed_at, self.ready = closed_by, closed_at, ready  # ready: left in the channel
+
+
 class _Intake:
     """The buffer of :func:`take_batches`, filled by a processor of the Faust stream, one event at a time
     (the same buffering as Faust's ``take_events``)."""
@@ -138,10 +274,10 @@ class _Intake:
     def __init__(self, stream, max_events: int):
         self.stream, self.max_events = stream, max_events
         self.buffer: list = []
-        self.has_events = asyncio.Event()  # set by the first event of a batch
         self.full = asyncio.Event()
         self.consumed = asyncio.Event()
         self.consuming: asyncio.Future | None = None  # while a batch is processed the intake waits on it
+        self._wake: asyncio.Future | None = None  # what fill() and take_batches sleep on (see sleep)
 
     async def add(self, value):
         """The stream processor: buffer the current event; hold while a batch is processed or when full."""
@@ -156,7 +292,8 @@ class _Intake:
             if event is None:
                 raise RuntimeError("take_batches found current_event is None")
             self.buffer.append(event)
-            self.has_events.set()
+            if len(self.buffer) == 1 or len(self.buffer) >= self.max_events:
+                self.wake()  # a first event, or a full batch
             if len(self.buffer) >= self.max_events:
                 self.full.set()
                 self.consumed.clear()
@@ -168,48 +305,83 @@ class _Intake:
             await stream.crash(exc)
         return value
 
-    async def fill(self, within_s: float, idle_s: float) -> list:
-        """The batch, once full, or ``idle_s`` after the last arrival, or ``within_s`` after its first event."""
+    def wake(self) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def sleep(self, timeout_s: float) -> None:
+        """Until ``timeout_s`` passed or :meth:`wake` (a first event, a full batch). A plain future and a
+        timer: this runs every millisecond while a batch fills, and mode's ``wait_for_stopped`` creates
+        tasks at every call."""
         loop = asyncio.get_running_loop()
-        first_at, seen = loop.time(), len(self.buffer)
-        while not self.full.is_set() and not self.stream.should_stop:
-            left = within_s - (loop.time() - first_at)
-            if left <= 0:
+        wake = self._wake = loop.create_future()
+        timer = loop.call_later(timeout_s, _resolve, wake)
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            self._wake = None
+
+    async def fill(self, within_s: float, idle_s: float, max_wait_s: float | None = None,
+                   ready: Callable[[], int] = lambda: 0, behind: Callable[[], int] = lambda: 0) -> "Batch":
+        """The batch, once :func:`close_reason` says so (re-checked at every new event or deadline)."""
+        loop = asyncio.get_running_loop()
+        buffer = self.buffer
+        now = first_at = changed_at = loop.time()
+        seen = len(buffer)
+        oldest = getattr(buffer[0].message, "time_in", None) or first_at  # monotonic, like loop.time()
+        reason = "stopping"
+        while not self.stream.should_stop:
+            waiting = ready()
+            reason = close_reason(len(buffer), self.max_events, now - first_at, within_s, now - changed_at,
+                                  now - oldest, max_wait_s, waiting, behind, idle_s)
+            if reason is not None:
                 break
-            await self.stream.wait_for_stopped(self.full, timeout=min(idle_s, left))
-            if len(self.buffer) == seen:  # intake idle: hand over what we have
-                break
-            seen = len(self.buffer)
+            # re-checked at the next deadline, at least every idle_s (a backlog may have gone meanwhile);
+            # at once when events wait in the channel (the stream takes one per loop iteration)
+            deadlines = [within_s - (now - first_at), idle_s - (now - changed_at), idle_s]
+            if max_wait_s is not None:
+                deadlines.append(max_wait_s - (now - oldest))
+            await self.sleep(0.0 if waiting else max(1e-4, min(t for t in deadlines if t > 0)))
+            now = loop.time()
+            if len(buffer) != seen:
+                seen, changed_at = len(buffer), now
         self.consuming = loop.create_future()
-        return list(self.buffer)
+        return Batch(buffer, reason, now, waiting)
 
     async def release(self) -> None:
         """After the batch (acked by ``take_batches`` if it was handled): let the intake go on."""
         self.buffer.clear()
-        self.has_events.clear()
         if not self.consuming.done():
             self.consuming.set_result(None)
         self.full.clear()
         self.consumed.set()
 
 
-async def take_batches(stream, max_events: int, within_s: float, idle_s: float = INTAKE_IDLE_S):
+async def take_batches(stream, max_events: int, within_s: float, idle_s: float = INTAKE_IDLE_S,
+                       max_wait_s: float | None = None, behind: Callable[[], int] | None = None):
     """Like Faust's ``stream.take_events(max_events, within_s)`` (same buffering processor), but
-    *adaptive*: a batch is handed over as soon as it is full, or when the intake went idle (no new event
-    for ``idle_s``), or ``within_s`` after its first event; and a batch is acked only when the loop body
-    *returned* for it.
+    *adaptive* and *latency-aware*: a batch is handed over when :func:`close_reason` says so -- full;
+    ``within_s`` after it started filling; or, once the events already in the stream's channel are in it
+    and unless ``behind()`` (events not fetched yet: the consumer lag) holds a whole batch, when its oldest
+    event waited ``max_wait_s`` or the intake went idle (no new event for ``idle_s``) -- and a batch is
+    acked only when the loop body *returned* for it. Each batch is a :class:`Batch` (it says why and when
+    it closed).
 
     Why the acks: ``take_events`` acks in a ``finally``, so when the body raises (or the agent is
     cancelled) the batch's offsets are committed without its events having been processed. Here they
     stay unacked and the commit cannot pass them (the agent then stops the worker, worker/app.py).
 
-    Why: ``take_events`` waits a fixed ``within`` from the end of the previous batch, and Faust delivers
-    events to the buffer one at a time, so with a backlog a short window holds few events and the
+    Why adaptive: ``take_events`` waits a fixed ``within`` from the end of the previous batch, and Faust
+    delivers events to the buffer one at a time, so with a backlog a short window holds few events and the
     per-batch costs (model calls, one produce request per partition, awaits) dominate (DEVELOPERS.md).
-    Here a backlog keeps the intake busy, so batches fill up to ``max_events``; a quiet stream closes its
-    batch ``idle_s`` after the last arrival instead of waiting the whole window, so latency at moderate
-    load stays low too."""
+    Here a backlog keeps the batch filling up to ``max_events``; a stream that is not behind closes its
+    batch ``idle_s`` after the last arrival, and at the latest ``max_wait_s`` after its oldest event was
+    taken (a trickle of events at moderate load used to keep a batch open for the whole ``within_s``)."""
     intake = _Intake(stream, max_events)
+    queue = getattr(stream.channel, "queue", None)  # events fetched, not taken by the stream yet
+    ready = queue.qsize if queue is not None else (lambda: 0)
     channel_it = stream.channel.__aiter__()
     enable_acks = stream.enable_acks
     stream.enable_acks = False  # events are acked below, once the batch was processed
@@ -217,11 +389,10 @@ async def take_batches(stream, max_events: int, within_s: float, idle_s: float =
     stream._enable_passive(channel_it)
     try:
         while not stream.should_stop:
-            if not intake.buffer:  # wait for a first event
-                await stream.wait_for_stopped(intake.has_events)
-                if not intake.buffer:
-                    continue
-            events = await intake.fill(within_s, idle_s)
+            if not intake.buffer:  # wait for a first event (re-checking now and then whether to stop)
+                await intake.sleep(0.1)
+                continue
+            events = await intake.fill(within_s, idle_s, max_wait_s, ready, behind or (lambda: 0))
             try:
                 yield events
                 for event in events:  # only a batch the loop body finished
@@ -284,6 +455,41 @@ class RecordBatches:
                 futures.append(future)
         self._batches.clear()
         return futures
+
+
+class InFlightBatches:
+    """The delivery futures of the micro-batches handed to the producer, acknowledged or not yet: at most
+    ``max_batches`` batches stay unacknowledged while the stream goes on.
+
+    Why: awaiting each batch's acks before taking the next batch stalled the intake whenever the broker
+    answered slowly. Correctness does not need that wait: Faust flushes the producer before every offset
+    commit (so no offset passes an undelivered record), the state table writes a state to the local store
+    only in its changelog record's delivery callback (``BatchedChangelogTable``), and once a delivery failed
+    nothing is committed any more (``LowLatencyConsumer._commit``). The bound keeps memory and the time to
+    notice a failure small: :meth:`settle` raises the first failed delivery of an acknowledged batch (the
+    agent then stops the worker), oldest batch first."""
+
+    def __init__(self, max_batches: int):
+        self.max_batches = max(1, max_batches)
+        self._batches: deque[list[asyncio.Future]] = deque()
+
+    def add(self, futures: Sequence[asyncio.Future]) -> None:
+        if futures:
+            self._batches.append(list(futures))
+
+    async def settle(self) -> None:
+        """Forget the acknowledged batches, oldest first (raising a failure among them); wait for the oldest
+        while more than ``max_batches`` are in flight."""
+        batches = self._batches
+        while batches and (len(batches) > self.max_batches or all(f.done() for f in batches[0])):
+            await asyncio.gather(*batches.popleft())
+
+    def pending(self) -> list[asyncio.Future]:
+        """Every delivery future not forgotten yet (done or not)."""
+        return [f for batch in self._batches for f in batch]
+
+    def __len__(self) -> int:
+        return len(self._batches)
 
 
 def write_batch(store):
@@ -427,10 +633,10 @@ def recovering(app: faust.App) -> bool:
 
 
 def waits_of(app: faust.App, pending_sends: Sequence[asyncio.Future]) -> str:
-    """What the worker is waiting on, for the stall WARNING (each part best effort): the previous batch's
-    deliveries (``pending_sends``), the producer's queue, the partitions behind, paused or stopped flow."""
+    """What the worker is waiting on, for the stall WARNING (each part best effort): the deliveries of the
+    batches in flight (``pending_sends``), the producer's queue, the partitions behind, paused or stopped flow."""
     pending = [f for f in pending_sends if not f.done()]
-    parts = [f"{len(pending)} of the previous batch's {len(pending_sends)} deliveries unanswered"]
+    parts = [f"{len(pending)} of the in-flight batches' {len(pending_sends)} deliveries unanswered"]
     try:
         accumulator = app.producer._ensure_producer()._message_accumulator
         parts.append(f"{sum(len(q) for q in accumulator._batches.values())} record batches queued in the producer")

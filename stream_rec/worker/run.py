@@ -79,6 +79,8 @@ def make_worker(settings: Settings, items: Sequence[dict] = (), **worker_kwargs)
     # (DEVELOPERS.md has the measurement).
     gc.collect()
     gc.freeze()
+    if services.tracer is not None:  # the latency microscope: GC, loop callbacks, executor threads
+        services.tracer.install()
     # the HTTP service starts before the app (probes answer during start-up) and stops after it
     http = [HttpService(app, settings, listener)] if listener is not None else []
     worker = Worker(app, *http, loglevel=settings.log_level,

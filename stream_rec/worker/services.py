@@ -12,7 +12,9 @@ from ..pipeline import PipelineConfig
 from ..recsys.enricher import Enricher
 from ..settings import Settings
 from .catalog import CatalogVectors, LiveCatalog
+from .faust_ext import InFlightBatches
 from .models import LiveModel
+from .trace import Tracer
 from .watchdog import StallWatchdog
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,7 @@ class WorkerServices:
         self.finetuner = (drift_finetuner(settings, lambda: list(self.enricher.recent or ()))
                           if settings.drift_finetune else None)
         self.users_seen: set[str] = set()
-        self.pending_sends: list = []  # delivery futures of the previous batch (see worker/batch.py)
+        self.in_flight = InFlightBatches(settings.max_in_flight_batches)  # unacknowledged batches (worker/batch.py)
         # set once a record was not delivered: no offset is committed after it (faust_ext.LowLatencyConsumer)
         self.delivery_failure: BaseException | None = None
         self.state_cache = StateCache(settings.state_cache_users)
@@ -46,6 +48,7 @@ class WorkerServices:
         # handler (batch_handled) and the lag timer (check)
         self.joined = False
         self.watchdog = StallWatchdog(settings.stall_warn_s, settings.stall_exit_s)
+        self.tracer = Tracer(settings.trace_file) if settings.trace_file else None  # the latency microscope
         self.announce_model()
 
     def forget_partitions(self, table) -> None:
