@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .gru import PAD, GRUConfig, HybridGRU
+from .gru import PAD, GRUConfig, HybridGRU, recent_windows
 from .recommender import pick_device
 from .sequences import UserSequence, pad_batch, to_sequence
 
@@ -101,16 +101,19 @@ def train_epoch(model: HybridGRU, seqs: list[UserSequence], params: TrainParams,
         rows, gaps = rows.to(device), gaps.to(device)
         h = None
         inputs, targets, in_gaps = rows[:, :-1], rows[:, 1:], gaps[:, :-1]
+        # the rows of the last `recent` items at each position (what the serving state carries)
+        recent = recent_windows(inputs, model.config.recent) if model.config.recent else None
         for s in range(0, inputs.shape[1], params.max_len):
             x, y, g = inputs[:, s:s + params.max_len], targets[:, s:s + params.max_len], in_gaps[:, s:s + params.max_len]
             n = int((y != PAD).sum())
-            table = model.item_vectors()  # [N+1, d], shared by the inputs and the output layer
-            out = model(x, g, h0=h, table=table)  # [B, T, H]
+            tables = model.item_tables()  # shared by the inputs and the output layer (one ID-dropout draw)
+            out = model(x, g, h0=h, table=tables)  # [B, T, H]
             h = out[:, -1].detach()
             if n == 0:
                 continue
             mask = y != PAD
-            logits = model.scores(out[mask], table)  # [n, N+1]
+            window_recent = None if recent is None else recent[:, s:s + params.max_len][mask]
+            logits = model.scores(out[mask], tables, recent=window_recent)  # [n, N+1]
             loss = F.cross_entropy(logits, y[mask])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -125,11 +128,12 @@ def train_epoch(model: HybridGRU, seqs: list[UserSequence], params: TrainParams,
 
 @torch.no_grad()
 def final_states(model: HybridGRU, seqs: list[UserSequence], batch_size: int = 256, max_len: int = 200) -> torch.Tensor:
-    """Hidden state after each sequence's last event (full-sequence pass, eval mode).  -> [n, H]"""
+    """Serving state after each sequence's last event (full-sequence pass, eval mode): what
+    ``HybridGRU.step`` reaches event by event.  -> [n, S]"""
     model.eval()
     device = model.item_bias.device
     out_states = torch.zeros(len(seqs), model.config.hidden, device=device)
-    table = model.item_vectors()
+    table = model.item_tables()
     for idx in _batches(seqs, batch_size, random.Random(0), shuffle=False):
         rows, gaps, lengths = pad_batch(seqs, idx)
         rows, gaps, lengths = rows.to(device), gaps.to(device), lengths.to(device)
@@ -144,8 +148,16 @@ def final_states(model: HybridGRU, seqs: list[UserSequence], batch_size: int = 2
                 out_states[torch.tensor(idx, device=device)[b]] = out[b, last[b]]
         empty = lengths == 0
         if empty.any():
-            out_states[torch.tensor(idx, device=device)[empty]] = model.init_state(int(empty.sum()))
-    return out_states
+            out_states[torch.tensor(idx, device=device)[empty]] = model.init_state(int(empty.sum()))[:, :model.config.hidden]
+    k = model.config.recent
+    if not k:
+        return out_states
+    recent = torch.zeros(len(seqs), k, dtype=torch.long)
+    for n, seq in enumerate(seqs):
+        last = seq.rows[-k:]
+        if len(last):
+            recent[n, k - len(last):] = torch.from_numpy(last)
+    return model.make_state(out_states, recent.to(device))
 
 
 @torch.no_grad()
@@ -157,7 +169,7 @@ def validate(model: HybridGRU, seqs: list[UserSequence], k: int = 10, batch_size
     if not with_target:
         return {}
     states = final_states(model, with_target, batch_size)
-    table = model.item_vectors()
+    table = model.item_tables()
     sums = {"hr": 0.0, "ndcg": 0.0, "mrr": 0.0}
     for s in range(0, len(with_target), batch_size):
         part = with_target[s:s + batch_size]

@@ -1,0 +1,101 @@
+"""Freshness / exploration: give new items a bounded number of slots in the top-K.
+
+A new item is scored from its text alone (the model learnt to do that with ID dropout, so its score is
+on the scale of the others), but a text-only score is rarely the single best in a catalogue of
+thousands: left to plain ranking, new items seldom reach a real list, and an item nobody is shown
+never collects the events that would make it an ordinary item.
+
+The policy: after the plain top-K, up to ``slots`` items younger than ``max_age_s`` that are not in the
+list already replace the lowest-ranked older items, best first, but only while each one's relevance
+passes the bar: its probability under the model is at least ``min_ratio`` times that of the item it
+displaces. Scores are log-probabilities up to a per-user constant (the model is trained with softmax
+cross-entropy), so ``s_new - s_displaced >= log(min_ratio)`` is a calibrated, scale-free test that
+means the same for every model and user. ``min_ratio = 0`` fills the slots whatever the relevance
+(pure exploration); a fresh item that outranks older ones on its own merit takes no slot.
+
+Pure functions over a batch of score rows; the worker calls ``fresh_topk`` in place of the plain top-K
+and counts ``FreshResult.inserted`` in a metric.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+PAD = 0
+
+
+@dataclass(frozen=True)
+class FreshnessPolicy:
+    slots: int = 0  # most fresh items a list may get by the policy (0 = off: the plain top-K)
+    max_age_s: float = 7 * 86400.0  # an item is fresh while younger than this
+    min_ratio: float = 0.2  # a fresh item's model probability relative to the item it displaces
+
+    def __post_init__(self):
+        if self.slots < 0 or self.max_age_s < 0 or self.min_ratio < 0:
+            raise ValueError(f"freshness policy values must be >= 0: {self}")
+
+
+@dataclass
+class FreshResult:
+    rows: list[list[int]]  # per user: the k item rows, best first
+    scores: list[list[float]]  # their model scores
+    inserted: list[int]  # per user: how many fresh items the policy put in (not counting those that made it alone)
+
+
+def fresh_rows(item_ages_s: np.ndarray, max_age_s: float) -> np.ndarray:
+    """Boolean mask [N+1] of the rows younger than ``max_age_s`` (NaN/inf age = an old item; row 0 never)."""
+    ages = np.asarray(item_ages_s, dtype=np.float64)
+    fresh = np.isfinite(ages) & (ages < max_age_s)
+    if len(fresh):
+        fresh[PAD] = False
+    return fresh
+
+
+def fresh_topk(scores: torch.Tensor, k: int, exclude_rows: Sequence[Sequence[int]], fresh: np.ndarray | torch.Tensor,
+               policy: FreshnessPolicy) -> FreshResult:
+    """Top-k per user with the freshness policy.  scores [B, N+1] (log-probabilities up to a per-user
+    constant), ``exclude_rows[b]``: rows never to recommend (seen), ``fresh``: mask [N+1] of fresh rows."""
+    s = scores.detach().float().clone()
+    s[:, PAD] = -math.inf
+    b_idx = [b for b, rows in enumerate(exclude_rows) for _ in rows]
+    r_idx = [r for rows in exclude_rows for r in rows]
+    if r_idx:
+        s[torch.tensor(b_idx), torch.tensor(r_idx)] = -math.inf
+    k = min(k, s.shape[1] - 1)
+    values, rows = torch.topk(s, k, dim=1)
+    values, rows = values.tolist(), rows.tolist()
+    out = FreshResult(rows, values, [0] * len(rows))
+    fresh_t = torch.as_tensor(np.asarray(fresh), dtype=torch.bool)
+    if policy.slots <= 0 or not bool(fresh_t.any()):
+        return out
+    n_fresh = min(policy.slots + k, int(fresh_t.sum()))
+    f_values, f_rows = torch.topk(s.masked_fill(~fresh_t, -math.inf), n_fresh, dim=1)
+    log_bar = math.log(policy.min_ratio) if policy.min_ratio > 0 else -math.inf
+    fresh_set = set(np.flatnonzero(np.asarray(fresh_t)).tolist())
+    for b, (f_vals, f_rws) in enumerate(zip(f_values.tolist(), f_rows.tolist())):
+        listed = rows[b]
+        in_list = sum(r in fresh_set for r in listed)
+        old_positions = [p for p, r in enumerate(listed) if r not in fresh_set]  # displaced from the bottom up
+        added = 0
+        for value, row in zip(f_vals, f_rws):
+            if in_list + added >= policy.slots or not old_positions or not math.isfinite(value):
+                break
+            if row in listed:
+                continue
+            p = old_positions[-1]
+            if value - values[b][p] < log_bar:
+                break  # the next fresh items score lower and would displace higher items: none passes
+            old_positions.pop()
+            listed[p], values[b][p] = row, value
+            added += 1
+        if added:  # keep the list best first: displaced positions are at the bottom, fresh items sorted
+            order = sorted(range(len(listed)), key=lambda i: -values[b][i])
+            rows[b] = [listed[i] for i in order]
+            values[b] = [values[b][i] for i in order]
+        out.inserted[b] = added
+    return out

@@ -1,0 +1,55 @@
+"""Freshness policy: bounded slots for young items whose relevance passes a calibrated bar."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from stream_rec.recsys.freshness import FreshnessPolicy, fresh_rows, fresh_topk
+
+# rows 1..8 old, 9..11 fresh; one user, log-probability-like scores
+SCORES = torch.tensor([[-math.inf, 5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.2, 0.1, 0.9, -0.5, -9.0]])
+FRESH = np.array([False] * 9 + [True] * 3)
+
+
+def test_off_is_the_plain_top_k():
+    out = fresh_topk(SCORES, 4, [[]], FRESH, FreshnessPolicy(slots=0))
+    assert out.rows == [[1, 2, 3, 4]] and out.inserted == [0]
+    assert out.scores == [[5.0, 4.0, 3.0, 2.0]]
+
+
+def test_slots_replace_the_bottom_items_only_when_the_bar_is_passed():
+    # bar 0.02: row 9 (0.9) vs displaced row 4 (2.0): ratio e^-1.1 = 0.33 passes; row 10 (-0.5) vs row 3
+    # (3.0): e^-3.5 = 0.03 passes; row 11 (-9) never.
+    out = fresh_topk(SCORES, 4, [[]], FRESH, FreshnessPolicy(slots=3, min_ratio=0.02))
+    assert out.rows == [[1, 2, 9, 10]] and out.inserted == [2]
+    strict = fresh_topk(SCORES, 4, [[]], FRESH, FreshnessPolicy(slots=3, min_ratio=0.1))
+    assert strict.rows == [[1, 2, 3, 9]] and strict.inserted == [1]
+    explore = fresh_topk(SCORES, 4, [[]], FRESH, FreshnessPolicy(slots=3, min_ratio=0.0))
+    assert explore.rows == [[1, 9, 10, 11]] and explore.inserted == [3]
+
+
+def test_seen_items_stay_out_and_a_fresh_item_in_the_list_uses_a_slot():
+    scores = SCORES.clone()
+    scores[0, 10] = 4.5  # fresh row 10 makes the list on its own merit
+    out = fresh_topk(scores, 4, [[1, 9]], FRESH, FreshnessPolicy(slots=1, min_ratio=0.0))
+    assert out.rows == [[10, 2, 3, 4]] and out.inserted == [0]  # the one slot is taken; seen 1 and 9 never
+    two = fresh_topk(scores, 4, [[1, 9]], FRESH, FreshnessPolicy(slots=2, min_ratio=0.0))
+    assert two.rows == [[10, 2, 3, 11]] and two.inserted == [1]
+
+
+def test_batches_and_ages():
+    ages = np.array([0.0, np.inf, 10.0, 5e6, np.nan])
+    assert fresh_rows(ages, 3600).tolist() == [False, False, True, False, False]  # row 0 is never fresh
+    scores = torch.stack([SCORES[0], SCORES[0].flip(0)])
+    scores[1, 0] = -math.inf
+    out = fresh_topk(scores, 3, [[], []], FRESH, FreshnessPolicy(slots=1, min_ratio=0.5))
+    assert out.inserted == [0, 0]  # user 0: the best fresh (0.9) is < half as likely as row 3 (3.0)
+    assert out.rows[1][0] == 10  # user 1's scores favour the high rows: fresh 10 and 11 make it alone
+    assert all(len(r) == 3 for r in out.rows)
+
+
+def test_bad_policy_values():
+    with pytest.raises(ValueError):
+        FreshnessPolicy(slots=-1)
