@@ -144,8 +144,9 @@ class WorldSpec:
     * ``stickiness``: otherwise, how often they stay in the current topic (else they switch to another
       of their favourite topics, or any topic with probability ``explore``);
     * ``history``: (min, max) events per user;
-    * ``new_share``: share of items that are *new*: in the catalog, absent from the training log
-      (``SyntheticWorld.new_items``; the benchmark removes their events from training);
+    * ``new_share``: share of items that are *new releases* (``SyntheticWorld.new_items``): the latest
+      episodes of random series. They are in the catalog but out only before each user's last two events
+      (the validation and test events of a leave-one-out split), so they are absent from the training log;
     * ``text``: ``"series"`` (English title naming the series and episode, plus topic words),
       ``"topic"`` (topic words only, series not named), ``"random"`` (random pseudo-words: no information).
     """
@@ -172,7 +173,7 @@ class SyntheticWorld:
     spec: WorldSpec
     items: list[dict]  # {item_id, title, text, attributes: {topic, series, episode}}
     events: list[dict]  # {user_id, item_id, event_type, timestamp}, sorted by time
-    new_items: list[str]  # item ids absent from training (their events belong to evaluation only)
+    new_items: list[str]  # new releases: only ever among a user's last two events, absent from the training log
     favourites: dict[str, list[int]]  # user -> favourite topic indexes (the latent part of the oracle)
 
     def oracle_next(self, user: str, history: list[str]) -> "np.ndarray":
@@ -292,6 +293,22 @@ def make_spec_world(spec: WorldSpec) -> SyntheticWorld:
                               "attributes": {"topic": topic, "series": f"{topic}-{s}", "episode": str(e + 1)}})
     world = SyntheticWorld(spec, items, [], [], {})
     moves = _Transitions.of(world)
+    # New releases: the latest episode of random series, then the one before, ... up to the share.
+    budget = int(round(spec.new_share * len(items)))
+    by_series: dict[str, list[int]] = {}
+    for n, it in enumerate(items):
+        by_series.setdefault(it["attributes"]["series"], []).append(n)
+    order = list(by_series)
+    rng.shuffle(order)
+    released = np.ones(len(items))
+    depth = 1
+    while budget > 0 and depth <= max(len(v) for v in by_series.values()):
+        for name in order:
+            if budget > 0 and len(by_series[name]) > depth:  # the first episode of a series stays out of it
+                released[by_series[name][-depth]] = 0.0
+                budget -= 1
+        depth += 1
+    world.new_items.extend(sorted(it["item_id"] for n, it in enumerate(items) if not released[n]))
     topic_weight = 1.0 / np.sqrt(np.arange(1, len(topics) + 1))
     nprng = np.random.default_rng(spec.seed)
     ids = [it["item_id"] for it in items]
@@ -303,8 +320,11 @@ def make_spec_world(spec: WorldSpec) -> SyntheticWorld:
         unseen = np.ones(len(items))
         history: list[int] = []
         ts = 1_700_000_000.0 + rng.uniform(0, 30 * 86400)
-        for _ in range(rng.randint(*spec.history)):
+        length = rng.randint(*spec.history)
+        for step in range(length):
             p = moves.next_probabilities(history, favourites) * unseen
+            if step < length - 2:
+                p = p * released  # the new releases come out just before the user's last two events
             if p.sum() <= 0:
                 break
             last = int(nprng.choice(len(items), p=p / p.sum()))
@@ -313,7 +333,4 @@ def make_spec_world(spec: WorldSpec) -> SyntheticWorld:
             world.events.append({"user_id": user, "item_id": ids[last], "event_type": "view", "timestamp": round(ts, 3)})
             ts += rng.expovariate(1 / 3600.0)
     world.events.sort(key=lambda e: (e["timestamp"], e["user_id"]))
-    occurring = sorted({e["item_id"] for e in world.events})
-    if spec.new_share > 0:
-        world.new_items.extend(sorted(rng.sample(occurring, int(round(spec.new_share * len(occurring))))))
     return world

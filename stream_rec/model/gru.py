@@ -6,7 +6,7 @@ seen in training is still representable from its text), and a second, direct pat
 last ``recent`` items to the output scores (an attention read-out, as in SASRec's last layer, with the
 GRU state as the query):
 
-    u      = out(h) + sum_k a_k * next(item_k)        a = softmax_k(q(h) . key(item_k) + pos_k)
+    u      = out(h) + sum_k a_k * next(item_k)        a = softmax_k(q(h, v_last) . key(item_k) + pos_k)
     s_j    = u . v_j + b_j
 
 ``v_j`` is item j's vector (ID + text), ``next(i)`` a second item table ("what follows item i": ID +
@@ -73,6 +73,7 @@ class GRUConfig:
     # parts must carry the item alone -- that is all an item unseen in training will have.
     id_dropout: float = 0.0
     recent: int = 0  # items kept in the state for the direct read-out (0 = GRU only)
+    heads: int = 1  # attention heads of the read-out (each adds its own mix of next-vectors)
     text_bias: bool = False  # a bias from the text vector (the bias of an item unseen in training)
 
     def to_dict(self) -> dict:
@@ -105,7 +106,7 @@ class GRUConfig:
             if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ValueError(f"{name} must be a number, got {value!r}")
         config = cls(**values)
-        minimum = {"n_items": 0, "text_dim": 0, "emb_dim": 1, "hidden": 1, "recent": 0}
+        minimum = {"n_items": 0, "text_dim": 0, "emb_dim": 1, "hidden": 1, "recent": 0, "heads": 1}
         for name, low in minimum.items():
             if getattr(config, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(config, name)}")
@@ -127,6 +128,7 @@ class ItemTables(NamedTuple):
     vectors: torch.Tensor  # [N+1, d] input and output vector (ID + text)
     nexts: torch.Tensor | None  # [N+1, d] "what follows this item" (ID + text); None without recent items
     bias: torch.Tensor  # [N+1] output bias (ID + text)
+    keys: torch.Tensor | None = None  # [N+1, heads*d] attention keys of the read-out (None without recent items)
 
 
 def log_gap(seconds: torch.Tensor) -> torch.Tensor:
@@ -184,10 +186,12 @@ class HybridGRU(nn.Module):
             with torch.no_grad():
                 self.next_embedding.weight[PAD].zero_()
             self.next_text_proj = nn.Linear(self.text_vectors.shape[1], d, bias=False)
-            self.query = nn.Linear(config.hidden, d)
-            self.key = nn.Linear(d, d, bias=False)
-            self.position_key = nn.Parameter(torch.zeros(k, d))  # index k-1 = the newest item
-            self.position_bias = nn.Parameter(torch.zeros(k))
+            heads = config.heads
+            self.query = nn.Linear(config.hidden, heads * d)
+            self.query_last = nn.Linear(d, heads * d, bias=False)  # the newest item's say in the query
+            self.key = nn.Linear(d, heads * d, bias=False)
+            self.position_key = nn.Parameter(torch.zeros(k, heads * d))  # index k-1 = the newest item
+            self.position_bias = nn.Parameter(torch.zeros(heads, k))
 
     @property
     def state_size(self) -> int:
@@ -214,7 +218,7 @@ class HybridGRU(nn.Module):
         bias = self.item_bias if keep is None else self.item_bias * keep
         if c.text_bias and c.use_text:
             bias = bias + self.text_bias(self.text_vectors).squeeze(-1)
-        return ItemTables(vectors, nexts, bias)
+        return ItemTables(vectors, nexts, bias, self.key(vectors) if c.recent else None)
 
     def item_vectors(self) -> torch.Tensor:
         """Representation of every item row: ID embedding + projected text vector.  # [N+1, d]"""
@@ -225,7 +229,9 @@ class HybridGRU(nn.Module):
         if isinstance(table, ItemTables):
             return table
         tables = self.item_tables()
-        return tables if table is None else tables._replace(vectors=table)
+        if table is None:
+            return tables
+        return tables._replace(vectors=table, keys=self.key(table) if self.config.recent else None)
 
     def _inputs(self, items: torch.Tensor, gaps: torch.Tensor | None, table: torch.Tensor) -> torch.Tensor:
         x = table[items]  # [..., d]
@@ -250,12 +256,15 @@ class HybridGRU(nn.Module):
         u = self.out(self.dropout(hidden))
         if not self.config.recent or recent is None:
             return u
-        keys = self.key(tables.vectors[recent]) + self.position_key  # [..., K, d]
-        q = self.query(hidden).unsqueeze(-1)  # [..., d, 1]
-        logits = (keys @ q).squeeze(-1) / math.sqrt(keys.shape[-1]) + self.position_bias  # [..., K]
-        present = recent != PAD
+        heads, d = self.config.heads, u.shape[-1]
+        keys = tables.keys[recent] + self.position_key  # [..., K, heads*d]
+        keys = keys.unflatten(-1, (heads, d)).transpose(-3, -2)  # [..., heads, K, d]
+        q = self.query(hidden) + self.query_last(tables.vectors[recent[..., -1]])
+        q = q.unflatten(-1, (heads, d)).unsqueeze(-1)  # [..., heads, d, 1]
+        logits = (keys @ q).squeeze(-1) / math.sqrt(d) + self.position_bias  # [..., heads, K]
+        present = (recent != PAD).unsqueeze(-2)  # [..., 1, K]
         weights = torch.softmax(logits.masked_fill(~present, -1e9), dim=-1) * present  # no item at all: no read-out
-        return u + (weights.unsqueeze(-1) * tables.nexts[recent]).sum(-2)
+        return u + (weights.sum(-2).unsqueeze(-1) * tables.nexts[recent]).sum(-2)  # the heads' mixes, added
 
     def scores(self, state: torch.Tensor, table=None, recent: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of every item row.  state [..., S] (or a bare hidden vector [..., H], with ``recent``

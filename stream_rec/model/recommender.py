@@ -45,7 +45,7 @@ from .gru import PAD, GRUConfig, HybridGRU, neighbour_init, topk_excluding
 ARTIFACT_FILES = ("weights.safetensors", "text_vectors.safetensors", "config.json", "items.json", "VERSION")
 ARTIFACT_FORMAT = 2
 # Format 1 (before the recent-items read-out): a GRU only. Its config lacks the newer fields; they are off.
-LEGACY_FIELDS = {1: {"recent": 0, "text_bias": False}}
+LEGACY_FIELDS = {1: {"recent": 0, "text_bias": False, "heads": 1}}
 
 
 class ModelLoadError(ValueError):
