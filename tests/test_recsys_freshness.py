@@ -53,3 +53,50 @@ def test_batches_and_ages():
 def test_bad_policy_values():
     with pytest.raises(ValueError):
         FreshnessPolicy(slots=-1)
+
+
+# --- the policy in the worker's pipeline ------------------------------------------------------------
+def test_pipeline_gives_new_items_slots_and_counts_them():
+    import json
+    import time
+
+    from stream_rec import metrics
+    from stream_rec.model.recommender import Recommender
+    from stream_rec.pipeline import Incoming, PipelineConfig, process_batch
+    from stream_rec.settings import Settings
+    from stream_rec.worker.batch import record_metrics
+
+    torch.manual_seed(0)
+    model = Recommender.untrained([f"old-{n}" for n in range(30)], device="cpu")
+    now = 1_750_000_000.0
+    model.add_items(["new-young", "new-aged"], now=now - 60)
+    model.added_at[model.row_of["new-aged"]] = now - 30 * 86400  # joined a month ago: no longer fresh
+    young, aged = model.row_of["new-young"], model.row_of["new-aged"]
+    with torch.no_grad():  # both new items the least likely of all: only the policy can list them
+        model.model.item_bias[young] = model.model.item_bias[aged] = -50.0
+    model._refresh_item_table()
+    raw = json.dumps({"user_id": "u", "item_id": "old-1", "event_type": "view", "timestamp": now - 5}).encode()
+    batch = [Incoming(raw, b"u", "events", 0, 0, time.time())]
+
+    def listed(config):
+        out = process_batch(batch, {}.get, model, config, now=lambda: now)
+        return [i["item_id"] for i in out.recommendations[0]["items"]], out
+
+    plain, out = listed(PipelineConfig(top_k=5))
+    assert "new-young" not in plain and out.fresh_slots == 0
+    policy = FreshnessPolicy(slots=1, max_age_s=7 * 86400, min_ratio=0.0)  # explore: fill whatever the score
+    items, out = listed(PipelineConfig(top_k=5, freshness=policy))
+    assert items[:4] == plain[:4] and items[4] == "new-young" and "new-aged" not in items
+    assert out.fresh_slots == 1
+    strict, out = listed(PipelineConfig(top_k=5, freshness=FreshnessPolicy(slots=1, min_ratio=0.2)))
+    assert strict == plain and out.fresh_slots == 0  # e^-50 of the displaced item's probability: below the bar
+
+    class Services:  # what record_metrics reads
+        config = PipelineConfig.from_settings(Settings(fresh_slots=2, fresh_min_ratio=0.0))
+        users_seen: set = set()
+
+    assert Services.config.freshness == FreshnessPolicy(slots=2, min_ratio=0.0)
+    before = metrics.FRESH_SLOTS._value.get()
+    _, out = listed(Services.config)
+    record_metrics(Services, 1, out, time.time())
+    assert metrics.FRESH_SLOTS._value.get() == before + 1

@@ -100,6 +100,9 @@ class Recommender:
         self.meta: dict[str, Any] = dict(meta or {})  # training params, history, metrics (config.json)
         # Learned state of a user with no history (model/coldstart.py, init_state.safetensors), or None = zeros.
         self._initial_state: np.ndarray | None = None
+        # When each row joined the catalogue after training (``add_items``, wall-clock seconds); -inf = an
+        # item of the trained catalogue. The worker's freshness policy (recsys/freshness.py) reads the ages.
+        self.added_at = np.full(len(self.item_ids) + 1, -np.inf)
         self._lock = threading.Lock()
         self._refresh_item_table()
 
@@ -209,7 +212,7 @@ class Recommender:
     # --- serving -----------------------------------------------------------------------------------
     @property
     def initial_state(self) -> np.ndarray | None:
-        """Learned state of a user with no history (recsys/coldstart.py, file init_state.safetensors), as
+        """Learned state of a user with no history (model/coldstart.py, file init_state.safetensors), as
         a full state vector; None = zeros. Setting a bare GRU hidden vector (what coldstart learns) adds
         the empty recent-items part."""
         return self._initial_state
@@ -259,7 +262,7 @@ class Recommender:
     # --- live catalog ------------------------------------------------------------------------------
     @torch.no_grad()
     def add_items(self, item_ids: Sequence[str], text_vectors: np.ndarray | None = None,
-                  texts: Sequence[str] | None = None, neighbours: int = 10) -> list[int]:
+                  texts: Sequence[str] | None = None, neighbours: int = 10, now: float | None = None) -> list[int]:
         """Append items not seen in training; known ids get their text vector updated in place.
         Returns their rows.
 
@@ -287,6 +290,8 @@ class Recommender:
                 m.item_bias = torch.nn.Parameter(torch.cat([m.item_bias, m.item_bias.new_full((len(new),), new_bias)]))
                 m.text_vectors = torch.cat([m.text_vectors, m.text_vectors.new_zeros(len(new), m.text_vectors.shape[1])])
                 m.config = dataclasses.replace(m.config, n_items=len(self.item_ids))
+                added = np.full(len(new), time.time() if now is None else now)
+                self.added_at = np.concatenate([self.added_at, added])
             rows = [self.row_of[i] for i in item_ids]
             if text_vectors is not None:
                 vecs = torch.as_tensor(np.asarray(text_vectors), dtype=torch.float32, device=self.device)
@@ -329,6 +334,10 @@ class Recommender:
             vectors = encoder.encode_cached([item_texts[i] for i in new])
         self.add_items(new, vectors, texts=[item_texts[i] for i in new])
         return new
+
+    def item_ages(self, now: float | None = None) -> np.ndarray:
+        """Seconds since each row joined the catalogue after training (inf: a trained item).  [N+1]"""
+        return (time.time() if now is None else now) - self.added_at
 
     def _refresh_item_table(self) -> None:
         with torch.no_grad():

@@ -45,6 +45,7 @@ class FreshResult:
     rows: list[list[int]]  # per user: the k item rows, best first
     scores: list[list[float]]  # their model scores
     inserted: list[int]  # per user: how many fresh items the policy put in (not counting those that made it alone)
+    added: list[list[int]]  # per user: the rows the policy put in
 
 
 def fresh_rows(item_ages_s: np.ndarray, max_age_s: float) -> np.ndarray:
@@ -69,7 +70,7 @@ def fresh_topk(scores: torch.Tensor, k: int, exclude_rows: Sequence[Sequence[int
     k = min(k, s.shape[1] - 1)
     values, rows = torch.topk(s, k, dim=1)
     values, rows = values.tolist(), rows.tolist()
-    out = FreshResult(rows, values, [0] * len(rows))
+    out = FreshResult(rows, values, [0] * len(rows), [[] for _ in rows])
     fresh_t = torch.as_tensor(np.asarray(fresh), dtype=torch.bool)
     if policy.slots <= 0 or not bool(fresh_t.any()):
         return out
@@ -92,6 +93,7 @@ def fresh_topk(scores: torch.Tensor, k: int, exclude_rows: Sequence[Sequence[int
                 break  # the next fresh items score lower and would displace higher items: none passes
             old_positions.pop()
             listed[p], values[b][p] = row, value
+            out.added[b].append(row)
             added += 1
         if added:  # keep the list best first: displaced positions are at the bottom, fresh items sorted
             order = sorted(range(len(listed)), key=lambda i: -values[b][i])
