@@ -83,11 +83,11 @@ class Dataset:
 
 
 def world_dataset(spec: WorldSpec) -> Dataset:
-    from stream_rec.io.data import Event, leave_one_out, sequences
+    from stream_rec.io.data import Interaction, leave_one_out, sequences
     from stream_rec.synthetic import make_spec_world
 
     world = make_spec_world(spec)
-    split = leave_one_out(sequences([Event(e["user_id"], e["item_id"], e["timestamp"]) for e in world.events]))
+    split = leave_one_out(sequences([Interaction(e["user_id"], e["item_id"], e["timestamp"]) for e in world.events]))
     items = {i["item_id"]: f"{i['title']}. {i['text']}" for i in world.items}
     return Dataset(spec.name, split, items, set(world.new_items), informative_text=spec.text != "random", world=world)
 

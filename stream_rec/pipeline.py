@@ -123,7 +123,8 @@ class PipelineConfig:
                    context_alpha=getattr(settings, "context_alpha", 1.0),
                    dlq_max_original_bytes=settings.dlq_max_original_bytes,
                    freshness=FreshnessPolicy(slots=settings.fresh_slots, max_age_s=settings.fresh_max_age_s,
-                                             min_ratio=settings.fresh_min_ratio))
+                                             min_ratio=settings.fresh_min_ratio, by=settings.fresh_by,
+                                             min_similarity=settings.fresh_min_similarity))
 
 
 DLQ_MAX_KEY_BYTES = 1024  # record keys are user ids (<= 256 characters); a longer key is cut in the DLQ

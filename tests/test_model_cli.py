@@ -36,7 +36,7 @@ def test_train_evaluate_recommend(files, variant, capsys):
     run_cli("train", "--events-file", d / "events.csv", "--items-file", d / "items.csv", "--out", model, "--epochs", 3,
             "--hidden", 16, "--emb-dim", 8, "--batch-size", 8, "--quiet", "--device", "cpu", *extra)
     summary = json.loads(capsys.readouterr().out)
-    assert summary["state_bytes_per_user"] == 64 and summary["version"].startswith("gru-")
+    assert summary["state_bytes_per_user"] == 4 * (16 + 2 * 16) and summary["version"].startswith("gru-")
     assert (model / "VERSION").read_text().strip() == summary["version"]
 
     run_cli("evaluate", "--model", model, "--events-file", d / "events.csv", "--items-file", d / "items.csv",

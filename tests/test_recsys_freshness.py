@@ -50,9 +50,30 @@ def test_batches_and_ages():
     assert all(len(r) == 3 for r in out.rows)
 
 
+def test_content_policy_ranks_fresh_items_by_text_similarity_to_the_recent_items():
+    from stream_rec.recsys.freshness import content_relevance
+
+    text = torch.zeros(12, 2)
+    text[1:9] = torch.tensor([1.0, 0.0])  # the old items: all "about" the first axis
+    text[9], text[10], text[11] = torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.1]), torch.tensor([1.0, 1.0])
+    rel = content_relevance(text, [[1, 2], []], FRESH, profile_items=10)
+    assert torch.isinf(rel[:, :9]).all() and torch.isinf(rel[1]).all()  # old rows; a user without history
+    assert rel[0, 10] > rel[0, 11] > rel[0, 9] and abs(float(rel[0, 9])) < 1e-6
+    # fresh row 9 makes the plain list (3, 4, 5, 9) on its model score and takes a slot; by content row 10
+    # (cosine 0.995) comes next, then 11 (0.707), each displacing the lowest old item
+    one = fresh_topk(SCORES, 4, [[1, 2]], FRESH, FreshnessPolicy(slots=2, by="content", min_similarity=0.8), rel[:1])
+    assert one.rows == [[3, 4, 9, 10]] and one.inserted == [1] and one.added == [[10]]
+    two = fresh_topk(SCORES, 4, [[1, 2]], FRESH, FreshnessPolicy(slots=3, by="content", min_similarity=0.5), rel[:1])
+    assert two.rows == [[3, 9, 10, 11]] and two.inserted == [2] and two.added == [[10, 11]]
+    with pytest.raises(ValueError):
+        fresh_topk(SCORES, 4, [[]], FRESH, FreshnessPolicy(slots=1, by="content"))
+
+
 def test_bad_policy_values():
     with pytest.raises(ValueError):
         FreshnessPolicy(slots=-1)
+    with pytest.raises(ValueError):
+        FreshnessPolicy(by="popularity")
 
 
 # --- the policy in the worker's pipeline ------------------------------------------------------------
@@ -90,12 +111,17 @@ def test_pipeline_gives_new_items_slots_and_counts_them():
     assert out.fresh_slots == 1
     strict, out = listed(PipelineConfig(top_k=5, freshness=FreshnessPolicy(slots=1, min_ratio=0.2)))
     assert strict == plain and out.fresh_slots == 0  # e^-50 of the displaced item's probability: below the bar
+    with torch.no_grad():  # by content: the young item's text is the watched item's, the aged one's too
+        model.model.text_vectors = torch.nn.functional.normalize(torch.randn(model.n_items + 1, 4), dim=1)
+        model.model.text_vectors[young] = model.model.text_vectors[aged] = model.model.text_vectors[model.row_of["old-1"]]
+    by_text, out = listed(PipelineConfig(top_k=5, freshness=FreshnessPolicy(slots=1, by="content", min_similarity=0.9)))
+    assert by_text[:4] == plain[:4] and by_text[4] == "new-young" and out.fresh_slots == 1
 
     class Services:  # what record_metrics reads
-        config = PipelineConfig.from_settings(Settings(fresh_slots=2, fresh_min_ratio=0.0))
+        config = PipelineConfig.from_settings(Settings(fresh_slots=2, fresh_by="model", fresh_min_ratio=0.0))
         users_seen: set = set()
 
-    assert Services.config.freshness == FreshnessPolicy(slots=2, min_ratio=0.0)
+    assert Services.config.freshness == FreshnessPolicy(slots=2, min_ratio=0.0, by="model")
     before = metrics.FRESH_SLOTS._value.get()
     _, out = listed(Services.config)
     record_metrics(Services, 1, out, time.time())

@@ -71,10 +71,10 @@ class GRUConfig:
     dropout: float = 0.2
     # Training only: probability of hiding an item's ID parts (per item row, per batch) so the text
     # parts must carry the item alone -- that is all an item unseen in training will have.
-    id_dropout: float = 0.0
-    recent: int = 0  # items kept in the state for the direct read-out (0 = GRU only)
-    heads: int = 1  # attention heads of the read-out (each adds its own mix of next-vectors)
-    text_bias: bool = False  # a bias from the text vector (the bias of an item unseen in training)
+    id_dropout: float = 0.2
+    recent: int = 16  # items kept in the state for the direct read-out (0 = GRU only)
+    heads: int = 2  # attention heads of the read-out (each adds its own mix of next-vectors)
+    text_bias: bool = True  # a bias from the text vector (the bias of an item unseen in training)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -49,16 +49,16 @@ class TrainParams:
     max_len: int = 50  # window length for truncated BPTT (the state is carried across windows)
     lr: float = 3e-3
     weight_decay: float = 0.0
-    patience: int = 4  # epochs without validation improvement before a plateau is declared
+    patience: int = 3  # epochs without validation improvement before a plateau is declared
     lr_decay: float = 0.3  # on a plateau: back to the best epoch's weights, learning rate times this ...
-    lr_decays: int = 0  # ... at most this many times; the next plateau stops training
+    lr_decays: int = 2  # ... at most this many times; the next plateau stops training
     seed: int = 0
     device: str = "auto"
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
     clip_grad: float = 5.0
     # Train as the lists are served: seen items are never recommended, so they leave the softmax at every
     # position (and a repeated item is not a target).
-    mask_seen: bool = False
+    mask_seen: bool = True
     time_budget_s: float = 0.0  # wall-time budget: no epoch is started that would likely overrun it (0 = none)
 
     def to_dict(self) -> dict:

@@ -51,10 +51,13 @@ def fresh_lists(batch: RankBatch, policy, ages_s: np.ndarray) -> tuple[list[list
     """The top-k of every user with the freshness policy (``freshness.fresh_topk``): up to ``policy.slots``
     items younger than ``policy.max_age_s`` (``ages_s``: [N+1] seconds since each row joined the catalogue)
     whose relevance passes the policy's bar.  -> (lists, per user the ids the policy put in)"""
-    from .freshness import fresh_rows, fresh_topk
+    from .freshness import content_relevance, fresh_rows, fresh_topk
 
     scores = batch.model.score_rows(np.stack(batch.hiddens))
-    result = fresh_topk(scores, batch.k, batch.seen, fresh_rows(ages_s, policy.max_age_s), policy)
+    fresh = fresh_rows(ages_s, policy.max_age_s)
+    relevance = (content_relevance(batch.model.model.text_vectors, batch.seen, fresh, policy.profile_items)
+                 if policy.by == "content" else None)
+    result = fresh_topk(scores, batch.k, batch.seen, fresh, policy, relevance)
     ids = batch.model.item_ids
     lists = [[(ids[r - 1], float(v)) for v, r in zip(vs, rs) if r and np.isfinite(v)]
              for vs, rs in zip(result.scores, result.rows)]
