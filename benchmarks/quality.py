@@ -52,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--sasrec-budget", type=float, default=1200.0, help="SASRec+ wall-time budget in seconds (its "
                                                                       "early stopping usually ends it sooner)")
+    p.add_argument("--sasrec-set", nargs="*", default=[], metavar="NAME=VALUE",
+                   help="override a SASRecParams default (benchmarks/sasrec.py), e.g. patience=20")
     p.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                    help="override a GRUConfig / TrainParams default of both GRUs (experiments only)")
     p.add_argument("--fresh-slots", type=int, default=None,
@@ -139,7 +141,8 @@ def run_dataset(name: str, args, encoder) -> dict:
     if main_table and "markov" in args.models:
         out["rows"]["Markov"] = evaluate_scorer(markov_scorer(train_rows, n_rows), cases)
     if main_table and "sasrec" in args.models:
-        params = SASRecParams(time_budget_s=args.sasrec_budget)
+        params = SASRecParams(**({"time_budget_s": args.sasrec_budget}
+                                 | {k: json.loads(v) for k, _, v in (p.partition("=") for p in args.sasrec_set)}))
         model, hist = train_sasrec(train_rows, valid_cases(split, row_of), len(row_of), params)
         out["rows"]["SASRec+"] = evaluate_sasrec(model, cases, params.max_len) | timing(
             hist.train_seconds, hist.cpu_seconds, hist)
