@@ -63,6 +63,9 @@ EVENT_LOOP_LAG = Gauge("stream_rec_event_loop_lag_seconds",
                        **_REG)
 USERS_IN_STATE = Gauge("stream_rec_users_in_state", "Users with state touched by this worker since start", **_REG)
 MODEL_INFO = Gauge("stream_rec_model_info", "1 for the model version being served", ["version", "trained"], **_REG)
+FRESH_SLOTS = Counter("stream_rec_fresh_slots_total",
+                      "List slots the freshness policy gave to items that joined the catalogue after training",
+                      **_REG)
 MODEL_RELOADS = Counter("stream_rec_model_reloads_total", "Model hot reloads", **_REG)
 ONLINE_HIT = Counter("stream_rec_online_hits_total", "Next events that were in the user's previous top-k list",
                      **_REG)

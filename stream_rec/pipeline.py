@@ -54,7 +54,8 @@ from .io.topics import key_partition
 from .model.sequences import rewarm, run_steps, time_gaps
 from .privacy import pseudonymize
 from .recsys.context import boost_queries, context_text
-from .recsys.ranking import RankBatch, plain_lists, rescore, top_k_lists
+from .recsys.freshness import FreshnessPolicy
+from .recsys.ranking import RankBatch, fresh_lists, plain_lists, rescore, top_k_lists
 from .state import StateDecodeError, UserState, append_history, decode_state, encode_state, model_tag
 from .validation import DELETE_USER, Event, Invalid, validate_event
 
@@ -100,6 +101,7 @@ class BatchResult:
     step_seconds: float = 0.0
     topk_seconds: float = 0.0
     phase_seconds: dict[str, float] = field(default_factory=dict)  # phase -> seconds (the latency microscope)
+    fresh_slots: int = 0  # list slots the freshness policy gave to new items (in the lists sent)
 
 
 @dataclass(frozen=True)
@@ -113,13 +115,17 @@ class PipelineConfig:
     context_alpha: float = 1.0  # weight of an event's context.text query in its list (0 = ignore queries)
     partitions: int = 0  # of the events topic: events off their key's partition are re-routed (0 = no check)
     dlq_max_original_bytes: int = 128 * 1024  # original bytes kept in a DLQ record (see dlq_record)
+    freshness: FreshnessPolicy = FreshnessPolicy()  # slots for items new since training (0 slots = off)
 
     @classmethod
     def from_settings(cls, settings) -> "PipelineConfig":
         return cls(top_k=settings.top_k, history_len=settings.history_len, max_event_bytes=settings.max_event_bytes,
                    pseudonymize_key=settings.pseudonymize_key,
                    context_alpha=getattr(settings, "context_alpha", 1.0),
-                   dlq_max_original_bytes=settings.dlq_max_original_bytes)
+                   dlq_max_original_bytes=settings.dlq_max_original_bytes,
+                   freshness=FreshnessPolicy(slots=settings.fresh_slots, max_age_s=settings.fresh_max_age_s,
+                                             min_ratio=settings.fresh_min_ratio, by=settings.fresh_by,
+                                             min_similarity=settings.fresh_min_similarity))
 
 
 DLQ_MAX_KEY_BYTES = 1024  # record keys are user ids (<= 256 characters); a longer key is cut in the DLQ
@@ -226,7 +232,7 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
     result.step_seconds = phases["step"] = t3 - t2
     store_states(touched, positives, hiddens, model_tag(model.version), batch, config, result, enricher)
     t4 = clock()
-    lists, extras = rank_users(model, touched, hiddens, queries or {}, config, enricher)
+    lists, extras = rank_users(model, touched, hiddens, queries or {}, config, enricher, result=result, now=now())
     t5 = clock()
     result.topk_seconds = phases["rank"] = t5 - t4
     emit_records(touched, lists, extras, model.version, batch, now(), result)
@@ -295,6 +301,7 @@ def merge_at(merged: BatchResult, one: BatchResult, index: int) -> None:
     merged.topk_seconds += one.topk_seconds
     for phase, seconds in one.phase_seconds.items():
         merged.phase_seconds[phase] = merged.phase_seconds.get(phase, 0.0) + seconds
+    merged.fresh_slots += one.fresh_slots
 
 
 def current_record(user_id: str, raw_state: bytes | None, model, config: PipelineConfig = PipelineConfig(),
@@ -477,11 +484,14 @@ def applied_origins(origins: dict[int, int], batch: Sequence[Incoming],
 
 
 def rank_users(model, touched: TouchedUsers, hiddens: Sequence[np.ndarray], queries: dict[int, np.ndarray],
-               config: PipelineConfig, enricher, record: bool = True
-               ) -> tuple[list[list[tuple[str, float]]], list[dict | None]]:
+               config: PipelineConfig, enricher, record: bool = True, result: BatchResult | None = None,
+               now: float | None = None) -> tuple[list[list[tuple[str, float]]], list[dict | None]]:
     """Top-K of every touched user, seen items excluded; a user's newest query of the batch (``queries``:
     batch index -> vector) boosts their list; with an enricher its stages and annotations (``record``: the
-    lists are sent, so the enricher counts them).  -> ([B] lists of (item_id, score), [B] extra fields or None)"""
+    lists are sent, so the enricher counts them). With ``config.freshness`` on, the plain lists give slots
+    to items new since training (counted in ``result.fresh_slots`` when they stay in the final list; a
+    list the enricher re-ranks starts from the plain scores).
+    -> ([B] lists of (item_id, score), [B] extra fields or None)"""
     batch = RankBatch(model, touched.users, hiddens, [[r for r in model.rows_for(st.seen_items()) if r]
                                                       for st in touched.states], config.top_k,
                       events=[[e for _, e in fresh] for fresh in touched.pending],
@@ -491,15 +501,24 @@ def rank_users(model, touched: TouchedUsers, hiddens: Sequence[np.ndarray], quer
             asked = [(i, e) for i, e in fresh if i in queries]
             if asked:
                 batch.queries[n], batch.query_texts[n] = queries[asked[-1][0]], context_text(asked[-1][1].context)
-    lists = plain_lists(batch)
+    put_in: list[set[str]] = []
+    ages = model.item_ages(now) if config.freshness.slots > 0 else None
+    if ages is not None and bool((ages[1:] < config.freshness.max_age_s).any()):
+        lists, put_in = fresh_lists(batch, config.freshness, ages)
+    else:
+        lists = plain_lists(batch)
     if enricher is not None:
-        return enricher.finish(batch, lists, record=record)
-    asked = sorted(batch.queries)
-    if asked:
-        scores = rescore(batch, asked, [boost_queries])
-        for n, items in zip(asked, top_k_lists(model, scores, config.top_k, [batch.seen[n] for n in asked])):
-            lists[n] = items
-    return lists, [None] * len(lists)
+        lists, extras = enricher.finish(batch, lists, record=record)
+    else:
+        asked = sorted(batch.queries)
+        if asked:
+            scores = rescore(batch, asked, [boost_queries])
+            for n, items in zip(asked, top_k_lists(model, scores, config.top_k, [batch.seen[n] for n in asked])):
+                lists[n] = items
+        extras = [None] * len(lists)
+    if result is not None and put_in:
+        result.fresh_slots += sum(len(ids & {i for i, _ in items}) for ids, items in zip(put_in, lists))
+    return lists, extras
 
 
 def emit_records(touched: TouchedUsers, lists: Sequence[list[tuple[str, float]]], extras: Sequence[dict | None],

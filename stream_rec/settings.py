@@ -124,6 +124,16 @@ class Settings:
     negative_radius: float = 0.8  # items within this cosine of a disliked item are pushed down too
     negative_strength: float = 1.0  # push-down of a disliked item, in std devs of the user's scores
     negatives_per_user: int = 20  # recent negative items kept in each user's state (newest last)
+    # Freshness (stream_rec/recsys/freshness.py): up to fresh_slots items that joined the catalogue after
+    # training less than fresh_max_age_s ago enter a list (0 slots = off), each only while relevant enough:
+    # fresh_by=content: text cosine to the user's recent items >= fresh_min_similarity; fresh_by=model: the
+    # model gives it >= fresh_min_ratio times the probability of the item it displaces. Counted in
+    # stream_rec_fresh_slots_total; new-item hits and the warm-item NDCG cost: benchmarks/quality.py.
+    fresh_slots: int = 0
+    fresh_max_age_s: float = 7 * 86400.0
+    fresh_by: str = "content"
+    fresh_min_similarity: float = 0.8
+    fresh_min_ratio: float = 0.2
     drift_delta: float = 0.002  # ADWIN confidence of the online HR@k drift monitor
     drift_finetune: bool = False  # on a drift alarm, fine-tune on recent events into --model (a dir of model dirs)
     drift_finetune_cooldown_s: float = 3600.0  # at most one drift fine-tune per this many seconds

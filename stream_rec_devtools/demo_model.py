@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 DEMO_WORLD = {"n_users": 300, "events_per_user": (8, 20), "items_per_theme": 8, "seed": 0}
 DEMO_MODEL = {"hidden": 64, "emb_dim": 32, "dropout": 0.1}
 DEMO_TRAIN = {"epochs": 25, "batch_size": 32, "lr": 5e-3, "patience": 5, "seed": 0}
-CODE_REVISION = 2  # bump when the training recipe changes, so caches are rebuilt
+CODE_REVISION = 3  # bump when the training recipe changes, so caches are rebuilt
 
 
 def cache_key(world: dict, model: dict, train: dict, use_text: bool) -> str:

@@ -195,7 +195,8 @@ def test_live_model_reload_swaps_and_carries_live_items(tiny_models, tmp_path):
     assert pinned.reloaded and live.version == a.version and live.changed_on_disk() is None
     live.current = swapped[0]
     assert not same.reloaded and result.reloaded and result.version == b.version and len(swapped) == 2
-    assert "brand-new" in live.current.row_of and live.current.hidden_size == 16
+    assert "brand-new" in live.current.row_of and live.current.model.config.hidden == 16
+    assert live.current.item_ages()[live.current.row_of["brand-new"]] < 3600  # still new: its age was carried
     assert reload_request(b'{"type": "reload"}') is None
     assert reload_request({"type": "reload", "path": "/m"}) == "/m"
     assert reload_request(b"junk") is False and reload_request({"type": "other"}) is False

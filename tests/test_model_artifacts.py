@@ -18,7 +18,8 @@ N, TEXT_DIM = 30, 8
 def make_rec(trained=True):
     torch.manual_seed(0)
     text = torch.cat([torch.zeros(1, TEXT_DIM), torch.nn.functional.normalize(torch.randn(N, TEXT_DIM), dim=1)])
-    model = HybridGRU(GRUConfig(n_items=N, text_dim=TEXT_DIM, emb_dim=6, hidden=10), text)
+    # id_dropout 0: a new item's ID parts start from its text neighbours (with ID dropout they stay zero)
+    model = HybridGRU(GRUConfig(n_items=N, text_dim=TEXT_DIM, emb_dim=6, hidden=10, recent=4, id_dropout=0.0), text)
     with torch.no_grad():
         model.item_bias.normal_()
     return Recommender(model, [f"item-{i}" for i in range(N)], "gru-test", trained=trained, device="cpu",
@@ -41,7 +42,7 @@ def test_round_trip(tmp_path):
     assert loaded.encoder_id == "enc-1" and loaded.item_texts[3] == "title 3" and loaded.meta["metrics"] == {"x": 1}
     np.testing.assert_allclose(scores_after(loaded, [1, 5, 7]), scores_after(rec, [1, 5, 7]), atol=1e-6)
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["state_bytes_per_user"] == {"float32": 40, "float16": 20}
+    assert cfg["state_bytes_per_user"] == {"float32": 4 * (10 + 2 * 4), "float16": 2 * (10 + 2 * 4)}  # h + recent rows
 
 
 def test_newest_model_in_a_parent_directory(tmp_path):

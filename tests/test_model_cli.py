@@ -36,7 +36,7 @@ def test_train_evaluate_recommend(files, variant, capsys):
     run_cli("train", "--events-file", d / "events.csv", "--items-file", d / "items.csv", "--out", model, "--epochs", 3,
             "--hidden", 16, "--emb-dim", 8, "--batch-size", 8, "--quiet", "--device", "cpu", *extra)
     summary = json.loads(capsys.readouterr().out)
-    assert summary["state_bytes_per_user"] == 64 and summary["version"].startswith("gru-")
+    assert summary["state_bytes_per_user"] == 4 * (16 + 2 * 16) and summary["version"].startswith("gru-")
     assert (model / "VERSION").read_text().strip() == summary["version"]
 
     run_cli("evaluate", "--model", model, "--events-file", d / "events.csv", "--items-file", d / "items.csv",
@@ -104,3 +104,28 @@ def test_help_explains_every_flag(capsys):
             main([command, "--help"])
         text = capsys.readouterr().out
         assert "--events-file" in text and "--model" in text or command == "train"
+
+
+def test_train_warns_when_the_model_does_not_beat_the_baselines(files, tmp_path, capsys):
+    """A model that learnt nothing (one epoch at a tiny learning rate) loses to popularity and Markov on
+    validation: `stream-rec train` says so in its log and in its summary, and still writes the model."""
+    d, _ = files
+    model = tmp_path / "weak"
+    run_cli("train", "--events-file", d / "events.csv", "--items-file", d / "items.csv", "--out", model,
+            "--epochs", 1, "--lr", 1e-6, "--hidden", 4, "--emb-dim", 2, "--quiet", "--device", "cpu", "--no-text")
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["beats_baselines"] is False and len(summary["warnings"]) == 2
+    assert summary["valid"]["ndcg@10"] < min(summary["valid_baselines"].values())
+    warned = [line for line in captured.err.splitlines() if "WARNING" in line and "does not beat" in line]
+    assert len(warned) == 2 and any("markov" in line for line in warned), captured.err
+    assert (model / "VERSION").exists()
+    assert json.loads((model / "config.json").read_text())["warnings"] == summary["warnings"]
+
+
+def test_train_summary_says_when_the_model_beats_the_baselines(files, tmp_path, capsys):
+    d, _ = files
+    run_cli("train", "--events-file", d / "events.csv", "--items-file", d / "items.csv", "--out", tmp_path / "m",
+            "--epochs", 8, "--hidden", 32, "--emb-dim", 16, "--batch-size", 8, "--quiet", "--device", "cpu", "--no-text")
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["beats_baselines"] is (summary["valid"]["ndcg@10"] > max(summary["valid_baselines"].values()))

@@ -1,12 +1,13 @@
-"""The serving path (one GRU step per event from a stored state) must give the same scores as the
-full-sequence forward pass used in training."""
+"""The serving path (one model step per event from a stored state) must give the same scores as the
+full-sequence forward pass used in training -- with and without the recent-items read-out, whose rows
+travel in the state and must survive the state table's float16 round trip exactly."""
 
 import numpy as np
 import pytest
 import torch
 
 from stream_rec.model.evaluate import step_histories
-from stream_rec.model.gru import PAD, GRUConfig, HybridGRU
+from stream_rec.model.gru import PAD, GRUConfig, HybridGRU, decode_rows, encode_rows, recent_windows
 from stream_rec.model.recommender import Recommender
 from stream_rec.model.sequences import UserSequence
 from stream_rec.model.train import final_states
@@ -15,15 +16,16 @@ torch.set_num_threads(1)
 N_ITEMS, TEXT_DIM = 40, 16
 
 
-def make_model(use_time_gap=True, use_text=True, seed=0):
+def make_model(use_time_gap=True, use_text=True, seed=0, recent=4):
     torch.manual_seed(seed)
     text = torch.cat([torch.zeros(1, TEXT_DIM), torch.nn.functional.normalize(torch.randn(N_ITEMS, TEXT_DIM), dim=1)])
     cfg = GRUConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, emb_dim=12, hidden=20, use_text=use_text,
-                    use_time_gap=use_time_gap, dropout=0.3)
+                    use_time_gap=use_time_gap, dropout=0.3, recent=recent, text_bias=use_text, id_dropout=0.3)
     model = HybridGRU(cfg, text).eval()
-    with torch.no_grad():  # non-trivial ID vectors and biases, as after training
-        model.id_embedding.weight[1:].normal_(0, 0.5)
-        model.item_bias.normal_(0, 0.5)
+    with torch.no_grad():  # non-trivial weights everywhere, as after training
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+        model.id_embedding.weight[PAD].zero_()
     return model
 
 
@@ -35,18 +37,27 @@ def random_histories(n, seed=1, max_len=17):
     return rows, gaps
 
 
-@pytest.mark.parametrize("use_time_gap", [True, False])
-def test_step_by_step_equals_full_forward(use_time_gap):
-    model = make_model(use_time_gap)
+@pytest.mark.parametrize("use_time_gap,recent", [(True, 4), (False, 4), (True, 0)])
+def test_step_by_step_equals_full_forward(use_time_gap, recent):
+    model = make_model(use_time_gap, recent=recent)
     rows, gaps = random_histories(1, max_len=30)
     items, g = torch.from_numpy(rows[0])[None], torch.from_numpy(gaps[0])[None]
     with torch.no_grad():
-        full = model(items, g)[0]  # [T, H]
-        h = model.init_state(1)
+        full = model(items, g)[0]  # [T, H]: the training pass
+        windows = recent_windows(items, recent)[0] if recent else None  # [T, K]: what training scores with
+        state = model.init_state(1)
+        assert state.shape == (1, 20 + 2 * recent)
         for t in range(items.shape[1]):
-            h = model.step(h, items[:, t], g[:, t])
-            torch.testing.assert_close(h[0], full[t], atol=1e-5, rtol=0)
-            torch.testing.assert_close(model.scores(h)[0], model.scores(full[t:t + 1])[0], atol=1e-5, rtol=0)
+            state = model.step(state, items[:, t], g[:, t])
+            torch.testing.assert_close(state[0, :20], full[t], atol=1e-5, rtol=0)
+            trained = model.scores(full[t:t + 1], recent=None if windows is None else windows[t:t + 1])[0]
+            torch.testing.assert_close(model.scores(state)[0], trained, atol=1e-5, rtol=0)
+
+
+def test_recent_rows_survive_float16():
+    rows = torch.tensor([[0, 1, 2047, 2048, 2049, 70_000, 4_000_000]])
+    digits = encode_rows(rows)
+    assert torch.equal(decode_rows(digits.half().float()), rows)
 
 
 def test_recommender_serving_path_equals_training_forward():
@@ -78,7 +89,12 @@ def test_topk_excludes_seen_and_padding():
         assert [s for _, s in recs] == sorted((s for _, s in recs), reverse=True)
 
 
-def test_state_is_the_hidden_vector_only():
+def test_state_is_the_hidden_vector_and_the_recent_rows():
     rec = Recommender(make_model(), [f"i{n}" for n in range(N_ITEMS)], "test", trained=True, device="cpu")
-    assert rec.init_state(3).shape == (3, 20)
-    assert rec.state_bytes == 20 * 4
+    assert rec.init_state(3).shape == (3, 20 + 2 * 4)
+    assert rec.state_bytes == (20 + 8) * 4
+    state = rec.step(rec.init_state(1), [7], [0.0])
+    state = rec.step(state, [3], [60.0])
+    assert decode_rows(torch.from_numpy(state[:, 20:])).tolist() == [[0, 0, 7, 3]]
+    as_stored = state.astype(np.float16).astype(np.float32)  # the state table keeps float16
+    np.testing.assert_array_equal(as_stored[:, 20:], state[:, 20:])

@@ -8,11 +8,13 @@ for testing, the one before is the validation target used for early stopping) an
 from __future__ import annotations
 
 import argparse
+import logging
 
 from ._common import add_command
 from ._model_args import add_data_args, load_data
 
 SUMMARY = "train the hybrid GRU recommender offline and write a model directory"
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,12 +28,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_data_args(p)
     p.add_argument("--out", metavar="DIR", required=True, help="model directory to write (created if missing)")
     g = p.add_argument_group("model")
-    g.add_argument("--hidden", type=int, default=m.hidden, help="GRU hidden size = per-user state (float32: 4 bytes each)")
+    g.add_argument("--hidden", type=int, default=m.hidden, help="GRU hidden size (the state per user is hidden + 2 x "
+                                                              "--recent numbers, stored as float16)")
     g.add_argument("--emb-dim", type=int, default=m.emb_dim, help="item vector size (ID embedding and text projection)")
     g.add_argument("--dropout", type=float, default=m.dropout, help="dropout on the GRU inputs and on its output")
     g.add_argument("--id-dropout", type=float, default=m.id_dropout,
                    help="probability of hiding an item's ID embedding while training, so the text projection "
                         "learns to carry items alone (helps items unseen in training)")
+    g.add_argument("--recent", type=int, default=m.recent, help="items kept in the user's state for the direct "
+                                                              "read-out from the recent items to the scores (0 = GRU only)")
+    g.add_argument("--heads", type=int, default=m.heads, help="attention heads of the recent-items read-out")
+    g.add_argument("--text-bias", action=argparse.BooleanOptionalAction, default=m.text_bias,
+                   help="an item bias from the text vector too (what an item unseen in training is ranked with)")
     g.add_argument("--no-text", action="store_true", help="ID-only model: do not use the text encoder")
     g.add_argument("--no-ids", action="store_true", help="text-only model: no learned ID embeddings")
     g.add_argument("--no-time-gap", action="store_true", help="do not feed the time since the previous event")
@@ -43,7 +51,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "where it is also 40%% faster; 200 on the small MovieLens-100K)")
     t.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
     t.add_argument("--weight-decay", type=float, default=d.weight_decay, help="Adam weight decay")
-    t.add_argument("--patience", type=int, default=d.patience, help="epochs without validation gain before stopping")
+    t.add_argument("--patience", type=int, default=d.patience, help="epochs without validation gain before a plateau")
+    t.add_argument("--lr-decays", type=int, default=d.lr_decays, help="on a plateau, go back to the best epoch and "
+                                                                    "multiply the learning rate by --lr-decay, at most this "
+                                                                    "many times; the next plateau stops training")
+    t.add_argument("--lr-decay", type=float, default=d.lr_decay, help="learning-rate factor at a plateau")
+    t.add_argument("--mask-seen", action=argparse.BooleanOptionalAction, default=d.mask_seen,
+                   help="train as lists are served: the user's seen items leave the softmax, repeats are no targets")
     t.add_argument("--time-budget-s", type=float, default=0.0, metavar="S",
                    help="wall-time budget: no epoch is started that would likely overrun it (0 = none)")
     t.add_argument("--seed", type=int, default=d.seed, help="random seed (weights, batch order, dropout)")
@@ -58,24 +72,37 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from ..model.encoder import shared_encoder
+    from ..model.evaluate import baseline_warnings, validation_baselines
     from ..model.train import TrainParams, train_recommender
     from ..settings import Settings
 
     split, item_texts, info = load_data(args)
     config = {"hidden": args.hidden, "emb_dim": args.emb_dim, "dropout": args.dropout, "use_text": not args.no_text,
-              "use_ids": not args.no_ids, "use_time_gap": not args.no_time_gap, "id_dropout": args.id_dropout}
+              "use_ids": not args.no_ids, "use_time_gap": not args.no_time_gap, "id_dropout": args.id_dropout,
+              "recent": args.recent, "heads": args.heads, "text_bias": args.text_bias}
     if args.no_text and args.no_ids:
         raise SystemExit("error: --no-text and --no-ids leave the model without item representations")
     params = TrainParams(epochs=args.epochs, batch_size=args.batch_size, max_len=args.max_len, lr=args.lr,
-                         weight_decay=args.weight_decay, patience=args.patience, seed=args.seed, device=args.device,
+                         weight_decay=args.weight_decay, patience=args.patience, lr_decays=args.lr_decays,
+                         lr_decay=args.lr_decay, mask_seen=args.mask_seen, seed=args.seed, device=args.device,
                          threads=args.threads, time_budget_s=args.time_budget_s)
     encoder = None if args.no_text else shared_encoder(Settings.from_env().cache_dir, args.device)
     started = time.perf_counter()
     rec, history = train_recommender(split, item_texts, config, params, encoder=encoder, progress=not args.quiet)
     rec.meta["data"] = info
     rec.meta["metrics"]["train_seconds_total"] = time.perf_counter() - started
+    baselines = validation_baselines(split, rec.row_of)
+    warnings = baseline_warnings(history.best_valid, baselines)
+    rec.meta["metrics"]["valid_baselines"] = baselines
+    rec.meta["warnings"] = warnings
     out = rec.save(args.out)
+    for line in warnings:
+        log.warning("%s: check the data (enough events per user? time order?) and the training flags before "
+                    "serving this model", line)
     summary = {"model": str(out), "version": rec.version, "best_epoch": history.best_epoch, "valid": history.best_valid,
-               "train_seconds": round(history.train_seconds, 1), "state_bytes_per_user": rec.state_bytes}
+               "valid_baselines": {name: m["ndcg@10"] for name, m in baselines.items()},
+               "beats_baselines": not warnings, "warnings": warnings,
+               "train_seconds": round(history.train_seconds, 1), "train_cpu_seconds": round(history.cpu_seconds, 1),
+               "state_bytes_per_user": rec.state_bytes}
     print(json.dumps(summary, indent=2))
     return 0

@@ -189,6 +189,32 @@ def test_cases(full: dict[str, list[tuple[str, float]]], targets: dict[str, tupl
     return cases
 
 
+def validation_baselines(split, row_of: dict[str, int], k: int = K) -> dict:
+    """Popularity and Markov on the *validation* targets (each user's second-to-last event), fitted on the
+    training sequences: what a trained model must beat before anyone serves it (``stream-rec train``
+    warns when it does not). -> {"popularity": metrics, "markov": metrics}"""
+    from .sequences import to_sequence
+
+    train_rows = [to_sequence(seq, row_of).rows for seq in split.train.values()]
+    cases = [EvalCase(u, to_sequence(split.train[u], row_of).rows, np.zeros(0, np.float32),
+                      row_of.get(split.valid[u][0], PAD)) for u in split.valid if u in split.train]
+    n_rows = max(row_of.values(), default=0) + 1
+    return {"popularity": evaluate_scorer(popularity_scorer(train_rows, n_rows), cases, k),
+            "markov": evaluate_scorer(markov_scorer(train_rows, n_rows), cases, k)}
+
+
+def baseline_warnings(valid: dict, baselines: dict, k: int = K) -> list[str]:
+    """One line per baseline the model does not beat on validation NDCG@k (empty = it beats them all)."""
+    key = f"ndcg@{k}"
+    mine = valid.get(key)
+    out = []
+    for name, metrics in baselines.items():
+        if mine is None or mine <= metrics[key]:
+            out.append(f"the trained model does not beat {name} on validation: NDCG@{k} "
+                       f"{'n/a' if mine is None else f'{mine:.4f}'} vs {metrics[key]:.4f} ({metrics['users']} users)")
+    return out
+
+
 def evaluate_recommender(rec, split, k: int = K, baselines: bool = True, progress: bool = True,
                          users: set[str] | None = None, batch_size: int = 1024) -> dict:
     """Leave-one-out test metrics of ``rec`` (serving path) and, beside it, popularity and Markov

@@ -1,36 +1,56 @@
-"""Hybrid text + ID GRU sequence recommender (GRU4Rec, Hidasi et al. 2016, "Session-based
-Recommendations with Recurrent Neural Networks", with full-softmax cross-entropy as in Hidasi &
-Karatzoglou 2018, and item inputs made hybrid: a learned ID embedding plus a projection of a frozen
-LLM text vector, so an item never seen in training is still representable from its text).
+"""Hybrid text + ID GRU sequence recommender with a read-out of the recent items.
+
+GRU4Rec (Hidasi et al. 2016, with full-softmax cross-entropy as in Hidasi & Karatzoglou 2018) with
+hybrid items (a learned ID embedding plus a projection of a frozen LLM text vector, so an item never
+seen in training is still representable from its text), and a second, direct path from the user's
+last ``recent`` items to the output scores (an attention read-out, as in SASRec's last layer, with the
+GRU state as the query):
+
+    u      = out(h) + sum_k a_k * next(item_k)        a = softmax_k(q(h, v_last) . key(item_k) + pos_k)
+    s_j    = u . v_j + b_j
+
+``v_j`` is item j's vector (ID + text), ``next(i)`` a second item table ("what follows item i": ID +
+text) and ``b_j`` its bias (ID + text). With the weight on the last item, ``next(last) . v_j`` is a
+factorised first-order transition (FPMC, Rendle et al. 2010): "the next episode" is as easy for the
+model as for a Markov chain, while ``out(h)`` carries the long-term taste the GRU accumulates.
+
+The per-user serving state stays one vector: ``[h (hidden) | the rows of the last `recent` items]``.
+A row is stored as two base-2048 digits, which float16 (the state table's format) holds exactly, so
+the state read back from the table scores exactly like the one that was written (rows up to 4M).
 
 Two ways to run the same weights:
 
-* ``forward(items[B, T], gaps[B, T])`` -- the whole sequence at once (training, offline evaluation);
-* ``step(h[B, H], items[B], gaps[B])`` -- one GRU step per event from a stored hidden state (serving).
+* ``forward(items[B, T], gaps[B, T])`` -- the GRU over the whole sequence (training, offline
+  evaluation), with ``scores(h, recent_rows)`` per position;
+* ``step(state[B, S], items[B], gaps[B])`` -- one GRU step and one shift of the recent rows per event
+  (serving), ``scores(state)``.
 
-Both call the same ``nn.GRU`` module, so stepping event by event gives the same hidden states as the
-full pass (tests/test_model_parity.py holds them to float tolerance).
+Both call the same modules, so stepping event by event gives the same scores as the full pass
+(tests/test_model_parity.py holds them to float tolerance).
 
 Design choices:
 
-* **Weight tying**: one item table (ID embedding + projected text vector) is both the GRU input and the
-  output layer (score = ``out(h) . item_vector + item_bias``). Fewer parameters, and a new item gets a
-  usable output vector from its text the moment it is added.
+* **Weight tying**: the item table is both the GRU input and the output layer. Fewer parameters, and a
+  new item gets a usable output vector from its text the moment it is added.
 * **Time gap** (optional): ``log1p(hours since the previous event)`` is appended to the input vector;
   the first event of a user has gap 0.
-* **ID dropout** (optional, training only): hiding whole ID embeddings forces the text projection to
-  represent items on its own, which is what items unseen in training rely on.
+* **ID dropout** (training only): per batch, a share of the items lose their ID parts (embedding,
+  next-embedding and bias) at once, so the text parts must score them alone, on the same scale as the
+  others: exactly the situation of an item that joins the catalog after training (``text_bias`` gives
+  such an item a bias from its text).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import MISSING, asdict, dataclass, fields
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 PAD = 0  # item row 0 is padding / "no item"
+ROW_BASE = 2048  # float16 holds every integer up to 2048 exactly: a row is stored as two such digits
 
 
 # Upper bounds of each dimension of a model read from disk (GRUConfig.from_dict), far above any model this
@@ -49,12 +69,20 @@ class GRUConfig:
     use_ids: bool = True
     use_time_gap: bool = True
     dropout: float = 0.2
-    # Training only: probability of hiding an item's ID embedding (per item row, per batch) so the text
-    # projection must carry the item alone -- that is all an item unseen in training will have.
-    id_dropout: float = 0.0
+    # Training only: probability of hiding an item's ID parts (per item row, per batch) so the text
+    # parts must carry the item alone -- that is all an item unseen in training will have.
+    id_dropout: float = 0.2
+    recent: int = 16  # items kept in the state for the direct read-out (0 = GRU only)
+    heads: int = 2  # attention heads of the read-out (each adds its own mix of next-vectors)
+    text_bias: bool = True  # a bias from the text vector (the bias of an item unseen in training)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def state_size(self) -> int:
+        """Floats per user state: the GRU hidden vector and two digits per recent item row."""
+        return self.hidden + 2 * self.recent
 
     @classmethod
     def from_dict(cls, values: dict) -> "GRUConfig":
@@ -78,22 +106,53 @@ class GRUConfig:
             if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ValueError(f"{name} must be a number, got {value!r}")
         config = cls(**values)
-        minimum = {"n_items": 0, "text_dim": 0, "emb_dim": 1, "hidden": 1}
+        minimum = {"n_items": 0, "text_dim": 0, "emb_dim": 1, "hidden": 1, "recent": 0, "heads": 1}
         for name, low in minimum.items():
             if getattr(config, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(config, name)}")
         for name, high in CONFIG_MAXIMUM.items():  # before anything is allocated from these numbers
             if getattr(config, name) > high:
                 raise ValueError(f"{name} must be <= {high}, got {getattr(config, name)}")
+        if config.recent > 1024:
+            raise ValueError(f"recent must be <= 1024, got {config.recent}")
         for name in ("dropout", "id_dropout"):
             if not 0.0 <= getattr(config, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(config, name)}")
         return config
 
 
+class ItemTables(NamedTuple):
+    """Everything the model needs per item row, computed once per batch (training) or per catalog change
+    (serving)."""
+
+    vectors: torch.Tensor  # [N+1, d] input and output vector (ID + text)
+    nexts: torch.Tensor | None  # [N+1, d] "what follows this item" (ID + text); None without recent items
+    bias: torch.Tensor  # [N+1] output bias (ID + text)
+    keys: torch.Tensor | None = None  # [N+1, heads*d] attention keys of the read-out (None without recent items)
+
+
 def log_gap(seconds: torch.Tensor) -> torch.Tensor:
     """Time-gap feature: log1p of the gap in hours, clipped to [0, 10] (the first event has gap 0)."""
     return torch.log1p(seconds.clamp(min=0).float() / 3600.0).clamp(max=10.0)
+
+
+def encode_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Item rows [..., K] -> their state digits [..., 2K] (high digits, then low digits; exact in float16)."""
+    rows = rows.long()
+    return torch.cat([torch.div(rows, ROW_BASE, rounding_mode="floor"), rows % ROW_BASE], dim=-1).float()
+
+
+def decode_rows(digits: torch.Tensor) -> torch.Tensor:
+    """State digits [..., 2K] -> item rows [..., K]."""
+    k = digits.shape[-1] // 2
+    d = digits.round().long()
+    return d[..., :k] * ROW_BASE + d[..., k:]
+
+
+def recent_windows(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """For each position t of rows [B, L]: the rows of positions t-k+1..t, PAD before the start.  -> [B, L, k]"""
+    padded = torch.nn.functional.pad(rows, (k - 1, 0), value=PAD)
+    return padded.unfold(1, k, 1)
 
 
 class HybridGRU(nn.Module):
@@ -117,20 +176,62 @@ class HybridGRU(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.out = nn.Linear(config.hidden, d)
         self.item_bias = nn.Parameter(torch.zeros(n_rows))
+        if config.text_bias:
+            self.text_bias = nn.Linear(self.text_vectors.shape[1], 1, bias=False)
+            nn.init.zeros_(self.text_bias.weight)
+        if config.recent:
+            k = config.recent
+            self.next_embedding = nn.Embedding(n_rows, d, padding_idx=PAD)
+            nn.init.normal_(self.next_embedding.weight, std=0.02)
+            with torch.no_grad():
+                self.next_embedding.weight[PAD].zero_()
+            self.next_text_proj = nn.Linear(self.text_vectors.shape[1], d, bias=False)
+            heads = config.heads
+            self.query = nn.Linear(config.hidden, heads * d)
+            self.query_last = nn.Linear(d, heads * d, bias=False)  # the newest item's say in the query
+            self.key = nn.Linear(d, heads * d, bias=False)
+            self.position_key = nn.Parameter(torch.zeros(k, heads * d))  # index k-1 = the newest item
+            self.position_bias = nn.Parameter(torch.zeros(heads, k))
+
+    @property
+    def state_size(self) -> int:
+        return self.config.state_size
 
     # --- item side -----------------------------------------------------------------------------------
+    def item_tables(self) -> ItemTables:
+        """Item vectors, next-vectors and biases of every row (ID dropout applied when training)."""
+        c = self.config
+        keep = None
+        if self.training and c.use_text and c.use_ids and c.id_dropout > 0:
+            keep = (torch.rand(self.item_bias.shape[0], device=self.item_bias.device) >= c.id_dropout).float()
+
+        def combine(ids: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
+            rep = torch.zeros_like(ids)
+            if c.use_ids:
+                rep = rep + (ids if keep is None else ids * keep[:, None])
+            if c.use_text:
+                rep = rep + proj(self.text_vectors)
+            return rep
+
+        vectors = combine(self.id_embedding.weight, self.text_proj)
+        nexts = combine(self.next_embedding.weight, self.next_text_proj) if c.recent else None
+        bias = self.item_bias if keep is None else self.item_bias * keep
+        if c.text_bias and c.use_text:
+            bias = bias + self.text_bias(self.text_vectors).squeeze(-1)
+        return ItemTables(vectors, nexts, bias, self.key(vectors) if c.recent else None)
+
     def item_vectors(self) -> torch.Tensor:
         """Representation of every item row: ID embedding + projected text vector.  # [N+1, d]"""
-        rep = torch.zeros_like(self.id_embedding.weight)
-        if self.config.use_ids:
-            ids = self.id_embedding.weight
-            if self.training and self.config.use_text and self.config.id_dropout > 0:
-                keep = torch.rand(ids.shape[0], 1, device=ids.device) >= self.config.id_dropout
-                ids = ids * keep
-            rep = rep + ids
-        if self.config.use_text:
-            rep = rep + self.text_proj(self.text_vectors)
-        return rep
+        return self.item_tables().vectors
+
+    def _tables(self, table) -> ItemTables:
+        """``table``: ItemTables, a bare vector table (older callers: the other tables are computed), or None."""
+        if isinstance(table, ItemTables):
+            return table
+        tables = self.item_tables()
+        if table is None:
+            return tables
+        return tables._replace(vectors=table, keys=self.key(table) if self.config.recent else None)
 
     def _inputs(self, items: torch.Tensor, gaps: torch.Tensor | None, table: torch.Tensor) -> torch.Tensor:
         x = table[items]  # [..., d]
@@ -141,32 +242,73 @@ class HybridGRU(nn.Module):
 
     # --- full sequence (training) -------------------------------------------------------------------
     def forward(self, items: torch.Tensor, gaps: torch.Tensor | None = None,
-                h0: torch.Tensor | None = None, table: torch.Tensor | None = None) -> torch.Tensor:
-        """Hidden state after each position.  items [B, T] -> [B, T, H]"""
-        table = self.item_vectors() if table is None else table
+                h0: torch.Tensor | None = None, table=None) -> torch.Tensor:
+        """GRU hidden vector after each position.  items [B, T] -> [B, T, H]"""
+        table = self._tables(table).vectors
         x = self.dropout(self._inputs(items, gaps, table))
-        out, _ = self.gru(x, None if h0 is None else h0.unsqueeze(0))
+        if h0 is not None:
+            h0 = h0[..., :self.config.hidden].unsqueeze(0).contiguous()
+        out, _ = self.gru(x, h0)
         return out
 
-    def scores(self, hidden: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores of every item row for each hidden state.  [..., H] -> [..., N+1]"""
-        table = self.item_vectors() if table is None else table
-        s = self.out(self.dropout(hidden)) @ table.T + self.item_bias
+    def user_vectors(self, hidden: torch.Tensor, recent: torch.Tensor | None, tables: ItemTables) -> torch.Tensor:
+        """hidden [..., H], recent rows [..., K] (oldest first, PAD = none) -> user vector [..., d]"""
+        u = self.out(self.dropout(hidden))
+        if not self.config.recent or recent is None:
+            return u
+        heads, d = self.config.heads, u.shape[-1]
+        keys = tables.keys[recent] + self.position_key  # [..., K, heads*d]
+        keys = keys.unflatten(-1, (heads, d)).transpose(-3, -2)  # [..., heads, K, d]
+        q = self.query(hidden) + self.query_last(tables.vectors[recent[..., -1]])
+        q = q.unflatten(-1, (heads, d)).unsqueeze(-1)  # [..., heads, d, 1]
+        logits = (keys @ q).squeeze(-1) / math.sqrt(d) + self.position_bias  # [..., heads, K]
+        present = (recent != PAD).unsqueeze(-2)  # [..., 1, K]
+        weights = torch.softmax(logits.masked_fill(~present, -1e9), dim=-1) * present  # no item at all: no read-out
+        return u + (weights.sum(-2).unsqueeze(-1) * tables.nexts[recent]).sum(-2)  # the heads' mixes, added
+
+    def scores(self, state: torch.Tensor, table=None, recent: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of every item row.  state [..., S] (or a bare hidden vector [..., H], with ``recent``
+        rows [..., K] or none) -> [..., N+1]"""
+        tables = self._tables(table)
+        hidden, rows = self.split_state(state)
+        if recent is not None:
+            rows = recent
+        u = self.user_vectors(hidden, rows, tables)
+        s = u @ tables.vectors.T + tables.bias
         s[..., PAD] = -math.inf
         return s
 
+    # --- the serving state ---------------------------------------------------------------------------
+    def split_state(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[..., S] -> (hidden [..., H], recent rows [..., K] or None). A bare [..., H] has no rows."""
+        H = self.config.hidden
+        if state.shape[-1] == H or not self.config.recent:
+            return state[..., :H], None
+        return state[..., :H], decode_rows(state[..., H:])
+
+    def make_state(self, hidden: torch.Tensor, recent: torch.Tensor | None) -> torch.Tensor:
+        """(hidden [..., H], recent rows [..., K]) -> state [..., S]"""
+        if not self.config.recent:
+            return hidden
+        if recent is None:
+            recent = torch.zeros(*hidden.shape[:-1], self.config.recent, dtype=torch.long, device=hidden.device)
+        return torch.cat([hidden, encode_rows(recent).to(hidden.dtype)], dim=-1)
+
     # --- incremental (serving) ----------------------------------------------------------------------
     def init_state(self, batch: int) -> torch.Tensor:
-        """Hidden state of a user with no history.  # [B, H]"""
-        return torch.zeros(batch, self.config.hidden, device=self.item_bias.device)
+        """State of a user with no history.  # [B, S]"""
+        return torch.zeros(batch, self.state_size, device=self.item_bias.device)
 
-    def step(self, h: torch.Tensor, items: torch.Tensor, gaps: torch.Tensor | None = None,
-             table: torch.Tensor | None = None) -> torch.Tensor:
-        """One GRU step per row from stored states.  h [B, H], items [B] -> [B, H]"""
-        table = self.item_vectors() if table is None else table
-        x = self._inputs(items.unsqueeze(1), None if gaps is None else gaps.unsqueeze(1), table)
+    def step(self, state: torch.Tensor, items: torch.Tensor, gaps: torch.Tensor | None = None,
+             table=None) -> torch.Tensor:
+        """One GRU step and one shift of the recent rows per user.  state [B, S], items [B] -> [B, S]"""
+        tables = self._tables(table)
+        h, rows = self.split_state(state)
+        x = self._inputs(items.unsqueeze(1), None if gaps is None else gaps.unsqueeze(1), tables.vectors)
         _, h_new = self.gru(x, h.unsqueeze(0).contiguous())
-        return h_new.squeeze(0)
+        if rows is not None:
+            rows = torch.cat([rows[:, 1:], items.long().unsqueeze(1)], dim=1)
+        return self.make_state(h_new.squeeze(0), rows)
 
 
 def neighbour_init(known_text: torch.Tensor, known_ids: torch.Tensor, known_bias: torch.Tensor,

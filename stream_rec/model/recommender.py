@@ -3,11 +3,13 @@
 ``Recommender`` wraps a :class:`HybridGRU` with its item index (item_id <-> row) and a version string,
 and speaks numpy at the boundary so the stream never touches torch:
 
-    states = rec.init_state(n)                          # [n, H] float32
-    states = rec.step(states, rows, gaps_seconds)       # one GRU step per event, batched across users
+    states = rec.init_state(n)                          # [n, S] float32 (S = rec.hidden_size)
+    states = rec.step(states, rows, gaps_seconds)       # one model step per event, batched across users
     lists  = rec.topk(states, k, exclude_rows)          # [(item_id, score), ...] per user, seen excluded
 
-The model stays resident on its device; each call moves its inputs in one transfer.
+The model stays resident on its device; each call moves its inputs in one transfer. A user's state is
+opaque to the stream: the GRU hidden vector followed by the rows of the user's last items
+(``HybridGRU.make_state``), all of it exact after a float16 round trip except the hidden part.
 
 Artifacts (``save`` / ``load``): a directory with
 
@@ -41,7 +43,9 @@ from .gru import PAD, GRUConfig, HybridGRU, neighbour_init, topk_excluding
 
 
 ARTIFACT_FILES = ("weights.safetensors", "text_vectors.safetensors", "config.json", "items.json", "VERSION")
-ARTIFACT_FORMAT = 1
+ARTIFACT_FORMAT = 2
+# Format 1 (before the recent-items read-out): a GRU only. Its config lacks the newer fields; they are off.
+LEGACY_FIELDS = {1: {"recent": 0, "text_bias": False, "heads": 1}}
 
 
 class ModelLoadError(ValueError):
@@ -95,7 +99,10 @@ class Recommender:
         self.encoder_id = encoder_id
         self.meta: dict[str, Any] = dict(meta or {})  # training params, history, metrics (config.json)
         # Learned state of a user with no history (model/coldstart.py, init_state.safetensors), or None = zeros.
-        self.initial_state: np.ndarray | None = None
+        self._initial_state: np.ndarray | None = None
+        # When each row joined the catalogue after training (``add_items``, wall-clock seconds); -inf = an
+        # item of the trained catalogue. The worker's freshness policy (recsys/freshness.py) reads the ages.
+        self.added_at = np.full(len(self.item_ids) + 1, -np.inf)
         self._lock = threading.Lock()
         self._refresh_item_table()
 
@@ -138,7 +145,7 @@ class Recommender:
         if self.initial_state is not None:
             from .coldstart import save_initial_state
 
-            save_initial_state(model_dir, self.initial_state)
+            save_initial_state(model_dir, self.initial_state[:m.config.hidden])  # the learned part: h0
         (model_dir / "VERSION").write_text(self.version + "\n")
         return model_dir
 
@@ -149,10 +156,11 @@ class Recommender:
         config = read_json(model_dir / "config.json", MAX_CONFIG_JSON_BYTES)
         if not isinstance(config, dict) or not isinstance(config.get("gru"), dict):
             raise ModelLoadError(f"{model_dir}/config.json: no 'gru' section (not a stream-rec model?)")
-        if not isinstance(config.get("format", ARTIFACT_FORMAT), int) or config.get("format", ARTIFACT_FORMAT) > ARTIFACT_FORMAT:
+        fmt = config.get("format", ARTIFACT_FORMAT)
+        if not isinstance(fmt, int) or fmt > ARTIFACT_FORMAT:
             raise ModelLoadError(f"{model_dir}: artifact format {config['format']} is newer than this code ({ARTIFACT_FORMAT})")
         try:
-            gru_config = GRUConfig.from_dict(config["gru"])
+            gru_config = GRUConfig.from_dict(LEGACY_FIELDS.get(fmt, {}) | config["gru"])
         except (TypeError, ValueError) as exc:
             raise ModelLoadError(f"{model_dir}/config.json: bad 'gru' section: {exc}") from exc
         n_parameters = parameter_count(gru_config)
@@ -185,12 +193,13 @@ class Recommender:
 
     @property
     def state_bytes(self) -> int:
-        """Bytes of one user's serving state (the float32 hidden vector)."""
+        """Bytes of one user's serving state as float32 (the state table stores float16: half)."""
         return 4 * self.hidden_size
 
     @property
     def hidden_size(self) -> int:
-        return self.model.config.hidden
+        """Length of a user's state vector (GRU hidden vector + recent item rows)."""
+        return self.model.state_size
 
     @property
     def n_items(self) -> int:
@@ -201,6 +210,22 @@ class Recommender:
         return [self.row_of.get(i, PAD) for i in item_ids]
 
     # --- serving -----------------------------------------------------------------------------------
+    @property
+    def initial_state(self) -> np.ndarray | None:
+        """Learned state of a user with no history (model/coldstart.py, file init_state.safetensors), as
+        a full state vector; None = zeros. Setting a bare GRU hidden vector (what coldstart learns) adds
+        the empty recent-items part."""
+        return self._initial_state
+
+    @initial_state.setter
+    def initial_state(self, value) -> None:
+        if value is not None:
+            h = torch.as_tensor(np.asarray(value, dtype=np.float32))
+            if h.shape[-1] == self.model.config.hidden:
+                h = self.model.make_state(h, None)
+            value = h.numpy()
+        self._initial_state = value
+
     @torch.no_grad()
     def init_state(self, n: int) -> np.ndarray:
         if self.initial_state is not None:
@@ -209,22 +234,22 @@ class Recommender:
 
     @torch.no_grad()
     def step(self, states: np.ndarray, rows: Sequence[int], gaps_seconds: Sequence[float] | None = None) -> np.ndarray:
-        """One GRU step for each (state, item row) pair.  [B, H], [B] -> [B, H]
+        """One model step for each (state, item row) pair.  [B, S], [B] -> [B, S]
         ``gaps_seconds[b]``: seconds since that user's previous event (0 for a first event), as in
         training; None = 0 for everyone."""
         h = torch.as_tensor(np.asarray(states, dtype=np.float32), device=self.device)
         items = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=self.device)
         gaps = None if gaps_seconds is None else torch.as_tensor(np.asarray(gaps_seconds, dtype=np.float32), device=self.device)
         with self._lock:
-            out = self.model.step(h, items, gaps, table=self._table)
+            out = self.model.step(h, items, gaps, table=self._tables)
         return out.cpu().numpy()
 
     @torch.no_grad()
     def score_rows(self, states: np.ndarray) -> torch.Tensor:
-        """Scores of every item row.  [B, H] -> [B, N+1] (torch, on the model's device)"""
+        """Scores of every item row.  [B, S] -> [B, N+1] (torch, on the model's device)"""
         h = torch.as_tensor(np.asarray(states, dtype=np.float32), device=self.device)
         with self._lock:
-            return self.model.scores(h, table=self._table)
+            return self.model.scores(h, table=self._tables)
 
     @torch.no_grad()
     def topk(self, states: np.ndarray, k: int, exclude_rows: Sequence[Sequence[int]]) -> list[list[tuple[str, float]]]:
@@ -237,13 +262,15 @@ class Recommender:
     # --- live catalog ------------------------------------------------------------------------------
     @torch.no_grad()
     def add_items(self, item_ids: Sequence[str], text_vectors: np.ndarray | None = None,
-                  texts: Sequence[str] | None = None, neighbours: int = 10) -> list[int]:
+                  texts: Sequence[str] | None = None, neighbours: int = 10, now: float | None = None) -> list[int]:
         """Append items not seen in training; known ids get their text vector updated in place.
         Returns their rows.
 
-        A new item is represented from its text alone: with a text vector (and a hybrid model) its ID
-        embedding and bias start as the mean of its ``neighbours`` nearest known items by text
-        (``gru.neighbour_init``); without one, a zero ID embedding and the median bias (a typical item)."""
+        A new item is represented from its text alone. A model trained with ID dropout has learnt to score
+        an item from its text parts only (ID parts zero, ``text_bias``): that is what a new item gets, on
+        the same scale as the others. Otherwise, with a text vector, its ID parts start as the mean of its
+        ``neighbours`` nearest known items by text (``gru.neighbour_init``); without one, zero ID vectors
+        and the median bias (a typical item)."""
         m = self.model
         if text_vectors is not None and len(text_vectors) != len(item_ids):
             raise ValueError(f"{len(item_ids)} item ids but {len(text_vectors)} text vectors")
@@ -256,27 +283,36 @@ class Recommender:
                     self.row_of[item] = len(self.item_ids) + 1
                     self.item_ids.append(item)
                     self.item_texts.append("")
-                emb = m.id_embedding.weight
-                m.id_embedding.weight = torch.nn.Parameter(torch.cat([emb, emb.new_zeros(len(new), emb.shape[1])]))
-                m.id_embedding.num_embeddings = m.id_embedding.weight.shape[0]
+                for table in [m.id_embedding] + ([m.next_embedding] if m.config.recent else []):
+                    emb = table.weight
+                    table.weight = torch.nn.Parameter(torch.cat([emb, emb.new_zeros(len(new), emb.shape[1])]))
+                    table.num_embeddings = table.weight.shape[0]
                 m.item_bias = torch.nn.Parameter(torch.cat([m.item_bias, m.item_bias.new_full((len(new),), new_bias)]))
                 m.text_vectors = torch.cat([m.text_vectors, m.text_vectors.new_zeros(len(new), m.text_vectors.shape[1])])
                 m.config = dataclasses.replace(m.config, n_items=len(self.item_ids))
+                added = np.full(len(new), time.time() if now is None else now)
+                self.added_at = np.concatenate([self.added_at, added])
             rows = [self.row_of[i] for i in item_ids]
             if text_vectors is not None:
                 vecs = torch.as_tensor(np.asarray(text_vectors), dtype=torch.float32, device=self.device)
                 if vecs.shape[1] != m.text_vectors.shape[1]:
                     raise ValueError(f"text vectors have {vecs.shape[1]} dims, the model uses {m.text_vectors.shape[1]}")
                 m.text_vectors[torch.tensor(rows, device=self.device)] = vecs
-                if new and neighbours > 0 and n_known > 0 and m.config.use_ids and m.config.use_text:
+                if new and n_known > 0 and m.config.use_ids and m.config.use_text:
                     new_rows = torch.arange(n_known + 1, n_known + 1 + len(new), device=self.device)
                     has_text = m.text_vectors[new_rows].abs().sum(1) > 0
-                    if has_text.any():
-                        target = new_rows[has_text]
-                        ids, bias = neighbour_init(m.text_vectors[1:n_known + 1], m.id_embedding.weight[1:n_known + 1],
-                                                   m.item_bias[1:n_known + 1], m.text_vectors[target], neighbours)
-                        m.id_embedding.weight[target] = ids
-                        m.item_bias[target] = bias
+                    target = new_rows[has_text]
+                    if len(target) and m.config.id_dropout > 0:  # trained to score text-only items: ID parts zero
+                        m.item_bias[target] = 0.0
+                    elif len(target) and neighbours > 0:
+                        known = slice(1, n_known + 1)
+                        tables = [m.id_embedding] + ([m.next_embedding] if m.config.recent else [])
+                        for n, table in enumerate(tables):
+                            ids, bias = neighbour_init(m.text_vectors[known], table.weight[known], m.item_bias[known],
+                                                       m.text_vectors[target], neighbours)
+                            table.weight[target] = ids
+                            if n == 0:
+                                m.item_bias[target] = bias
             if texts is not None:
                 for row, text in zip(rows, texts):
                     self.item_texts[row - 1] = text
@@ -299,9 +335,14 @@ class Recommender:
         self.add_items(new, vectors, texts=[item_texts[i] for i in new])
         return new
 
+    def item_ages(self, now: float | None = None) -> np.ndarray:
+        """Seconds since each row joined the catalogue after training (inf: a trained item).  [N+1]"""
+        return (time.time() if now is None else now) - self.added_at
+
     def _refresh_item_table(self) -> None:
         with torch.no_grad():
-            self._table = self.model.item_vectors()
+            self._tables = self.model.item_tables()
+            self._table = self._tables.vectors  # the item vectors (read by the enricher)
 
 
 def _load_weights(model_dir: Path, gru_config: GRUConfig) -> HybridGRU:

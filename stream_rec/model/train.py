@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .gru import PAD, GRUConfig, HybridGRU
+from .gru import PAD, GRUConfig, HybridGRU, recent_windows
 from .recommender import pick_device
 from .sequences import UserSequence, pad_batch, to_sequence
 
@@ -49,11 +49,16 @@ class TrainParams:
     max_len: int = 50  # window length for truncated BPTT (the state is carried across windows)
     lr: float = 3e-3
     weight_decay: float = 0.0
-    patience: int = 4  # epochs without validation improvement before stopping
+    patience: int = 3  # epochs without validation improvement before a plateau is declared
+    lr_decay: float = 0.3  # on a plateau: back to the best epoch's weights, learning rate times this ...
+    lr_decays: int = 2  # ... at most this many times; the next plateau stops training
     seed: int = 0
     device: str = "auto"
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
     clip_grad: float = 5.0
+    # Train as the lists are served: seen items are never recommended, so they leave the softmax at every
+    # position (and a repeated item is not a target).
+    mask_seen: bool = True
     time_budget_s: float = 0.0  # wall-time budget: no epoch is started that would likely overrun it (0 = none)
 
     def to_dict(self) -> dict:
@@ -87,6 +92,17 @@ def _batches(seqs: list[UserSequence], batch_size: int, rng: random.Random, shuf
     return batches
 
 
+def first_positions(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Position of each item's first occurrence in each sequence (a large number when absent; PAD never
+    counts).  rows [B, L] -> [B, n_rows]"""
+    never = rows.shape[1] + 1
+    first = torch.full((rows.shape[0], n_rows), never, dtype=torch.long, device=rows.device)
+    positions = torch.arange(rows.shape[1], device=rows.device).expand_as(rows)
+    first.scatter_reduce_(1, rows, positions, reduce="amin")
+    first[:, PAD] = never
+    return first
+
+
 def train_epoch(model: HybridGRU, seqs: list[UserSequence], params: TrainParams, optimizer: torch.optim.Optimizer,
                 rng: random.Random, device: torch.device, progress: bool = True) -> float:
     """One pass over all training sequences; returns the mean cross-entropy per predicted event."""
@@ -101,16 +117,25 @@ def train_epoch(model: HybridGRU, seqs: list[UserSequence], params: TrainParams,
         rows, gaps = rows.to(device), gaps.to(device)
         h = None
         inputs, targets, in_gaps = rows[:, :-1], rows[:, 1:], gaps[:, :-1]
+        # the rows of the last `recent` items at each position (what the serving state carries)
+        recent = recent_windows(inputs, model.config.recent) if model.config.recent else None
+        first_seen = first_positions(inputs, model.item_bias.shape[0]) if params.mask_seen else None
         for s in range(0, inputs.shape[1], params.max_len):
             x, y, g = inputs[:, s:s + params.max_len], targets[:, s:s + params.max_len], in_gaps[:, s:s + params.max_len]
-            n = int((y != PAD).sum())
-            table = model.item_vectors()  # [N+1, d], shared by the inputs and the output layer
-            out = model(x, g, h0=h, table=table)  # [B, T, H]
+            tables = model.item_tables()  # shared by the inputs and the output layer (one ID-dropout draw)
+            out = model(x, g, h0=h, table=tables)  # [B, T, H]
             h = out[:, -1].detach()
+            mask = y != PAD
+            if first_seen is not None:  # a repeat can never be recommended: not a training target either
+                mask &= first_seen.gather(1, y) > torch.arange(s, s + y.shape[1], device=device)
+            n = int(mask.sum())
             if n == 0:
                 continue
-            mask = y != PAD
-            logits = model.scores(out[mask], table)  # [n, N+1]
+            window_recent = None if recent is None else recent[:, s:s + params.max_len][mask]
+            logits = model.scores(out[mask], tables, recent=window_recent)  # [n, N+1]
+            if first_seen is not None:  # the lists never hold seen items: the softmax is over the unseen ones
+                b_idx, t_idx = mask.nonzero(as_tuple=True)
+                logits = logits.masked_fill(first_seen[b_idx] <= (t_idx + s).unsqueeze(1), -math.inf)
             loss = F.cross_entropy(logits, y[mask])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -125,11 +150,12 @@ def train_epoch(model: HybridGRU, seqs: list[UserSequence], params: TrainParams,
 
 @torch.no_grad()
 def final_states(model: HybridGRU, seqs: list[UserSequence], batch_size: int = 256, max_len: int = 200) -> torch.Tensor:
-    """Hidden state after each sequence's last event (full-sequence pass, eval mode).  -> [n, H]"""
+    """Serving state after each sequence's last event (full-sequence pass, eval mode): what
+    ``HybridGRU.step`` reaches event by event.  -> [n, S]"""
     model.eval()
     device = model.item_bias.device
     out_states = torch.zeros(len(seqs), model.config.hidden, device=device)
-    table = model.item_vectors()
+    table = model.item_tables()
     for idx in _batches(seqs, batch_size, random.Random(0), shuffle=False):
         rows, gaps, lengths = pad_batch(seqs, idx)
         rows, gaps, lengths = rows.to(device), gaps.to(device), lengths.to(device)
@@ -144,8 +170,16 @@ def final_states(model: HybridGRU, seqs: list[UserSequence], batch_size: int = 2
                 out_states[torch.tensor(idx, device=device)[b]] = out[b, last[b]]
         empty = lengths == 0
         if empty.any():
-            out_states[torch.tensor(idx, device=device)[empty]] = model.init_state(int(empty.sum()))
-    return out_states
+            out_states[torch.tensor(idx, device=device)[empty]] = model.init_state(int(empty.sum()))[:, :model.config.hidden]
+    k = model.config.recent
+    if not k:
+        return out_states
+    recent = torch.zeros(len(seqs), k, dtype=torch.long)
+    for n, seq in enumerate(seqs):
+        last = seq.rows[-k:]
+        if len(last):
+            recent[n, k - len(last):] = torch.from_numpy(last)
+    return model.make_state(out_states, recent.to(device))
 
 
 @torch.no_grad()
@@ -157,7 +191,7 @@ def validate(model: HybridGRU, seqs: list[UserSequence], k: int = 10, batch_size
     if not with_target:
         return {}
     states = final_states(model, with_target, batch_size)
-    table = model.item_vectors()
+    table = model.item_tables()
     sums = {"hr": 0.0, "ndcg": 0.0, "mrr": 0.0}
     for s in range(0, len(with_target), batch_size):
         part = with_target[s:s + batch_size]
@@ -185,7 +219,7 @@ def train_model(seqs: list[UserSequence], config: GRUConfig, text_vectors: torch
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     rng = random.Random(params.seed)
     history = History()
-    best_state, best_score, bad = None, -math.inf, 0
+    best_state, best_score, bad, decays = None, -math.inf, 0, 0
     started, cpu_started = time.perf_counter(), time.process_time()
     bar = tqdm(range(1, params.epochs + 1), desc="epochs", unit="epoch", disable=not progress)
     for epoch in bar:
@@ -206,7 +240,13 @@ def train_model(seqs: list[UserSequence], config: GRUConfig, text_vectors: torch
         else:
             bad += 1
             if bad >= params.patience:
-                break
+                if decays >= params.lr_decays:
+                    break
+                decays, bad = decays + 1, 0
+                model.load_state_dict(best_state)
+                for group in optimizer.param_groups:
+                    group["lr"] *= params.lr_decay
+                log.info("plateau: back to epoch %d, learning rate %.2g", history.best_epoch, optimizer.param_groups[0]["lr"])
         # Stop when another epoch as long as the last one would overrun the budget.
         if params.time_budget_s and time.perf_counter() - started + row["seconds"] > params.time_budget_s:
             log.info("time budget of %.0f s: stopping after epoch %d", params.time_budget_s, epoch)

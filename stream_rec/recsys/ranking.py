@@ -47,6 +47,23 @@ def plain_lists(batch: RankBatch) -> list[list[tuple[str, float]]]:
     return batch.model.topk(np.stack(batch.hiddens), batch.k, batch.seen)
 
 
+def fresh_lists(batch: RankBatch, policy, ages_s: np.ndarray) -> tuple[list[list[tuple[str, float]]], list[set[str]]]:
+    """The top-k of every user with the freshness policy (``freshness.fresh_topk``): up to ``policy.slots``
+    items younger than ``policy.max_age_s`` (``ages_s``: [N+1] seconds since each row joined the catalogue)
+    whose relevance passes the policy's bar.  -> (lists, per user the ids the policy put in)"""
+    from .freshness import content_relevance, fresh_rows, fresh_topk
+
+    scores = batch.model.score_rows(np.stack(batch.hiddens))
+    fresh = fresh_rows(ages_s, policy.max_age_s)
+    relevance = (content_relevance(batch.model.model.text_vectors, batch.seen, fresh, policy.profile_items)
+                 if policy.by == "content" else None)
+    result = fresh_topk(scores, batch.k, batch.seen, fresh, policy, relevance)
+    ids = batch.model.item_ids
+    lists = [[(ids[r - 1], float(v)) for v, r in zip(vs, rs) if r and np.isfinite(v)]
+             for vs, rs in zip(result.scores, result.rows)]
+    return lists, [{ids[r - 1] for r in rows} for rows in result.added]
+
+
 def rescore(batch: RankBatch, positions: list[int], stages: Sequence[ScoreStage]) -> np.ndarray:
     """Scores [b, N+1] of the users at ``positions``, through ``stages`` in order."""
     scores = batch.model.score_rows(np.stack([batch.hiddens[n] for n in positions])).cpu().numpy()

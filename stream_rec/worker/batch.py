@@ -167,6 +167,8 @@ def record_metrics(services: WorkerServices, n_events: int, result: BatchResult,
     metrics.RECOMMENDATIONS_EMITTED.inc(len(result.recommendations))
     metrics.RECOMMENDATIONS_REPLAYED.inc(result.replayed)
     metrics.EVENTS_REROUTED.inc(len(result.rerouted))
+    if result.fresh_slots:
+        metrics.FRESH_SLOTS.inc(result.fresh_slots)
     if result.deleted:
         metrics.USERS_DELETED.inc(len(result.deleted))
     if result.applied:

@@ -124,6 +124,7 @@ def carry_live_items(old, new) -> list[str]:
         log.warning("new model uses %d-d text vectors, old %d-d: %d live items carried without text",
                     new.model.text_vectors.shape[1], old_tv.shape[1], len(carried))
         new.add_items(carried, None, texts=texts)
+    new.added_at[new.rows_for(carried)] = old.added_at[rows]  # their age stays what it was (freshness policy)
     return carried
 
 
