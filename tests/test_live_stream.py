@@ -195,11 +195,14 @@ def test_hot_reload_swaps_version_and_keeps_user_state(spine_settings, trained_m
 
 def test_replay_scores_every_list_and_matches_offline(broker, trained_model, tmp_path):
     """`stream-rec replay --order paced` through the real broker and worker: every event gets its own
-    list, and the lists before each user's last event score like the offline evaluation."""
+    list, and the lists before each user's last event score like the offline evaluation -- for a log as
+    old as MovieLens-100K's (1997), whose timestamps the worker alone would dead-letter."""
     from stream_rec.io.data import write_items_csv
 
     world = make_world(n_users=30, events_per_user=(5, 9), seed=5)
-    write_events_csv(tmp_path / "events.csv", world.events)
+    first = min(e["timestamp"] for e in world.events)
+    write_events_csv(tmp_path / "events.csv", [dict(e, timestamp=875_000_000 + e["timestamp"] - first)
+                                               for e in world.events])
     write_items_csv(tmp_path / "items.csv", world.items)
     out = tmp_path / "replay"
     proc = subprocess.run([sys.executable, "-m", "stream_rec", "replay", "--events-file", str(tmp_path / "events.csv"),
