@@ -98,9 +98,8 @@ class BatchResult:
     replayed: int = 0  # users whose list was sent again for their redelivered last applied event
     event_timestamps: list[float] = field(default_factory=list)  # of applied events (latency metrics)
     received_at: list[float] = field(default_factory=list)
-    step_seconds: float = 0.0
-    topk_seconds: float = 0.0
-    phase_seconds: dict[str, float] = field(default_factory=dict)  # phase -> seconds (the latency microscope)
+    # phase -> seconds: validate, load, step (GRU), store, rank (top-K), emit (metrics, the latency microscope)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
     fresh_slots: int = 0  # list slots the freshness policy gave to new items (in the lists sent)
 
 
@@ -229,12 +228,12 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
     positives = positive_events(touched, enricher)
     hiddens = step_users(model, hiddens, touched.states, positives, config.half_precision_state)
     t3 = clock()
-    result.step_seconds = phases["step"] = t3 - t2
+    phases["step"] = t3 - t2
     store_states(touched, positives, hiddens, model_tag(model.version), batch, config, result, enricher)
     t4 = clock()
     lists, extras = rank_users(model, touched, hiddens, queries or {}, config, enricher, result=result, now=now())
     t5 = clock()
-    result.topk_seconds = phases["rank"] = t5 - t4
+    phases["rank"] = t5 - t4
     emit_records(touched, lists, extras, model.version, batch, now(), result)
     phases["store"], phases["emit"] = t4 - t3, clock() - t5
     return result
@@ -297,8 +296,6 @@ def merge_at(merged: BatchResult, one: BatchResult, index: int) -> None:
     merged.replayed += one.replayed
     merged.event_timestamps.extend(one.event_timestamps)
     merged.received_at.extend(one.received_at)
-    merged.step_seconds += one.step_seconds
-    merged.topk_seconds += one.topk_seconds
     for phase, seconds in one.phase_seconds.items():
         merged.phase_seconds[phase] = merged.phase_seconds.get(phase, 0.0) + seconds
     merged.fresh_slots += one.fresh_slots

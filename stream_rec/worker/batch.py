@@ -172,8 +172,8 @@ def record_metrics(services: WorkerServices, n_events: int, result: BatchResult,
     if result.deleted:
         metrics.USERS_DELETED.inc(len(result.deleted))
     if result.applied:
-        metrics.MODEL_STEP_SECONDS.labels(stage="step").observe(result.step_seconds)
-        metrics.MODEL_STEP_SECONDS.labels(stage="topk").observe(result.topk_seconds)
+        metrics.MODEL_STEP_SECONDS.labels(stage="step").observe(result.phase_seconds.get("step", 0.0))
+        metrics.MODEL_STEP_SECONDS.labels(stage="topk").observe(result.phase_seconds.get("rank", 0.0))
         for ts in result.event_timestamps:
             metrics.EVENT_TO_REC_LATENCY.observe(max(0.0, sent - ts))
         for ts in result.received_at:
