@@ -130,10 +130,12 @@ export function sparkline(node, times, values, {color = "#4338ca", step = false,
   });
   if (points.length === 0 || times.length < 2) return 0;
   const t0 = times[0], t1 = times[times.length - 1];
-  // y from 0 to a robust top: a few outliers (a start-up backlog) are clipped, not allowed to flatten the rest
+  // y from 0 to the top value; a few outliers far above the rest (a start-up backlog) are clipped instead of
+  // flattening every other point
   const sorted = points.map(p => p[1]).sort((a, b) => a - b);
-  const robust = Math.max(sorted[Math.floor(0.95 * (sorted.length - 1))] * 1.3, points[points.length - 1][1] * 1.2);
-  const top = yMax !== null ? yMax : Math.min(sorted[sorted.length - 1] * 1.15, robust) || 1;
+  const highest = sorted[sorted.length - 1];
+  const robust = Math.max(sorted[Math.floor(0.9 * (sorted.length - 1))] * 1.5, points[points.length - 1][1] * 1.2);
+  const top = yMax !== null ? yMax : (highest > 5 * robust ? robust : highest * 1.15) || 1;
   const x = t => pad + ((W - 2 * pad) * (t - t0)) / Math.max(1e-9, t1 - t0);
   const y = v => H - pad - ((H - 2 * pad) * Math.min(v, top)) / top;
   for (const frac of [0.5, 1]) {
@@ -148,6 +150,6 @@ export function sparkline(node, times, values, {color = "#4338ca", step = false,
   node.append(svg("path", {d: area, fill: color, "fill-opacity": 0.12, stroke: "none"}));
   node.append(svg("path", {d: path, fill: "none", stroke: color, "stroke-width": 2, "vector-effect": "non-scaling-stroke",
     class: "series", "data-points": points.length}));
-  node.dataset.clipped = sorted[sorted.length - 1] > top ? "yes" : "";
+  node.dataset.clipped = highest > top ? "yes" : "";
   return points.length;
 }

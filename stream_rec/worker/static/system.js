@@ -41,11 +41,13 @@ function render(data) {
     const now = last(values);
     $("value-" + chart.key).textContent = chart.key === "ready" ? (now === null ? "–" : now ? "yes" : "no")
       : fmtNumber(now, chart.digits ?? 1) + (now === null ? "" : " " + chart.unit);
-    $("from-" + chart.key).textContent = s.t.length ? fmtTime(s.t[0]) : "";
+    $("from-" + chart.key).textContent = s.t.length ? "since " + fmtTime(s.t[0]) : "";
     const finite = values.filter(v => v !== null && isFinite(v));
-    const clipped = $("svg-" + chart.key).dataset.clipped ? " (off the chart)" : "";
-    $("max-" + chart.key).textContent = chart.key === "ready" || !finite.length ? (n ? n + " points" : "no points yet")
-      : "max " + fmtNumber(Math.max(...finite), chart.digits ?? 1) + clipped + " · " + n + " points";
+    const clipped = $("svg-" + chart.key).dataset.clipped ? " (clipped)" : "";
+    const axis = $("max-" + chart.key);
+    axis.textContent = chart.key === "ready" || !finite.length ? (n ? "" : "no points yet")
+      : "max " + fmtNumber(Math.max(...finite), chart.digits ?? 0) + clipped;
+    axis.title = n + " points, one per " + s.interval_s + " s";
   }
   const models = clear($("models"));
   for (const [since, version] of s.models) {

@@ -19,11 +19,13 @@ function rankChange(itemId, rank, previous) {
 
 function renderList(data, previous) {
   const list = clear($("list"));
-  const top = Math.max(...data.items.map(it => it.score || 0), 1e-9);
+  // bars over the list's own score range (scores are model logits: any sign, any scale)
+  const scores = data.items.map(it => it.score || 0);
+  const low = Math.min(...scores), span = Math.max(...scores) - low || 1;
   data.items.forEach((it, rank) => {
     const change = rankChange(it.item_id, rank, previous);
     const fill = el("span", {class: "bar-fill"});
-    fill.style.width = Math.max(2, (100 * Math.max(0, it.score || 0)) / top) + "%";
+    fill.style.width = 8 + (92 * ((it.score || 0) - low)) / span + "%";
     const li = el("li", {class: "rec", "data-item-id": it.item_id},
       el("span", {class: "rank", text: rank + 1}),
       el("div", {class: "rec-body"},
