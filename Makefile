@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # torch 2.13.0 is pinned so pip takes the CPU wheel where one is on disk; on a GPU box install a CUDA build first.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup tools demo test test-slow bench soak lint clean
+.PHONY: setup tools demo test test-slow bench soak screenshots lint clean
 
 $(BIN)/stream-rec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ bench: setup  ## throughput/latency benchmark against an embedded broker
 
 soak: setup  ## 300,000 events offered at 2,500 ev/s to one worker: must drain, nothing lost; prints RSS over the run
 	$(BIN)/python benchmarks/soak.py
+
+screenshots: setup tools  ## docs/img/: the worker's pages (ui-*.png) and the dashboard preview, from a real demo run
+	$(BIN)/python deploy/screenshots.py --out docs/img
 
 clean:
 	rm -rf var runs .pytest_cache

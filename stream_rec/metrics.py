@@ -9,6 +9,8 @@ these names; tests/test_deploy.py checks that.
 
 from __future__ import annotations
 
+import math
+
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
                                ProcessCollector, generate_latest)
 
@@ -86,3 +88,23 @@ BATCH_SIZE.labels(stage="events")
 def exposition() -> tuple[bytes, str]:
     """The text exposition of every metric and its content type (served at ``/metrics`` by stream_rec/worker/http.py)."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def histogram_quantile(q: float, cumulative: list[tuple[float, float]]) -> float:
+    """Prometheus's ``histogram_quantile`` on cumulative (le, count) buckets: NaN without observations; the
+    bucket holding rank q*total is interpolated linearly (lower bound 0 for the first bucket); a rank in
+    the +Inf bucket returns the largest finite bound. (The worker's /ui/system charts and
+    deploy/render_dashboard.py read the histograms above with it, as the dashboard's PromQL does.)"""
+    if not cumulative or cumulative[-1][1] <= 0:
+        return math.nan
+    rank = q * cumulative[-1][1]
+    prev_le, prev_count = 0.0, 0.0
+    for le, count in cumulative:
+        if count >= rank:
+            if math.isinf(le):
+                return prev_le
+            if count == prev_count:
+                return le
+            return prev_le + (le - prev_le) * (rank - prev_count) / (count - prev_count)
+        prev_le, prev_count = le, count
+    return prev_le

@@ -72,6 +72,9 @@ class Settings:
     # canonical_url, shared with the group at every rebalance); empty = http://METRICS_HOST:METRICS_PORT, or
     # the host's name when METRICS_HOST is 0.0.0.0 (Kubernetes: the pod's DNS name, deploy/k8s)
     advertised_url: str = ""
+    # the worker's pages under /ui/ on that listener (stream_rec/worker/ui.py; read-only): a user's list changing
+    # live, an item, the system's recent figures. False = no pages, and nothing is kept for them
+    ui: bool = True
     # stall watchdog (stream_rec/worker/watchdog.py): no micro-batch for stall_warn_s while events wait -> a WARNING
     # saying what the worker waits on, stream_rec_ready 0; after stall_exit_s the worker exits with status
     # 75 so that its supervisor restarts it (0 = never exit)

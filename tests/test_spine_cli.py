@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -62,6 +64,18 @@ def _port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def _page_status(url: str, timeout_s: float = 20.0) -> int:
+    """The status of ``url`` once it is 200, else the last one seen within ``timeout_s``."""
+    deadline, status = time.monotonic() + timeout_s, 0
+    while time.monotonic() < deadline and status != 200:
+        try:
+            status = urllib.request.urlopen(url, timeout=5).status
+        except urllib.error.HTTPError as err:  # 404 until the user's first event is applied
+            status = err.code
+            time.sleep(0.5)
+    return status
+
+
 def test_demo_shows_live_recommendations_and_stops_cleanly(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "stream_rec", "demo", "--data-dir", str(tmp_path / "demo"),
                              "--rate", "30"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -69,7 +83,7 @@ def test_demo_shows_live_recommendations_and_stops_cleanly(tmp_path):
                             # Ctrl-C as a terminal delivers it: a test run started in the background by a
                             # non-interactive shell inherits SIGINT *ignored*, and so would the demo
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    lines, recs = [], []
+    lines, recs, page = [], [], None
     deadline = time.monotonic() + 90
     try:
         while time.monotonic() < deadline and len(recs) < 3:
@@ -79,6 +93,8 @@ def test_demo_shows_live_recommendations_and_stops_cleanly(tmp_path):
             lines.append(line)
             if " seen [" in line and "->" in line:
                 recs.append(line)
+        found = re.search(r"in a browser: (http://\S+/ui/users/\S+) ", "".join(lines))
+        page = _page_status(found.group(1)) if found else None  # the address printed beside the tail
     finally:
         proc.send_signal(signal.SIGINT)  # what Ctrl-C does
         try:
@@ -93,6 +109,7 @@ def test_demo_shows_live_recommendations_and_stops_cleanly(tmp_path):
             pytest.fail("the demo did not stop within 60 s of Ctrl-C; its output ends:\n" + rest[-6000:])
     output = "".join(lines) + rest
     assert len(recs) >= 3, output[-3000:]
+    assert page == 200, output[-3000:]  # the printed page of a user answers while the demo runs
     assert "untrained-" not in recs[0]  # the demo serves a model trained on its synthetic world (issue 5)
     assert proc.returncode == 0, output[-3000:]
     worker_pid = int(re.search(r"worker pid (\d+)", output).group(1))

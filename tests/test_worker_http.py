@@ -212,3 +212,9 @@ def _check_redirects(w1, w2, users, last, partitions) -> None:
         assert status == 200 and body["items"] == last[user]["items"], (user, body)
         status, body, _ = get(owner.url(f"/recommendations/{user}"))
         assert status == 200 and body["items"] == last[user]["items"]
+        # the user's page (worker/ui.py) is answered by the same owner, through the same redirect
+        status, _, headers = get(other.url(f"/ui/users/{user}"))
+        assert status == 307 and headers["Location"].startswith(owner.url(f"/ui/users/{user}")), (user, status)
+        status, body, _ = get(headers["Location"].replace("/ui/users/", "/ui/api/users/"))
+        pick = lambda items: [(it["item_id"], it["score"], it.get("reason")) for it in items]  # noqa: E731
+        assert status == 200 and pick(body["items"]) == pick(last[user]["items"]), (user, body)

@@ -52,6 +52,17 @@ def say(text: str) -> None:
         pass
 
 
+def pages_line(settings, user_id: str) -> str:
+    """Where to watch the demo in a browser: the worker's pages (stream_rec/worker/ui.py)."""
+    from urllib.parse import quote
+
+    url = settings.http_url
+    if not settings.ui:
+        return f"pages off (STREAM_REC_UI=false); the lookup: {url}/recommendations/USER"
+    return (f"in a browser: {url}/ui/users/{quote(user_id, safe='')} (one user's list, live), {url}/ui/ (find a "
+            f"user or an item), {url}/ui/system (the worker's figures)")
+
+
 def demo_model(args: argparse.Namespace) -> str | None:
     """The model directory to serve: ``--model``, none with ``--untrained``, else the cached demo model."""
     if args.model or args.untrained:
@@ -127,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
                     "it joins its group in ~10 s")
                 say(f"producing {args.rate:g} events/s for {args.synthetic_users} users; recommendations below "
                     "(user, last items seen -> top items). Ctrl-C stops everything.")
+                say(pages_line(settings, events[0]["user_id"]))
                 asyncio.run(produce_and_tail(settings, events, args, worker))
             except KeyboardInterrupt:
                 pass

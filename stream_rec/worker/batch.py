@@ -18,7 +18,7 @@ from ..io.topics import origin_of, rerouted_headers
 from ..pipeline import BatchResult, Incoming, process_batch_isolating, state_partitions
 from .catalog import context_vectors
 from .faust_ext import RecordBatches, topic_partitions
-from .services import StateCache, WorkerServices
+from .services import StateCache, WorkerServices, read_user_state
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ async def handle_batch(app: faust.App, batch: Sequence[Any], recs_topic: str, dl
     for future in futures:
         future.add_done_callback(services.note_delivery)
     sent = time.time()
+    if services.ui is not None:  # the pages (worker/live.py): live lists of watched users, item counts
+        services.ui.on_batch(result.recommendations, result.deleted)
     if trace:
         trace.mark("sent")
         trace.deliveries(futures)
@@ -103,11 +105,8 @@ def state_reader(table, cache: StateCache, incoming: Sequence[Incoming], config)
     partition_of = state_partitions(incoming, config)
 
     def load_state(user_id: str) -> bytes | None:
-        key = user_id.encode()
-        cached = cache.get(key)
-        if cached is not None:
-            return cached
-        return table.stored(key, partition_of.get(key))  # None: not a record key (check_key off): search
+        key = user_id.encode()  # partition None: not a record key (check_key off): every partition is searched
+        return read_user_state(cache, table, key, partition_of.get(key))
 
     return load_state
 

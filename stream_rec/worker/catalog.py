@@ -115,13 +115,16 @@ class CatalogVectors:
 
 class LiveCatalog:
     """Applies catalog records to the served model of ``live`` (a :class:`~stream_rec.worker.models.LiveModel`).
-    ``on_new_model(model)`` is called when the first records create the (untrained) model."""
+    ``on_new_model(model)`` is called when the first records create the (untrained) model;
+    ``on_records(records)`` with every batch of records applied (the pages' item index, worker/live.py)."""
 
-    def __init__(self, settings, live, vectors: CatalogVectors, on_new_model: Callable | None = None):
+    def __init__(self, settings, live, vectors: CatalogVectors, on_new_model: Callable | None = None,
+                 on_records: Callable | None = None):
         self.settings = settings
         self.live = live
         self.vectors = vectors
         self.on_new_model = on_new_model
+        self.on_records = on_records
 
     async def update_catalog(self, records: Sequence[dict]) -> int:
         """``apply_catalog`` after encoding the records' texts through the micro-batching encoder queue
@@ -145,6 +148,8 @@ class LiveCatalog:
         records = _with_ids(records)
         if not records:
             return 0
+        if self.on_records is not None:
+            self.on_records(records)
         model = self.live.current
         if model is None:
             self.live.current = untrained_model(records, self.settings)

@@ -11,6 +11,8 @@ aiohttp on the worker's own event loop:
 ``GET /recommendations/{user_id}`` the user's current list, computed from the stored state by the ranking
                                    the stream uses (``pipeline.current_record``); served by the worker
                                    that owns the user's partition: another worker answers 307 to it
+``GET /ui/...``                    the worker's pages (``Settings.ui``; stream_rec/worker/ui.py): a user's
+                                   list changing live, an item, the system's recent figures
 =================================  ====================================================================
 
 Pure pieces, tested without Kafka: :class:`Readiness` (what ``/readyz`` says, from a
@@ -49,10 +51,15 @@ from ..io.topics import changelog_topic_name
 from ..pipeline import current_record
 from ..privacy import pseudonymize
 from ..settings import Settings
+from .services import read_user_state
+from .ui import PREFIX, UiPages
+from .views import REDIRECTED
 
 log = logging.getLogger(__name__)
 
-REDIRECTED = "redirected"  # query flag of a redirected lookup: it is answered or refused, never sent on again
+
+
+MAX_REQUEST_LINE = 16384
 
 
 class ListenError(OSError):
@@ -157,6 +164,8 @@ class HttpService(Service):
         self.started_at = time.monotonic()
         self.loop_lags: deque[float] = deque(maxlen=int(60 / self.LOOP_LAG_INTERVAL_S))  # the last minute
         self._runner: web.AppRunner | None = None
+        ui = app.services.ui  # None: Settings.ui off
+        self.pages = UiPages(self, ui) if ui is not None else None
 
     async def on_start(self) -> None:
         web_app = web.Application()
@@ -164,13 +173,21 @@ class HttpService(Service):
         web_app.router.add_get("/healthz", self.get_healthz)
         web_app.router.add_get("/readyz", self.get_readyz)
         web_app.router.add_get("/recommendations/{user_id:.+}", self.get_recommendations)
-        self._runner = web.AppRunner(web_app, access_log=None, handle_signals=False)
+        if self.pages is not None:  # every page route is in this one sub-application (worker/ui.py)
+            web_app.router.add_get(PREFIX, lambda request: web.HTTPPermanentRedirect(PREFIX + "/"))
+            web_app.add_subapp(PREFIX + "/", self.pages.app())
+        # request lines up to 16 KiB (aiohttp's default: 8 KiB): a valid id is at most 256 characters (3 KiB
+        # percent-encoded), and an id that is too long is answered by the page that says so, not by the parser
+        self._runner = web.AppRunner(web_app, access_log=None, handle_signals=False, max_line_size=MAX_REQUEST_LINE)
         await self._runner.setup()
         await web.SockSite(self._runner, self.sock).start()
-        log.info("HTTP on %s:%d (/metrics /healthz /readyz /recommendations/USER), advertised to the group as %s",
-                 self.settings.metrics_host, self.settings.metrics_port, self.app.conf.canonical_url)
+        log.info("HTTP on %s:%d (/metrics /healthz /readyz /recommendations/USER%s), advertised to the group as %s",
+                 self.settings.metrics_host, self.settings.metrics_port, " /ui/" if self.pages else "",
+                 self.app.conf.canonical_url)
 
     async def on_stop(self) -> None:
+        if self.pages is not None:
+            self.pages.close()  # live pages end, so the listener need not wait for them
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -186,6 +203,19 @@ class HttpService(Service):
             self.loop_lags.append(lag)
             metrics.EVENT_LOOP_LAG.set(lag)
 
+    @Service.task
+    async def _sample_metrics(self) -> None:
+        """The /ui/system charts' figures, once a second (worker/sampler.py)."""
+        if self.pages is None:
+            return
+        sampler = self.pages.sampler
+        while not self.should_stop:
+            try:
+                sampler.tick()
+            except Exception as exc:  # the charts must never stop the worker
+                log.warning("sampling the metrics for /ui/system failed: %r", exc)
+            await self.sleep(sampler.interval_s)
+
     # --- what the worker knows --------------------------------------------------------------------------
     def status(self) -> WorkerStatus:
         app = self.app
@@ -198,6 +228,29 @@ class HttpService(Service):
         return WorkerStatus(model_loaded=app.services.model is not None, joined=app.services.joined,
                             rebalancing=bool(app.rebalancing or app.in_recovery), recovery_remaining=remaining,
                             stopping=bool(app.should_stop))
+
+    def is_ready(self) -> bool:
+        return not self.readiness.missing(self.status())
+
+    def locate(self, user_id: str, redirected: bool = False) -> tuple[int, Route]:
+        """(the user's partition, where it is answered): :func:`route` from the group's assignment."""
+        partition = user_partition(user_id, self.settings.partitions)
+        owned, owners = self.owners()
+        return partition, route(partition, str(self.app.conf.canonical_url), owned, owners,
+                                rebalancing=bool(self.app.rebalancing or self.app.in_recovery), redirected=redirected)
+
+    def user_key(self, user_id: str) -> str:
+        """The user's state key (the pseudonym when pseudonymising)."""
+        return pseudonymize(user_id, self.settings.pseudonymize_key)
+
+    def user_state(self, user_id: str, partition: int) -> bytes | None:
+        """The user's stored state, read as the batch path reads it (``services.read_user_state``)."""
+        return read_user_state(self.app.services.state_cache, self.app.state_table, self.user_key(user_id).encode(),
+                               partition)
+
+    @property
+    def services(self):
+        return self.app.services
 
     def owners(self) -> tuple[set[int], dict[str, set[int]]]:
         """(partitions this worker owns, URL -> partitions of every member) of the state table."""
@@ -232,11 +285,7 @@ class HttpService(Service):
     async def get_recommendations(self, request: web.Request) -> web.Response:
         user_id = request.match_info["user_id"]
         services = self.app.services
-        partition = user_partition(user_id, self.settings.partitions)
-        owned, owners = self.owners()
-        where = route(partition, str(self.app.conf.canonical_url), owned, owners,
-                      rebalancing=bool(self.app.rebalancing or self.app.in_recovery),
-                      redirected=REDIRECTED in request.query)
+        partition, where = self.locate(user_id, REDIRECTED in request.query)
         if where.kind == "redirect":
             location = f"{where.url}/recommendations/{quote(user_id, safe='')}?{REDIRECTED}=1"
             return web.json_response({"redirect": where.url, "partition": partition}, status=307,
@@ -248,9 +297,8 @@ class HttpService(Service):
         if model is None:
             return web.json_response({"error": "no model yet", "partition": partition}, status=503,
                                      headers={"Retry-After": "5"})
-        key = pseudonymize(user_id, self.settings.pseudonymize_key)
-        raw_state = services.state_cache.get(key.encode()) or self.app.state_table.get(key.encode())
-        record = current_record(key, raw_state, model, services.config, enricher=services.enricher)
+        record = current_record(self.user_key(user_id), self.user_state(user_id, partition), model, services.config,
+                                enricher=services.enricher)
         if record is None:
             return web.json_response({"error": "unknown user", "detail": "no state for this user on its partition",
                                       "partition": partition}, status=404)

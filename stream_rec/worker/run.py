@@ -62,6 +62,8 @@ def make_worker(settings: Settings, items: Sequence[dict] = (), **worker_kwargs)
         if settings.torch_threads > 0:
             limit_threads(settings.torch_threads)
         services = WorkerServices(settings, load_model(settings, items))
+        if services.ui is not None:  # the pages' titles of the --items-file items (the catalog topic adds more)
+            services.ui.items.add(items)
         if uses_text(services.model):
             # Load the LLM encoder before consuming: loading it on a thread while the stream runs holds the
             # GIL for seconds, stalling the first batches of a backlog.

@@ -1,4 +1,5 @@
-"""What the worker's agents and tasks share (:class:`WorkerServices`), and the state read cache."""
+"""What the worker's agents and tasks share (:class:`WorkerServices`), the state read cache, and
+:func:`read_user_state`, the one way anything in the worker reads a user's state."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from ..recsys.enricher import Enricher
 from ..settings import Settings
 from .catalog import CatalogVectors, LiveCatalog
 from .faust_ext import InFlightBatches
+from .live import UiState
 from .models import LiveModel
 from .trace import Tracer
 from .watchdog import StallWatchdog
@@ -32,7 +34,10 @@ class WorkerServices:
         if settings.model and model is not None:
             self.live.changed_on_disk()  # the hot-reload watcher's baseline: what was just loaded
         self.catalog_vectors = CatalogVectors(settings)
-        self.catalog = LiveCatalog(settings, self.live, self.catalog_vectors, on_new_model=self.announce_model)
+        # what the pages under /ui/ show beyond the state (worker/live.py); None = pages off, nothing recorded
+        self.ui = UiState() if settings.ui and settings.metrics_port else None
+        self.catalog = LiveCatalog(settings, self.live, self.catalog_vectors, on_new_model=self.announce_model,
+                                   on_records=self.ui.items.add if self.ui is not None else None)
         self.config = PipelineConfig.from_settings(settings)
         # negatives, re-ranking, reasons, interests, online HR@k + drift (stream_rec/recsys/enricher.py); it
         # rebuilds its item vectors itself when the model is swapped or the catalog grows
@@ -57,6 +62,8 @@ class WorkerServices:
         from the offset that reached the store."""
         self.state_cache.clear()
         table.forget_unflushed()
+        if self.ui is not None:  # live pages: their user may now be answered by another worker
+            self.ui.watchers.close_all("moved")
 
     def note_delivery(self, future: asyncio.Future) -> None:
         """Done-callback of every delivery future: remember the first failure (then nothing is committed,
@@ -113,3 +120,15 @@ class StateCache:
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+def read_user_state(cache: StateCache, table, key: bytes, partition: int | None) -> bytes | None:
+    """A user's stored state (None: none): the state cache, else the newest value staged or stored on the
+    partition that holds it (``table``: the worker's ``BatchedChangelogTable``; ``partition`` None searches
+    every local partition). The one read of a user's state: the batch path (worker/batch.py), the lookup
+    and the pages (worker/http.py, worker/ui.py) all call it, so they see the same state -- an erasure
+    included, from the moment its batch staged the tombstone."""
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
+    return table.stored(key, partition)
