@@ -1,0 +1,142 @@
+"""The new-item policies of the offline serving path (``sources.ServingSource``): how a list is picked
+from the model's scores.
+
+* ``PlainPolicy``: the model's top-k, nothing else (``none``);
+* ``FixedPolicy``: today's freshness policy (``stream_rec.recsys.freshness.fresh_topk``), a fixed number
+  of slots for fresh items that pass its relevance bar (``fixed``);
+* ``ExplorePolicy`` over an ``ArmTable``: the bandit of ``stream_rec.recsys.explore`` (``bandit``), or the
+  same selection with each item's true appeal in place of what the bandit learnt (``oracle``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stream_rec.recsys.arms import Exposure, decode_exposure, encode_exposure, expose, resolve
+from stream_rec.recsys.explore import GRADUATED, ArmBook, ArmView, ExplorePolicy, explore_topk
+from stream_rec.recsys.freshness import FreshnessPolicy, content_relevance, fresh_topk
+
+from .sources import Shown, ids_of, plain_rows
+
+
+class Born:
+    """When each new row joined the catalogue (simulated time): the fresh mask of a policy."""
+
+    def __init__(self):
+        self.born: dict[int, float] = {}
+
+    def released(self, rec, item_ids, now: float) -> None:
+        for r in rec.rows_for(item_ids):
+            self.born.setdefault(int(r), now)
+
+    def fresh(self, n_rows: int, now: float, max_age_s: float) -> np.ndarray:
+        mask = np.zeros(n_rows, dtype=bool)
+        rows = [r for r, t in self.born.items() if now - t < max_age_s and r < n_rows]
+        mask[rows] = True
+        return mask
+
+    def feedback(self, user, item, ts) -> None:
+        """Plain and fixed policies learn nothing from events."""
+
+
+class PlainPolicy(Born):
+    def __init__(self, k: int = 10):
+        super().__init__()
+        self.k = k
+
+    def lists(self, rec, users, scores, seen, now) -> list[Shown]:
+        _, rows = plain_rows(scores, seen, self.k)
+        out = []
+        for r in rows:
+            ids = ids_of(rec, r)
+            out.append(Shown(ids, [], ids))
+        return out
+
+
+class FixedPolicy(Born):
+    def __init__(self, policy: FreshnessPolicy, k: int = 10):
+        super().__init__()
+        self.policy, self.k = policy, k
+
+    def lists(self, rec, users, scores, seen, now) -> list[Shown]:
+        fresh = self.fresh(scores.shape[1], now, self.policy.max_age_s)
+        relevance = (content_relevance(rec.model.text_vectors, seen, fresh, self.policy.profile_items)
+                     if self.policy.by == "content" else None)
+        result = fresh_topk(scores, self.k, seen, fresh, self.policy, relevance)
+        _, plain = plain_rows(scores, seen, self.k)
+        return [Shown(ids_of(rec, rows), ids_of(rec, added), ids_of(rec, p))
+                for rows, added, p in zip(result.rows, result.added, plain)]
+
+
+class BanditPolicy(Born):
+    """The bandit (``stream_rec.recsys.explore``), its arms in one ``ArmBook`` (one events partition) and
+    each user's exposure as the user state would carry it (encoded and decoded at every event)."""
+
+    def __init__(self, policy: ExplorePolicy, k: int = 10, seed: int = 0):
+        super().__init__()
+        self.policy, self.k = policy, k
+        self.book = ArmBook(policy)
+        self.exposure: dict[str, bytes] = {}
+        self.rng = np.random.default_rng([seed, 4])
+        self.impressions = self.hits = 0
+        self.item_of_row: dict[int, str] = {}
+
+    def released(self, rec, item_ids, now: float) -> None:
+        super().released(rec, item_ids, now)
+        for item, r in zip(item_ids, rec.rows_for(item_ids)):
+            self.book.register(item, r, now)
+            self.item_of_row[r] = item
+
+    def feedback(self, user, item, ts) -> None:
+        raw = self.exposure.get(user)
+        if raw is None:
+            return
+        exposure, hit, _ = resolve(decode_exposure(raw), item, ts, self.policy.window_s)
+        if hit is not None and item in self.book.arms:
+            self.book.arms[item] = self.book.arms[item].hit()
+            self.hits += 1
+        self.exposure[user] = encode_exposure(exposure)
+
+    def view(self, now: float) -> ArmView:
+        return self.book.view(now)
+
+    def lists(self, rec, users, scores, seen, now) -> list[Shown]:
+        view = self.view(now)
+        relevance = None
+        if self.policy.by == "content":
+            fresh = np.zeros(scores.shape[1], dtype=bool)
+            fresh[view.rows] = True
+            relevance = content_relevance(rec.model.text_vectors, seen, fresh, self.policy.profile_items)
+        exposures = [decode_exposure(self.exposure[u]) if u in self.exposure else Exposure() for u in users]
+        result = explore_topk(scores, self.k, seen, view, self.policy, self.rng, relevance,
+                              [e.declined for e in exposures])
+        _, plain = plain_rows(scores, seen, self.k)
+        out = []
+        for u, e, rows, inserted, arms, p in zip(users, exposures, result.rows, result.inserted, result.arms, plain):
+            for r, prob in arms:
+                item = self.item_of_row[r]
+                self.book.arms[item] = self.book.arms[item].impressed(prob)
+            self.impressions += len(arms)
+            self.exposure[u] = encode_exposure(expose(e, [self.item_of_row[r] for r, _ in arms], now))
+            out.append(Shown(ids_of(rec, rows), ids_of(rec, inserted), ids_of(rec, p)))
+        return out
+
+
+class OraclePolicy(BanditPolicy):
+    """The bandit's ranking with each new item's true appeal instead of a learnt one: every arm's appeal is
+    ``appeal[item] x c`` (no sampling, no slot cap: nothing left to explore), where ``c`` -- how far the
+    model's probabilities of new items are off, the same for all -- is learnt from all arms' feedback."""
+
+    def __init__(self, policy: ExplorePolicy, appeal: dict[str, float], k: int = 10, seed: int = 0):
+        super().__init__(policy, k, seed)
+        self.appeal = appeal
+
+    def view(self, now: float) -> ArmView:
+        view = self.book.view(now)
+        items = [self.item_of_row[r] for r in view.rows.tolist()]
+        arms = [self.book.arms[i] for i in items]
+        appeal = np.array([self.appeal.get(i, 1.0) for i in items])
+        scale = (1.0 + sum(a.hits for a in arms)) / (1.0 + float(np.dot(appeal, [a.expected for a in arms])))
+        certain = 1e6  # a posterior this sharp is its mean
+        return ArmView(view.rows, np.maximum(appeal * scale, 1e-9) * certain, np.full(len(items), certain),
+                       np.full(len(items), GRADUATED, dtype=np.int8), view.keys)
