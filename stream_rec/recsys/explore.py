@@ -74,7 +74,7 @@ class ArmView:
     shape: np.ndarray  # [A] Gamma posterior of the appeal
     rate: np.ndarray
     status: np.ndarray  # [A] EXPLORING / GRADUATED / RETIRED
-    keys: np.ndarray  # [A] item keys (arms.item_key), uint64: matched against the users' declined items
+    keys: np.ndarray  # [A] item keys (arms.item_key), uint32: matched against the users' declined items
 
     @property
     def mean(self) -> np.ndarray:
@@ -165,7 +165,7 @@ def fill_user(plain: list[int], value: np.ndarray, log_p: np.ndarray, view: ArmV
     if not displaceable:
         return rows, explored, inserted
     lowest = bar + log_p[rows[displaceable[-1]]]  # the bar only rises as items are displaced upwards
-    candidates = np.flatnonzero(value >= lowest)
+    candidates = np.flatnonzero(np.isfinite(value) & (value >= lowest))
     for a in candidates[np.argsort(-value[candidates])].tolist():
         if not displaceable:
             break
@@ -233,4 +233,4 @@ class ArmBook:
         self.graduated.update(i for i, s in zip(items, status) if s == GRADUATED)
         self.retired.update(i for i, s in zip(items, status) if s == RETIRED)
         return ArmView(np.array([self.rows[i] for i in items], dtype=np.int64), shape, rate, status,
-                       np.array([self.keys[i] for i in items], dtype=np.uint64))
+                       np.array([self.keys[i] for i in items], dtype=np.uint32))
