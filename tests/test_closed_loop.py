@@ -76,7 +76,7 @@ def test_batches_never_hold_a_user_twice():
 def test_bandit_accounting_agrees_with_the_simulator(sim):
     from stream_rec.recsys.explore import ExplorePolicy
 
-    bandit = policies.BanditPolicy(ExplorePolicy(window_s=1e9, min_gain=0.05, slots=2), seed=0)
+    bandit = policies.BanditPolicy(ExplorePolicy(window_s=1e9, min_gain=0.05, slots=2, max_declines=255), seed=0)
     days = simulate(sim, ServingSource(untrained(sim), bandit, encoder=None), batch=8)
     new_hits = sum(d.new_hits for d in days)
     assert bandit.hits == new_hits  # every new item in a list is an arm; each hit resolved once

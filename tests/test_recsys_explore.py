@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from stream_rec.recsys.arms import (ARM_BYTES, MAX_DECLINED, MAX_PENDING, ArmDecodeError, ArmStats, Exposure, Prior,
-                                    arm_key, decode_arm, decode_exposure, encode_arm, encode_exposure, expose,
+                                    arm_key, counted_arms, decode_arm, decode_exposure, encode_arm, encode_exposure, expose,
                                     gamma_quantile, item_key, merge_arms, posterior, resolve)
 from stream_rec.recsys.explore import (EXPLORING, GRADUATED, RETIRED, ArmBook, ArmView, ExplorePolicy, arm_status,
                                        explore_topk, pooled_prior)
@@ -21,8 +21,7 @@ SCORES = torch.tensor([[-math.inf, 5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.2, 0.1, 0.9, 
 def view(status, mean, rows=(9, 10, 11), sharp: float = 1e6) -> ArmView:
     """Arms with a posterior so sharp that a Thompson sample is its mean (deterministic lists)."""
     mean = np.asarray(mean, dtype=float)
-    return ArmView(np.array(rows), mean * sharp, np.full(len(rows), sharp), np.array(status, dtype=np.int8),
-                   np.array([item_key(f"new-{r}") for r in rows], dtype=np.uint32))
+    return ArmView(np.array(rows), mean * sharp, np.full(len(rows), sharp), np.array(status, dtype=np.int8))
 
 
 def topk(v, policy, scores=SCORES, k=4, seen=((),), **kw):
@@ -134,8 +133,7 @@ def test_items_users_take_graduate_and_items_nobody_takes_retire():
 
 # --- the lists ----------------------------------------------------------------------------------------
 def test_without_arms_the_list_is_the_plain_top_k():
-    empty = ArmView(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int8),
-                    np.zeros(0, dtype=np.uint32))
+    empty = ArmView(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int8))
     out = topk(empty, ExplorePolicy())
     assert out.rows == [[1, 2, 3, 4]] and out.inserted == [[]] and out.arms == [[]]
 
@@ -183,11 +181,16 @@ def test_seen_items_and_irrelevant_users_are_not_explored():
         topk(v, ExplorePolicy(by="content"))
 
 
-def test_a_user_who_declined_an_item_is_not_explored_on_with_it_again():
-    v = view([EXPLORING] * 3, [1e3] * 3)
-    declined = [{item_key("new-9"): 2, item_key("new-10"): 1}]
-    out = topk(v, ExplorePolicy(min_gain=0.0, slots=3, max_declines=2), declined=declined)
-    assert 9 not in out.rows[0] and 10 in out.rows[0]
+def test_one_user_adds_at_most_max_declines_misses_to_an_item_in_a_row():
+    exposure = Exposure()
+    counted = []
+    for n in range(6):  # "a" is in every list she gets and she never takes it; "b" she takes at once
+        shown = counted_arms(exposure, ["a", f"b{n}"], max_declines=3)
+        counted.append(shown)
+        exposure, hit, _ = resolve(expose(exposure, shown, ts=n), f"b{n}", n + 0.5, window_s=10)
+        assert hit == item_key(f"b{n}")
+    assert [c.count("a") for c in counted] == [1, 1, 1, 0, 0, 0]  # three misses of "a", then no more count
+    assert exposure.declined == {item_key("a"): 3}
 
 
 def test_thompson_sampling_puts_the_taken_item_in_more_often():

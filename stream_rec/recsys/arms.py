@@ -161,6 +161,13 @@ def expose(exposure: Exposure, item_ids, ts: float) -> Exposure:
     return Exposure(ts, [item_key(i) for i in list(item_ids)[:MAX_PENDING]], dict(exposure.declined))
 
 
+def counted_arms(exposure: Exposure, item_ids, max_declines: int) -> list[str]:
+    """The arm items of an emitted list that count as impressions for this user: all but those she left
+    untaken ``max_declines`` times in a row (so one user adds at most that many misses to an item in a
+    row; she may still be shown it)."""
+    return [i for i in item_ids if exposure.declined.get(item_key(i), 0) < max_declines]
+
+
 @dataclass(frozen=True)
 class Prior:
     hits: float = 1.0  # prior pseudo-hits ...

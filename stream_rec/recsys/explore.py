@@ -15,7 +15,9 @@ this user, ``a``: a Thompson sample per user and list for an *exploring* arm, th
 *graduated* one), each only while ``a * p >= min_gain * p(displaced item)`` -- the hits the item brings
 against those the displaced item would have -- and only where the item passes the relevance bar
 (``by="content"``: text cosine to the user's recent items at least ``min_similarity``; ``"model"``: the
-expected-hits test alone) and the user has not left it untaken ``max_declines`` times in a row.
+expected-hits test alone). Every arm in an emitted list is an impression (``counted_arms``: except for a
+user who left it untaken ``max_declines`` times in a row, whose further misses would only let one user
+push an item down).
 
 * **exploring**: at most ``slots`` of them per list;
 * **graduated** (at least ``graduate_hits`` hits and the appeal's lower ``z`` quantile at least the
@@ -36,7 +38,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .arms import ArmStats, Prior, gamma_quantile, item_key, posterior
+from .arms import ArmStats, Prior, gamma_quantile, posterior
 
 PAD = 0
 EXPLORING, GRADUATED, RETIRED = 0, 1, 2
@@ -55,7 +57,7 @@ class ExplorePolicy:
     graduate_hits: int = 5
     retire_share: float = 0.25
     z: float = 1.64  # quantile of the graduation / retirement tests (one-sided 95%)
-    max_declines: int = 2  # a user who left an item untaken this many times in a row is not explored on again
+    max_declines: int = 8  # a user's impressions of an item she left untaken this many times in a row stop counting
 
     def __post_init__(self):
         if min(self.slots, self.max_age_s, self.window_s, self.min_gain, self.retire_share) < 0:
@@ -74,7 +76,6 @@ class ArmView:
     shape: np.ndarray  # [A] Gamma posterior of the appeal
     rate: np.ndarray
     status: np.ndarray  # [A] EXPLORING / GRADUATED / RETIRED
-    keys: np.ndarray  # [A] item keys (arms.item_key), uint32: matched against the users' declined items
 
     @property
     def mean(self) -> np.ndarray:
@@ -129,18 +130,16 @@ def masked_scores(scores: torch.Tensor, exclude_rows: Sequence[Sequence[int]]) -
 
 
 def explore_topk(scores: torch.Tensor, k: int, exclude_rows: Sequence[Sequence[int]], view: ArmView,
-                 policy: ExplorePolicy, rng: np.random.Generator, relevance: torch.Tensor | None = None,
-                 declined: Sequence[dict[int, int]] | None = None) -> ExploreResult:
+                 policy: ExplorePolicy, rng: np.random.Generator, relevance: torch.Tensor | None = None) -> ExploreResult:
     """The plain top-k per user, then arms put in from the bottom up by their expected hits.
     scores [B, N+1] (log-probabilities up to a per-user constant), ``exclude_rows[b]``: seen rows,
-    ``relevance`` [B, N+1]: with ``policy.by == "content"``, the text relevance (``freshness.content_relevance``),
-    ``declined[b]``: the user's declined item keys -> times (``arms.Exposure.declined``)."""
+    ``relevance`` [B, N+1]: with ``policy.by == "content"``, the text relevance (``freshness.content_relevance``)."""
     s = masked_scores(scores, exclude_rows)
     k = min(k, s.shape[1] - 1)
     plain = torch.topk(s, k, dim=1).indices.tolist()
     log_p = (s - torch.logsumexp(s, dim=1, keepdim=True)).numpy()  # the model's probability over unseen items
     value = log_appeals(view, s.shape[0], rng) + log_p[:, view.rows]  # log expected hits if shown
-    value[~exploration_gate(s, view, policy, relevance, declined)] = -np.inf
+    value[~exploration_gate(s, view, policy, relevance)] = -np.inf
     arm_of = {r: a for a, r in enumerate(view.rows.tolist())}
     out = ExploreResult([], [], [], [], [])
     for b in range(s.shape[0]):
@@ -183,10 +182,9 @@ def fill_user(plain: list[int], value: np.ndarray, log_p: np.ndarray, view: ArmV
     return rows, explored, inserted
 
 
-def exploration_gate(s: torch.Tensor, view: ArmView, policy: ExplorePolicy, relevance: torch.Tensor | None,
-                     declined: Sequence[dict[int, int]] | None) -> np.ndarray:
+def exploration_gate(s: torch.Tensor, view: ArmView, policy: ExplorePolicy, relevance: torch.Tensor | None) -> np.ndarray:
     """[B, A] bool: the arms that may be put into each user's list: not retired, not seen, relevant
-    (``policy.by``), and for exploring arms not declined by the user ``max_declines`` times in a row."""
+    (``policy.by``)."""
     cols = torch.as_tensor(view.rows, dtype=torch.long)
     gate = np.broadcast_to(view.status != RETIRED, (s.shape[0], len(cols))).copy()
     if not len(cols):
@@ -196,12 +194,6 @@ def exploration_gate(s: torch.Tensor, view: ArmView, policy: ExplorePolicy, rele
         if relevance is None:
             raise ValueError("a content exploration policy needs the text relevance of the arms")
         gate &= (relevance[:, cols].float().cpu() >= policy.min_similarity).numpy()
-    if declined:
-        where = {int(key): a for a, key in enumerate(view.keys.tolist()) if view.status[a] == EXPLORING}
-        for b, user_declined in enumerate(declined):
-            for key, times in user_declined.items():
-                if times >= policy.max_declines and key in where:
-                    gate[b, where[key]] = False
     return gate
 
 
@@ -212,13 +204,11 @@ class ArmBook:
     policy: ExplorePolicy
     arms: dict[str, ArmStats] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
-    keys: dict[str, int] = field(default_factory=dict)
     graduated: set[str] = field(default_factory=set)  # items seen graduated (the metric counts each once)
     retired: set[str] = field(default_factory=set)
 
     def register(self, item_id: str, row: int, born: float) -> None:
         self.rows[item_id] = row
-        self.keys[item_id] = item_key(item_id)
         self.arms.setdefault(item_id, ArmStats(born=born))
 
     def live(self, now: float) -> list[str]:
@@ -232,5 +222,4 @@ class ArmBook:
         status = arm_status(shape, rate, np.array([a.hits for a in stats]), prior, self.policy)
         self.graduated.update(i for i, s in zip(items, status) if s == GRADUATED)
         self.retired.update(i for i, s in zip(items, status) if s == RETIRED)
-        return ArmView(np.array([self.rows[i] for i in items], dtype=np.int64), shape, rate, status,
-                       np.array([self.keys[i] for i in items], dtype=np.uint32))
+        return ArmView(np.array([self.rows[i] for i in items], dtype=np.int64), shape, rate, status)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stream_rec.recsys.arms import Exposure, decode_exposure, encode_exposure, expose, resolve
+from stream_rec.recsys.arms import Exposure, counted_arms, decode_exposure, encode_exposure, expose, resolve
 from stream_rec.recsys.explore import GRADUATED, ArmBook, ArmView, ExplorePolicy, explore_topk
 from stream_rec.recsys.freshness import FreshnessPolicy, content_relevance, fresh_topk
 
@@ -108,16 +108,16 @@ class BanditPolicy(Born):
             fresh[view.rows] = True
             relevance = content_relevance(rec.model.text_vectors, seen, fresh, self.policy.profile_items)
         exposures = [decode_exposure(self.exposure[u]) if u in self.exposure else Exposure() for u in users]
-        result = explore_topk(scores, self.k, seen, view, self.policy, self.rng, relevance,
-                              [e.declined for e in exposures])
+        result = explore_topk(scores, self.k, seen, view, self.policy, self.rng, relevance)
         _, plain = plain_rows(scores, seen, self.k)
         out = []
         for u, e, rows, inserted, arms, p in zip(users, exposures, result.rows, result.inserted, result.arms, plain):
-            for r, prob in arms:
-                item = self.item_of_row[r]
-                self.book.arms[item] = self.book.arms[item].impressed(prob)
-            self.impressions += len(arms)
-            self.exposure[u] = encode_exposure(expose(e, [self.item_of_row[r] for r, _ in arms], now))
+            probability = {self.item_of_row[r]: prob for r, prob in arms}
+            counted = counted_arms(e, list(probability), self.policy.max_declines)
+            for item in counted:
+                self.book.arms[item] = self.book.arms[item].impressed(probability[item])
+            self.impressions += len(counted)
+            self.exposure[u] = encode_exposure(expose(e, counted, now))
             out.append(Shown(ids_of(rec, rows), ids_of(rec, inserted), ids_of(rec, p)))
         return out
 
@@ -139,4 +139,4 @@ class OraclePolicy(BanditPolicy):
         scale = (1.0 + sum(a.hits for a in arms)) / (1.0 + float(np.dot(appeal, [a.expected for a in arms])))
         certain = 1e6  # a posterior this sharp is its mean
         return ArmView(view.rows, np.maximum(appeal * scale, 1e-9) * certain, np.full(len(items), certain),
-                       np.full(len(items), GRADUATED, dtype=np.int8), view.keys)
+                       np.full(len(items), GRADUATED, dtype=np.int8))
