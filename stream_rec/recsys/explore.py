@@ -49,7 +49,7 @@ class ExplorePolicy:
     slots: int = 2  # most exploring items a list gets beyond its plain ranking (0 = none explored)
     max_age_s: float = 7 * 86400.0  # an item is an arm while younger than this
     window_s: float = 86400.0  # a hit: the user's next event, on the item, within this long after the list
-    min_gain: float = 1.0  # put in only if its expected hits >= this times those of the item it displaces
+    min_gain: float = 0.5  # put in only if its expected hits >= this times those of the item it displaces
     by: str = "model"  # relevance bar: "model" (the expected-hits test alone) | "content" (and text cosine)
     min_similarity: float = 0.5  # by="content"
     profile_items: int = 10  # by="content": the user's last items that make her profile
