@@ -13,8 +13,8 @@ policy:
 
 * ``none``: plain ranking; ``fixed``: today's freshness policy (``--fixed``, by default the policy
   benchmarks/quality.py chose on validation for cold and series); ``bandit``: ``stream_rec.recsys.explore``
-  (``--set`` overrides its ``ExplorePolicy`` defaults); ``oracle``: the bandit's ranking with every new
-  item's true appeal instead of a learnt one.
+  (``--set`` overrides its ``ExplorePolicy`` defaults); ``oracle``: the bandit knowing every new item's
+  true appeal (``closedloop.policies.OraclePolicy``).
 
 Prints one table per world (columns: stream_rec_devtools/closedloop/report.py) and writes every figure to
 ``--out``. Everything is seeded (``--seed``: the users' random numbers, release times and appeals).

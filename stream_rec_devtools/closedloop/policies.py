@@ -123,20 +123,23 @@ class BanditPolicy(Born):
 
 
 class OraclePolicy(BanditPolicy):
-    """The bandit's ranking with each new item's true appeal instead of a learnt one: every arm's appeal is
-    ``appeal[item] x c`` (no sampling, no slot cap: nothing left to explore), where ``c`` -- how far the
-    model's probabilities of new items are off, the same for all -- is learnt from all arms' feedback."""
+    """The bandit knowing every new item's true appeal: its appeal's prior is centred on ``appeal[item] x c``
+    (``c``: how far the model's probabilities of new items are off, the same for all, learnt from all
+    arms' feedback) and worth ``strength`` pseudo-hits; the item's own feedback still corrects the model's
+    error on that very item. Nothing to explore: every arm is ranked in by its posterior mean, no slot cap.
+    Its regret against the bandit is what not knowing the appeals costs."""
 
-    def __init__(self, policy: ExplorePolicy, appeal: dict[str, float], k: int = 10, seed: int = 0):
+    def __init__(self, policy: ExplorePolicy, appeal: dict[str, float], k: int = 10, seed: int = 0,
+                 strength: float = 10.0):
         super().__init__(policy, k, seed)
-        self.appeal = appeal
+        self.appeal, self.strength = appeal, strength
 
     def view(self, now: float) -> ArmView:
         view = self.book.view(now)
         items = [self.item_of_row[r] for r in view.rows.tolist()]
         arms = [self.book.arms[i] for i in items]
-        appeal = np.array([self.appeal.get(i, 1.0) for i in items])
+        appeal = np.maximum(np.array([self.appeal.get(i, 1.0) for i in items]), 1e-6)
         scale = (1.0 + sum(a.hits for a in arms)) / (1.0 + float(np.dot(appeal, [a.expected for a in arms])))
-        certain = 1e6  # a posterior this sharp is its mean
-        return ArmView(view.rows, np.maximum(appeal * scale, 1e-9) * certain, np.full(len(items), certain),
-                       np.full(len(items), GRADUATED, dtype=np.int8))
+        shape = self.strength + np.array([a.hits for a in arms], dtype=float)
+        rate = self.strength / (appeal * scale) + np.array([a.expected for a in arms])
+        return ArmView(view.rows, shape, rate, np.full(len(items), GRADUATED, dtype=np.int8))
