@@ -14,7 +14,8 @@ policy:
 * ``none``: plain ranking; ``fixed``: today's freshness policy (``--fixed``, by default the policy
   benchmarks/quality.py chose on validation for cold and series); ``bandit``: ``stream_rec.recsys.explore``
   (``--set`` overrides its ``ExplorePolicy`` defaults); ``oracle``: the bandit knowing every new item's
-  true appeal (``closedloop.policies.OraclePolicy``).
+  true appeal (``closedloop.policies.OraclePolicy``); ``omniscient``: a reference that knows every user's
+  true next-item probabilities (``closedloop.policies.OmniscientPolicy``).
 
 Prints one table per world (columns: stream_rec_devtools/closedloop/report.py) and writes every figure to
 ``--out``. Everything is seeded (``--seed``: the users' random numbers, release times and appeals).
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import datasets  # noqa: E402  (benchmarks/datasets.py: the worlds' specs)
 
-POLICIES = ["none", "fixed", "bandit", "oracle"]
+POLICIES = ["none", "fixed", "bandit", "oracle", "omniscient"]
 
 
 def parse_args(argv=None):
@@ -82,7 +83,7 @@ def world_model(name: str, args, encoder):
     return path
 
 
-def make_policy(name: str, args, sim):
+def make_policy(name: str, args, sim, users):
     from stream_rec.recsys.explore import ExplorePolicy
     from stream_rec.recsys.freshness import FreshnessPolicy
     from stream_rec_devtools.closedloop import policies
@@ -94,6 +95,8 @@ def make_policy(name: str, args, sim):
         return policies.FixedPolicy(FreshnessPolicy(**fields(args.fixed)))
     if name == "bandit":
         return policies.BanditPolicy(explore, seed=args.seed)
+    if name == "omniscient":
+        return policies.OmniscientPolicy(explore, users)
     return policies.OraclePolicy(explore, sim.appeal, seed=args.seed)
 
 
@@ -102,7 +105,7 @@ def run_world(name: str, args, encoder) -> dict:
     from stream_rec_devtools.closedloop import report
     from stream_rec_devtools.closedloop.loop import simulate
     from stream_rec_devtools.closedloop.sources import ServingSource
-    from stream_rec_devtools.closedloop.world import SimParams, make_sim_world
+    from stream_rec_devtools.closedloop.world import SimParams, Users, make_sim_world
 
     model_dir = world_model(name, args, encoder)
     sim = make_sim_world(datasets.WORLDS[name], SimParams(days=args.days, users=args.users,
@@ -110,8 +113,9 @@ def run_world(name: str, args, encoder) -> dict:
     runs = {}
     for policy_name in args.policies:
         started = time.perf_counter()
-        policy = make_policy(policy_name, args, sim)
-        days = simulate(sim, ServingSource(Recommender.load(model_dir, device="cpu"), policy, encoder))
+        users = Users(sim)
+        policy = make_policy(policy_name, args, sim, users)
+        days = simulate(sim, ServingSource(Recommender.load(model_dir, device="cpu"), policy, encoder), users=users)
         runs[policy_name] = {"days": days, "seconds": round(time.perf_counter() - started, 1)}
         if hasattr(policy, "book"):
             runs[policy_name] |= {"graduated": len(policy.book.graduated), "retired": len(policy.book.retired),

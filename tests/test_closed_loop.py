@@ -89,10 +89,13 @@ def test_policies_run_through_one_simulation_and_the_table_compares_them(sim):
     from stream_rec.recsys.freshness import FreshnessPolicy
 
     runs = {}
+    users = Users(sim)
     for name, policy in [("none", policies.PlainPolicy()),
                          ("fixed", policies.FixedPolicy(FreshnessPolicy(slots=2, by="content", min_similarity=-1))),
-                         ("oracle", policies.OraclePolicy(ExplorePolicy(min_gain=0.05), sim.appeal))]:
-        runs[name] = {"days": simulate(sim, ServingSource(untrained(sim), policy, encoder=None), batch=8)}
+                         ("oracle", policies.OraclePolicy(ExplorePolicy(min_gain=0.05), sim.appeal)),
+                         ("omniscient", policies.OmniscientPolicy(ExplorePolicy(min_gain=0.05), users))]:
+        runs[name] = {"days": simulate(sim, ServingSource(untrained(sim), policy, encoder=None), batch=8,
+                                       users=users if name == "omniscient" else None)}
     plain = runs["none"]["days"]
     assert sum(d.slots for d in plain) == 0
     assert sum(d.plain_warm_hits for d in plain) == sum(d.warm_hits for d in plain)  # plain: its own baseline
@@ -100,5 +103,8 @@ def test_policies_run_through_one_simulation_and_the_table_compares_them(sim):
     summary = report.summarise(runs)
     assert summary["oracle"]["regret"] == 0 and summary["none"]["warm_cost_vs_none_ndcg"] == 0
     assert summary["fixed"]["regret"] == summary["oracle"]["new_hits"] - summary["fixed"]["new_hits"]
+    # knowing every user's true probabilities beats an untrained model's lists on new items
+    assert summary["omniscient"]["new_hits"] > summary["none"]["new_hits"]
+    assert summary["omniscient"]["hits_over_omniscient"] == 1.0
     text = report.table("tiny", summary)
-    assert text.count("\n| ") == 3 + 1  # header + one row per policy
+    assert text.count("\n| ") == 4 + 1  # header + one row per policy

@@ -82,9 +82,11 @@ def batches(events: list[tuple[float, str]], size: int):
         yield batch
 
 
-def simulate(sim: SimWorld, source: ListSource, batch: int = 64, progress=None) -> list[DayCounts]:
-    """Run the simulated days through ``source``; counts per day."""
-    users = Users(sim)
+def simulate(sim: SimWorld, source: ListSource, batch: int = 64, progress=None, users: Users | None = None
+             ) -> list[DayCounts]:
+    """Run the simulated days through ``source``; counts per day. ``users``: the simulated users (a fresh
+    ``Users(sim)`` by default; an omniscient policy reads the same object)."""
+    users = users or Users(sim)
     new = set(sim.new_items)
     releases = sorted((t, i) for i, t in sim.release_at.items())
     days = [DayCounts() for _ in range(sim.params.days)]

@@ -4,8 +4,9 @@ from the model's scores.
 * ``PlainPolicy``: the model's top-k, nothing else (``none``);
 * ``FixedPolicy``: today's freshness policy (``stream_rec.recsys.freshness.fresh_topk``), a fixed number
   of slots for fresh items that pass its relevance bar (``fixed``);
-* ``ExplorePolicy`` over an ``ArmTable``: the bandit of ``stream_rec.recsys.explore`` (``bandit``), or the
-  same selection with each item's true appeal in place of what the bandit learnt (``oracle``).
+* ``BanditPolicy``: the bandit of ``stream_rec.recsys.explore`` (``bandit``), and ``OraclePolicy``, the
+  same bandit knowing each new item's true appeal (``oracle``);
+* ``OmniscientPolicy``: a reference that knows every user's true next-item probabilities (``omniscient``).
 """
 
 from __future__ import annotations
@@ -143,3 +144,34 @@ class OraclePolicy(BanditPolicy):
         shape = self.strength + np.array([a.hits for a in arms], dtype=float)
         rate = self.strength / (appeal * scale) + np.array([a.expected for a in arms])
         return ArmView(view.rows, shape, rate, np.full(len(items), GRADUATED, dtype=np.int8))
+
+
+class OmniscientPolicy(Born):
+    """A reference beyond any learner: the bandit's selection (new items put in from the bottom up while
+    their chance of being taken is at least ``min_gain`` times the displaced item's, no slot cap) with each
+    user's *true* probabilities (the world's, the appeals) in place of the model's and a learnt appeal."""
+
+    def __init__(self, policy: ExplorePolicy, users, k: int = 10):
+        super().__init__()
+        self.policy, self.users, self.k = policy, users, k
+
+    def lists(self, rec, users, scores, seen, now) -> list[Shown]:
+        from stream_rec.recsys.explore import fill_user, masked_scores
+
+        arms = np.array(sorted(self.born), dtype=np.int64)
+        view = ArmView(arms, np.ones(len(arms)), np.ones(len(arms)), np.full(len(arms), GRADUATED, dtype=np.int8))
+        arm_of = {int(r): a for a, r in enumerate(arms.tolist())}
+        s = masked_scores(scores, seen)
+        _, plain = plain_rows(scores, seen, self.k)
+        index = self.users.sim.index
+        cols = np.array([index.get(i, 0) for i in rec.item_ids])
+        out = []
+        for b, user in enumerate(users):
+            true = np.full(s.shape[1], -np.inf)
+            with np.errstate(divide="ignore"):
+                true[1:] = np.log(self.users.weights(user)[cols])
+            true[~np.isfinite(s[b].numpy())] = -np.inf
+            rows, _, inserted = fill_user(plain[b], true[arms], true, view, arm_of, self.policy)
+            rows.sort(key=lambda r: -float(s[b, r]))
+            out.append(Shown(ids_of(rec, rows), ids_of(rec, inserted), ids_of(rec, plain[b])))
+        return out

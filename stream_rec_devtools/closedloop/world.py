@@ -133,10 +133,15 @@ class Users:
     def release(self, item_ids) -> None:
         self.released[[self.sim.index[i] for i in item_ids]] = 1.0
 
+    def weights(self, user: str) -> np.ndarray:
+        """[n items] how likely the user's next event is each item (before the list's tilt, unnormalised)."""
+        sim = self.sim
+        return sim.world.oracle_next(user, self.history[user]) * sim.weight * self.released * self.unseen[user]
+
     def next_item(self, user: str, shown: list[str]) -> str | None:
         """The user's next event given the list she holds (None: nothing left to watch)."""
         sim = self.sim
-        p = sim.world.oracle_next(user, self.history[user]) * sim.weight * self.released * self.unseen[user]
+        p = self.weights(user)
         if shown:
             p[[sim.index[i] for i in shown if i in sim.index]] *= 1.0 + sim.params.tilt
         u = self.rng[user].random()  # drawn whatever happens: the user's stream of numbers stays aligned
