@@ -53,7 +53,28 @@ def parse_args(argv=None):
     p.add_argument("--train-budget", type=float, default=240.0, help="seconds of training per world")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", default="", help="write every figure here (JSON)")
+    p.add_argument("--tables-from", nargs="+", default=[], metavar="JSON",
+                   help="print the tables of earlier --out files (runs of some policies each, same seed) and exit")
     return p.parse_args(argv)
+
+
+def tables_from(paths: list[str]) -> None:
+    """One table per world from several --out files: their policies side by side (each policy's days as
+    recorded; the runs must share the world, users and seed for the ratios to mean anything)."""
+    from stream_rec_devtools.closedloop import report
+    from stream_rec_devtools.closedloop.loop import DayCounts
+
+    worlds: dict[str, dict] = {}
+    for path in paths:
+        for name, world in json.loads(Path(path).read_text())["worlds"].items():
+            runs = worlds.setdefault(name, {"describe": world["describe"], "runs": {}})["runs"]
+            for policy, row in world["policies"].items():
+                extra = {k: row[k] for k in ("graduated", "retired", "impressions", "hits") if k in row}
+                runs[policy] = {"days": [DayCounts(**d) for d in row["days"]]} | extra
+    for name, world in worlds.items():
+        order = sorted(world["runs"], key=lambda p: POLICIES.index(p))
+        summary = report.summarise({p: world["runs"][p] for p in order})
+        print("\n" + report.table(name, summary, world["describe"]) + "\n")
 
 
 def fields(pairs: list[str]) -> dict:
@@ -131,6 +152,9 @@ def run_world(name: str, args, encoder) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.tables_from:
+        tables_from(args.tables_from)
+        return 0
     import torch
 
     from stream_rec.model.encoder import shared_encoder
