@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from stream_rec.recsys.arms import (ARM_BYTES, MAX_DECLINED, MAX_PENDING, ArmDecodeError, ArmStats, Exposure, Prior,
-                                    arm_key, counted_arms, decode_arm, decode_exposure, encode_arm, encode_exposure, expose,
-                                    gamma_quantile, item_key, merge_arms, posterior, resolve)
+from stream_rec.recsys.arms import (ARM_BYTES, MAX_DECLINED, MAX_PENDING, ArmDecodeError, ArmStats, Exposure,
+                                    Prior, arm_key, counted_arms, decode_arm, decode_exposure, encode_arm,
+                                    encode_exposure, expose, gamma_quantile, item_key, merge_arms, posterior, resolve)
 from stream_rec.recsys.explore import (EXPLORING, GRADUATED, RETIRED, ArmBook, ArmView, ExplorePolicy, arm_status,
                                        explore_topk, pooled_prior)
 

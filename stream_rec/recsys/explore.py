@@ -89,7 +89,8 @@ def pooled_prior(arms: Sequence[ArmStats], strength: float) -> Prior:
     return Prior(hits=strength, expected=strength / pooled)
 
 
-def arm_status(shape: np.ndarray, rate: np.ndarray, hits: np.ndarray, prior: Prior, policy: ExplorePolicy) -> np.ndarray:
+def arm_status(shape: np.ndarray, rate: np.ndarray, hits: np.ndarray, prior: Prior,
+               policy: ExplorePolicy) -> np.ndarray:
     pooled = prior.hits / prior.expected
     status = np.full(len(shape), EXPLORING, dtype=np.int8)
     good = (hits >= policy.graduate_hits) & (gamma_quantile(shape, rate, -policy.z) >= pooled)
@@ -130,7 +131,8 @@ def masked_scores(scores: torch.Tensor, exclude_rows: Sequence[Sequence[int]]) -
 
 
 def explore_topk(scores: torch.Tensor, k: int, exclude_rows: Sequence[Sequence[int]], view: ArmView,
-                 policy: ExplorePolicy, rng: np.random.Generator, relevance: torch.Tensor | None = None) -> ExploreResult:
+                 policy: ExplorePolicy, rng: np.random.Generator,
+                 relevance: torch.Tensor | None = None) -> ExploreResult:
     """The plain top-k per user, then arms put in from the bottom up by their expected hits.
     scores [B, N+1] (log-probabilities up to a per-user constant), ``exclude_rows[b]``: seen rows,
     ``relevance`` [B, N+1]: with ``policy.by == "content"``, the text relevance (``freshness.content_relevance``)."""
@@ -182,7 +184,8 @@ def fill_user(plain: list[int], value: np.ndarray, log_p: np.ndarray, view: ArmV
     return rows, explored, inserted
 
 
-def exploration_gate(s: torch.Tensor, view: ArmView, policy: ExplorePolicy, relevance: torch.Tensor | None) -> np.ndarray:
+def exploration_gate(s: torch.Tensor, view: ArmView, policy: ExplorePolicy,
+                     relevance: torch.Tensor | None) -> np.ndarray:
     """[B, A] bool: the arms that may be put into each user's list: not retired, not seen, relevant
     (``policy.by``)."""
     cols = torch.as_tensor(view.rows, dtype=torch.long)
