@@ -68,6 +68,23 @@ MODEL_INFO = Gauge("stream_rec_model_info", "1 for the model version being serve
 FRESH_SLOTS = Counter("stream_rec_fresh_slots_total",
                       "List slots the freshness policy gave to items that joined the catalogue after training",
                       **_REG)
+# The exploration bandit (stream_rec/recsys/explore.py; wired into the worker in phase 2 of issue 21).
+EXPLORE_IMPRESSIONS = Counter("stream_rec_explore_impressions_total",
+                              "New items (exploration arms) in emitted lists, one per item and list", **_REG)
+EXPLORE_HITS = Counter("stream_rec_explore_hits_total",
+                       "Next events on a new item that was in the user's previous list, within the hit window "
+                       "(at most one per impression)", **_REG)
+EXPLORE_SLOTS = Counter("stream_rec_explore_slots_total",
+                        "List positions the exploration policy gave to new items the plain ranking left out, by "
+                        "the item's state (exploring: a Thompson sample; graduated: its learnt appeal)", ["state"],
+                        **_REG)
+EXPLORE_GRADUATED = Counter("stream_rec_explore_items_graduated_total",
+                            "New items that graduated to ordinary ranking (each counted once per worker)", **_REG)
+EXPLORE_RETIRED = Counter("stream_rec_explore_items_retired_total",
+                          "New items retired from exploration because users do not take them (once per worker)",
+                          **_REG)
+EXPLORE_ARMS = Gauge("stream_rec_explore_arms", "New items the exploration policy tracks, by state", ["state"],
+                     **_REG)
 MODEL_RELOADS = Counter("stream_rec_model_reloads_total", "Model hot reloads", **_REG)
 ONLINE_HIT = Counter("stream_rec_online_hits_total", "Next events that were in the user's previous top-k list",
                      **_REG)
@@ -83,6 +100,10 @@ USERS_DELETED = Counter("stream_rec_users_deleted_total",
 for _stage in ("step", "topk"):
     MODEL_STEP_SECONDS.labels(stage=_stage)
 BATCH_SIZE.labels(stage="events")
+for _state in ("exploring", "graduated"):
+    EXPLORE_SLOTS.labels(state=_state)
+for _state in ("exploring", "graduated", "retired"):
+    EXPLORE_ARMS.labels(state=_state)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -14,6 +14,9 @@ module                    batch entry point
 ``explain``               annotation ``explain_batch(rec_rows, history_rows, item_vectors, ...)`` -> reasons
 ``interests``             annotation ``InterestProfiler.summarise(history_rows)``
 ``vectors``               ``unit_rows``, ``centred``, ``pad_rows``, ``score_scale`` (one copy of each)
+``freshness``             selection ``fresh_topk`` (fixed slots for new items past a relevance bar)
+``explore``               selection ``explore_topk`` (a bandit puts new items in by their learnt appeal)
+``arms``                  the bandit's state: per-item arm records, each user's exposure, feedback rules
 ``enricher``              ``Enricher``: the worker's per-worker state composing the above
 ========================  ====================================================================
 
