@@ -74,6 +74,7 @@ class Incoming:
     received_at: float  # worker clock when the record was taken from the stream
     # (partition, offset) where a re-routed copy was first written (header io.topics.REROUTED_FROM); else None
     origin: tuple[int, int] | None = None
+    header_error: str = ""  # what is wrong with the record's headers (io.topics.read_headers): DLQ bad_header
 
 
 @dataclass
@@ -329,8 +330,11 @@ def validate_batch(batch: Sequence[Incoming], model, config: PipelineConfig, now
     known_item = (lambda item: item in model.row_of) if model is not None else (lambda item: False)
     by_user: dict[str, list[tuple[int, Event]]] = defaultdict(list)
     for index, msg in enumerate(batch):
-        checked = validate_event(msg.value, key=msg.key, check_key=config.check_key,
-                                 max_bytes=config.max_event_bytes, known_item=known_item, now=now)
+        if msg.header_error:
+            checked = Invalid("bad_header", msg.header_error)
+        else:
+            checked = validate_event(msg.value, key=msg.key, check_key=config.check_key,
+                                     max_bytes=config.max_event_bytes, known_item=known_item, now=now)
         if isinstance(checked, Invalid):
             result.invalid[checked.reason] += 1
             result.dlq.append(dlq_record(msg, checked, now, config.dlq_max_original_bytes))

@@ -31,6 +31,7 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 
 from .. import metrics
 from ..io.kafka import faust_credentials, fetched_end_offsets
+from ..io.records import contain_header_keys
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 # --- low-latency consumer ------------------------------------------------------------------------
 class LowLatencyConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport):
+        contain_header_keys()  # a non-UTF-8 header key must not crash the fetcher (stream_rec/io/records.py)
         consumer = super()._create_worker_consumer(transport)
         # read by AIOKafkaConsumer.start() when it builds its Fetcher
         consumer._fetch_max_wait_ms = int(getattr(self.app, "fetch_max_wait_ms", 1500))
