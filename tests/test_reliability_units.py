@@ -330,7 +330,34 @@ def test_stall_watchdog():
     t = [0.0]
     dog = watchdog.StallWatchdog(warn_after_s=10, exit_after_s=0, clock=lambda: t[0])
     t[0] = 1e6
-    assert dog.check(lag=1) and not dog.should_exit  # exit_after_s=0: never exits
+    assert dog.check(waiting=1) == 0.0  # events just seen waiting after a long idle time: not a stall yet
+    t[0] += 11
+    assert dog.check(waiting=1) == 11 and not dog.should_exit  # exit_after_s=0: never exits
+    assert dog.check(waiting=0, silent_s=10) == 10 and dog.check(waiting=0, silent_s=5) == 0
+
+
+def test_in_flight_batches_tell_how_long_a_delivery_waits():
+    import asyncio
+
+    from stream_rec.worker.faust_ext import InFlightBatches
+
+    async def go():
+        t = [0.0]
+        batches = InFlightBatches(4, clock=lambda: t[0])
+        loop = asyncio.get_running_loop()
+        first, second = loop.create_future(), loop.create_future()
+        batches.add([first])
+        t[0] = 5.0
+        batches.add([second])
+        t[0] = 12.0
+        assert batches.oldest_undelivered_s() == 12.0
+        first.set_result(None)
+        assert batches.oldest_undelivered_s() == 7.0
+        second.set_result(None)
+        await batches.settle()
+        assert batches.oldest_undelivered_s() == 0.0 and len(batches) == 0
+
+    asyncio.run(go())
 
 
 def test_events_on_another_partition_than_their_keys_are_rerouted_once(small_model):
