@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ..boundedjson import JSONRejected, parse
-from ..settings import Settings
+from ..settings import DEFAULT_APP_ID, Settings
 
 STATE_TABLE = "user-state"  # the worker's Faust table; Faust names its changelog <app_id>-user-state-changelog
 
@@ -72,6 +72,7 @@ def changelog_topic_name(settings: Settings) -> str:
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """Every stream-rec topic for these settings (TOPIC_LAYOUT with names, counts and replication filled in)."""
+    check_namespace(settings)
     rf, min_isr = settings.replication_factor, settings.min_insync_replicas
     if rf < 1:
         raise TopicError(f"replication factor {rf}: must be at least 1 (STREAM_REC_REPLICATION_FACTOR)")
@@ -86,6 +87,20 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         out.append(TopicSpec(role, name, settings.partitions if parts == "partitions" else int(parts), rf, policy,
                              retention_ms, min_isr))
     return out
+
+
+def check_namespace(settings: Settings) -> None:
+    """Refuse a topic prefix with the default app id: the consumer group and Faust's topics (the state
+    changelog, the assignor's) are named from the app id alone, so two deployments that differ only by
+    their prefix would share one group and one changelog -- each one's users' state restored into the
+    other (issue 23). Renaming those from the prefix instead would move the state of every deployment
+    that followed docs/DEPLOY.md (prefix *and* app id) to new, empty topics."""
+    if settings.topic_prefix and settings.app_id == DEFAULT_APP_ID:
+        raise TopicError(
+            f"STREAM_REC_TOPIC_PREFIX={settings.topic_prefix!r} needs an app id of its own: the consumer group "
+            f"and the state changelog ({changelog_topic_name(settings)}) are named from STREAM_REC_APP_ID, not "
+            f"from the prefix, so deployments that differ only by prefix would share users' state; set "
+            f"STREAM_REC_APP_ID (--app-id), e.g. {settings.topic_prefix}{DEFAULT_APP_ID}")
 
 
 def topic_spec(settings: Settings, role: str) -> TopicSpec:
