@@ -26,10 +26,15 @@ Two rules keep a user's state right whatever reaches the worker:
 * **Partitioner.** A user's state lives on the partition Kafka's default partitioner (murmur2) gives her
   key. An event that arrived on another one (a producer with another partitioner, e.g. librdkafka's
   CRC32 default) is not applied: ``validate_batch`` lists it in ``result.rerouted`` and the worker
-  re-sends it to the right partition with a header naming its origin (``io.topics.REROUTED_FROM``); the
-  state remembers the last applied origin offset per origin partition, so a copy re-sent twice (a crash
-  before the commit) is applied once. A ``delete_user`` that arrived elsewhere is re-routed the same way
-  and also erases whatever state sits on the partition where it landed (``result.erased_elsewhere``).
+  re-sends it to the right partition with a header naming its origin (``io.topics.REROUTED_FROM``). A
+  copy is identified by its origin *and* a digest of its key and value (``state.copy_origin``), and the
+  state remembers the identities of the last ``state.ORIGINS_KEPT`` copies applied, so a copy re-sent
+  twice (a crash before the commit) is applied once, also when both copies are in one micro-batch. The
+  header is a producer's claim: one that no worker could have written (not ``P:O``, twice, a partition
+  the event cannot come from) sends the event to the DLQ as ``bad_header``; a plausible forged one makes
+  the event an event of its own, applied once, and masks nothing but a byte-identical copy of itself. A
+  ``delete_user`` that arrived elsewhere is re-routed the same way and also erases whatever state sits on
+  the partition where it landed (``result.erased_elsewhere``).
 * **Redelivery.** Events already applied (offset <= the state's) are skipped. When all of a user's
   events in the batch are redelivered and the newest is the one the state applied last, the user's list
   is sent again from the stored state (``result.replayed``): the state's changelog record may have been
@@ -56,7 +61,8 @@ from .privacy import pseudonymize
 from .recsys.context import boost_queries, context_text
 from .recsys.freshness import FreshnessPolicy
 from .recsys.ranking import RankBatch, fresh_lists, plain_lists, rescore, top_k_lists
-from .state import StateDecodeError, UserState, append_history, decode_state, encode_state, model_tag
+from .state import (ORIGINS_KEPT, Origin, StateDecodeError, UserState, append_history, copy_origin, decode_state,
+                    encode_state, model_tag)
 from .validation import DELETE_USER, Event, Invalid, validate_event
 
 HISTORY_IN_RECORD = 5  # last items echoed in each recommendation record (for `tail` and debugging)
@@ -74,6 +80,7 @@ class Incoming:
     received_at: float  # worker clock when the record was taken from the stream
     # (partition, offset) where a re-routed copy was first written (header io.topics.REROUTED_FROM); else None
     origin: tuple[int, int] | None = None
+    header_error: str = ""  # what is wrong with the record's headers (io.topics.read_headers): DLQ bad_header
 
 
 @dataclass
@@ -329,8 +336,12 @@ def validate_batch(batch: Sequence[Incoming], model, config: PipelineConfig, now
     known_item = (lambda item: item in model.row_of) if model is not None else (lambda item: False)
     by_user: dict[str, list[tuple[int, Event]]] = defaultdict(list)
     for index, msg in enumerate(batch):
-        checked = validate_event(msg.value, key=msg.key, check_key=config.check_key,
-                                 max_bytes=config.max_event_bytes, known_item=known_item, now=now)
+        header_error = msg.header_error or origin_problem(msg, config.partitions)
+        if header_error:
+            checked = Invalid("bad_header", header_error)
+        else:
+            checked = validate_event(msg.value, key=msg.key, check_key=config.check_key,
+                                     max_bytes=config.max_event_bytes, known_item=known_item, now=now)
         if isinstance(checked, Invalid):
             result.invalid[checked.reason] += 1
             result.dlq.append(dlq_record(msg, checked, now, config.dlq_max_original_bytes))
@@ -345,6 +356,34 @@ def validate_batch(batch: Sequence[Incoming], model, config: PipelineConfig, now
             continue
         by_user[checked.user_id].append((index, checked))
     return by_user
+
+
+def origin_problem(msg: Incoming, partitions: int) -> str:
+    """Why ``msg``'s origin header cannot be a worker's (a copy comes from another partition of the same
+    topic), or "" (also when it has none)."""
+    if msg.origin is None:
+        return ""
+    partition = msg.origin[0]
+    if partition == msg.partition or (partitions and partition >= partitions):
+        return f"re-route origin partition {partition} for an event on partition {msg.partition} of {partitions or '?'}"
+    return ""
+
+
+def fresh_events(state: UserState, items: list[tuple[int, Event]], batch: Sequence[Incoming]) -> list[tuple[int, Event]]:
+    """``items`` less those applied already: redelivered (offset), or a re-routed copy applied before or
+    earlier in this batch."""
+    fresh, copies = [], set()
+    for i, e in items:
+        msg = batch[i]
+        if state.already_applied(msg.partition, msg.offset):
+            continue
+        if msg.origin is not None:
+            origin = copy_origin(msg.origin, msg.key, msg.value)
+            if origin in copies or state.applied_copy(origin):
+                continue
+            copies.add(origin)
+        fresh.append((i, e))
+    return fresh
 
 
 def read_state(raw: bytes | None) -> UserState:
@@ -369,8 +408,7 @@ def load_users(by_user: dict[str, list[tuple[int, Event]]], batch: Sequence[Inco
             enricher.forget(user_id)
     for user_id, items in by_user.items():
         state = read_state(load_state(user_id))
-        fresh = [(i, e) for i, e in items
-                 if not state.already_applied(batch[i].partition, batch[i].offset, batch[i].origin)]
+        fresh = fresh_events(state, items, batch)
         result.duplicates += len(items) - len(fresh)
         if not fresh and is_last_applied(state, batch[items[-1][0]]) and items[-1][1].event_type != DELETE_USER:
             touched.replays.add(len(touched.users))
@@ -468,16 +506,11 @@ def store_states(touched: TouchedUsers, positives: Sequence[Sequence[tuple[int, 
         result.received_at.extend(batch[i].received_at for i, _ in fresh)
 
 
-def applied_origins(origins: dict[int, int], batch: Sequence[Incoming],
-                    fresh: Sequence[tuple[int, Event]]) -> dict[int, int]:
-    """``origins`` (origin partition -> last applied origin offset) after the re-routed events of ``fresh``."""
-    rerouted = [batch[i].origin for i, _ in fresh if batch[i].origin]
-    if not rerouted:
-        return origins
-    out = dict(origins)
-    for partition, offset in rerouted:
-        out[partition] = max(offset, out.get(partition, -1))
-    return out
+def applied_origins(origins: list[Origin], batch: Sequence[Incoming],
+                    fresh: Sequence[tuple[int, Event]]) -> list[Origin]:
+    """``origins`` (the last applied re-routed copies, oldest first) after the copies among ``fresh``."""
+    rerouted = [copy_origin(batch[i].origin, batch[i].key, batch[i].value) for i, _ in fresh if batch[i].origin]
+    return (origins + rerouted)[-ORIGINS_KEPT:] if rerouted else origins
 
 
 def rank_users(model, touched: TouchedUsers, hiddens: Sequence[np.ndarray], queries: dict[int, np.ndarray],

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "STREAM_REC_"
+DEFAULT_APP_ID = "stream-rec"
 
 
 def default_cache_dir() -> Path:
@@ -31,8 +32,11 @@ class SettingsError(ValueError):
 class Settings:
     # --- Kafka -------------------------------------------------------------------------------------
     broker: str = "127.0.0.1:9092"  # bootstrap servers, comma separated HOST:PORT
-    app_id: str = "stream-rec"  # consumer group id and prefix of changelog topics
-    topic_prefix: str = ""  # prepended to every topic name (multi-tenant clusters)
+    app_id: str = DEFAULT_APP_ID  # consumer group id and prefix of changelog topics
+    # prepended to the name of every topic stream-rec names (multi-tenant clusters); the consumer group and
+    # Faust's own topics (the state changelog, the assignor's) are named from app_id, so a prefix needs an
+    # app id of its own (io.topics.topic_specs refuses the default one)
+    topic_prefix: str = ""
     events_topic: str = "events"
     catalog_topic: str = "catalog"
     recommendations_topic: str = "recommendations"

@@ -60,7 +60,7 @@ MAX_ID_CHARS = 256
 INT_ID_RANGE = (-(2 ** 63), 2 ** 64 - 1)  # integer ids: int64 or uint64, as databases hand them out
 
 REASONS = ("empty", "oversize", "bad_json", "not_an_object", "missing_field", "wrong_type",
-           "unknown_event_type", "bad_timestamp", "key_mismatch", "unknown_item", "processing_error")
+           "unknown_event_type", "bad_timestamp", "key_mismatch", "unknown_item", "processing_error", "bad_header")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ for the real broker; nothing mocks Kafka. Crashes are ``SIGKILL`` of a worker su
 * ``paused(proc, seconds)`` -- ``SIGSTOP`` then ``SIGCONT`` (the broker "hiccup": sockets stay open
   but nothing answers, as with a long GC pause or a frozen VM);
 * ``fuzz_corpus(...)`` -- a seeded mix of malformed events of every kind the validator must survive,
-  interleaved with good ones, each labelled with whether it must reach the DLQ.
+  interleaved with good ones, each labelled with whether it must reach the DLQ;
+* ``produce_raw(...)`` -- records with arbitrary bytes as header keys (which no client's API lets one
+  write), as one record batch on one partition.
 
 Memory, CPU and sockets of a process are read in ``procfs``; the state a worker stored is read back
 by ``harness.read_changelog_states``. Linux only (``/proc``, signals).
@@ -47,6 +49,45 @@ def paused(proc: "subprocess.Popen | int", seconds: float | None = None) -> Iter
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
+
+
+# --- raw records ---------------------------------------------------------------------------------------
+class _RawHeaderKey(str):
+    """A header key that encodes to the given bytes (UTF-8 or not): aiokafka's pure-Python batch builder
+    writes ``key.encode("utf-8")``."""
+
+    def __new__(cls, raw: bytes) -> "_RawHeaderKey":
+        text = super().__new__(cls, raw.decode("latin-1"))
+        text.raw = raw
+        return text
+
+    def encode(self, *args, **kwargs) -> bytes:  # noqa: ARG002 -- the bytes, whatever the codec asked
+        return self.raw
+
+
+async def produce_raw(settings, topic: str, partition: int,
+                      records: Sequence[tuple[bytes | None, bytes | None, Sequence[tuple[bytes, bytes | None]]]]) -> int:
+    """Send ``records`` -- (key, value, headers as (name bytes, value bytes)) -- to ``partition`` of ``topic``
+    as one record batch, header names written as the bytes given; returns the first record's offset.
+    (aiokafka's producer API takes ``str`` header names only: this swaps its batch's builder for the
+    pure-Python one, ``BatchBuilder._builder``, which writes what ``str.encode`` returns.)"""
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+    from stream_rec.io.kafka import kafka_producer
+
+    producer = kafka_producer(settings)
+    await producer.start()
+    try:
+        batch = producer.create_batch()
+        batch._builder = _DefaultRecordBatchBuilderPy(2, 0, is_transactional=0, producer_id=-1, producer_epoch=-1,
+                                                      base_sequence=0, batch_size=1 << 20)
+        for key, value, headers in records:
+            if batch.append(timestamp=None, key=key, value=value,
+                            headers=[(_RawHeaderKey(name), v) for name, v in headers]) is None:
+                raise ValueError("the records do not fit in one batch")
+        sent = await (await producer.send_batch(batch, topic, partition=partition))
+        return sent.offset
+    finally:
+        await producer.stop()
 
 
 # --- malformed input ------------------------------------------------------------------------------

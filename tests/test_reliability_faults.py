@@ -375,7 +375,9 @@ def test_stalled_worker_warns_then_exits_for_its_supervisor(tmp_path):
             log_text = worker.log_path.read_text(errors="replace")
             assert status == STALL_EXIT_STATUS, (status, worker.log_tail())
             assert "STALLED: no micro-batch handled" in log_text and "waiting on:" in log_text, worker.log_tail()
-            assert stalled["stream_rec_ready"] == 0 and stalled["stream_rec_consumer_lag_messages"] > 0
+            # (not the lag: since issue 23 events fetched but not handled count too, and the stall can be
+            # reported before the consumer saw the backlog's end offsets)
+            assert stalled["stream_rec_ready"] == 0
             worker = WorkerProcess(settings, tmp_path / "w", items=items).start()  # what the supervisor does
             latest_recs(settings, stream, timeout_s=180)
         finally:
@@ -383,6 +385,62 @@ def test_stalled_worker_warns_then_exits_for_its_supervisor(tmp_path):
         figures = check_states(settings, stream)
         stall_line = next(line for line in log_text.splitlines() if "STALLED" in line)
         print(f"[figures] stall: exit status {status}; {figures}; log: {stall_line[stall_line.index('STALLED'):][:300]}")
+
+
+def readyz(worker: WorkerProcess) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(worker.url("/readyz"), timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_paused_broker_with_a_small_backlog_is_a_stall_too(tmp_path):
+    """Issue 23: with a backlog that fits in one fetch, the worker had fetched every event before the broker
+    stopped (SIGSTOP): lag 0, no STALLED, /readyz 200, and an exit 1 only after the broker came back.
+    Events fetched but not handled, deliveries without an answer and a broker that answers no fetch are a
+    stall too: STALLED, /readyz 503 and exit 75 within the configured times. (What a restarted worker
+    applies after such a stop is checked by test_stalled_worker_warns_then_exits_for_its_supervisor.)"""
+    from stream_rec.worker.watchdog import STALL_EXIT_STATUS
+
+    warn_s, exit_s, timer_s = 3.0, 12.0, 2.0
+    with EmbeddedBroker(log_file=tmp_path / "tansu.log") as broker:
+        settings = make_settings(broker.bootstrap, tmp_path / "data", stall_warn_s=warn_s, stall_exit_s=exit_s)
+        asyncio.run(ensure_topics(settings))
+        stream = UserStream(n_users=100, per_user=30, seed=8)  # 3,000 events of ~100 bytes: one fetch
+        items = write_items(tmp_path, CATALOG)
+        with WorkerProcess(settings, tmp_path / "w", items=items) as worker:
+            produce(settings, settings.topic(settings.events_topic), stream.events[:10])
+            wait_for_first_rec(settings, worker)
+            time.sleep(warn_s + 2 * timer_s)  # idle with a broker that answers: not a stall
+            idle_code, _ = readyz(worker)
+            assert idle_code == 200 and "STALLED" not in worker.log_path.read_text(errors="replace")
+            consumed = scrape(worker.metrics_url())["stream_rec_events_consumed_total"]
+            with paused(worker.proc):
+                produce(settings, settings.topic(settings.events_topic), stream.events[10:])
+            wait_until(lambda: scrape(worker.metrics_url())["stream_rec_events_consumed_total"] > consumed,
+                       timeout_s=30, interval_s=0.05, message="the worker to start on the backlog")
+            with paused(broker.process):
+                started = time.monotonic()
+                code, body = wait_until(lambda: (lambda r: r if r[0] == 503 else None)(readyz(worker)),
+                                        timeout_s=30, interval_s=0.2, message="/readyz 503")
+                not_ready_s = time.monotonic() - started
+                m = scrape(worker.metrics_url())
+                status = worker.proc.wait(timeout=60)
+                exit_after_s = time.monotonic() - started
+            log_text = worker.log_path.read_text(errors="replace")
+    assert status == STALL_EXIT_STATUS, (status, log_text[-3000:])
+    assert "progress" in body["missing"] and m["stream_rec_stalled_seconds"] >= warn_s, (body, m)
+    assert not_ready_s <= warn_s + timer_s + 2 and exit_after_s <= exit_s + timer_s + 4, (not_ready_s, exit_after_s)
+    assert "STALLED: no micro-batch handled" in log_text, log_text[-3000:]
+    stall_line = next(line for line in log_text.splitlines() if "STALLED" in line)
+    print(f"\n[figures] small-backlog stall: consumed {m['stream_rec_events_consumed_total']:.0f} of "
+          f"{len(stream.events)}, lag {m['stream_rec_consumer_lag_messages']:.0f}; /readyz 503 after "
+          f"{not_ready_s:.1f} s, exit {status} after {exit_after_s:.1f} s; "
+          f"log: {stall_line[stall_line.index('STALLED'):][:300]}")
 
 
 # --- malformed input -------------------------------------------------------------------------------------

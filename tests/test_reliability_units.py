@@ -330,7 +330,34 @@ def test_stall_watchdog():
     t = [0.0]
     dog = watchdog.StallWatchdog(warn_after_s=10, exit_after_s=0, clock=lambda: t[0])
     t[0] = 1e6
-    assert dog.check(lag=1) and not dog.should_exit  # exit_after_s=0: never exits
+    assert dog.check(waiting=1) == 0.0  # events just seen waiting after a long idle time: not a stall yet
+    t[0] += 11
+    assert dog.check(waiting=1) == 11 and not dog.should_exit  # exit_after_s=0: never exits
+    assert dog.check(waiting=0, silent_s=10) == 10 and dog.check(waiting=0, silent_s=5) == 0
+
+
+def test_in_flight_batches_tell_how_long_a_delivery_waits():
+    import asyncio
+
+    from stream_rec.worker.faust_ext import InFlightBatches
+
+    async def go():
+        t = [0.0]
+        batches = InFlightBatches(4, clock=lambda: t[0])
+        loop = asyncio.get_running_loop()
+        first, second = loop.create_future(), loop.create_future()
+        batches.add([first])
+        t[0] = 5.0
+        batches.add([second])
+        t[0] = 12.0
+        assert batches.oldest_undelivered_s() == 12.0
+        first.set_result(None)
+        assert batches.oldest_undelivered_s() == 7.0
+        second.set_result(None)
+        await batches.settle()
+        assert batches.oldest_undelivered_s() == 0.0 and len(batches) == 0
+
+    asyncio.run(go())
 
 
 def test_events_on_another_partition_than_their_keys_are_rerouted_once(small_model):
@@ -363,9 +390,70 @@ def test_events_on_another_partition_than_their_keys_are_rerouted_once(small_mod
     store: dict[str, bytes] = {}
     first = process_batch([copy], store.get, small_model, config)
     state = decode_state(first.states["alice"])
-    assert first.applied == 1 and state.origins == {3: 10}
-    assert decode_state(encode_state(state)).origins == {3: 10}  # state codec version 3
+    assert first.applied == 1 and [o[:2] for o in state.origins] == [(3, 10)]
+    assert decode_state(encode_state(state)).origins == state.origins  # state codec version 4
     store.update(first.states)
     again = Incoming(landed[0].value, b"alice", "events", home, 51, 0.0, (3, 10))  # re-sent after a crash
     second = process_batch([again], store.get, small_model, config)
     assert second.duplicates == 1 and not second.states
+
+
+def test_rerouted_copies_once_whatever_the_origin_header_claims(small_model):
+    """Issue 23: the duplicate check compared a copy with the stored state only, so two copies of one
+    event in one micro-batch were both applied; ``-1:-1`` and ``0:-7`` made an event vanish as a
+    "duplicate"; a forged ``W:999999999`` masked every later genuine copy from W. A copy is now its origin
+    plus a digest of its bytes, checked against the batch and the state; impossible origins are DLQ'd."""
+    import json as json_
+
+    from stream_rec.io.topics import REROUTED_FROM, read_headers
+    from stream_rec.pipeline import Incoming, PipelineConfig, process_batch
+    from stream_rec.state import ORIGINS_KEPT, decode_state
+
+    config = PipelineConfig(partitions=4)  # alice lives on partition 1
+    now = time.time() - 100
+    value = lambda item, dt: json_.dumps({"user_id": "alice", "item_id": item, "event_type": "view",
+                                          "timestamp": now + dt}).encode()
+
+    def copy(offset: int, header: bytes, item: str = ITEMS[0], dt: float = 0.0) -> Incoming:
+        origin, problem = read_headers([(REROUTED_FROM, header)])
+        return Incoming(value(item, dt), b"alice", "events", 1, offset, 0.0, origin, problem)
+
+    store: dict[str, bytes] = {}
+
+    def run(batch):
+        out = process_batch(batch, store.get, small_model, config)
+        store.update(out.states)
+        return out
+
+    both = run([copy(20, b"3:5"), copy(21, b"3:5")])  # the same copy twice in one batch
+    assert both.applied == 1 and both.duplicates == 1
+    assert run([copy(22, b"3:5")]).duplicates == 1  # and once more later
+    two = run([copy(23, b"3:6", ITEMS[1], 1), copy(24, b"3:6", ITEMS[2], 2)])  # one origin, two events
+    assert two.applied == 2
+    garbage = [b"-1:-1", b"0:-7", b"abc", b"3:", b" 3:5", b"+3:5", b"1:7", b"4:7", b"99999999999:1"]
+    bad = run([copy(30 + n, h, ITEMS[3], 3) for n, h in enumerate(garbage)])  # 1: own partition; 4: no such
+    assert bad.applied == 0 and bad.invalid == {"bad_header": len(garbage)} and len(bad.dlq) == len(garbage)
+    twice = read_headers([(REROUTED_FROM, b"3:5"), (REROUTED_FROM, b"3:6")])
+    assert twice[0] is None and "more than one" in twice[1]
+    forged = run([copy(40, b"2:999999999", ITEMS[4], 4)])  # applied: an event of its own
+    genuine = run([copy(41, b"2:7", ITEMS[5], 5)])  # a later genuine copy from partition 2 is not masked
+    assert forged.applied == 1 and genuine.applied == 1
+    state = decode_state(store["alice"])
+    assert state.n_events == 5 and state.seen_items()[-2:] == [ITEMS[4], ITEMS[5]]
+    many = run([copy(100 + n, f"2:{100 + n}".encode(), ITEMS[n % 30], 10 + n) for n in range(ORIGINS_KEPT + 10)])
+    assert many.applied == ORIGINS_KEPT + 10 and len(decode_state(store["alice"]).origins) == ORIGINS_KEPT
+
+
+def test_state_codec_reads_version_3_origins():
+    """States written before issue 23 (one high-water offset per origin partition) still load: their
+    origins match on partition and offset alone."""
+    import struct
+
+    from stream_rec.state import decode_state
+
+    v2 = encode_state(UserState(history=[("a", 1.0)], partition=1, offset=5, n_events=1))
+    assert v2[0] == 2
+    v3 = bytes([3]) + v2[1:] + struct.pack("<H", 1) + struct.pack("<iq", 3, 10)
+    state = decode_state(v3)
+    assert state.origins == [(3, 10, 0)] and state.applied_copy((3, 10, 12345)) and not state.applied_copy((3, 9, 1))
+    assert decode_state(encode_state(state)) == state

@@ -173,3 +173,68 @@ def test_topic_contracts_page_states_the_spec():
             assert not stated, (name, retention)
         else:
             assert stated and int(stated.group(1)) * units[stated.group(2)] == spec.retention_ms, (name, retention)
+
+
+# --- tenants: a prefix needs an app id of its own (issue 23) --------------------------------------------------
+def test_a_prefix_without_its_own_app_id_is_refused_with_one_line():
+    """The consumer group and the state changelog are named from the app id: two deployments that set only
+    a prefix would share them (each one's users' state restored into the other)."""
+    with pytest.raises(TopicError, match=r"STREAM_REC_TOPIC_PREFIX='team-a\.' needs an app id of its own"):
+        topic_specs(Settings(topic_prefix="team-a."))
+    assert topic_spec(Settings(), "changelog").name == "stream-rec-user-state-changelog"  # no prefix: as before
+    assert topic_spec(Settings(topic_prefix="team-a.", app_id="team-a.rec"), "changelog").name == \
+        "team-a.rec-user-state-changelog"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "STREAM_REC_TOPIC_PREFIX": "team-a.",
+           "STREAM_REC_BROKER": "127.0.0.1:1"}
+    for command in (["topics", "show"], ["worker"], ["produce", "--synthetic-events", "1"]):
+        out = subprocess.run([sys.executable, "-m", "stream_rec", *command], env=env, capture_output=True, text=True,
+                             timeout=60)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: STREAM_REC_TOPIC_PREFIX"), \
+            (command, out.stderr)
+        assert "STREAM_REC_APP_ID" in lines[0] and "Traceback" not in out.stderr
+
+
+def test_two_prefixed_deployments_on_one_broker_never_see_each_others_state(broker, tmp_path):
+    """Same user ids, same broker, two deployments (a prefix and an app id each): each changelog holds only
+    its own deployment's events, and each worker owns every partition of its own group."""
+    import json
+    import time
+    import urllib.request
+
+    from conftest import WorkerProcess, consume, produce, write_items
+    from stream_rec.synthetic import make_catalog
+    from stream_rec_devtools.harness import read_changelog_states
+
+    catalog = make_catalog(items_per_theme=4)
+    items = write_items(tmp_path, catalog)
+    ids = [r["item_id"] for r in catalog]
+    tenants = {}
+    for n, name in enumerate(("ta", "tb")):
+        settings = make_settings(broker, tmp_path / name)
+        settings = settings.replace(topic_prefix=f"{settings.app_id}.{name}.", app_id=f"{settings.app_id}.{name}")
+        asyncio.run(ensure_topics(settings))
+        tenants[name] = (settings, [ids[(n * 7 + k) % len(ids)] for k in range(3 + n)])  # 3 vs 4 events each
+    now = time.time() - 60
+    users = ["alice", "bob"]
+    with WorkerProcess(tenants["ta"][0], tmp_path / "wa", items=items) as wa, \
+            WorkerProcess(tenants["tb"][0], tmp_path / "wb", items=items) as wb:
+        for settings, seq in tenants.values():
+            produce(settings, settings.topic(settings.events_topic),
+                    [{"user_id": u, "item_id": item, "event_type": "view", "timestamp": now + k}
+                     for k, item in enumerate(seq) for u in users])
+        for settings, seq in tenants.values():
+            recs = consume(settings, settings.topic(settings.recommendations_topic), timeout_s=90,
+                           until=lambda rs, n=len(seq): sum(isinstance(r["value"], dict) for r in rs) >= 2
+                           and all(any(isinstance(r["value"], dict) and r["value"]["user_id"] == u
+                                       and r["value"]["event_timestamp"] == now + n - 1 for r in rs) for u in users))
+            assert recs, settings.topic_prefix
+        readiness = {name: json.loads(urllib.request.urlopen(w.url("/readyz"), timeout=5).read())
+                     for name, w in (("ta", wa), ("tb", wb))}
+    for name, (settings, seq) in tenants.items():
+        states = asyncio.run(read_changelog_states(settings))
+        for user in users:
+            assert states[user].n_events == len(seq) and states[user].seen_items() == seq, (name, states[user])
+        assert readiness[name]["partitions"] == [0, 1], readiness  # one group each: no partition shared
+    print(f"\n[figures] tenants: {[(s.topic_prefix, s.app_id) for s, _ in tenants.values()]}; "
+          f"n_events {[len(seq) for _, seq in tenants.values()]} per user, each worker owns partitions [0, 1]")

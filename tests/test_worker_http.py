@@ -45,13 +45,18 @@ def test_readiness_names_what_is_missing():
     assert set(recovering) == {"recovery"} and "42 changelog records" in recovering["recovery"]
     assert set(ready.missing(WorkerStatus(True, True, False, stopping=True))) == {"running"}
     t[0] = 40.0
-    dog.check(lag=0)  # idle with nothing waiting is not a stall
+    dog.check(waiting=0)  # idle with nothing waiting is not a stall
     assert ready.missing(steady) == {}
-    dog.check(lag=7)  # 40 s without a micro-batch while 7 events wait
+    dog.check(waiting=7)  # events seen waiting ...
+    t[0] = 80.0
+    dog.check(waiting=7)  # ... and 40 s without a micro-batch since
     assert set(ready.missing(steady)) == {"progress"} and "40 s" in ready.missing(steady)["progress"]
     dog.batch_handled()
-    dog.check(lag=7)
+    dog.check(waiting=7)
     assert ready.missing(steady) == {}
+    t[0] = 120.0
+    dog.check(waiting=0, silent_s=35.0)  # the broker has not answered a fetch for 35 s
+    assert set(ready.missing(steady)) == {"progress"}
 
 
 def test_route_answers_redirects_or_says_the_owner_is_unknown():

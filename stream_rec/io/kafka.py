@@ -14,6 +14,7 @@ import time
 from typing import Any, AsyncIterator, Iterable
 
 from ..settings import Settings
+from .records import contain_header_keys
 from .topics import (SPEC_CONFIG_KEYS, TopicSpec, check_create_response, check_replication, spec_mismatches,
                      topic_specs)
 
@@ -117,6 +118,7 @@ def kafka_consumer(settings: Settings, *topics: str, **options: Any):
     say otherwise (every reader of stream-rec's topics outside Faust reads on its own)."""
     from aiokafka import AIOKafkaConsumer
 
+    contain_header_keys()  # a non-UTF-8 header key must not stop the consumer (io/records.py)
     return AIOKafkaConsumer(*topics, **client_kwargs(settings), **({"group_id": None, "enable_auto_commit": False}
                                                                      | options))
 
@@ -336,6 +338,7 @@ async def fetched_end_offsets(listed: dict, **consumer_kwargs: Any) -> dict:
     wanted = {TopicPartition(tp.topic, tp.partition): tp for tp, off in listed.items() if off}
     if not wanted:
         return out
+    contain_header_keys()
     probe = AIOKafkaConsumer(**consumer_kwargs, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50)
     await probe.start()
     try:

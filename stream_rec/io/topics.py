@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ..boundedjson import JSONRejected, parse
-from ..settings import Settings
+from ..settings import DEFAULT_APP_ID, Settings
 
 STATE_TABLE = "user-state"  # the worker's Faust table; Faust names its changelog <app_id>-user-state-changelog
 
@@ -71,6 +72,7 @@ def changelog_topic_name(settings: Settings) -> str:
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """Every stream-rec topic for these settings (TOPIC_LAYOUT with names, counts and replication filled in)."""
+    check_namespace(settings)
     rf, min_isr = settings.replication_factor, settings.min_insync_replicas
     if rf < 1:
         raise TopicError(f"replication factor {rf}: must be at least 1 (STREAM_REC_REPLICATION_FACTOR)")
@@ -85,6 +87,20 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         out.append(TopicSpec(role, name, settings.partitions if parts == "partitions" else int(parts), rf, policy,
                              retention_ms, min_isr))
     return out
+
+
+def check_namespace(settings: Settings) -> None:
+    """Refuse a topic prefix with the default app id: the consumer group and Faust's topics (the state
+    changelog, the assignor's) are named from the app id alone, so two deployments that differ only by
+    their prefix would share one group and one changelog -- each one's users' state restored into the
+    other (issue 23). Renaming those from the prefix instead would move the state of every deployment
+    that followed docs/DEPLOY.md (prefix *and* app id) to new, empty topics."""
+    if settings.topic_prefix and settings.app_id == DEFAULT_APP_ID:
+        raise TopicError(
+            f"STREAM_REC_TOPIC_PREFIX={settings.topic_prefix!r} needs an app id of its own: the consumer group "
+            f"and the state changelog ({changelog_topic_name(settings)}) are named from STREAM_REC_APP_ID, not "
+            f"from the prefix, so deployments that differ only by prefix would share users' state; set "
+            f"STREAM_REC_APP_ID (--app-id), e.g. {settings.topic_prefix}{DEFAULT_APP_ID}")
 
 
 def topic_spec(settings: Settings, role: str) -> TopicSpec:
@@ -146,18 +162,43 @@ def key_partition(key: bytes, partitions: int) -> int:
 
 # header of an event the worker re-sent to its key's partition: b"<partition>:<offset>" of the original
 REROUTED_FROM = "stream-rec-rerouted-from"
+_ORIGIN = re.compile(rb"([0-9]{1,10}):([0-9]{1,19})")  # no sign, no spaces: what rerouted_headers writes
+
+
+def read_headers(headers) -> tuple[tuple[int, int] | None, str]:
+    """``(origin, problem)`` of a record's headers: the original (partition, offset) of a re-routed copy
+    (None when not re-routed), and what is wrong with them ("" when nothing). Headers are bytes from
+    outside like the rest of a record: a key that is not UTF-8 (``io.records`` passes it on escaped), more
+    than one origin, or an origin that is not two non-negative integers is a problem, never an origin."""
+    origin, seen = None, False
+    for name, value in headers or ():
+        if not isinstance(name, str) or not _is_utf8(name):
+            return None, "a header key is not UTF-8"
+        if name != REROUTED_FROM:
+            continue
+        if seen:
+            return None, f"more than one {REROUTED_FROM} header"
+        seen = True
+        match = _ORIGIN.fullmatch(value) if isinstance(value, bytes) else None
+        if match is None or int(match[1]) > 0x7FFFFFFF or int(match[2]) > 0x7FFFFFFFFFFFFFFF:
+            shown = value[:40] if isinstance(value, bytes) else value
+            return None, f"{REROUTED_FROM} header {shown!r} is not PARTITION:OFFSET"
+        origin = int(match[1]), int(match[2])
+    return origin, ""
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: bytes that were not UTF-8 (io/records.py)
+        return False
+    return True
 
 
 def origin_of(headers) -> tuple[int, int] | None:
-    """The original (partition, offset) of a re-routed record, from its headers (None when not re-routed)."""
-    for name, value in headers or ():
-        if name == REROUTED_FROM:
-            try:
-                partition, offset = value.split(b":")
-                return int(partition), int(offset)
-            except (ValueError, AttributeError):
-                return None
-    return None
+    """The original (partition, offset) of a re-routed record (None: not re-routed, or headers with a
+    problem, see :func:`read_headers`)."""
+    return read_headers(headers)[0]
 
 
 def rerouted_headers(headers, partition: int, offset: int) -> list[tuple[str, bytes]]:

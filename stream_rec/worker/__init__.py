@@ -93,9 +93,10 @@ reads the compacted ``catalog`` topic from the beginning with its own group-less
 model cannot take, is skipped, logged and counted; the control topic is followed the same way).
 
 **No silent stall.** Every Kafka request is bounded (``Settings.request_timeout_s``). The batch handler
-and a 2 s timer feed ``watchdog.StallWatchdog``: no micro-batch for ``stall_warn_s`` while events wait is
-a ``STALLED`` WARNING saying what the worker waits on and ``stream_rec_ready 0``; after ``stall_exit_s``
-the worker exits with status 75 for its supervisor to restart it.
+and a 2 s timer feed ``watchdog.StallWatchdog``: no micro-batch for ``stall_warn_s`` while events wait (at
+the broker or fetched and unhandled), a delivery is unanswered or the broker answers no fetch is a
+``STALLED`` WARNING saying what the worker waits on and ``stream_rec_ready 0``; after ``stall_exit_s`` the
+worker exits with status 75 for its supervisor to restart it.
 
 **One listener.** Faust's own web server is disabled (it serves table contents and binds every interface);
 the only listener is ours (``http``, on ``Settings.metrics_host``, localhost by default), run as a mode

@@ -15,8 +15,8 @@ from ..learning.finetune import follow_alarms
 from ..settings import Settings
 from .batch import handle_batch
 from .catalog import catalog_loop
-from .faust_ext import (BatchedChangelogTable, app_options, consumer_lag, recovering, rocksdb_options, take_batches,
-                        waits_of)
+from .faust_ext import (BatchedChangelogTable, app_options, broker_silence_s, consumer_lag, events_unacked, recovering,
+                        rocksdb_options, take_batches, waits_of)
 from .models import control_loop
 from .services import WorkerServices
 from .watchdog import check_stall
@@ -87,9 +87,11 @@ def build_app(settings: Settings, services: WorkerServices | None = None) -> fau
                 await follow_alarms(services.enricher.monitor, services.finetuner)
 
     @app.timer(interval=2.0)
-    async def report_lag():  # the lag gauge, and the stall watchdog fed with the lag (worker/watchdog.py)
+    async def report_lag():  # the lag gauge, and the stall watchdog fed with what waits (worker/watchdog.py)
         lag = consumer_lag(app, events.get_topic_name())
         metrics.CONSUMER_LAG.set(lag)
-        check_stall(services.watchdog, lag, recovering(app), lambda: waits_of(app, services.in_flight.pending()))
+        check_stall(services.watchdog, lag + events_unacked(app, events.get_topic_name()), recovering(app),
+                    lambda: waits_of(app, services.in_flight.pending()),
+                    undelivered_s=services.in_flight.oldest_undelivered_s(), silent_s=broker_silence_s(app))
 
     return app

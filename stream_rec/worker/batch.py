@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import faust
 
 from .. import metrics
-from ..io.topics import origin_of, rerouted_headers
+from ..io.topics import read_headers, rerouted_headers
 from ..pipeline import BatchResult, Incoming, process_batch_isolating, state_partitions
 from .catalog import context_vectors
 from .faust_ext import RecordBatches, topic_partitions
@@ -84,8 +84,13 @@ def incoming_records(batch: Sequence[Any]) -> list[Incoming]:
     """The pipeline's view of Faust events: bytes, where they came from (and where a re-routed copy was
     first written), when the worker got them."""
     wall, mono = time.time(), time.monotonic()
-    return [Incoming(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset,
-                     _received_at(e.message, wall, mono), origin_of(e.message.headers)) for e in batch]
+    out = []
+    for e in batch:
+        m = e.message
+        origin, problem = read_headers(m.headers)
+        out.append(Incoming(m.value, m.key, m.topic, m.partition, m.offset, _received_at(m, wall, mono), origin,
+                            problem))
+    return out
 
 
 async def batch_queries(services: WorkerServices, model, incoming: Sequence[Incoming]) -> dict:

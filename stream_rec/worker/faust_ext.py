@@ -31,6 +31,7 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 
 from .. import metrics
 from ..io.kafka import faust_credentials, fetched_end_offsets
+from ..io.records import contain_header_keys
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 # --- low-latency consumer ------------------------------------------------------------------------
 class LowLatencyConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport):
+        contain_header_keys()  # a non-UTF-8 header key must not crash the fetcher (stream_rec/io/records.py)
         consumer = super()._create_worker_consumer(transport)
         # read by AIOKafkaConsumer.start() when it builds its Fetcher
         consumer._fetch_max_wait_ms = int(getattr(self.app, "fetch_max_wait_ms", 1500))
@@ -54,6 +56,17 @@ class LowLatencyConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         return await fetched_end_offsets(
             dict(listed), bootstrap_servers=aiokafka_driver.server_list(transport.url, transport.default_port),
             **aiokafka_driver.credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context))
+
+
+    def fetch_answered_at(self) -> float | None:
+        """When the broker last answered a fetch (empty or not) of any assigned partition, as wall-clock
+        seconds, read from aiokafka's ``last_poll_timestamp`` (None: no answer yet, or no consumer)."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        stamps = [consumer.last_poll_timestamp(tp) for tp in consumer.assignment()]
+        stamps = [s for s in stamps if s is not None]
+        return max(stamps) / 1000.0 if stamps else None
 
 
 class TracedConsumerThread(LowLatencyConsumerThread):
@@ -469,19 +482,30 @@ class InFlightBatches:
     notice a failure small: :meth:`settle` raises the first failed delivery of an acknowledged batch (the
     agent then stops the worker), oldest batch first."""
 
-    def __init__(self, max_batches: int):
+    def __init__(self, max_batches: int, clock: Callable[[], float] = time.monotonic):
         self.max_batches = max(1, max_batches)
         self._batches: deque[list[asyncio.Future]] = deque()
+        self._added: deque[float] = deque()  # when each batch was handed over (clock)
+        self._clock = clock
 
     def add(self, futures: Sequence[asyncio.Future]) -> None:
         if futures:
             self._batches.append(list(futures))
+            self._added.append(self._clock())
+
+    def oldest_undelivered_s(self) -> float:
+        """How long the oldest batch with an unacknowledged record has waited (0: none waits): a broker
+        that takes records and never answers is a stall (worker/watchdog.py)."""
+        now = self._clock()
+        return next((now - added for batch, added in zip(self._batches, self._added)
+                     if not all(f.done() for f in batch)), 0.0)
 
     async def settle(self) -> None:
         """Forget the acknowledged batches, oldest first (raising a failure among them); wait for the oldest
         while more than ``max_batches`` are in flight."""
         batches = self._batches
         while batches and (len(batches) > self.max_batches or all(f.done() for f in batches[0])):
+            self._added.popleft()
             await asyncio.gather(*batches.popleft())
 
     def pending(self) -> list[asyncio.Future]:
@@ -627,6 +651,25 @@ def consumer_lag(app: faust.App, topic: str) -> int:
         return int(metrics.CONSUMER_LAG._value.get())
 
 
+def events_unacked(app: faust.App, topic: str) -> int:
+    """Events of ``topic`` the worker's consumer handed to the stream that are not acknowledged yet (taken,
+    buffered, or in a batch being handled). Reads Faust's ``Consumer.unacked``."""
+    try:
+        return sum(1 for m in list(app.consumer.unacked) if not m.acked and m.topic == topic)
+    except Exception:  # not started
+        return 0
+
+
+def broker_silence_s(app: faust.App) -> float:
+    """Seconds since the broker last answered a fetch of the worker's consumer (0: unknown, or no
+    partition assigned). Reads the consumer thread through Faust's ``Consumer._thread``."""
+    try:
+        answered = app.consumer._thread.fetch_answered_at()
+    except Exception:  # not started / rebalancing
+        return 0.0
+    return max(0.0, time.time() - answered) if answered is not None else 0.0
+
+
 def recovering(app: faust.App) -> bool:
     """A rebalance, or tables being restored from their changelogs: no micro-batch is expected then."""
     return bool(app.rebalancing or getattr(app, "in_recovery", False))
@@ -636,7 +679,8 @@ def waits_of(app: faust.App, pending_sends: Sequence[asyncio.Future]) -> str:
     """What the worker is waiting on, for the stall WARNING (each part best effort): the deliveries of the
     batches in flight (``pending_sends``), the producer's queue, the partitions behind, paused or stopped flow."""
     pending = [f for f in pending_sends if not f.done()]
-    parts = [f"{len(pending)} of the in-flight batches' {len(pending_sends)} deliveries unanswered"]
+    parts = [f"{len(pending)} of the in-flight batches' {len(pending_sends)} deliveries unanswered",
+             f"broker last answered a fetch {broker_silence_s(app):.1f} s ago"]
     try:
         accumulator = app.producer._ensure_producer()._message_accumulator
         parts.append(f"{sum(len(q) for q in accumulator._batches.values())} record batches queued in the producer")

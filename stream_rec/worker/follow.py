@@ -4,6 +4,8 @@ the worker.
 Every worker reads both topics whole, group-less (``io.kafka.follow_from_beginning``: a consumer group
 would give each worker only some partitions). Records come from outside, so each one is contained:
 
+* a record whose headers are not what a producer may write (a header key that is not UTF-8, passed on
+  escaped by ``io.records``; ``io.topics.read_headers``) is an ``Invalid`` ``bad_header`` before it is parsed;
 * ``parse(message)`` turns it into a value to apply, an :class:`~stream_rec.validation.Invalid` or None
   (nothing to do: a tombstone, a command older than the worker). It must not raise: the parsers are
   bounded (stream_rec/boundedjson.py);
@@ -25,6 +27,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 from .. import metrics
 from ..io.kafka import follow_from_beginning
+from ..io.topics import read_headers
 from ..validation import Invalid
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,8 @@ async def follow_records(settings, topic: str, role: str, parse: Parse, apply: A
         async for fetched in polls:
             records = []
             for message in fetched:
-                value = parse(message)
+                problem = read_headers(message.headers)[1]
+                value = Invalid("bad_header", problem) if problem else parse(message)
                 if isinstance(value, Invalid):
                     skip_record(role, value.reason, message, value.detail)
                 elif value is not None:

@@ -91,9 +91,9 @@ class WorkerStatus:
 
 class Readiness:
     """``/readyz``: ready when nothing is missing. ``watchdog``: an object with ``stalled`` (bool) and
-    ``stalled_for`` (seconds), fed by the worker -- :class:`stream_rec.worker.watchdog.StallWatchdog`, whose
-    ``check(lag, recovering)`` reports a stall when events wait and no micro-batch was handled for
-    ``Settings.stall_warn_s``."""
+    ``stalled_for`` (seconds), fed by the worker -- :class:`stream_rec.worker.watchdog.StallWatchdog`, which
+    reports a stall when events wait, a delivery is pending or the broker is silent and no micro-batch was
+    handled for ``Settings.stall_warn_s``."""
 
     def __init__(self, watchdog: Any):
         self.watchdog = watchdog
@@ -112,7 +112,7 @@ class Readiness:
             out["recovery"] = "rebalancing: partitions are being assigned or tables recovered" + left
         if self.watchdog.stalled:
             out["progress"] = (f"stalled: no micro-batch handled for {self.watchdog.stalled_for:.0f} s "
-                               "while events wait")
+                               "while events, deliveries or the broker wait")
         return out
 
 
