@@ -90,7 +90,7 @@ def fields(pairs: list[str]) -> dict:
 
 def world_model(name: str, args, encoder):
     """The world's trained model directory (trained now if it is not there yet)."""
-    from stream_rec.synthetic import make_spec_world
+    from stream_rec_devtools.synthetic import make_spec_world
     from stream_rec_devtools.closedloop.world import train_model
 
     path = Path(args.models) / name

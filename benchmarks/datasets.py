@@ -2,7 +2,7 @@
 
     load("ml-100k", data_dir)       # MovieLens, all items in training
     load("ml-100k-new", data_dir)   # MovieLens with 10% of the items new: their events left out of training
-    load("series", data_dir)        # a synthetic world (stream_rec.synthetic.WorldSpec), ignores data_dir
+    load("series", data_dir)        # a synthetic world (stream_rec_devtools.synthetic.WorldSpec), ignores data_dir
 
 Every data set is the same leave-one-out split by time (each user's last event = test, the one before =
 validation). Items in ``new_items`` are absent from training: they are not in the trained catalog and
@@ -32,7 +32,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stream_rec.synthetic import WorldSpec
+from stream_rec_devtools.synthetic import WorldSpec
 
 WORLDS = {
     "series": WorldSpec(name="series", order=0.6, resume=0.5, stickiness=0.8, history=(8, 40), new_share=0.08,
@@ -56,7 +56,7 @@ class Dataset:
     items: dict[str, str]  # item id -> text
     new_items: set[str] = field(default_factory=set)
     informative_text: bool = True
-    world: object = None  # stream_rec.synthetic.SyntheticWorld for a synthetic world (its oracle)
+    world: object = None  # stream_rec_devtools.synthetic.SyntheticWorld for a synthetic world (its oracle)
 
     @property
     def train_split(self):
@@ -84,7 +84,7 @@ class Dataset:
 
 def world_dataset(spec: WorldSpec) -> Dataset:
     from stream_rec.io.data import Interaction, leave_one_out, sequences
-    from stream_rec.synthetic import make_spec_world
+    from stream_rec_devtools.synthetic import make_spec_world
 
     world = make_spec_world(spec)
     split = leave_one_out(sequences([Interaction(e["user_id"], e["item_id"], e["timestamp"]) for e in world.events]))

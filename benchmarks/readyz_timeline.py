@@ -21,7 +21,7 @@ from pathlib import Path
 
 from stream_rec.io.broker import EmbeddedBroker, free_port
 from stream_rec.io.kafka import ensure_topics, produce_json
-from stream_rec.synthetic import make_catalog
+from stream_rec_devtools.synthetic import make_catalog
 from stream_rec_devtools import harness
 
 

@@ -412,7 +412,7 @@ def context_example(encoder, args) -> None:
     """Before/after of a 'space adventure' query for a cooking fan, on a GRU trained on the synthetic world."""
     from stream_rec.recsys.context import context_boost, encode_queries
     from stream_rec.recsys.explain import explain_batch
-    from stream_rec.synthetic import make_world
+    from stream_rec_devtools.synthetic import make_world
 
     world = make_world(n_users=300, seed=0)
     texts = {it["item_id"]: f"{it['title']}. {it['text']}" for it in world.items}
@@ -443,7 +443,7 @@ def drift_example(args) -> None:
     """Online HR@3 of a Markov model fitted on synthetic world A, replayed on A and then on a shifted world B
     (users stop following the series), graded by ``OnlineQualityMonitor``; prints windows and alarms."""
     from stream_rec.learning.drift import OnlineQualityMonitor
-    from stream_rec.synthetic import make_world
+    from stream_rec_devtools.synthetic import make_world
 
     k = 3
     worlds = [make_world(n_users=150, p_next=0.9, p_same_theme=0.08, seed=1),

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from stream_rec.io.broker import EmbeddedBroker
 from stream_rec.io.kafka import ensure_topics, kafka_producer
-from stream_rec.synthetic import make_catalog
+from stream_rec_devtools.synthetic import make_catalog
 from stream_rec_devtools import harness
 from stream_rec_devtools.bench_live import bench_events
 from stream_rec_devtools.harness import read_changelog_states

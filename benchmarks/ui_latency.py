@@ -34,7 +34,7 @@ from pathlib import Path
 from stream_rec.io.broker import EmbeddedBroker, free_port
 from stream_rec.io.kafka import ensure_topics, kafka_producer
 from stream_rec.settings import Settings
-from stream_rec.synthetic import make_catalog
+from stream_rec_devtools.synthetic import make_catalog
 from stream_rec_devtools import browser, harness
 
 OBSERVE = """

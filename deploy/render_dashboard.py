@@ -248,7 +248,7 @@ def run_demo(duration_s: float, interval_s: float, peak_rate: float, workdir: Pa
     from stream_rec.io.broker import EmbeddedBroker, free_port
     from stream_rec.io.kafka import client_kwargs, ensure_topics
     from stream_rec.settings import Settings
-    from stream_rec.synthetic import make_world
+    from stream_rec_devtools.synthetic import make_world
 
     workdir.mkdir(parents=True, exist_ok=True)
     world = make_world(n_users=500, events_per_user=(20, 40), seed=11)

@@ -20,7 +20,7 @@ import numpy as np
 from stream_rec.io.broker import EmbeddedBroker, free_port
 from stream_rec.io.kafka import ensure_topics, publish
 from stream_rec.settings import Settings
-from stream_rec.synthetic import synthetic_events
+from stream_rec_devtools.synthetic import synthetic_events
 from stream_rec.worker.models import load_newest
 
 from .bench_live import run_live_scenarios

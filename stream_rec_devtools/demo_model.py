@@ -39,7 +39,7 @@ def train_demo_model(out_dir: str | Path, world: dict | None = None, model: dict
     from stream_rec.io.data import Interaction, catalog_text, leave_one_out, sequences
     from stream_rec.model.train import TrainParams, train_recommender
     from stream_rec.settings import Settings
-    from stream_rec.synthetic import make_world
+    from stream_rec_devtools.synthetic import make_world
 
     world = {**DEMO_WORLD, **(world or {})}
     w = make_world(**world)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stream_rec.synthetic import make_catalog
+from stream_rec_devtools.synthetic import make_catalog
 
 
 def theme_world(items_per_theme: int = 8, noise: float = 0.3, seed: int = 0):

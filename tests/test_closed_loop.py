@@ -4,7 +4,7 @@ random numbers for every policy, and the bandit's own accounting agrees with the
 import numpy as np
 import pytest
 
-from stream_rec.synthetic import WorldSpec
+from stream_rec_devtools.synthetic import WorldSpec
 from stream_rec_devtools.closedloop import policies, report
 from stream_rec_devtools.closedloop.loop import batches, simulate
 from stream_rec_devtools.closedloop.sources import ServingSource

@@ -17,7 +17,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from stream_rec.synthetic import make_catalog
+from stream_rec_devtools.synthetic import make_catalog
 from stream_rec.validation import (CONTROL_EVENT_TYPES, EVENT_TYPES, INT_ID_RANGE, MAX_ID_CHARS, MIN_TIMESTAMP, Event,
                                    validate_event)
 from stream_rec_devtools.faults import FUZZ_KINDS, fuzz_corpus

@@ -20,7 +20,7 @@ import pytest
 
 from stream_rec.io.data import write_events_csv
 from stream_rec_devtools.demo_model import train_demo_model
-from stream_rec.synthetic import make_world
+from stream_rec_devtools.synthetic import make_world
 
 from conftest import WorkerProcess, consume, produce, wait_until
 
@@ -107,7 +107,7 @@ def wait_for_rec(settings, predicate, timeout_s: float = 90.0, nudge=None, nudge
 
 
 def test_catalog_item_published_mid_stream_is_recommended(spine_settings, trained_model, tmp_path):
-    from stream_rec.synthetic import DESCRIPTIONS
+    from stream_rec_devtools.synthetic import DESCRIPTIONS
 
     settings = spine_settings
     user = "cat-fan"

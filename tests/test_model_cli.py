@@ -7,7 +7,7 @@ import torch
 
 from stream_rec.cli import main
 from stream_rec.io.data import write_events_csv, write_items_csv
-from stream_rec.synthetic import make_catalog, make_world
+from stream_rec_devtools.synthetic import make_catalog, make_world
 
 torch.set_num_threads(1)
 

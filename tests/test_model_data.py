@@ -6,7 +6,7 @@ import pytest
 
 from stream_rec.io.data import (DataError, catalog_text, detect_format, leave_one_out, movie_text, read_catalog,
                                 read_event_records, read_events, read_items, sequences, write_events_csv)
-from stream_rec.synthetic import make_world
+from stream_rec_devtools.synthetic import make_world
 
 
 def test_csv_events_ids_are_strings_and_ties_keep_file_order(tmp_path):

@@ -8,7 +8,7 @@ from stream_rec.io.data import Interaction, leave_one_out, sequences
 from stream_rec.model.evaluate import evaluate_recommender
 from stream_rec.model.gru import recent_windows
 from stream_rec.model.train import TrainParams, train_recommender
-from stream_rec.synthetic import make_world
+from stream_rec_devtools.synthetic import make_world
 
 torch.set_num_threads(1)
 

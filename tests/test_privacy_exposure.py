@@ -31,7 +31,7 @@ from stream_rec.io.topics import STATE_TABLE
 from stream_rec_devtools.harness import read_changelog_states
 from stream_rec_devtools.procfs import listening_sockets
 from stream_rec.privacy import pseudonymize
-from stream_rec.synthetic import make_catalog
+from stream_rec_devtools.synthetic import make_catalog
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
 

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from stream_rec.io.broker import free_port
-from stream_rec.synthetic import make_world
+from stream_rec_devtools.synthetic import make_world
 
 from conftest import WorkerProcess, produce, scrape, wait_until, write_items
 from test_deploy import PROM_DIR, WORKER_JOB, dashboard_targets, grafana_to_promql

@@ -8,7 +8,7 @@ import torch
 from stream_rec.cli import main
 from stream_rec.io.data import write_events_csv, write_items_csv
 from stream_rec.model.recommender import Recommender
-from stream_rec.synthetic import THEMES, make_world
+from stream_rec_devtools.synthetic import THEMES, make_world
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from stream_rec.model.recommender import Recommender
 from stream_rec.model.coldstart import INIT_STATE_FILE, learn_initial_state
 from stream_rec.model.sequences import to_sequence
 from stream_rec.model.train import TrainParams, train_model
-from stream_rec.synthetic import make_world
+from stream_rec_devtools.synthetic import make_world
 
 
 def test_learned_initial_state_beats_zeros_for_new_users(tmp_path):

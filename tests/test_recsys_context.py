@@ -7,7 +7,7 @@ import torch
 
 from stream_rec.recsys.context import context_boost, context_text, encode_queries
 from stream_rec.recsys.interests import InterestProfiler, labels_from_texts, recency_weights
-from stream_rec.synthetic import make_catalog
+from stream_rec_devtools.synthetic import make_catalog
 
 
 @pytest.fixture(scope="module")

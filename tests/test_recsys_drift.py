@@ -7,7 +7,7 @@ import pytest
 
 from stream_rec import metrics
 from stream_rec.learning.drift import OnlineQualityMonitor
-from stream_rec.synthetic import make_world
+from stream_rec_devtools.synthetic import make_world
 
 
 def _markov_lists(events, k=10):

@@ -10,7 +10,7 @@ from stream_rec.model.recommender import Recommender
 from stream_rec.learning.finetune import FinetuneParams, finetune, time_slices
 from stream_rec.model.sequences import to_sequence
 from stream_rec.model.train import TrainParams, train_model
-from stream_rec.synthetic import make_world
+from stream_rec_devtools.synthetic import make_world
 
 
 def _seqs(events, prefix=""):

@@ -38,7 +38,7 @@ from stream_rec.io.topics import STATE_TABLE
 from stream_rec_devtools.faults import fuzz_corpus, paused
 from stream_rec_devtools.harness import read_changelog_states
 from stream_rec_devtools.procfs import RssSampler
-from stream_rec.synthetic import make_catalog
+from stream_rec_devtools.synthetic import make_catalog
 from stream_rec.validation import REASONS
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fault tools need /proc and signals")

@@ -27,7 +27,7 @@ import pytest
 
 from conftest import WorkerProcess, consume, produce, scrape, wait_until, write_items
 from stream_rec.io.topics import key_partition
-from stream_rec.synthetic import make_catalog
+from stream_rec_devtools.synthetic import make_catalog
 from stream_rec_devtools.faults import produce_raw
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs signals")

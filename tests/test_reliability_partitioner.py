@@ -25,7 +25,7 @@ from conftest import WorkerProcess, consume, make_settings, produce, scrape, wai
 from stream_rec.io.kafka import ensure_topics
 from stream_rec.io.topics import REROUTED_FROM, changelog_topic_name, key_partition
 from stream_rec_devtools.harness import read_changelog_states
-from stream_rec.synthetic import make_catalog
+from stream_rec_devtools.synthetic import make_catalog
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
 

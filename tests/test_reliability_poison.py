@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import WorkerProcess, consume, produce, scrape, wait_until, write_items
-from stream_rec.synthetic import make_catalog
+from stream_rec_devtools.synthetic import make_catalog
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and signals")
 

@@ -31,7 +31,7 @@ import pytest
 from conftest import WorkerProcess, consume, produce, scrape, wait_until, write_items
 from stream_rec.io.kafka import kafka_producer
 from stream_rec.io.topics import REROUTED_FROM, changelog_topic_name, key_partition
-from stream_rec.synthetic import make_catalog
+from stream_rec_devtools.synthetic import make_catalog
 from stream_rec_devtools.faults import produce_raw
 from stream_rec_devtools.harness import read_changelog_states
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import jsonschema
 
 from conftest import WorkerProcess, consume, produce, scrape, wait_until, write_items
-from stream_rec.synthetic import make_world
+from stream_rec_devtools.synthetic import make_world
 
 TOPICS = Path(__file__).resolve().parents[1] / "topics"
 

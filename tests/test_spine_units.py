@@ -13,7 +13,7 @@ import torch
 from stream_rec.model.recommender import Recommender
 from stream_rec.pipeline import Incoming, PipelineConfig, process_batch
 from stream_rec.state import StateDecodeError, UserState, decode_state, encode_state, model_tag
-from stream_rec.synthetic import make_catalog
+from stream_rec_devtools.synthetic import make_catalog
 from stream_rec.validation import Event, Invalid, validate_event
 
 torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""Synthetic worlds with knobs (stream_rec.synthetic.WorldSpec): seeded, new releases only among each
+"""Synthetic worlds with knobs (stream_rec_devtools.synthetic.WorldSpec): seeded, new releases only among each
 user's last two events, the knobs do what they say, and the oracle is a probability distribution."""
 
 import dataclasses
@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from stream_rec.synthetic import WorldSpec, make_spec_world
+from stream_rec_devtools.synthetic import WorldSpec, make_spec_world
 
 SMALL = WorldSpec(n_users=150, topics=4, series_per_topic=5, episodes=(3, 8), history=(6, 20), new_share=0.1, seed=3)
 

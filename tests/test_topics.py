@@ -203,7 +203,7 @@ def test_two_prefixed_deployments_on_one_broker_never_see_each_others_state(brok
     import urllib.request
 
     from conftest import WorkerProcess, consume, produce, write_items
-    from stream_rec.synthetic import make_catalog
+    from stream_rec_devtools.synthetic import make_catalog
     from stream_rec_devtools.harness import read_changelog_states
 
     catalog = make_catalog(items_per_theme=4)

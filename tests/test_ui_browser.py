@@ -20,7 +20,7 @@ import pytest
 from conftest import WorkerProcess, make_settings, produce, wait_until, write_items
 from stream_rec.commands.forget import delete_user_event
 from stream_rec.io.kafka import ensure_topics, kafka_producer, produce_json
-from stream_rec.synthetic import make_catalog
+from stream_rec_devtools.synthetic import make_catalog
 from stream_rec_devtools import browser
 
 pytestmark = pytest.mark.skipif(browser.unavailable() is not None, reason=f"no browser: {browser.unavailable()}")

@@ -14,7 +14,7 @@ import torch
 from stream_rec.model.recommender import Recommender
 from stream_rec.pipeline import Incoming, PipelineConfig, current_record, process_batch, read_state
 from stream_rec.settings import Settings
-from stream_rec.synthetic import make_catalog
+from stream_rec_devtools.synthetic import make_catalog
 from stream_rec.worker.live import ERASED, ItemExposure, ItemIndex, UiState, Watchers
 from stream_rec.worker.sampler import MetricsSampler, Reading
 from stream_rec.worker.views import id_problem, item_view, path_segment, user_view

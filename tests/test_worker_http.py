@@ -25,7 +25,7 @@ from stream_rec.io.kafka import ensure_topics
 from stream_rec.model.recommender import Recommender
 from stream_rec.pipeline import Incoming, PipelineConfig, current_record, process_batch
 from stream_rec.recsys.enricher import Enricher
-from stream_rec.synthetic import make_catalog
+from stream_rec_devtools.synthetic import make_catalog
 from stream_rec.worker.watchdog import StallWatchdog
 from stream_rec.worker.http import Readiness, WorkerStatus, route, user_partition
 

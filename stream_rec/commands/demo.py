@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io.broker import EmbeddedBroker, free_port
     from ..io.kafka import ensure_topics, produce_json
     from ..settings import Settings
-    from ..synthetic import synthetic_events
+    from stream_rec_devtools.synthetic import synthetic_events
 
     worker = None
     with signals_interrupt():  # SIGTERM / SIGHUP stop the demo like Ctrl-C

@@ -23,7 +23,7 @@ def register(sub) -> None:
                      help="events as JSONL (one event object per line) or CSV with a header: "
                           "user_id,item_id[,event_type][,timestamp][,value] (userId/movieId/rating also understood)")
     src.add_argument("--synthetic-events", type=int, metavar="N", help="publish N events of the synthetic world "
-                                                                      "(stream_rec/synthetic.py), stamped with the send time")
+                                                                      "(stream_rec_devtools/synthetic.py), stamped with the send time")
     p.add_argument("--synthetic-users", type=int, default=200, metavar="N", help="synthetic: number of users")
     p.add_argument("--seed", type=int, default=0, help="synthetic: random seed")
     p.add_argument("--publish-catalog", action="store_true", help="synthetic: also publish the synthetic catalog to "
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..io.data import read_event_records
     from ..io.kafka import ensure_topics, produce_json, publish
-    from ..synthetic import synthetic_events
+    from stream_rec_devtools.synthetic import synthetic_events
 
     if args.synthetic_events is not None and args.synthetic_events < 1:
         raise SystemExit("error: --synthetic-events N needs N >= 1")

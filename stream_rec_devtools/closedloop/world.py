@@ -1,4 +1,4 @@
-"""The closed-loop simulator's world: a synthetic world (stream_rec.synthetic) whose new items arrive over
+"""The closed-loop simulator's world: a synthetic world (stream_rec_devtools.synthetic) whose new items arrive over
 simulated days and whose simulated users answer the lists they are shown.
 
 * **Before the simulation**: every user's history is the world's event log without the new items (they
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stream_rec.io.data import Interaction, Split, leave_one_out, sequences
-from stream_rec.synthetic import SyntheticWorld, WorldSpec, make_spec_world
+from stream_rec_devtools.synthetic import SyntheticWorld, WorldSpec, make_spec_world
 
 DAY = 86400.0
 
