@@ -145,7 +145,7 @@ def hot_path(batches: int = 60, size: int = 256) -> None:
     import torch
 
     from stream_rec.model.recommender import Recommender
-    from stream_rec.pipeline import Incoming, PipelineConfig, process_batch
+    from stream_rec.pipeline import Incoming, PipelineConfig, process_batch, states_in
     from stream_rec.recsys.enricher import Enricher
     from stream_rec.worker.live import UiState
 
@@ -166,7 +166,7 @@ def hot_path(batches: int = 60, size: int = 256) -> None:
             batch.append(Incoming(value, user.encode(), "events", 0, offset, time.time()))
             offset += 1
         t0 = time.perf_counter()
-        result = process_batch(batch, store.get, model, PipelineConfig(), enricher=enricher)
+        result = process_batch(batch, states_in(store), model, PipelineConfig(), enricher=enricher)
         timings["process_batch"].append((time.perf_counter() - t0) * 1e6)
         store.update(result.states)
         encoded = [json.dumps(rec).encode() for rec in result.recommendations]  # what the worker sends, as it does

@@ -94,7 +94,7 @@ def panels(times: list[float], samples: list[Sample], window_s: float = 10.0) ->
     """The dashboard's time series, one value per scrape, each over the trailing ``window_s``."""
     out: dict[str, list[float]] = {k: [] for k in (
         "events_per_s", "recs_per_s", "dlq_per_s", "p50", "p95", "p99", "consume_p99", "batch_mean",
-        "step_p50", "step_p95", "topk_p95", "lag")}
+        "step_p50", "step_p95", "rank_p95", "lag")}
     j = 0
     for i, (t, cur) in enumerate(zip(times, samples)):
         while times[j] < t - window_s:
@@ -118,7 +118,7 @@ def panels(times: list[float], samples: list[Sample], window_s: float = 10.0) ->
         out["batch_mean"].append(rate("stream_rec_batch_size_events_sum", stage="events") / n if n else math.nan)
         out["step_p50"].append(quantile(0.5, "stream_rec_model_step_seconds", stage="step"))
         out["step_p95"].append(quantile(0.95, "stream_rec_model_step_seconds", stage="step"))
-        out["topk_p95"].append(quantile(0.95, "stream_rec_model_step_seconds", stage="topk"))
+        out["rank_p95"].append(quantile(0.95, "stream_rec_model_step_seconds", stage="rank"))
         out["lag"].append(total(cur, "stream_rec_consumer_lag_messages"))
     return out
 
@@ -159,7 +159,7 @@ def render(times: list[float], samples: list[Sample], out: Path, title: str = "s
     ax = axes[1][1]
     ax.plot(x, ms(p["step_p50"]), label="GRU step p50")
     ax.plot(x, ms(p["step_p95"]), label="GRU step p95")
-    ax.plot(x, ms(p["topk_p95"]), label="top-k p95")
+    ax.plot(x, ms(p["rank_p95"]), label="rank p95")
     ax.set_title("Model step time (per micro-batch)")
     ax.set_ylabel("ms")
     ax = axes[2][0]

@@ -52,7 +52,7 @@ CONSUME_TO_REC_LATENCY = Histogram("stream_rec_consume_to_recommendation_seconds
 BATCH_SIZE = Histogram("stream_rec_batch_size_events", "Events per micro-batch", ["stage"], buckets=BATCH_BUCKETS,
                        **_REG)
 MODEL_STEP_SECONDS = Histogram("stream_rec_model_step_seconds",
-                               "Time of one batched model stage (stage=step|topk|encode)", ["stage"],
+                               "Time of one batched model stage (stage=step|rank|encode)", ["stage"],
                                buckets=STEP_BUCKETS, **_REG)
 CONSUMER_LAG = Gauge("stream_rec_consumer_lag_messages",
                      "High watermark minus position, summed over the worker's assigned events partitions", **_REG)
@@ -97,7 +97,7 @@ USERS_DELETED = Counter("stream_rec_users_deleted_total",
 # Label children of the stages every worker runs exist from the start (at 0), not from their first
 # observation: Prometheus's rate() ignores the first sample of a new series, so a series born at the
 # first batch would hide that batch from the dashboard's rate/quantile panels.
-for _stage in ("step", "topk"):
+for _stage in ("step", "rank"):  # the pipeline's TIMED_PHASES (stream_rec/pipeline.py)
     MODEL_STEP_SECONDS.labels(stage=_stage)
 BATCH_SIZE.labels(stage="events")
 for _state in ("exploring", "graduated"):

@@ -1,10 +1,10 @@
 """One micro-batch of the stream as plain functions (no Kafka, no Faust), in named phases:
 
     phase             what                                                        passes on
-    validate_batch    raw records -> valid events by user (bad ones -> DLQ,       {user: [(batch index, Event)]}
-                      misplaced ones -> result.rerouted)
-    load_users        stored states; redelivered events dropped (or replayed);    TouchedUsers: B users
-                      deletions
+    validate_batch    raw records -> valid events by user, pseudonymised (bad     {user: [(batch index, Event)]}
+    (batch_records)   ones -> DLQ, misplaced ones -> result.rerouted)
+    load_users        stored states, read from the partition of the user's        TouchedUsers: B users
+                      events; redelivered events dropped (or replayed); deletions
     initial_hiddens   the stored vector if this model wrote it, else initial       [B] x [H]
                       state (new user) or rebuilt from the stored history
     positive_events   grade the previous lists; negative feedback not stepped     [B] x [(batch index, Event)]
@@ -12,6 +12,10 @@
     store_states      new states, encoded                                         result.states {user: bytes}
     rank_users        top-K per user, seen items excluded (+ query, Enricher)     [B] x [(item_id, score)]
     emit_records      recommendation records                                      result.recommendations
+
+Each phase's seconds go into ``BatchResult.phase_seconds`` under the words above without their suffix
+(``validate``, ``load``, ``step``, ``store``, ``rank``, ``emit``); the worker exports ``step`` and ``rank``
+as ``stream_rec_model_step_seconds{stage=...}`` (:data:`TIMED_PHASES`).
 
 ``process_batch`` is what the unit tests and the benchmark call directly; ``current_record`` is the same
 ranking for one user without a new event, from the stored state alone (the worker's lookup,
@@ -47,156 +51,25 @@ batch of 256 events costs a handful of model calls instead of 256.
 
 from __future__ import annotations
 
-import base64
 import time
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .io.topics import key_partition
+# Incoming, PipelineConfig, BatchResult, dlq_record and recommendation_record are part of the pipeline's API
+from .batch_records import (BatchResult, Incoming, PipelineConfig, dlq_record, fresh_events, is_last_applied,
+                            merge_at, recommendation_record, validate_batch)
 from .model.sequences import rewarm, run_steps, time_gaps
-from .privacy import pseudonymize
 from .recsys.context import boost_queries, context_text
-from .recsys.freshness import FreshnessPolicy
 from .recsys.ranking import RankBatch, fresh_lists, plain_lists, rescore, top_k_lists
 from .state import (ORIGINS_KEPT, Origin, StateDecodeError, UserState, append_history, copy_origin, decode_state,
                     encode_state, model_tag)
-from .validation import DELETE_USER, Event, Invalid, validate_event
+from .validation import DELETE_USER, Event, Invalid
 
-HISTORY_IN_RECORD = 5  # last items echoed in each recommendation record (for `tail` and debugging)
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """One consumed record, as the agent hands it over."""
-
-    value: bytes | None
-    key: bytes | None
-    topic: str
-    partition: int
-    offset: int
-    received_at: float  # worker clock when the record was taken from the stream
-    # (partition, offset) where a re-routed copy was first written (header io.topics.REROUTED_FROM); else None
-    origin: tuple[int, int] | None = None
-    header_error: str = ""  # what is wrong with the record's headers (io.topics.read_headers): DLQ bad_header
-
-
-@dataclass
-class BatchResult:
-    states: dict[str, bytes] = field(default_factory=dict)  # user_id -> encoded new state
-    last_index: dict[str, int] = field(default_factory=dict)  # user_id -> batch index of its last applied event
-    recommendations: list[dict] = field(default_factory=list)
-    dlq: list[dict] = field(default_factory=list)
-    # user_id -> batch index of the delete_user event that erased the user's state (the agent deletes the
-    # table key in that event's context, so the tombstone lands on the user's changelog partition). A
-    # user with events after the deletion also has a fresh entry in ``states``.
-    deleted: dict[str, int] = field(default_factory=dict)
-    invalid: Counter = field(default_factory=Counter)  # reason -> count
-    # (batch index, partition its key belongs to) of events that arrived on another partition (a producer
-    # with another partitioner): the worker re-sends each there; not applied here
-    rerouted: list[tuple[int, int]] = field(default_factory=list)
-    # (user_id, batch index) of delete_user events that arrived on another partition than the user's: the
-    # worker deletes the user's key on *that* partition too (a state left there by such a producer)
-    erased_elsewhere: list[tuple[str, int]] = field(default_factory=list)
-    applied: int = 0  # events that changed a state
-    duplicates: int = 0  # redelivered events skipped (offset already applied)
-    replayed: int = 0  # users whose list was sent again for their redelivered last applied event
-    event_timestamps: list[float] = field(default_factory=list)  # of applied events (latency metrics)
-    received_at: list[float] = field(default_factory=list)
-    # phase -> seconds: validate, load, step (GRU), store, rank (top-K), emit (metrics, the latency microscope)
-    phase_seconds: dict[str, float] = field(default_factory=dict)
-    fresh_slots: int = 0  # list slots the freshness policy gave to new items (in the lists sent)
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    top_k: int = 10
-    history_len: int = 50
-    max_event_bytes: int = 16384
-    check_key: bool = True
-    half_precision_state: bool = True
-    pseudonymize_key: str = field(default="", repr=False)  # see stream_rec/privacy.py
-    context_alpha: float = 1.0  # weight of an event's context.text query in its list (0 = ignore queries)
-    partitions: int = 0  # of the events topic: events off their key's partition are re-routed (0 = no check)
-    dlq_max_original_bytes: int = 128 * 1024  # original bytes kept in a DLQ record (see dlq_record)
-    freshness: FreshnessPolicy = FreshnessPolicy()  # slots for items new since training (0 slots = off)
-
-    @classmethod
-    def from_settings(cls, settings) -> "PipelineConfig":
-        return cls(top_k=settings.top_k, history_len=settings.history_len, max_event_bytes=settings.max_event_bytes,
-                   pseudonymize_key=settings.pseudonymize_key,
-                   context_alpha=getattr(settings, "context_alpha", 1.0),
-                   dlq_max_original_bytes=settings.dlq_max_original_bytes,
-                   freshness=FreshnessPolicy(slots=settings.fresh_slots, max_age_s=settings.fresh_max_age_s,
-                                             min_ratio=settings.fresh_min_ratio, by=settings.fresh_by,
-                                             min_similarity=settings.fresh_min_similarity))
-
-
-DLQ_MAX_KEY_BYTES = 1024  # record keys are user ids (<= 256 characters); a longer key is cut in the DLQ
-DLQ_MAX_DETAIL_CHARS = 500
-
-
-def dlq_record(msg: Incoming, invalid: Invalid, now: float, max_original_bytes: int = 128 * 1024) -> dict:
-    """The events-dlq record: original bytes (base64) + where they came from + why they failed.
-
-    The original value is kept up to ``max_original_bytes`` (``original_truncated`` says whether it was
-    cut, ``original_size`` is its full length) and the key up to ``DLQ_MAX_KEY_BYTES``, so a DLQ record
-    always fits what the worker's producer can send, whatever the size of the record it describes."""
-    value = msg.value or b""
-    key = msg.key
-    return {
-        "original_value_b64": base64.b64encode(value[:max_original_bytes]).decode("ascii"),
-        "original_key_b64": None if key is None else base64.b64encode(key[:DLQ_MAX_KEY_BYTES]).decode("ascii"),
-        "original_size": len(value),
-        "original_truncated": len(value) > max_original_bytes,
-        "original_key_truncated": key is not None and len(key) > DLQ_MAX_KEY_BYTES,
-        "topic": msg.topic,
-        "partition": msg.partition,
-        "offset": msg.offset,
-        "reason": invalid.reason,
-        "detail": invalid.detail[:DLQ_MAX_DETAIL_CHARS],
-        "failed_at": now,
-    }
-
-
-def state_partitions(batch: Sequence[Incoming], config: PipelineConfig) -> dict[bytes, int]:
-    """State key -> the partition that holds it, for the users of ``batch``: the key's partition under
-    the default partitioner (``config.partitions``) -- states live only there -- or, without a partition
-    count, the partition the user's event came in on. The worker reads states with it."""
-    out: dict[bytes, int] = {}
-    for msg in batch:
-        if msg.key is None:
-            continue
-        key = msg.key
-        if config.pseudonymize_key:
-            key = pseudonymize(key.decode("utf-8", "replace"), config.pseudonymize_key).encode()
-        out[key] = key_partition(msg.key, config.partitions) if config.partitions else msg.partition
-    return out
-
-
-def recommendation_record(user_id: str, state: UserState, items: list[tuple[str, float]], model_version: str,
-                          last: Incoming | None, event_ts: float, now: float, extra: dict | None = None) -> dict:
-    """``extra`` (from ``recsys.enricher.Enricher.finish``): ``reasons`` (one per item) and ``interests``.
-    ``last``: the event the list answers (None for a lookup: no ``latency_ms`` then)."""
-    record = {
-        "user_id": user_id,
-        "items": [{"item_id": item, "score": round(score, 6)} for item, score in items],
-        "model_version": model_version,
-        "event_timestamp": event_ts,
-        "produced_at": now,
-        "latency_ms": None if last is None else round((now - last.received_at) * 1000.0, 3),
-        "history": state.seen_items()[-HISTORY_IN_RECORD:],
-    }
-    if last is None:
-        del record["latency_ms"]
-    if extra:
-        for entry, reason in zip(record["items"], extra.get("reasons", ())):
-            entry["reason"] = reason
-        if extra.get("interests"):
-            record["interests"] = extra["interests"]
-    return record
+TIMED_PHASES = ("step", "rank")  # phases exported as stream_rec_model_step_seconds{stage=...} by the worker
+# load_state(user_id, partition): the user's stored state bytes on that partition (the partition of her events), or None
+LoadState = Callable[[str, int], "bytes | None"]
 
 
 @dataclass
@@ -210,11 +83,18 @@ class TouchedUsers:
     replays: set[int] = field(default_factory=set)
 
 
-def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes | None], model,
-                  config: PipelineConfig = PipelineConfig(), now: Callable[[], float] = time.time,
-                  queries: dict[int, np.ndarray] | None = None, enricher=None) -> BatchResult:
-    """Process one micro-batch. ``load_state(user_id)`` returns the stored state bytes or None; ``model``
-    is a :class:`~stream_rec.model.recommender.Recommender` (or None when no catalog is known yet: every
+def states_in(store: Mapping[str, bytes]) -> LoadState:
+    """``load_state`` over states kept in a dict by user id (tests, benchmarks, in-process tools): the
+    partition is not looked at."""
+    return lambda user_id, partition: store.get(user_id)
+
+
+def process_batch(batch: Sequence[Incoming], load_state: LoadState, model, config: PipelineConfig = PipelineConfig(),
+                  now: Callable[[], float] = time.time, queries: dict[int, np.ndarray] | None = None,
+                  enricher=None) -> BatchResult:
+    """Process one micro-batch. ``load_state(user_id, partition)`` returns the user's stored state bytes
+    on ``partition`` (where her events are) or None; ``model`` is a
+    :class:`~stream_rec.model.recommender.Recommender` (or None when no catalog is known yet: every
     event is then ``unknown_item``). ``queries`` maps batch indexes of events that carry a
     ``context.text`` to its text vector: the list of that user is then boosted toward items matching the
     query (``recsys.context.boost_queries``; the user's newest query in the batch counts).
@@ -235,18 +115,19 @@ def process_batch(batch: Sequence[Incoming], load_state: Callable[[str], bytes |
     positives = positive_events(touched, enricher)
     hiddens = step_users(model, hiddens, touched.states, positives, config.half_precision_state)
     t3 = clock()
-    phases["step"] = t3 - t2
-    store_states(touched, positives, hiddens, model_tag(model.version), batch, config, result, enricher)
+    store_states(touched, positives=positives, hiddens=hiddens, tag=model_tag(model.version), batch=batch,
+                 config=config, result=result, enricher=enricher)
     t4 = clock()
-    lists, extras = rank_users(model, touched, hiddens, queries or {}, config, enricher, result=result, now=now())
+    lists, extras = rank_users(model, touched, hiddens=hiddens, queries=queries or {}, config=config,
+                               enricher=enricher, result=result, now=now())
     t5 = clock()
-    phases["rank"] = t5 - t4
-    emit_records(touched, lists, extras, model.version, batch, now(), result)
-    phases["store"], phases["emit"] = t4 - t3, clock() - t5
+    emit_records(touched, lists=lists, extras=extras, model_version=model.version, batch=batch, now=now(),
+                 result=result)
+    phases["step"], phases["store"], phases["rank"], phases["emit"] = t3 - t2, t4 - t3, t5 - t4, clock() - t5
     return result
 
 
-def process_batch_isolating(batch: Sequence[Incoming], load_state: Callable[[str], bytes | None], model,
+def process_batch_isolating(batch: Sequence[Incoming], load_state: LoadState, model,
                             config: PipelineConfig = PipelineConfig(), now: Callable[[], float] = time.time,
                             queries: dict[int, np.ndarray] | None = None, enricher=None,
                             on_error: Callable[[BaseException], None] | None = None) -> BatchResult:
@@ -258,20 +139,20 @@ def process_batch_isolating(batch: Sequence[Incoming], load_state: Callable[[str
     recommendation per event, and an enricher sees the events of the failed attempt twice (its online
     quality counters only)."""
     try:
-        return process_batch(batch, load_state, model, config, now, queries, enricher)
+        return process_batch(batch, load_state, model, config=config, now=now, queries=queries, enricher=enricher)
     except Exception as exc:
         if on_error is not None:
             on_error(exc)
     merged = BatchResult()
     overlay: dict[str, bytes | None] = {}  # states written by the events already processed
 
-    def load(user_id: str) -> bytes | None:
-        return overlay[user_id] if user_id in overlay else load_state(user_id)
+    def load(user_id: str, partition: int) -> bytes | None:
+        return overlay[user_id] if user_id in overlay else load_state(user_id, partition)
 
     for index, msg in enumerate(batch):
         query = {0: queries[index]} if queries and index in queries else None
         try:
-            one = process_batch([msg], load, model, config, now, query, enricher)
+            one = process_batch([msg], load, model, config=config, now=now, queries=query, enricher=enricher)
         except Exception as exc:
             merged.invalid["processing_error"] += 1
             merged.dlq.append(dlq_record(msg, Invalid("processing_error", f"{type(exc).__name__}: {exc}"), now(),
@@ -282,30 +163,6 @@ def process_batch_isolating(batch: Sequence[Incoming], load_state: Callable[[str
         overlay.update(one.states)
         merge_at(merged, one, index)
     return merged
-
-
-def merge_at(merged: BatchResult, one: BatchResult, index: int) -> None:
-    """Add the result of the one-event batch ``[batch[index]]`` to ``merged`` (its batch indexes become
-    ``index``; a user's deletion drops what ``merged`` held for her)."""
-    for user_id in one.deleted:
-        merged.deleted[user_id] = index
-        merged.states.pop(user_id, None)
-        merged.last_index.pop(user_id, None)
-    merged.states.update(one.states)
-    merged.last_index.update((user_id, index) for user_id in one.states)
-    merged.rerouted.extend((index, partition) for _, partition in one.rerouted)
-    merged.erased_elsewhere.extend((user_id, index) for user_id, _ in one.erased_elsewhere)
-    merged.recommendations.extend(one.recommendations)
-    merged.dlq.extend(one.dlq)
-    merged.invalid.update(one.invalid)
-    merged.applied += one.applied
-    merged.duplicates += one.duplicates
-    merged.replayed += one.replayed
-    merged.event_timestamps.extend(one.event_timestamps)
-    merged.received_at.extend(one.received_at)
-    for phase, seconds in one.phase_seconds.items():
-        merged.phase_seconds[phase] = merged.phase_seconds.get(phase, 0.0) + seconds
-    merged.fresh_slots += one.fresh_slots
 
 
 def current_record(user_id: str, raw_state: bytes | None, model, config: PipelineConfig = PipelineConfig(),
@@ -322,82 +179,29 @@ def current_record(user_id: str, raw_state: bytes | None, model, config: Pipelin
         return None
     touched = TouchedUsers([user_id], [state], [[]])
     hiddens = initial_hiddens(model, touched.states)
-    lists, extras = rank_users(model, touched, hiddens, {}, config, enricher, record=False)
-    return recommendation_record(user_id, state, lists[0], model.version, None, state.last_timestamp,
-                                 time.time() if now is None else now, extras[0])
-
-
-def validate_batch(batch: Sequence[Incoming], model, config: PipelineConfig, now: float,
-                   result: BatchResult) -> dict[str, list[tuple[int, Event]]]:
-    """Each user's valid events in arrival (= offset) order; invalid records go to ``result.dlq``, events
-    on another partition than their key's to ``result.rerouted`` (and a ``delete_user`` among them to
-    ``result.erased_elsewhere`` too). With ``pseudonymize_key`` users are keyed by their pseudonym (after
-    the key check, which compares raw ids)."""
-    known_item = (lambda item: item in model.row_of) if model is not None else (lambda item: False)
-    by_user: dict[str, list[tuple[int, Event]]] = defaultdict(list)
-    for index, msg in enumerate(batch):
-        header_error = msg.header_error or origin_problem(msg, config.partitions)
-        if header_error:
-            checked = Invalid("bad_header", header_error)
-        else:
-            checked = validate_event(msg.value, key=msg.key, check_key=config.check_key,
-                                     max_bytes=config.max_event_bytes, known_item=known_item, now=now)
-        if isinstance(checked, Invalid):
-            result.invalid[checked.reason] += 1
-            result.dlq.append(dlq_record(msg, checked, now, config.dlq_max_original_bytes))
-            continue
-        if config.pseudonymize_key:
-            checked = replace(checked, user_id=pseudonymize(checked.user_id, config.pseudonymize_key))
-        home = key_partition(msg.key, config.partitions) if config.partitions and msg.key else msg.partition
-        if home != msg.partition:  # another partitioner: the user's state is not on this partition
-            result.rerouted.append((index, home))
-            if checked.event_type == DELETE_USER:  # and erase what such a producer left here
-                result.erased_elsewhere.append((checked.user_id, index))
-            continue
-        by_user[checked.user_id].append((index, checked))
-    return by_user
-
-
-def origin_problem(msg: Incoming, partitions: int) -> str:
-    """Why ``msg``'s origin header cannot be a worker's (a copy comes from another partition of the same
-    topic), or "" (also when it has none)."""
-    if msg.origin is None:
-        return ""
-    partition = msg.origin[0]
-    if partition == msg.partition or (partitions and partition >= partitions):
-        return f"re-route origin partition {partition} for an event on partition {msg.partition} of {partitions or '?'}"
-    return ""
-
-
-def fresh_events(state: UserState, items: list[tuple[int, Event]], batch: Sequence[Incoming]) -> list[tuple[int, Event]]:
-    """``items`` less those applied already: redelivered (offset), or a re-routed copy applied before or
-    earlier in this batch."""
-    fresh, copies = [], set()
-    for i, e in items:
-        msg = batch[i]
-        if state.already_applied(msg.partition, msg.offset):
-            continue
-        if msg.origin is not None:
-            origin = copy_origin(msg.origin, msg.key, msg.value)
-            if origin in copies or state.applied_copy(origin):
-                continue
-            copies.add(origin)
-        fresh.append((i, e))
-    return fresh
+    lists, extras = rank_users(model, touched, hiddens=hiddens, queries={}, config=config, enricher=enricher,
+                               record=False)
+    return recommendation_record(user_id, state, lists[0], model_version=model.version, last=None,
+                                 event_ts=state.last_timestamp, now=time.time() if now is None else now,
+                                 extra=extras[0])
 
 
 def read_state(raw: bytes | None) -> UserState:
     """The stored state, or a fresh one (no state yet, or an unreadable old one: start the user over
-    rather than stop the stream)."""
+    rather than stop the stream). Anything but bytes or None is a caller's mistake (e.g. a dict's ``get``
+    given as ``load_state``, which takes the partition for a default): TypeError."""
+    if raw is not None and not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise TypeError(f"a stored state is bytes or None, got {type(raw).__name__}")
     try:
         return decode_state(raw) if raw else UserState()
     except StateDecodeError:
         return UserState()
 
 
-def load_users(by_user: dict[str, list[tuple[int, Event]]], batch: Sequence[Incoming],
-               load_state: Callable[[str], bytes | None], result: BatchResult, enricher) -> TouchedUsers:
-    """The users with new events and their stored states. Redelivered events (offset, or origin of a
+def load_users(by_user: dict[str, list[tuple[int, Event]]], batch: Sequence[Incoming], load_state: LoadState,
+               result: BatchResult, enricher) -> TouchedUsers:
+    """The users with new events and their stored states, each read from the partition of her events (all
+    on one partition: ``validate_batch`` re-routes the others). Redelivered events (offset, or origin of a
     re-routed copy, already applied) are dropped: effectively-once state under at-least-once delivery; a
     user whose newest redelivered event is the one the state applied last is replayed (her list is sent
     again). A ``delete_user`` drops the stored state and the user's earlier events of the batch (and the
@@ -407,7 +211,7 @@ def load_users(by_user: dict[str, list[tuple[int, Event]]], batch: Sequence[Inco
         for user_id, _ in result.erased_elsewhere:
             enricher.forget(user_id)
     for user_id, items in by_user.items():
-        state = read_state(load_state(user_id))
+        state = read_state(load_state(user_id, batch[items[0][0]].partition))
         fresh = fresh_events(state, items, batch)
         result.duplicates += len(items) - len(fresh)
         if not fresh and is_last_applied(state, batch[items[-1][0]]) and items[-1][1].event_type != DELETE_USER:
@@ -425,11 +229,6 @@ def load_users(by_user: dict[str, list[tuple[int, Event]]], batch: Sequence[Inco
             touched.pending.append(fresh)
     result.replayed = len(touched.replays)
     return touched
-
-
-def is_last_applied(state: UserState, msg: Incoming) -> bool:
-    """``msg`` is the event the state applied last (a redelivery of it: its list may not have gone out)."""
-    return state.offset == msg.offset and state.partition == msg.partition
 
 
 def initial_hiddens(model, states: Sequence[UserState]) -> list[np.ndarray]:
@@ -481,7 +280,7 @@ def step_users(model, hiddens: list[np.ndarray], states: Sequence[UserState],
     return hiddens
 
 
-def store_states(touched: TouchedUsers, positives: Sequence[Sequence[tuple[int, Event]]],
+def store_states(touched: TouchedUsers, *, positives: Sequence[Sequence[tuple[int, Event]]],
                  hiddens: Sequence[np.ndarray], tag: int, batch: Sequence[Incoming], config: PipelineConfig,
                  result: BatchResult, enricher) -> None:
     """The users' new states (history of positives, negatives, last applied offset, origins of re-routed
@@ -496,8 +295,9 @@ def store_states(touched: TouchedUsers, positives: Sequence[Sequence[tuple[int, 
         if enricher is not None:
             negatives = enricher.remember_negatives(user_id, [e for _, e in fresh], negatives)
         last_index = fresh[-1][0]
-        st = UserState(hiddens[n], history, batch[last_index].partition, batch[last_index].offset,
-                       st.n_events + len(fresh), tag, negatives, applied_origins(st.origins, batch, fresh))
+        st = UserState(hidden=hiddens[n], history=history, partition=batch[last_index].partition,
+                       offset=batch[last_index].offset, n_events=st.n_events + len(fresh), model_tag=tag,
+                       negatives=negatives, origins=applied_origins(st.origins, batch, fresh))
         touched.states[n] = st
         result.states[user_id] = encode_state(st, half=config.half_precision_state)
         result.last_index[user_id] = last_index
@@ -513,7 +313,7 @@ def applied_origins(origins: list[Origin], batch: Sequence[Incoming],
     return (origins + rerouted)[-ORIGINS_KEPT:] if rerouted else origins
 
 
-def rank_users(model, touched: TouchedUsers, hiddens: Sequence[np.ndarray], queries: dict[int, np.ndarray],
+def rank_users(model, touched: TouchedUsers, *, hiddens: Sequence[np.ndarray], queries: dict[int, np.ndarray],
                config: PipelineConfig, enricher, record: bool = True, result: BatchResult | None = None,
                now: float | None = None) -> tuple[list[list[tuple[str, float]]], list[dict | None]]:
     """Top-K of every touched user, seen items excluded; a user's newest query of the batch (``queries``:
@@ -522,8 +322,8 @@ def rank_users(model, touched: TouchedUsers, hiddens: Sequence[np.ndarray], quer
     to items new since training (counted in ``result.fresh_slots`` when they stay in the final list; a
     list the enricher re-ranks starts from the plain scores).
     -> ([B] lists of (item_id, score), [B] extra fields or None)"""
-    batch = RankBatch(model, touched.users, hiddens, [[r for r in model.rows_for(st.seen_items()) if r]
-                                                      for st in touched.states], config.top_k,
+    batch = RankBatch(model, touched.users, hiddens=hiddens, k=config.top_k,
+                      seen=[[r for r in model.rows_for(st.seen_items()) if r] for st in touched.states],
                       events=[[e for _, e in fresh] for fresh in touched.pending],
                       negatives=[st.negatives for st in touched.states], context_alpha=config.context_alpha)
     if config.context_alpha != 0.0:
@@ -551,10 +351,11 @@ def rank_users(model, touched: TouchedUsers, hiddens: Sequence[np.ndarray], quer
     return lists, extras
 
 
-def emit_records(touched: TouchedUsers, lists: Sequence[list[tuple[str, float]]], extras: Sequence[dict | None],
+def emit_records(touched: TouchedUsers, *, lists: Sequence[list[tuple[str, float]]], extras: Sequence[dict | None],
                  model_version: str, batch: Sequence[Incoming], now: float, result: BatchResult) -> None:
     """One recommendation record per touched user, after the user's last new event."""
     for user_id, st, fresh, items, extra in zip(touched.users, touched.states, touched.pending, lists, extras):
         last = batch[fresh[-1][0]]
-        result.recommendations.append(
-            recommendation_record(user_id, st, items, model_version, last, fresh[-1][1].timestamp, now, extra))
+        result.recommendations.append(recommendation_record(
+            user_id, st, items, model_version=model_version, last=last, event_ts=fresh[-1][1].timestamp, now=now,
+            extra=extra))

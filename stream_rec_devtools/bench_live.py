@@ -183,7 +183,7 @@ def model_stage_events_per_s(model_dir: Path, batch: int = 256, n_batches: int =
 
     if threads > 0:
         torch.set_num_threads(threads)
-    from stream_rec.pipeline import Incoming, PipelineConfig, process_batch
+    from stream_rec.pipeline import Incoming, PipelineConfig, process_batch, states_in
     from stream_rec.worker.models import load_recommender
 
     rec = load_recommender(model_dir, device=device)
@@ -192,10 +192,10 @@ def model_stage_events_per_s(model_dir: Path, batch: int = 256, n_batches: int =
     cfg = PipelineConfig(check_key=False)
     msgs = [Incoming(_json.dumps(e).encode(), e["user_id"].encode(), "events", 0, n, time.time())
             for n, e in enumerate(events)]
-    process_batch(msgs[:batch], store.get, rec, cfg)  # warm up
+    process_batch(msgs[:batch], states_in(store), rec, cfg)  # warm up
     t0 = time.perf_counter()
     for s in range(batch, len(msgs), batch):
-        res = process_batch(msgs[s:s + batch], store.get, rec, cfg)
+        res = process_batch(msgs[s:s + batch], states_in(store), rec, cfg)
         store.update(res.states)
     dt = time.perf_counter() - t0
     return {"batch": batch, "events_per_s": round((len(msgs) - batch) / dt, 1), "device": str(rec.device),

@@ -1,6 +1,6 @@
 """The import contracts of pyproject.toml ([tool.importlinter]): imports point down the layers
-(commands > tooling > worker > pipeline > recsys > learning > model > io and the plain modules), the
-serving package imports nothing of stream_rec_devtools, and no import cycle exists at any depth."""
+(commands > tooling > worker > pipeline > batch records > recsys > learning > model > io and the plain
+modules), the serving package imports nothing of stream_rec_devtools, and no import cycle exists at any depth."""
 
 from __future__ import annotations
 

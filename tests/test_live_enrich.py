@@ -14,7 +14,7 @@ from stream_rec.recsys.enricher import Enricher
 from stream_rec.recsys.explain import title_of_text
 from stream_rec.recsys.interests import interest_labels
 from stream_rec.model.recommender import Recommender
-from stream_rec.pipeline import Incoming, PipelineConfig, process_batch
+from stream_rec.pipeline import Incoming, PipelineConfig, process_batch, states_in
 
 T0 = 1_700_000_000.0
 
@@ -53,8 +53,8 @@ def test_helpers_read_titles_and_labels():
 def test_default_enricher_keeps_the_plain_lists_and_adds_reasons_and_interests(world):
     rec, theme_of = world
     msgs = batch_of(events_of("u1", ["space-00", "space-01", "space-02"]) + events_of("u2", ["cooking-00"]))
-    plain = by_user(process_batch(msgs, lambda u: None, rec, PipelineConfig()))
-    rich = by_user(process_batch(msgs, lambda u: None, rec, PipelineConfig(), enricher=Enricher()))
+    plain = by_user(process_batch(msgs, states_in({}), rec, PipelineConfig()))
+    rich = by_user(process_batch(msgs, states_in({}), rec, PipelineConfig(), enricher=Enricher()))
     for user in ("u1", "u2"):
         strip = [{"item_id": i["item_id"], "score": i["score"]} for i in rich[user]["items"]]
         assert strip == plain[user]["items"]  # lambda=1, no negatives: parity, item for item
@@ -72,13 +72,13 @@ def test_default_enricher_keeps_the_plain_lists_and_adds_reasons_and_interests(w
 def test_dislike_is_not_stepped_and_pushes_the_item_and_its_theme_down(world):
     rec, theme_of = world
     views = ["space-00", "cooking-01", "garden-02"] if "garden-02" in rec.row_of else ["space-00", "cooking-01"]
-    plain = by_user(process_batch(batch_of(events_of("a", views)), lambda u: None, rec, PipelineConfig(),
+    plain = by_user(process_batch(batch_of(events_of("a", views)), states_in({}), rec, PipelineConfig(),
                                   enricher=Enricher()))["a"]
     target = plain["items"][0]["item_id"]
     theme = theme_of[target]
     enricher = Enricher(negative_strength=5.0)
     events = events_of("b", views) + events_of("b", [target], start=len(views), types={0: "dislike"})
-    disliked = by_user(process_batch(batch_of(events), lambda u: None, rec, PipelineConfig(), enricher=enricher))["b"]
+    disliked = by_user(process_batch(batch_of(events), states_in({}), rec, PipelineConfig(), enricher=enricher))["b"]
     ids = [i["item_id"] for i in disliked["items"]]
     assert target not in ids and target not in disliked["history"]  # excluded, and not "watched"
     assert enricher.negative_items("b") == [target]
@@ -92,7 +92,7 @@ def test_dislike_is_not_stepped_and_pushes_the_item_and_its_theme_down(world):
     # a low rating counts as negative, a high one does not
     low = events_of("c", views) + [{**events_of("c", [target], start=9)[0], "event_type": "rate", "value": 1}]
     high = events_of("d", views) + [{**events_of("d", [target], start=9)[0], "event_type": "rate", "value": 5}]
-    out = by_user(process_batch(batch_of(low + high), lambda u: None, rec, PipelineConfig(), enricher=enricher))
+    out = by_user(process_batch(batch_of(low + high), states_in({}), rec, PipelineConfig(), enricher=enricher))
     assert target not in out["c"]["history"] and target in out["d"]["history"]
 
 
@@ -100,10 +100,10 @@ def test_delete_user_forgets_the_enrichers_memory_of_the_user(world):
     rec, _ = world
     enricher = Enricher()
     events = events_of("e", ["space-00", "space-01"], types={1: "dislike"})
-    process_batch(batch_of(events), lambda u: None, rec, PipelineConfig(), enricher=enricher)
+    process_batch(batch_of(events), states_in({}), rec, PipelineConfig(), enricher=enricher)
     assert enricher.negative_items("e") == ["space-01"] and "e" in enricher.monitor.last_lists
     forget = [{"user_id": "e", "event_type": "delete_user", "timestamp": T0 + 600}]
-    out = process_batch(batch_of(forget, 10), lambda u: None, rec, PipelineConfig(), enricher=enricher)
+    out = process_batch(batch_of(forget, 10), states_in({}), rec, PipelineConfig(), enricher=enricher)
     assert out.deleted == {"e": 0}
     assert enricher.negative_items("e") == [] and "e" not in enricher.monitor.last_lists
 
@@ -115,13 +115,13 @@ def test_a_dislike_survives_a_restart_through_the_state(world):
 
     rec, theme_of = world
     views = ["space-00", "cooking-01"]
-    plain = by_user(process_batch(batch_of(events_of("a", views)), lambda u: None, rec, PipelineConfig(),
+    plain = by_user(process_batch(batch_of(events_of("a", views)), states_in({}), rec, PipelineConfig(),
                                   enricher=Enricher()))["a"]
     target = plain["items"][0]["item_id"]
     store: dict[str, bytes] = {}
     first = events_of("r", views) + events_of("r", [target], start=2, types={0: "dislike"})
     first += events_of("s", views)  # control: the same views, no dislike
-    out = process_batch(batch_of(first), store.get, rec, PipelineConfig(), enricher=Enricher(negative_strength=5.0))
+    out = process_batch(batch_of(first), states_in(store), rec, PipelineConfig(), enricher=Enricher(negative_strength=5.0))
     store.update(out.states)
     assert decode_state(store["r"]).negatives == [target] and decode_state(store["s"]).negatives == []
     assert target not in decode_state(store["r"]).seen_items()
@@ -131,7 +131,7 @@ def test_a_dislike_survives_a_restart_through_the_state(world):
     restarted = Enricher(negative_strength=5.0)  # nothing in memory
     # both watch another item of the disliked item's theme: the control's list leans to that theme
     later = events_of("r", mates[:1], start=3) + events_of("s", mates[:1], start=3)
-    out = process_batch(batch_of(later, 100), store.get, rec, PipelineConfig(), enricher=restarted)
+    out = process_batch(batch_of(later, 100), states_in(store), rec, PipelineConfig(), enricher=restarted)
     store.update(out.states)
     r, s = by_user(out)["r"], by_user(out)["s"]
     assert r["history"] == s["history"]  # same positives, so the same GRU state
@@ -143,12 +143,12 @@ def test_a_dislike_survives_a_restart_through_the_state(world):
 
     # a second dislike appends (newest last); delete_user erases them with the rest of the state
     more = events_of("r", mates[1:2], start=4, types={0: "dislike"})
-    out = process_batch(batch_of(more, 200), store.get, rec, PipelineConfig(), enricher=restarted)
+    out = process_batch(batch_of(more, 200), states_in(store), rec, PipelineConfig(), enricher=restarted)
     store.update(out.states)
     assert decode_state(store["r"]).negatives == [target, mates[1]]
     forget = [{"user_id": "r", "event_type": "delete_user", "timestamp": T0 + 600}]
     forget += events_of("r", ["space-00"], start=11)
-    out = process_batch(batch_of(forget, 300), store.get, rec, PipelineConfig(), enricher=Enricher())
+    out = process_batch(batch_of(forget, 300), states_in(store), rec, PipelineConfig(), enricher=Enricher())
     assert decode_state(out.states["r"]).negatives == []
 
 
@@ -157,7 +157,7 @@ def test_negatives_kept_per_user_are_bounded_newest_last(world):
 
     rec, _ = world
     items = ["space-00", "space-01", "space-02", "space-01"]  # space-01 twice: moves to the end
-    out = process_batch(batch_of(events_of("n", items, types={n: "skip" for n in range(4)})), lambda u: None, rec,
+    out = process_batch(batch_of(events_of("n", items, types={n: "skip" for n in range(4)})), states_in({}), rec,
                         PipelineConfig(), enricher=Enricher(negatives_per_user=2))
     assert decode_state(out.states["n"]).negatives == ["space-02", "space-01"]
 
@@ -167,7 +167,7 @@ def test_a_later_positive_event_takes_an_item_out_of_the_negatives(world):
 
     rec, _ = world
     events = events_of("p", ["space-00", "space-01", "space-01"], types={0: "dislike", 1: "dislike"})
-    out = process_batch(batch_of(events), lambda u: None, rec, PipelineConfig(), enricher=Enricher())
+    out = process_batch(batch_of(events), states_in({}), rec, PipelineConfig(), enricher=Enricher())
     assert decode_state(out.states["p"]).negatives == ["space-00"]  # space-01 was viewed after its dislike
 
 
@@ -186,17 +186,17 @@ def test_context_mmr_lambda_diversifies_that_request_only(world):
     history = ["space-00", "space-01", "cooking-00"]
     events = events_of("p", history[:-1]) + events_of("p", history[-1:], start=2, context={"mmr_lambda": 0.3})
     events += events_of("q", history)
-    out = process_batch(batch_of(events), lambda u: None, rec, PipelineConfig(), enricher=Enricher())
+    out = process_batch(batch_of(events), states_in({}), rec, PipelineConfig(), enricher=Enricher())
     assert not out.dlq
     p, q = by_user(out)["p"], by_user(out)["q"]
-    plain = by_user(process_batch(batch_of(events_of("q", history)), lambda u: None, rec, PipelineConfig()))["q"]
+    plain = by_user(process_batch(batch_of(events_of("q", history)), states_in({}), rec, PipelineConfig()))["q"]
     assert [i["item_id"] for i in q["items"]] == [i["item_id"] for i in plain["items"]]
     assert [i["item_id"] for i in p["items"]] != [i["item_id"] for i in q["items"]]
     assert p["items"][0]["item_id"] == q["items"][0]["item_id"]  # MMR keeps the best item first
     assert mean_pairwise_cosine(rec, p["items"]) < mean_pairwise_cosine(rec, q["items"]) - 0.05
     # the other way round: a worker lambda of 0.2, and a request asking for pure relevance
     relevance = events_of("q", history[:-1]) + events_of("q", history[-1:], start=2, context={"mmr_lambda": 1})
-    back = by_user(process_batch(batch_of(relevance), lambda u: None, rec, PipelineConfig(),
+    back = by_user(process_batch(batch_of(relevance), states_in({}), rec, PipelineConfig(),
                                  enricher=Enricher(mmr_lambda=0.2)))["q"]
     assert [i["item_id"] for i in back["items"]] == [i["item_id"] for i in plain["items"]]
 
@@ -206,7 +206,7 @@ def test_invalid_context_mmr_lambda_goes_to_the_dlq(world):
     bad = [events_of("x", ["space-00"], context={"mmr_lambda": 1.5})[0],
            events_of("y", ["space-00"], context={"mmr_lambda": "diverse"})[0],
            events_of("z", ["space-00"], context={"mmr_lambda": None})[0]]  # null = not given
-    out = process_batch(batch_of(bad), lambda u: None, rec, PipelineConfig(), enricher=Enricher())
+    out = process_batch(batch_of(bad), states_in({}), rec, PipelineConfig(), enricher=Enricher())
     assert [d["offset"] for d in out.dlq] == [0, 1]
     assert all(d["reason"] == "wrong_type" and "context.mmr_lambda" in d["detail"] for d in out.dlq)
     assert out.invalid["wrong_type"] == 2
@@ -216,8 +216,8 @@ def test_invalid_context_mmr_lambda_goes_to_the_dlq(world):
 def test_mmr_below_one_changes_the_list_toward_more_themes(world):
     rec, theme_of = world
     msgs = batch_of(events_of("u", ["space-00", "space-01", "cooking-00"]))
-    plain = by_user(process_batch(msgs, lambda u: None, rec, PipelineConfig(), enricher=Enricher()))["u"]
-    diverse = by_user(process_batch(msgs, lambda u: None, rec, PipelineConfig(),
+    plain = by_user(process_batch(msgs, states_in({}), rec, PipelineConfig(), enricher=Enricher()))["u"]
+    diverse = by_user(process_batch(msgs, states_in({}), rec, PipelineConfig(),
                                     enricher=Enricher(mmr_lambda=0.2)))["u"]
     assert [i["item_id"] for i in diverse["items"]] != [i["item_id"] for i in plain["items"]]
     themes = lambda r: len({theme_of[i["item_id"]] for i in r["items"][:5]})  # noqa: E731
@@ -232,10 +232,10 @@ def test_exposure_cap_spreads_recommendations(world):
     events = [e for u in range(6) for e in events_of(f"u{u}", ["space-00"])]
     capped = Enricher(exposure_cap=1, exposure_window=100)
     lists = [tuple(i["item_id"] for i in r["items"])
-             for r in process_batch(batch_of(events), lambda u: None, rec, PipelineConfig(), enricher=capped).recommendations]
+             for r in process_batch(batch_of(events), states_in({}), rec, PipelineConfig(), enricher=capped).recommendations]
     assert len(set(lists)) == 1  # one batch: counts are taken before the batch
     again = [e for u in range(6, 8) for e in events_of(f"u{u}", ["space-00"])]
-    later = process_batch(batch_of(again), lambda u: None, rec, PipelineConfig(), enricher=capped).recommendations
+    later = process_batch(batch_of(again), states_in({}), rec, PipelineConfig(), enricher=capped).recommendations
     assert tuple(i["item_id"] for i in later[0]["items"])[:3] != lists[0][:3]
 
 
@@ -247,11 +247,11 @@ def test_online_hits_and_drift_counters_move(world):
     enricher = Enricher(drift_delta=0.5)
     store: dict[str, bytes] = {}
     offset = 0
-    first = process_batch(batch_of(events_of("u", ["space-00"])), store.get, rec, PipelineConfig(), enricher=enricher)
+    first = process_batch(batch_of(events_of("u", ["space-00"])), states_in(store), rec, PipelineConfig(), enricher=enricher)
     store.update(first.states)
     offset += 1
     recommended = first.recommendations[0]["items"][0]["item_id"]
-    second = process_batch(batch_of(events_of("u", [recommended], start=1), offset), store.get, rec, PipelineConfig(),
+    second = process_batch(batch_of(events_of("u", [recommended], start=1), offset), states_in(store), rec, PipelineConfig(),
                            enricher=enricher)
     store.update(second.states)
     assert enricher.monitor.n_scored == 1 and enricher.monitor.n_hits == 1
@@ -264,7 +264,7 @@ def test_online_hits_and_drift_counters_move(world):
         for u in users:
             last = enricher.monitor.last_lists.get(u)
             hits.append(events_of(u, [sorted(last)[0] if last else "space-00"], start=round_)[0])
-        res = process_batch(batch_of(hits, 1000 * (round_ + 1)), store.get, rec, PipelineConfig(), enricher=enricher)
+        res = process_batch(batch_of(hits, 1000 * (round_ + 1)), states_in(store), rec, PipelineConfig(), enricher=enricher)
         store.update(res.states)
     for round_ in range(2, 8):
         misses = []
@@ -272,7 +272,7 @@ def test_online_hits_and_drift_counters_move(world):
             last = enricher.monitor.last_lists.get(u) or frozenset()
             miss = next(i for i in rec.item_ids if i not in last)
             misses.append(events_of(u, [miss], start=round_)[0])
-        res = process_batch(batch_of(misses, 1000 * (round_ + 1)), store.get, rec, PipelineConfig(), enricher=enricher)
+        res = process_batch(batch_of(misses, 1000 * (round_ + 1)), states_in(store), rec, PipelineConfig(), enricher=enricher)
         store.update(res.states)
     assert enricher.monitor.alarms, "ADWIN should flag the drop from ~100% to 0% hits"
     assert metrics.DRIFT_DETECTED._value.get() > drift_before

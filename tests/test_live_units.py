@@ -211,7 +211,7 @@ def test_context_query_moves_the_list_toward_matching_items(tmp_path_factory):
 
     from stream_rec.recsys.context import context_text_of
     from stream_rec_devtools.demo_model import train_demo_model
-    from stream_rec.pipeline import Incoming, PipelineConfig, process_batch
+    from stream_rec.pipeline import Incoming, PipelineConfig, process_batch, states_in
 
     torch.set_num_threads(1)
     rec = train_demo_model(tmp_path_factory.mktemp("ctx") / "m", train={"epochs": 3}, use_text=True)
@@ -221,9 +221,9 @@ def test_context_query_moves_the_list_toward_matching_items(tmp_path_factory):
     msgs = [Incoming(_json.dumps(e).encode(), b"u", "events", 0, n, 0.0) for n, e in enumerate(events)]
     assert context_text_of(msgs[-1].value).startswith("a science") and context_text_of(msgs[0].value) == ""
     query = rec.model.text_vectors[rec.row_of["space-03"]].numpy()
-    plain = process_batch(msgs, lambda u: None, rec, PipelineConfig())
-    asked = process_batch(msgs, lambda u: None, rec, PipelineConfig(), queries={2: query})
+    plain = process_batch(msgs, states_in({}), rec, PipelineConfig())
+    asked = process_batch(msgs, states_in({}), rec, PipelineConfig(), queries={2: query})
     space = lambda r: sum(i["item_id"].startswith("space") for i in r["items"])  # noqa: E731
     assert space(asked.recommendations[0]) > space(plain.recommendations[0])
-    off = process_batch(msgs, lambda u: None, rec, PipelineConfig(context_alpha=0.0), queries={2: query})
+    off = process_batch(msgs, states_in({}), rec, PipelineConfig(context_alpha=0.0), queries={2: query})
     assert off.recommendations[0]["items"] == plain.recommendations[0]["items"]

@@ -83,7 +83,7 @@ def test_pipeline_gives_new_items_slots_and_counts_them():
 
     from stream_rec import metrics
     from stream_rec.model.recommender import Recommender
-    from stream_rec.pipeline import Incoming, PipelineConfig, process_batch
+    from stream_rec.pipeline import Incoming, PipelineConfig, process_batch, states_in
     from stream_rec.settings import Settings
     from stream_rec.worker.batch import record_metrics
 
@@ -100,7 +100,7 @@ def test_pipeline_gives_new_items_slots_and_counts_them():
     batch = [Incoming(raw, b"u", "events", 0, 0, time.time())]
 
     def listed(config):
-        out = process_batch(batch, {}.get, model, config, now=lambda: now)
+        out = process_batch(batch, states_in({}), model, config, now=lambda: now)
         return [i["item_id"] for i in out.recommendations[0]["items"]], out
 
     plain, out = listed(PipelineConfig(top_k=5))

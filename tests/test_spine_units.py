@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from stream_rec.model.recommender import Recommender
-from stream_rec.pipeline import Incoming, PipelineConfig, process_batch
+from stream_rec.pipeline import Incoming, PipelineConfig, process_batch, states_in
 from stream_rec.state import StateDecodeError, UserState, decode_state, encode_state, model_tag
 from stream_rec_devtools.synthetic import make_catalog
 from stream_rec.validation import Event, Invalid, validate_event
@@ -137,7 +137,7 @@ def msgs(raws, user_keys, start=0, partition=0):
 def test_batch_produces_one_rec_per_user_excluding_seen(model):
     store: dict[str, bytes] = {}
     batch = msgs([ev("a", "space-00"), ev("b", "cooking-01"), ev("a", "space-01"), b"junk"], [b"a", b"b", b"a", b"x"])
-    out = process_batch(batch, store.get, model, PipelineConfig(top_k=5))
+    out = process_batch(batch, states_in(store), model, PipelineConfig(top_k=5))
     assert out.applied == 3 and out.invalid == {"bad_json": 1} and len(out.dlq) == 1
     assert out.dlq[0]["offset"] == 3 and base64.b64decode(out.dlq[0]["original_value_b64"]) == b"junk"
     recs = {r["user_id"]: r for r in out.recommendations}
@@ -152,9 +152,9 @@ def test_batch_produces_one_rec_per_user_excluding_seen(model):
 def test_redelivery_is_skipped_and_state_continues(model):
     store: dict[str, bytes] = {}
     first = msgs([ev("a", "space-00"), ev("a", "space-01")], [b"a", b"a"])
-    store.update(process_batch(first, store.get, model).states)
+    store.update(process_batch(first, states_in(store), model).states)
     again = msgs([ev("a", "space-00"), ev("a", "space-01"), ev("a", "space-02")], [b"a"] * 3)
-    out = process_batch(again, store.get, model)
+    out = process_batch(again, states_in(store), model)
     assert out.duplicates == 2 and out.applied == 1
     assert decode_state(out.states["a"]).seen_items() == ["space-00", "space-01", "space-02"]
 
@@ -164,9 +164,9 @@ def test_redelivered_last_event_sends_its_list_again_without_changing_the_state(
     redelivered event is a duplicate for the state, and its list is sent again (same list, same event)."""
     store: dict[str, bytes] = {}
     first = msgs([ev("a", "space-00"), ev("b", "space-01"), ev("a", "space-02")], [b"a", b"b", b"a"])
-    out = process_batch(first, store.get, model)
+    out = process_batch(first, states_in(store), model)
     store.update(out.states)
-    again = process_batch(first, store.get, model)
+    again = process_batch(first, states_in(store), model)
     assert again.duplicates == 3 and again.applied == 0 and again.replayed == 2 and not again.states
     recs = {r["user_id"]: r for r in again.recommendations}
     before = {r["user_id"]: r for r in out.recommendations}
@@ -174,7 +174,7 @@ def test_redelivered_last_event_sends_its_list_again_without_changing_the_state(
         assert recs[user]["items"] == before[user]["items"]
         assert recs[user]["event_timestamp"] == before[user]["event_timestamp"]
     # only the newest applied event replays: an older duplicate (a's first event alone) sends nothing
-    older = process_batch(first[:1], store.get, model)
+    older = process_batch(first[:1], states_in(store), model)
     assert older.duplicates == 1 and not older.recommendations
 
 
@@ -184,10 +184,10 @@ def test_batched_equals_one_by_one(model):
             ev("a", "space-03", ts=NOW - 10)]
     keys = [b"a", b"b", b"a", b"a"]
     batched: dict[str, bytes] = {}
-    batched.update(process_batch(msgs(raws, keys), batched.get, model).states)
+    batched.update(process_batch(msgs(raws, keys), states_in(batched), model).states)
     single: dict[str, bytes] = {}
     for n in range(len(raws)):
-        single.update(process_batch(msgs(raws[n:n + 1], keys[n:n + 1], start=n), single.get, model).states)
+        single.update(process_batch(msgs(raws[n:n + 1], keys[n:n + 1], start=n), states_in(single), model).states)
     for user in ("a", "b"):
         a, b = decode_state(batched[user]), decode_state(single[user])
         assert a.history == b.history
@@ -196,17 +196,17 @@ def test_batched_equals_one_by_one(model):
 
 def test_state_from_other_model_is_rewarmed(model):
     store: dict[str, bytes] = {}
-    store.update(process_batch(msgs([ev("a", "space-00")], [b"a"]), store.get, model).states)
+    store.update(process_batch(msgs([ev("a", "space-00")], [b"a"]), states_in(store), model).states)
     other = Recommender.untrained(model.item_ids, config=None, seed=1, device="cpu")
     other.version = "untrained-other"
-    out = process_batch(msgs([ev("a", "space-01")], [b"a"], start=1), store.get, other)
+    out = process_batch(msgs([ev("a", "space-01")], [b"a"], start=1), states_in(store), other)
     st = decode_state(out.states["a"])
     assert st.model_tag == model_tag("untrained-other") and st.seen_items() == ["space-00", "space-01"]
     assert np.isfinite(st.hidden).all()
 
 
 def test_no_model_sends_everything_to_dlq():
-    out = process_batch(msgs([ev("a")], [b"a"]), {}.get, None)
+    out = process_batch(msgs([ev("a")], [b"a"]), states_in({}), None)
     assert out.invalid == {"unknown_item": 1} and not out.recommendations
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from stream_rec.model.recommender import Recommender
-from stream_rec.pipeline import Incoming, PipelineConfig, current_record, process_batch, read_state
+from stream_rec.pipeline import Incoming, PipelineConfig, current_record, process_batch, read_state, states_in
 from stream_rec.settings import Settings
 from stream_rec_devtools.synthetic import make_catalog
 from stream_rec.worker.live import ERASED, ItemExposure, ItemIndex, UiState, Watchers
@@ -115,7 +115,7 @@ def test_user_view_is_the_lookup_list_with_titles_events_and_a_profile(model):
     raws = [json.dumps({"user_id": "a", "item_id": i, "event_type": "view", "timestamp": 1_750_000_000.0 + n}).encode()
             for n, i in enumerate(["space-00", "space-01", "cooking-02"])]
     batch = [Incoming(r, b"a", "events", 0, n, time.time()) for n, r in enumerate(raws)]
-    out = process_batch(batch, {}.get, model, PipelineConfig(top_k=3))
+    out = process_batch(batch, states_in({}), model, PipelineConfig(top_k=3))
     index = ItemIndex()
     index.add(CATALOG)
     rec = current_record("a", out.states["a"], model, PipelineConfig(top_k=3))

@@ -23,7 +23,7 @@ from conftest import WorkerProcess, consume, make_settings, produce, scrape, wai
 from stream_rec.io.broker import free_port
 from stream_rec.io.kafka import ensure_topics
 from stream_rec.model.recommender import Recommender
-from stream_rec.pipeline import Incoming, PipelineConfig, current_record, process_batch
+from stream_rec.pipeline import Incoming, PipelineConfig, current_record, process_batch, states_in
 from stream_rec.recsys.enricher import Enricher
 from stream_rec_devtools.synthetic import make_catalog
 from stream_rec.worker.watchdog import StallWatchdog
@@ -92,7 +92,7 @@ def test_current_record_is_the_list_the_stream_sent(model):
     raws = [json.dumps({"user_id": u, "item_id": i, "event_type": "view", "timestamp": 1_750_000_000.0 + n}).encode()
             for n, (u, i) in enumerate([("a", "space-00"), ("b", "cooking-01"), ("a", "space-01")])]
     batch = [Incoming(r, json.loads(r)["user_id"].encode(), "events", 0, n, time.time()) for n, r in enumerate(raws)]
-    out = process_batch(batch, store.get, model, config, enricher=enricher)
+    out = process_batch(batch, states_in(store), model, config, enricher=enricher)
     store.update(out.states)
     sent = {r["user_id"]: r for r in out.recommendations}
     exposures, graded = dict(enricher.exposure._counts), dict(enricher.monitor.last_lists)
