@@ -86,13 +86,13 @@ class Settings:
     stall_exit_s: float = 300.0
     batch_max_events: int = 256  # micro-batch: at most this many events ...
     batch_max_wait_ms: int = 3  # ... and its oldest event waits at most this long, unless a backlog waits
-    # the events agent fills a micro-batch adaptively (stream_rec.worker.faust_ext.take_batches, close_reason):
+    # the events agent fills a micro-batch adaptively (stream_rec.worker.intake.take_batches, batching.BatchPolicy):
     # it closes when full, 1 ms after the intake pauses or batch_max_wait_ms after its oldest event was taken
     # -- unless a whole batch of events waits (a backlog: then it fills up) -- and at the latest this long
     # after it started filling
     batch_fill_max_ms: int = 50
     # micro-batches whose records (recommendations, changelog) may be unacknowledged by the broker while the
-    # stream goes on (stream_rec.worker.faust_ext.InFlightBatches); 1 = wait for each batch's acks one batch later
+    # stream goes on (stream_rec.worker.sends.InFlightBatches); 1 = wait for each batch's acks one batch later
     max_in_flight_batches: int = 4
     encoder_batch_max: int = 64  # text encoder micro-batch (slower, sized separately)
     # states of this many recently active users are kept in worker memory as well as in the table: a

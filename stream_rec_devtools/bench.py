@@ -101,7 +101,8 @@ def faust_floor(broker: str, topic: str, n: int, app_id: str, datadir: str, part
     per-record paths, with a fixed 512-byte state and a fixed 300-byte record instead of a model. It shows
     the ceiling that the fixed shape (Faust table + changelog + one recommendation per event) sets on this
     machine, beside the bare consumer."""
-    from stream_rec.worker.faust_ext import take_batches
+    from stream_rec.worker.batching import BatchPolicy
+    from stream_rec.worker.intake import take_batches
 
     app = _baseline_app(broker, app_id, datadir, partitions, store="rocksdb://", producer_linger=0.002)
     events = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
@@ -113,7 +114,7 @@ def faust_floor(broker: str, topic: str, n: int, app_id: str, datadir: str, part
     @app.agent(events)
     async def count(stream):
         pending: list = []
-        async for batch in take_batches(stream, 256, 0.05):
+        async for batch in take_batches(stream, BatchPolicy(max_events=256, fill_max_s=0.05)):
             last_of = {e.message.key: e for e in batch}
             for key, event in last_of.items():
                 with event_context(event):

@@ -10,16 +10,19 @@ import types
 
 import pytest
 
-from stream_rec.worker.faust_ext import Batch, InFlightBatches, close_reason
+from stream_rec.worker.batching import BatchPolicy, Filling
+from stream_rec.worker.intake import Batch
+from stream_rec.worker.sends import InFlightBatches
 from stream_rec.worker.trace import Tracer
 from stream_rec_devtools.microscope import Trace, analyse, event_legs, format_report
 
-CLOSE = dict(max_events=256, fill_max_s=0.050, max_wait_s=0.005, idle_close_s=0.001)
+POLICY = BatchPolicy(max_events=256, fill_max_s=0.050, max_wait_s=0.005, idle_close_s=0.001)
 
 
 def reason(n=10, filling=0.002, idle=0.0, oldest=0.002, ready=0, behind=0, **kw):
-    return close_reason(n, CLOSE["max_events"], filling, kw.get("fill_max_s", CLOSE["fill_max_s"]), idle, oldest,
-                        kw.get("max_wait_s", CLOSE["max_wait_s"]), ready, lambda: behind, CLOSE["idle_close_s"])
+    policy = BatchPolicy(**{**POLICY.__dict__, **kw})
+    return policy.close_reason(Filling(n, filling_s=filling, idle_s=idle, oldest_wait_s=oldest, ready=ready),
+                               lambda: behind)
 
 
 def test_a_trickle_cannot_hold_a_batch_open_past_its_oldest_events_wait():
@@ -45,9 +48,10 @@ def test_a_backlog_keeps_filling_the_batch_up_to_full_or_the_fill_bound():
         asked.append(1)
         return 5000
 
-    assert close_reason(10, 256, 0.002, 0.050, 0.0, 0.004, 0.005, 0, behind) is None
+    assert POLICY.close_reason(Filling(10, filling_s=0.002, idle_s=0.0, oldest_wait_s=0.004), behind) is None
     assert not asked  # nothing late or idle: the consumer lag is not even looked at
-    assert close_reason(10, 256, 0.010, 0.050, 0.002, 0.010, 0.005, 0, behind) is None  # late and idle, but behind
+    late_and_idle = Filling(10, filling_s=0.010, idle_s=0.002, oldest_wait_s=0.010)
+    assert POLICY.close_reason(late_and_idle, behind) is None  # late and idle, but behind
     assert asked
     assert reason(n=256, behind=5000) == "full"
     assert reason(filling=0.050, behind=5000, ready=100) == "fill_max"
@@ -215,7 +219,7 @@ def test_bench_table_gives_median_and_spread_and_checks_the_goals():
 
 
 def test_run_eagerly_finishes_what_does_not_wait_and_hands_over_the_rest():
-    from stream_rec.worker.faust_ext import run_eagerly
+    from stream_rec.worker.transport import run_eagerly
 
     async def quick(out):
         out.append(1)

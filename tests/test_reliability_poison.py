@@ -134,16 +134,17 @@ def test_poison_records_on_every_topic_worker_keeps_going(spine_settings, tmp_pa
 # --- an agent error ----------------------------------------------------------------------------------------
 CRASH_APP = '''
 import sys, faust, mode
-from stream_rec.worker.faust_ext import take_batches
+from stream_rec.worker.batching import BatchPolicy
+from stream_rec.worker.intake import take_batches
 broker, topic, group, datadir = sys.argv[1:5]
 app = faust.App(group, broker="kafka://" + broker, datadir=datadir, web_enabled=False,
                 broker_session_timeout=6.0, consumer_auto_offset_reset="earliest", topic_partitions=1)
 events = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
                    partitions=1)
 
-@app.agent(events, supervisor_strategy=mode.CrashingSupervisor)  # as stream_rec.worker.app.build_app
+@app.agent(events, supervisor_strategy=mode.CrashingSupervisor)  # as stream_rec.worker.app.declare_agent
 async def agent(stream):
-    async for batch in take_batches(stream, 10, 0.05):
+    async for batch in take_batches(stream, BatchPolicy(max_events=10, fill_max_s=0.05)):
         if any(e.message.value == b"fail" for e in batch):
             raise RuntimeError("the batch with the failing record")
 

@@ -152,20 +152,20 @@ def _view(user: str, item: str, ts: float) -> tuple[str, dict]:
 
 
 def test_delete_user_event_erases_state_and_later_events_start_fresh(small_model):
-    from stream_rec.pipeline import PipelineConfig, process_batch
+    from stream_rec.pipeline import PipelineConfig, process_batch, states_in
     from stream_rec.state import decode_state
 
     now = time.time() - 100
     store: dict[str, bytes] = {}
     first = process_batch(_batch([_view("ann", ITEMS[0], now), _view("ann", ITEMS[1], now + 1),
-                                  _view("ben", ITEMS[2], now)]), store.get, small_model, PipelineConfig())
+                                  _view("ben", ITEMS[2], now)]), states_in(store), small_model, PipelineConfig())
     store.update(first.states)
     assert decode_state(store["ann"]).n_events == 2
 
     # one batch: an event, the deletion, then a new event of the same user; ben untouched
     batch = _batch([_view("ann", ITEMS[3], now + 2), ("ann", delete_user_event("ann", now=now + 3)),
                     _view("ann", ITEMS[4], now + 4), _view("ben", ITEMS[5], now + 1)], first_offset=3)
-    result = process_batch(batch, store.get, small_model, PipelineConfig())
+    result = process_batch(batch, states_in(store), small_model, PipelineConfig())
     assert result.deleted == {"ann": 1}
     assert not result.dlq
     ann = decode_state(result.states["ann"])
@@ -173,29 +173,29 @@ def test_delete_user_event_erases_state_and_later_events_start_fresh(small_model
     assert decode_state(result.states["ben"]).n_events == 2
 
     # a deletion alone: no new state, only the delete (the agent turns it into a tombstone)
-    alone = process_batch(_batch([("ben", delete_user_event("ben", now=now + 5))], first_offset=10), store.get,
+    alone = process_batch(_batch([("ben", delete_user_event("ben", now=now + 5))], first_offset=10), states_in(store),
                           small_model, PipelineConfig())
     assert alone.deleted == {"ben": 0} and "ben" not in alone.states and not alone.recommendations
     # and it is validated like any event: wrong key -> DLQ
-    bad = process_batch(_batch([("mallory", delete_user_event("ben", now=now))]), store.get, small_model,
+    bad = process_batch(_batch([("mallory", delete_user_event("ben", now=now))]), states_in(store), small_model,
                         PipelineConfig())
     assert not bad.deleted and bad.dlq[0]["reason"] == "key_mismatch"
 
 
 def test_pseudonymize_on_ingest_keeps_raw_ids_out_of_state_and_output(small_model):
-    from stream_rec.pipeline import PipelineConfig, process_batch
+    from stream_rec.pipeline import PipelineConfig, process_batch, states_in
 
     now = time.time() - 100
     config = PipelineConfig(pseudonymize_key="k")
     store: dict[str, bytes] = {}
-    result = process_batch(_batch([_view("ann@example.com", ITEMS[0], now)]), store.get, small_model, config)
+    result = process_batch(_batch([_view("ann@example.com", ITEMS[0], now)]), states_in(store), small_model, config)
     hashed = pseudonymize("ann@example.com", "k")
     assert list(result.states) == [hashed]
     assert [r["user_id"] for r in result.recommendations] == [hashed]
     assert b"ann@example.com" not in result.states[hashed]
     store.update(result.states)
     deleted = process_batch(_batch([("ann@example.com", delete_user_event("ann@example.com", now=now))],
-                                   first_offset=1), store.get, small_model, config)
+                                   first_offset=1), states_in(store), small_model, config)
     assert deleted.deleted == {hashed: 0}
 
 
@@ -267,7 +267,7 @@ def test_dlq_record_of_a_huge_record_is_cut_and_says_so():
 
 
 def test_a_record_that_makes_processing_raise_goes_to_the_dlq_and_the_rest_is_processed(small_model):
-    from stream_rec.pipeline import PipelineConfig, process_batch_isolating
+    from stream_rec.pipeline import PipelineConfig, process_batch_isolating, states_in
     from stream_rec.state import decode_state
 
     class Tripwire:  # the model, except that stepping one item raises (a bug a record can trigger)
@@ -287,7 +287,7 @@ def test_a_record_that_makes_processing_raise_goes_to_the_dlq_and_the_rest_is_pr
     errors = []
     batch = _batch([_view("ann", ITEMS[0], now), _view("ben", ITEMS[5], now), _view("ann", ITEMS[1], now + 1),
                     _view("cat", ITEMS[2], now)])
-    out = process_batch_isolating(batch, {}.get, model, PipelineConfig(), on_error=errors.append)
+    out = process_batch_isolating(batch, states_in({}), model, PipelineConfig(), on_error=errors.append)
     assert len(errors) == 1 and isinstance(errors[0], FloatingPointError)
     assert [d["reason"] for d in out.dlq] == ["processing_error"] and out.dlq[0]["offset"] == 1
     assert "tripwire" in out.dlq[0]["detail"] and out.invalid == {"processing_error": 1}
@@ -339,7 +339,7 @@ def test_stall_watchdog():
 def test_in_flight_batches_tell_how_long_a_delivery_waits():
     import asyncio
 
-    from stream_rec.worker.faust_ext import InFlightBatches
+    from stream_rec.worker.sends import InFlightBatches
 
     async def go():
         t = [0.0]
@@ -367,7 +367,7 @@ def test_events_on_another_partition_than_their_keys_are_rerouted_once(small_mod
     import json as json_
 
     from stream_rec.io.topics import key_partition, origin_of, rerouted_headers
-    from stream_rec.pipeline import Incoming, PipelineConfig, process_batch
+    from stream_rec.pipeline import Incoming, PipelineConfig, process_batch, states_in
     from stream_rec.state import decode_state, encode_state
 
     config = PipelineConfig(partitions=4)
@@ -379,7 +379,7 @@ def test_events_on_another_partition_than_their_keys_are_rerouted_once(small_mod
     delete = json_.dumps(delete_user_event("alice", now=now + 9)).encode()
     landed = [Incoming(value(ITEMS[0], 0), b"alice", "events", 3, 10, 0.0),
               Incoming(delete, b"alice", "events", 3, 11, 0.0)]
-    out = process_batch(landed, {}.get, small_model, config)
+    out = process_batch(landed, states_in({}), small_model, config)
     assert out.rerouted == [(0, home), (1, home)] and out.erased_elsewhere == [("alice", 1)]
     assert not out.states and not out.recommendations
 
@@ -388,13 +388,13 @@ def test_events_on_another_partition_than_their_keys_are_rerouted_once(small_mod
     assert rerouted_headers(headers, home, 50) == headers  # a copy of a copy keeps the first origin
     copy = Incoming(landed[0].value, b"alice", "events", home, 50, 0.0, origin_of(headers))
     store: dict[str, bytes] = {}
-    first = process_batch([copy], store.get, small_model, config)
+    first = process_batch([copy], states_in(store), small_model, config)
     state = decode_state(first.states["alice"])
     assert first.applied == 1 and [o[:2] for o in state.origins] == [(3, 10)]
     assert decode_state(encode_state(state)).origins == state.origins  # state codec version 4
     store.update(first.states)
     again = Incoming(landed[0].value, b"alice", "events", home, 51, 0.0, (3, 10))  # re-sent after a crash
-    second = process_batch([again], store.get, small_model, config)
+    second = process_batch([again], states_in(store), small_model, config)
     assert second.duplicates == 1 and not second.states
 
 
@@ -406,7 +406,7 @@ def test_rerouted_copies_once_whatever_the_origin_header_claims(small_model):
     import json as json_
 
     from stream_rec.io.topics import REROUTED_FROM, read_headers
-    from stream_rec.pipeline import Incoming, PipelineConfig, process_batch
+    from stream_rec.pipeline import Incoming, PipelineConfig, process_batch, states_in
     from stream_rec.state import ORIGINS_KEPT, decode_state
 
     config = PipelineConfig(partitions=4)  # alice lives on partition 1
@@ -421,7 +421,7 @@ def test_rerouted_copies_once_whatever_the_origin_header_claims(small_model):
     store: dict[str, bytes] = {}
 
     def run(batch):
-        out = process_batch(batch, store.get, small_model, config)
+        out = process_batch(batch, states_in(store), small_model, config)
         store.update(out.states)
         return out
 

@@ -117,7 +117,7 @@ def test_worker_app_gets_credentials_and_keeps_its_web_server_private(tls_files,
 
     settings = _settings("SASL_SSL", tls_files, sasl_mechanism="SCRAM-SHA-256", data_dir=tmp_path / "d",
                          app_id="security-test")
-    app = build_app(settings, WorkerServices(settings))
+    app = build_app(settings, WorkerServices(settings)).app
     auth = credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context)
     assert auth["security_protocol"] == "SASL_SSL" and auth["sasl_mechanism"] == "SCRAM-SHA-256"
     assert auth["sasl_plain_username"] == "svc-rec" and auth["sasl_plain_password"] == "s3cret"

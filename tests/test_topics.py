@@ -59,8 +59,8 @@ def test_faust_declares_its_topics_as_the_spec_says(tmp_path):
     from stream_rec.worker.app import build_app
 
     s = Settings(data_dir=tmp_path, app_id="spec-check", partitions=5, replication_factor=3, min_insync_replicas=2)
-    app = build_app(s, services=types.SimpleNamespace())  # the model is not needed to declare topics
-    changelog = app.state_table.changelog_topic
+    ctx = build_app(s, services=types.SimpleNamespace())  # the model is not needed to declare topics
+    app, changelog = ctx.app, ctx.table.changelog_topic
     spec = topic_spec(s, "changelog")
     assert app.conf.topic_replication_factor == 3
     assert changelog.get_topic_name() == spec.name and changelog.partitions == spec.partitions

@@ -75,7 +75,7 @@ def make_worker(settings: Settings, items: Sequence[dict] = (), **worker_kwargs)
     if services.model is None:
         log.warning("no catalog yet (no --items-file, no --model): waiting for records on the %s topic",
                     settings.topic(settings.catalog_topic))
-    app = build_app(settings, services)
+    ctx = build_app(settings, services)
     # Everything loaded so far (torch, transformers, the model, Faust) lives as long as the worker: move it
     # out of the cyclic GC's reach, or every full collection walks it all and stalls the stream
     # (DEVELOPERS.md has the measurement).
@@ -84,8 +84,8 @@ def make_worker(settings: Settings, items: Sequence[dict] = (), **worker_kwargs)
     if services.tracer is not None:  # the latency microscope: GC, loop callbacks, executor threads
         services.tracer.install()
     # the HTTP service starts before the app (probes answer during start-up) and stops after it
-    http = [HttpService(app, settings, listener)] if listener is not None else []
-    worker = Worker(app, *http, loglevel=settings.log_level,
+    http = [HttpService(ctx, listener)] if listener is not None else []
+    worker = Worker(ctx.app, *http, loglevel=settings.log_level,
                     logging_config=logging_config(settings.log_level, settings.log_format), **worker_kwargs)
     # Faust's terminal spinner sets the root logger to DEBUG (to show every record while it spins) when
     # the level is WARNING or above: every aiokafka send then builds a debug record. No spinner: the

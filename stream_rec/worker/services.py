@@ -1,21 +1,23 @@
-"""What the worker's agents and tasks share (:class:`WorkerServices`), the state read cache, and
-:func:`read_user_state`, the one way anything in the worker reads a user's state."""
+"""What the worker's agents and tasks share (:class:`WorkerServices`), and the users' states: the read
+cache, :func:`read_user_state` -- the one way anything in the worker reads a user's state -- and
+:func:`stage_user_states`, the one way the batch handler writes them."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import OrderedDict
+from typing import Hashable, Sequence
 
 from .. import metrics
 from ..learning.finetune import drift_finetuner
-from ..pipeline import PipelineConfig
+from ..pipeline import BatchResult, Incoming, PipelineConfig
 from ..recsys.enricher import Enricher
 from ..settings import Settings
 from .catalog import CatalogVectors, LiveCatalog
-from .faust_ext import InFlightBatches
 from .live import UiState
 from .models import LiveModel
+from .sends import InFlightBatches
 from .trace import Tracer
 from .watchdog import StallWatchdog
 
@@ -46,7 +48,7 @@ class WorkerServices:
                           if settings.drift_finetune else None)
         self.users_seen: set[str] = set()
         self.in_flight = InFlightBatches(settings.max_in_flight_batches)  # unacknowledged batches (worker/batch.py)
-        # set once a record was not delivered: no offset is committed after it (faust_ext.LowLatencyConsumer)
+        # set once a record was not delivered: no offset is committed after it (transport.LowLatencyConsumer)
         self.delivery_failure: BaseException | None = None
         self.state_cache = StateCache(settings.state_cache_users)
         # readiness (worker/http.py): the group assigned partitions once; the stall watchdog, fed by the batch
@@ -88,7 +90,8 @@ class WorkerServices:
 
 
 class StateCache:
-    """Write-through LRU copy of recently written user states (key bytes -> state bytes).
+    """Write-through LRU copy of recently written user states (:func:`read_user_state` keys it by (state
+    key, partition); values are state bytes).
 
     Correct because a worker is the only writer of the keys of the partitions it owns, and every write
     goes through ``put`` after the table write; ``clear`` runs on every rebalance (partitions revoked or
@@ -96,15 +99,15 @@ class StateCache:
 
     def __init__(self, max_users: int):
         self.max_users = max_users
-        self._data: "OrderedDict[bytes, bytes]" = OrderedDict()
+        self._data: "OrderedDict[Hashable, bytes]" = OrderedDict()
 
-    def get(self, key: bytes) -> bytes | None:
+    def get(self, key: Hashable) -> bytes | None:
         value = self._data.get(key)
         if value is not None:
             self._data.move_to_end(key)
         return value
 
-    def put(self, key: bytes, value: bytes) -> None:
+    def put(self, key: Hashable, value: bytes) -> None:
         if self.max_users <= 0:
             return
         self._data[key] = value
@@ -112,7 +115,7 @@ class StateCache:
         if len(self._data) > self.max_users:
             self._data.popitem(last=False)
 
-    def discard(self, key: bytes) -> None:
+    def discard(self, key: Hashable) -> None:
         self._data.pop(key, None)
 
     def clear(self) -> None:
@@ -122,13 +125,34 @@ class StateCache:
         return len(self._data)
 
 
-def read_user_state(cache: StateCache, table, key: bytes, partition: int | None) -> bytes | None:
-    """A user's stored state (None: none): the state cache, else the newest value staged or stored on the
-    partition that holds it (``table``: the worker's ``BatchedChangelogTable``; ``partition`` None searches
-    every local partition). The one read of a user's state: the batch path (worker/batch.py), the lookup
-    and the pages (worker/http.py, worker/ui.py) all call it, so they see the same state -- an erasure
-    included, from the moment its batch staged the tombstone."""
-    cached = cache.get(key)
+def read_user_state(cache: StateCache, table, key: bytes, partition: int) -> bytes | None:
+    """A user's stored state on ``partition`` (None: none): the state cache, else the newest value staged
+    or stored there (``table``: the worker's ``BatchedChangelogTable``, worker/table.py). The one read of a
+    user's state: the batch path (worker/batch.py), the lookup and the pages (worker/http.py, worker/ui.py)
+    all call it, so they see the same state -- an erasure included, from the moment its batch staged the
+    tombstone (:func:`stage_user_states`)."""
+    cached = cache.get((key, partition))
     if cached is not None:
         return cached
     return table.stored(key, partition)
+
+
+def stage_user_states(cache: StateCache, table, result: BatchResult, batch: Sequence[Incoming]) -> None:
+    """A micro-batch's new states and erasures, staged for the partition of the user's event that caused
+    them (``table``: in memory now, in the local store once their changelog records are delivered); the
+    state cache follows. An erasure with nothing after it is a tombstone; an erasure that arrived on
+    another partition than the user's also deletes what a producer with another partitioner left there."""
+    for user_id, index in result.deleted.items():
+        key, partition = user_id.encode(), batch[index].partition
+        cache.discard((key, partition))
+        if user_id not in result.states:
+            table.stage(key, None, partition)
+    for user_id, state in result.states.items():
+        key, partition = user_id.encode(), batch[result.last_index[user_id]].partition
+        table.stage(key, state, partition)
+        cache.put((key, partition), state)
+    for user_id, index in result.erased_elsewhere:
+        key, partition = user_id.encode(), batch[index].partition
+        if read_user_state(cache, table, key, partition) is not None:
+            table.stage(key, None, partition)
+            cache.discard((key, partition))

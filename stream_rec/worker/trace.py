@@ -11,10 +11,10 @@ Records (lists; every time is wall-clock ``time.time()`` seconds, the clock of t
     ``first_offset`` on, until the next response of the partition);
 ``["fetch", t_thread, t_loop, [[topic, partition, first_offset, last_offset], ...]]``
     records handed over by aiokafka in the consumer thread at ``t_thread``, received by the worker's event
-    loop at ``t_loop`` (``faust_ext.TracedConsumerThread``);
+    loop at ``t_loop`` (``transport.TracedConsumerThread``);
 ``["batch", seq, closed_by, t_closed, [[partition, offset, t_taken], ...], [[mark, t, cpu], ...],
 [[phase, s], ...], [[user_id, event_timestamp, index], ...]]``
-    one micro-batch: why and when it closed (``faust_ext.close_reason``), its events (taken = the stream
+    one micro-batch: why and when it closed (``batching.BatchPolicy.close_reason``), its events (taken = the stream
     took it from its channel), the batch handler's marks (``BatchTrace.mark``: start, queries, process,
     stage, changelog, sent, settled, end; ``cpu`` = the loop thread's CPU seconds then, so a phase's CPU
     time can be told from its wall time), ``pipeline.process_batch``'s phases (seconds) and one entry per
@@ -180,7 +180,7 @@ class BatchTrace:
         wall, mono = time.time(), time.monotonic()
         self.events = tuple((e.message.partition, e.message.offset,
                              wall - (mono - e.message.time_in) if e.message.time_in else None) for e in events)
-        closed_at = getattr(events, "closed_at", None)  # faust_ext.Batch: loop.time() is monotonic here
+        closed_at = getattr(events, "closed_at", None)  # intake.Batch: loop.time() is monotonic here
         self.closed_by = getattr(events, "closed_by", "")
         self.t_closed = wall - (mono - closed_at) if closed_at is not None else wall
         self.marks: list[tuple] = [("start", wall, time.thread_time())]
