@@ -51,6 +51,7 @@ from ..io.topics import changelog_topic_name
 from ..pipeline import current_record
 from ..privacy import pseudonymize
 from ..settings import Settings
+from .context import WorkerContext
 from .services import read_user_state
 from .ui import PREFIX, UiPages
 from .views import REDIRECTED
@@ -155,16 +156,17 @@ class HttpService(Service):
 
     LOOP_LAG_INTERVAL_S = 0.5
 
-    def __init__(self, app, settings: Settings, sock: socket.socket, **kwargs):
+    def __init__(self, ctx: WorkerContext, sock: socket.socket, **kwargs):
         super().__init__(**kwargs)
-        self.app = app  # the faust.App of stream_rec/worker/app.py (``app.services``: WorkerServices)
-        self.settings = settings
+        self.ctx = ctx  # what the worker carries (worker/context.py)
+        self.app = ctx.app  # the faust.App of stream_rec/worker/app.py
+        self.settings = ctx.settings
         self.sock = sock
-        self.readiness = Readiness(app.services.watchdog)
+        self.readiness = Readiness(ctx.services.watchdog)
         self.started_at = time.monotonic()
         self.loop_lags: deque[float] = deque(maxlen=int(60 / self.LOOP_LAG_INTERVAL_S))  # the last minute
         self._runner: web.AppRunner | None = None
-        ui = app.services.ui  # None: Settings.ui off
+        ui = ctx.services.ui  # None: Settings.ui off
         self.pages = UiPages(self, ui) if ui is not None else None
 
     async def on_start(self) -> None:
@@ -225,7 +227,7 @@ class HttpService(Service):
                 remaining = int(app.tables.recovery.active_remaining_total())
             except Exception:  # Faust internals: the count is only informative
                 remaining = 0
-        return WorkerStatus(model_loaded=app.services.model is not None, joined=app.services.joined,
+        return WorkerStatus(model_loaded=self.services.model is not None, joined=self.services.joined,
                             rebalancing=bool(app.rebalancing or app.in_recovery), recovery_remaining=remaining,
                             stopping=bool(app.should_stop))
 
@@ -245,12 +247,11 @@ class HttpService(Service):
 
     def user_state(self, user_id: str, partition: int) -> bytes | None:
         """The user's stored state, read as the batch path reads it (``services.read_user_state``)."""
-        return read_user_state(self.app.services.state_cache, self.app.state_table, self.user_key(user_id).encode(),
-                               partition)
+        return read_user_state(self.services.state_cache, self.ctx.table, self.user_key(user_id).encode(), partition)
 
     @property
     def services(self):
-        return self.app.services
+        return self.ctx.services
 
     def owners(self) -> tuple[set[int], dict[str, set[int]]]:
         """(partitions this worker owns, URL -> partitions of every member) of the state table."""
@@ -284,7 +285,7 @@ class HttpService(Service):
 
     async def get_recommendations(self, request: web.Request) -> web.Response:
         user_id = request.match_info["user_id"]
-        services = self.app.services
+        services = self.services
         partition, where = self.locate(user_id, REDIRECTED in request.query)
         if where.kind == "redirect":
             location = f"{where.url}/recommendations/{quote(user_id, safe='')}?{REDIRECTED}=1"
