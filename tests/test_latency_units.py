@@ -58,6 +58,15 @@ def test_a_backlog_keeps_filling_the_batch_up_to_full_or_the_fill_bound():
     assert reason(oldest=0.010, behind=255) == "max_wait"  # less than a batch waiting: latency wins
 
 
+def test_a_filling_batch_is_looked_at_again_at_its_nearest_deadline():
+    # 2 ms filling, idle 0.5 ms, oldest waited 4 ms: idle bound in 0.5 ms, max_wait in 1 ms, fill bound in 48 ms
+    filling = Filling(10, filling_s=0.002, idle_s=0.0005, oldest_wait_s=0.004)
+    assert POLICY.next_check_s(filling) == pytest.approx(0.0005)
+    assert POLICY.next_check_s(Filling(10, filling_s=0.002, idle_s=0.0, oldest_wait_s=0.0047)) == pytest.approx(0.0003)
+    assert POLICY.next_check_s(Filling(10, filling_s=0.002, idle_s=0.0, oldest_wait_s=0.004, ready=3)) == 0.0
+    assert POLICY.next_check_s(Filling(10, filling_s=0.002, idle_s=0.002, oldest_wait_s=0.010)) == 0.001  # at most idle
+
+
 def test_batch_is_a_list_that_says_why_it_closed():
     batch = Batch([1, 2, 3], "idle", 12.5)
     assert batch == [1, 2, 3] and len(batch) == 3

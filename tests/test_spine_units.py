@@ -149,6 +149,23 @@ def test_batch_produces_one_rec_per_user_excluding_seen(model):
     assert st.seen_items() == ["space-00", "space-01"] and st.offset == 2
 
 
+def test_phases_are_timed_under_the_words_the_metric_exports(model):
+    from stream_rec import metrics
+    from stream_rec.pipeline import TIMED_PHASES
+
+    out = process_batch(msgs([ev("a", "space-00")], [b"a"]), states_in({}), model)
+    assert set(out.phase_seconds) == {"validate", "load", "step", "store", "rank", "emit"}
+    exported = {s.labels["stage"] for m in metrics.MODEL_STEP_SECONDS.collect() for s in m.samples}
+    assert set(TIMED_PHASES) <= set(out.phase_seconds) and set(TIMED_PHASES) <= exported
+
+
+def test_a_state_reader_must_answer_bytes_or_none(model):
+    """``load_state(user_id, partition)``: a dict's ``get`` given as the reader would take the partition
+    for its default -- a mistake that must not pass silently."""
+    with pytest.raises(TypeError):
+        process_batch(msgs([ev("a", "space-00")], [b"a"], partition=1), {}.get, model)
+
+
 def test_redelivery_is_skipped_and_state_continues(model):
     store: dict[str, bytes] = {}
     first = msgs([ev("a", "space-00"), ev("a", "space-01")], [b"a", b"a"])
