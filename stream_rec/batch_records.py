@@ -115,7 +115,7 @@ def dlq_record(msg: Incoming, invalid: Invalid, now: float, max_original_bytes: 
     }
 
 
-def validate_batch(batch: Sequence[Incoming], model, config: PipelineConfig, now: float,
+def validate_batch(batch: Sequence[Incoming], model, config: PipelineConfig, *, now: float,
                    result: BatchResult) -> dict[str, list[tuple[int, Event]]]:
     """Each user's valid events in arrival (= offset) order; invalid records go to ``result.dlq``, events
     on another partition than their key's to ``result.rerouted`` (and a ``delete_user`` among them to

@@ -54,6 +54,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
+from weakref import WeakKeyDictionary
 
 import numpy as np
 
@@ -63,8 +64,8 @@ from .batch_records import (BatchResult, Incoming, PipelineConfig, dlq_record, f
 from .model.sequences import rewarm, run_steps, time_gaps
 from .recsys.context import boost_queries, context_text
 from .recsys.ranking import RankBatch, fresh_lists, plain_lists, rescore, top_k_lists
-from .state import (ORIGINS_KEPT, Origin, StateDecodeError, UserState, append_history, copy_origin, decode_state,
-                    encode_state, model_tag)
+from .state import (ORIGINS_KEPT, ItemKeys, Origin, StateDecodeError, UserState, append_history, copy_origin,
+                    decode_state, encode_state, model_tag)
 from .validation import DELETE_USER, Event, Invalid
 
 TIMED_PHASES = ("step", "rank")  # phases exported as stream_rec_model_step_seconds{stage=...} by the worker
@@ -104,16 +105,17 @@ def process_batch(batch: Sequence[Incoming], load_state: LoadState, model, confi
     result = BatchResult()
     phases, clock = result.phase_seconds, time.perf_counter
     t0 = clock()
-    by_user = validate_batch(batch, model, config, now(), result)
+    by_user = validate_batch(batch, model, config, now=now(), result=result)
     t1 = clock()
-    touched = load_users(by_user, batch, load_state, result, enricher)
+    touched = load_users(by_user, batch, load_state, model, result=result, enricher=enricher)
     t2 = clock()
     phases["validate"], phases["load"] = t1 - t0, t2 - t1
     if not touched.users:
         return result
     hiddens = initial_hiddens(model, touched.states)
     positives = positive_events(touched, enricher)
-    hiddens = step_users(model, hiddens, touched.states, positives, config.half_precision_state)
+    hiddens = step_users(model, hiddens, touched.states, positives=positives,
+                         half_precision=config.half_precision_state)
     t3 = clock()
     store_states(touched, positives=positives, hiddens=hiddens, tag=model_tag(model.version), batch=batch,
                  config=config, result=result, enricher=enricher)
@@ -174,7 +176,7 @@ def current_record(user_id: str, raw_state: bytes | None, model, config: Pipelin
     None when there is no state for ``user_id`` (its stored key: the pseudonym when pseudonymising)."""
     if not raw_state or model is None:
         return None
-    state = read_state(raw_state)
+    state = read_state(raw_state, model)
     if state.hidden is None and not state.history:
         return None
     touched = TouchedUsers([user_id], [state], [[]])
@@ -186,20 +188,35 @@ def current_record(user_id: str, raw_state: bytes | None, model, config: Pipelin
                                  extra=extras[0])
 
 
-def read_state(raw: bytes | None) -> UserState:
-    """The stored state, or a fresh one (no state yet, or an unreadable old one: start the user over
-    rather than stop the stream). Anything but bytes or None is a caller's mistake (e.g. a dict's ``get``
-    given as ``load_state``, which takes the partition for a default): TypeError."""
+_CATALOGUE_KEYS: "WeakKeyDictionary[object, ItemKeys]" = WeakKeyDictionary()
+
+
+def catalogue_keys(model) -> ItemKeys:
+    """Item key -> item id of ``model``'s catalogue, how a state names its items (stream_rec/state.py),
+    extended when the catalogue grew (live items join it)."""
+    keys = _CATALOGUE_KEYS.get(model)
+    if keys is None:
+        keys = _CATALOGUE_KEYS[model] = ItemKeys()
+    if keys.indexed != len(model.item_ids):
+        keys.extend(model.item_ids)
+    return keys
+
+
+def read_state(raw: bytes | None, model=None) -> UserState:
+    """The stored state, its items named by ``model``'s catalogue, or a fresh one (no state yet, or an
+    unreadable old one: start the user over rather than stop the stream). Anything but bytes or None is a
+    caller's mistake (e.g. a dict's ``get`` given as ``load_state``, which takes the partition for a
+    default): TypeError."""
     if raw is not None and not isinstance(raw, (bytes, bytearray, memoryview)):
         raise TypeError(f"a stored state is bytes or None, got {type(raw).__name__}")
     try:
-        return decode_state(raw) if raw else UserState()
+        return decode_state(raw, items=None if model is None else catalogue_keys(model)) if raw else UserState()
     except StateDecodeError:
         return UserState()
 
 
 def load_users(by_user: dict[str, list[tuple[int, Event]]], batch: Sequence[Incoming], load_state: LoadState,
-               result: BatchResult, enricher) -> TouchedUsers:
+               model, *, result: BatchResult, enricher) -> TouchedUsers:
     """The users with new events and their stored states, each read from the partition of her events (all
     on one partition: ``validate_batch`` re-routes the others). Redelivered events (offset, or origin of a
     re-routed copy, already applied) are dropped: effectively-once state under at-least-once delivery; a
@@ -211,7 +228,7 @@ def load_users(by_user: dict[str, list[tuple[int, Event]]], batch: Sequence[Inco
         for user_id, _ in result.erased_elsewhere:
             enricher.forget(user_id)
     for user_id, items in by_user.items():
-        state = read_state(load_state(user_id, batch[items[0][0]].partition))
+        state = read_state(load_state(user_id, batch[items[0][0]].partition), model)
         fresh = fresh_events(state, items, batch)
         result.duplicates += len(items) - len(fresh)
         if not fresh and is_last_applied(state, batch[items[-1][0]]) and items[-1][1].event_type != DELETE_USER:
@@ -266,7 +283,7 @@ def positive_events(touched: TouchedUsers, enricher) -> list[list[tuple[int, Eve
     return [[(i, e) for i, e in fresh if not enricher.is_negative(e)] for fresh in pending]
 
 
-def step_users(model, hiddens: list[np.ndarray], states: Sequence[UserState],
+def step_users(model, hiddens: list[np.ndarray], states: Sequence[UserState], *,
                positives: Sequence[Sequence[tuple[int, Event]]], half_precision: bool) -> list[np.ndarray]:
     """One GRU step per positive event, batched across users.  [B] x [H] -> [B] x [H]"""
     seqs = []

@@ -39,7 +39,7 @@ from stream_rec.io.broker import free_port, stop_with_parent_hook
 from stream_rec.io.kafka import kafka_consumer, kafka_producer, read_topic
 from stream_rec.io.topics import changelog_topic_name
 from stream_rec.settings import Settings
-from stream_rec.state import decode_state
+from stream_rec.state import ItemKeys, decode_state
 
 log = logging.getLogger(__name__)
 
@@ -316,13 +316,15 @@ def _decode_table_key(raw: bytes | None) -> str | None:
     return text
 
 
-async def read_changelog_states(settings: Settings, topic: str | None = None) -> dict:
+async def read_changelog_states(settings: Settings, topic: str | None = None, items: Iterable[str] = ()) -> dict:
     """user id -> ``UserState`` as the table's changelog says now (the last record per key wins;
-    a tombstone maps to None). This is exactly what a worker restoring the table would rebuild."""
+    a tombstone maps to None). This is exactly what a worker restoring the table would rebuild. ``items``:
+    the catalogue's item ids, which name the states' items (stream_rec/state.py: item keys)."""
     states: dict = {}
+    catalogue = ItemKeys(items)
     for rec in await read_topic(settings, topic or changelog_topic_name(settings)):
         user = _decode_table_key(rec.key)
-        states[user] = None if rec.value is None else decode_state(rec.value)
+        states[user] = None if rec.value is None else decode_state(rec.value, items=catalogue)
     return states
 
 

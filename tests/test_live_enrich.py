@@ -14,7 +14,7 @@ from stream_rec.recsys.enricher import Enricher
 from stream_rec.recsys.explain import title_of_text
 from stream_rec.recsys.interests import interest_labels
 from stream_rec.model.recommender import Recommender
-from stream_rec.pipeline import Incoming, PipelineConfig, process_batch, states_in
+from stream_rec.pipeline import Incoming, PipelineConfig, process_batch, read_state, states_in
 
 T0 = 1_700_000_000.0
 
@@ -111,7 +111,6 @@ def test_delete_user_forgets_the_enrichers_memory_of_the_user(world):
 def test_a_dislike_survives_a_restart_through_the_state(world):
     """The negatives live in the user's state: a later batch read from the stored bytes alone, with a
     fresh Enricher (a restarted or rebalanced worker), still keeps the disliked item and its theme down."""
-    from stream_rec.state import decode_state
 
     rec, theme_of = world
     views = ["space-00", "cooking-01"]
@@ -123,8 +122,8 @@ def test_a_dislike_survives_a_restart_through_the_state(world):
     first += events_of("s", views)  # control: the same views, no dislike
     out = process_batch(batch_of(first), states_in(store), rec, PipelineConfig(), enricher=Enricher(negative_strength=5.0))
     store.update(out.states)
-    assert decode_state(store["r"]).negatives == [target] and decode_state(store["s"]).negatives == []
-    assert target not in decode_state(store["r"]).seen_items()
+    assert read_state(store["r"], rec).negatives == [target] and read_state(store["s"], rec).negatives == []
+    assert target not in read_state(store["r"], rec).seen_items()
 
     theme = theme_of[target]
     mates = [i for i in rec.item_ids if theme_of[i] == theme and i != target and i not in views]
@@ -139,36 +138,32 @@ def test_a_dislike_survives_a_restart_through_the_state(world):
     assert target not in [i["item_id"] for i in r["items"]]
     same_theme = lambda items: sum(theme_of[i["item_id"]] == theme for i in items)  # noqa: E731
     assert same_theme(r["items"]) < same_theme(s["items"])
-    assert decode_state(store["r"]).negatives == [target] and restarted.negative_items("r") == [target]
+    assert read_state(store["r"], rec).negatives == [target] and restarted.negative_items("r") == [target]
 
     # a second dislike appends (newest last); delete_user erases them with the rest of the state
     more = events_of("r", mates[1:2], start=4, types={0: "dislike"})
     out = process_batch(batch_of(more, 200), states_in(store), rec, PipelineConfig(), enricher=restarted)
     store.update(out.states)
-    assert decode_state(store["r"]).negatives == [target, mates[1]]
+    assert read_state(store["r"], rec).negatives == [target, mates[1]]
     forget = [{"user_id": "r", "event_type": "delete_user", "timestamp": T0 + 600}]
     forget += events_of("r", ["space-00"], start=11)
     out = process_batch(batch_of(forget, 300), states_in(store), rec, PipelineConfig(), enricher=Enricher())
-    assert decode_state(out.states["r"]).negatives == []
+    assert read_state(out.states["r"], rec).negatives == []
 
 
 def test_negatives_kept_per_user_are_bounded_newest_last(world):
-    from stream_rec.state import decode_state
-
     rec, _ = world
     items = ["space-00", "space-01", "space-02", "space-01"]  # space-01 twice: moves to the end
     out = process_batch(batch_of(events_of("n", items, types={n: "skip" for n in range(4)})), states_in({}), rec,
                         PipelineConfig(), enricher=Enricher(negatives_per_user=2))
-    assert decode_state(out.states["n"]).negatives == ["space-02", "space-01"]
+    assert read_state(out.states["n"], rec).negatives == ["space-02", "space-01"]
 
 
 def test_a_later_positive_event_takes_an_item_out_of_the_negatives(world):
-    from stream_rec.state import decode_state
-
     rec, _ = world
     events = events_of("p", ["space-00", "space-01", "space-01"], types={0: "dislike", 1: "dislike"})
     out = process_batch(batch_of(events), states_in({}), rec, PipelineConfig(), enricher=Enricher())
-    assert decode_state(out.states["p"]).negatives == ["space-00"]  # space-01 was viewed after its dislike
+    assert read_state(out.states["p"], rec).negatives == ["space-00"]  # space-01 was viewed after its dislike
 
 
 def mean_pairwise_cosine(rec, items: list[dict]) -> float:

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from stream_rec.model.recommender import Recommender
-from stream_rec.pipeline import Incoming, PipelineConfig, process_batch, states_in
-from stream_rec.state import StateDecodeError, UserState, decode_state, encode_state, model_tag
+from stream_rec.pipeline import Incoming, PipelineConfig, process_batch, read_state, states_in
+from stream_rec.state import ItemKeys, StateDecodeError, UserState, decode_state, encode_state, model_tag
 from stream_rec_devtools.synthetic import make_catalog
 from stream_rec.validation import Event, Invalid, validate_event
 
@@ -74,7 +74,7 @@ def test_state_round_trip(half):
     st = UserState(h, [("a", 1.5), ("ünïcode", 2.25)], partition=3, offset=12345678901, n_events=7,
                    model_tag=model_tag("m1"))
     raw = encode_state(st, half=half)
-    back = decode_state(raw)
+    back = decode_state(raw, items=ItemKeys(["a", "ünïcode"]))
     assert back.history == st.history and back.partition == 3 and back.offset == 12345678901
     assert back.n_events == 7 and back.model_tag == st.model_tag
     np.testing.assert_allclose(back.hidden, h, atol=1e-3 if half else 0)
@@ -85,13 +85,13 @@ def test_state_round_trip_with_negatives():
     st = UserState(np.ones(8, np.float32), [("a", 1.5)], partition=1, offset=9, n_events=3,
                    model_tag=model_tag("m1"), negatives=["b", "ünïcode-neg", "c"])
     raw = encode_state(st)
-    assert raw[0] == 2  # version 2
-    back = decode_state(raw)
+    assert raw[0] == 5  # version 5
+    back = decode_state(raw, items=ItemKeys(["a", "b", "c", "ünïcode-neg"]))
     assert back.negatives == ["b", "ünïcode-neg", "c"] and back.history == [("a", 1.5)]
     assert back.seen_items() == ["a"]  # negatives are not "seen"
     assert decode_state(encode_state(UserState(history=[("a", 1.0)]))).negatives == []
     with pytest.raises(StateDecodeError):
-        decode_state(raw[:-1])  # a truncated negative id
+        decode_state(raw[:-1])  # a truncated negative key
 
 
 def test_state_decodes_version_1_bytes():
@@ -108,8 +108,54 @@ def test_state_decodes_version_1_bytes():
     np.testing.assert_allclose(back.hidden, h.astype(np.float32))
     with pytest.raises(StateDecodeError):
         decode_state(v1 + b"\x00\x00")  # version 1 has no negatives part: trailing bytes
-    again = decode_state(encode_state(back))  # re-written as version 2
+    again = decode_state(encode_state(back), items=ItemKeys(["ünï"]))  # re-written as version 5
     assert again.history == back.history and again.negatives == []
+
+
+@pytest.mark.parametrize("id_chars", [1, 10, 256])
+def test_a_state_with_the_full_history_fits_in_1kb_at_any_id_length(id_chars):
+    """50 history entries (the default history_len) and a 160-d float16 vector, with room left for the
+    exposure section issue 21 adds (~115 bytes); old versions stored the ids (1,348 bytes at 10 characters)."""
+    ids = [f"{n:04d}".rjust(id_chars, "x")[-id_chars:] if id_chars >= 4 else chr(0x4E00 + n) for n in range(50)]
+    st = UserState(np.ones(160, np.float32), [(i, 1.7e9 + 30.5 * n) for n, i in enumerate(ids)], partition=1,
+                   offset=2**40, n_events=10**6, model_tag=model_tag("m"), negatives=ids[:3])
+    raw = encode_state(st)
+    assert len(raw) <= 1024 - 115 - 18, len(raw)  # 3 negatives here
+    back = decode_state(raw, items=ItemKeys(ids))
+    assert back.seen_items() == ids and back.negatives == ids[:3]
+    assert back.history[-1][1] == st.history[-1][1]  # the newest exactly (the next event's gap)
+    np.testing.assert_allclose([t for _, t in back.history], [t for _, t in st.history], rtol=0, atol=1e-3)
+
+
+def test_a_state_decodes_on_another_worker_and_after_a_reload_through_its_own_catalogue():
+    """Item keys are a function of the id: another catalogue order (another model's vocabulary, live items
+    in another arrival order) names the same items; a key the catalogue does not know (yet) survives
+    re-encoding and is named once the catalogue knows it."""
+    history = [("space-00", 10.0), ("live-item-7", 20.0), ("cooking-01", 35.5)]
+    raw = encode_state(UserState(history=history, negatives=["live-item-7"]))
+    other_order = ItemKeys(["cooking-01", "nature-02", "space-00", "live-item-9", "live-item-7"])
+    assert decode_state(raw, items=other_order).history == history
+    before_catalog = decode_state(raw, items=ItemKeys(["space-00", "cooking-01"]))
+    unknown = before_catalog.history[1][0]
+    assert unknown.startswith("unknown-item-") and unknown != "live-item-7" and unknown not in {"live-item-7": 1}
+    again = encode_state(before_catalog)
+    assert decode_state(again, items=other_order).history == history
+    assert decode_state(again, items=other_order).negatives == ["live-item-7"]
+
+
+def test_state_decodes_version_4_bytes():
+    """A state of the previous writer (ids and timestamps in full, origins), built from its documented layout."""
+    import struct
+
+    h = np.linspace(-1, 1, 4).astype(np.float16)
+    entries = b"".join(struct.pack("<dH", ts, len(i.encode())) + i.encode() for i, ts in [("a", 1.5), ("ü", 2.5)])
+    v4 = (struct.pack("<BBIiqIH", 4, 0x01, 7, 1, 41, 2, 4) + h.tobytes() + struct.pack("<H", 2) + entries
+          + struct.pack("<HH", 1, 1) + b"n" + struct.pack("<H", 1) + struct.pack("<iqQ", 3, 10, 99))
+    back = decode_state(v4)
+    assert back.history == [("a", 1.5), ("ü", 2.5)] and back.negatives == ["n"] and back.origins == [(3, 10, 99)]
+    again = decode_state(encode_state(back), items=ItemKeys(["a", "ü", "n"]))  # re-written as version 5
+    assert (again.history, again.negatives, again.origins) == (back.history, back.negatives, back.origins)
+    np.testing.assert_array_equal(again.hidden, back.hidden)
 
 
 def test_state_rejects_garbage():
@@ -145,7 +191,7 @@ def test_batch_produces_one_rec_per_user_excluding_seen(model):
     assert not {"space-00", "space-01"} & {i["item_id"] for i in recs["a"]["items"]}
     assert len(recs["a"]["items"]) == 5 and recs["a"]["model_version"] == model.version
     assert out.last_index == {"a": 2, "b": 1}
-    st = decode_state(out.states["a"])
+    st = read_state(out.states["a"], model)
     assert st.seen_items() == ["space-00", "space-01"] and st.offset == 2
 
 
@@ -173,7 +219,7 @@ def test_redelivery_is_skipped_and_state_continues(model):
     again = msgs([ev("a", "space-00"), ev("a", "space-01"), ev("a", "space-02")], [b"a"] * 3)
     out = process_batch(again, states_in(store), model)
     assert out.duplicates == 2 and out.applied == 1
-    assert decode_state(out.states["a"]).seen_items() == ["space-00", "space-01", "space-02"]
+    assert read_state(out.states["a"], model).seen_items() == ["space-00", "space-01", "space-02"]
 
 
 def test_redelivered_last_event_sends_its_list_again_without_changing_the_state(model):
@@ -206,7 +252,7 @@ def test_batched_equals_one_by_one(model):
     for n in range(len(raws)):
         single.update(process_batch(msgs(raws[n:n + 1], keys[n:n + 1], start=n), states_in(single), model).states)
     for user in ("a", "b"):
-        a, b = decode_state(batched[user]), decode_state(single[user])
+        a, b = read_state(batched[user], model), read_state(single[user], model)
         assert a.history == b.history
         np.testing.assert_allclose(a.hidden, b.hidden, atol=2e-3)
 
@@ -217,7 +263,7 @@ def test_state_from_other_model_is_rewarmed(model):
     other = Recommender.untrained(model.item_ids, config=None, seed=1, device="cpu")
     other.version = "untrained-other"
     out = process_batch(msgs([ev("a", "space-01")], [b"a"], start=1), states_in(store), other)
-    st = decode_state(out.states["a"])
+    st = read_state(out.states["a"], other)
     assert st.model_tag == model_tag("untrained-other") and st.seen_items() == ["space-00", "space-01"]
     assert np.isfinite(st.hidden).all()
 

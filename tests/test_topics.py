@@ -232,7 +232,7 @@ def test_two_prefixed_deployments_on_one_broker_never_see_each_others_state(brok
         readiness = {name: json.loads(urllib.request.urlopen(w.url("/readyz"), timeout=5).read())
                      for name, w in (("ta", wa), ("tb", wb))}
     for name, (settings, seq) in tenants.items():
-        states = asyncio.run(read_changelog_states(settings))
+        states = asyncio.run(read_changelog_states(settings, items=ids))
         for user in users:
             assert states[user].n_events == len(seq) and states[user].seen_items() == seq, (name, states[user])
         assert readiness[name]["partitions"] == [0, 1], readiness  # one group each: no partition shared

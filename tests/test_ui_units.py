@@ -119,14 +119,16 @@ def test_user_view_is_the_lookup_list_with_titles_events_and_a_profile(model):
     index = ItemIndex()
     index.add(CATALOG)
     rec = current_record("a", out.states["a"], model, PipelineConfig(top_k=3))
-    view = user_view("a", rec, read_state(out.states["a"]), index, model=model, partition=1, source="lookup")
+    view = user_view("a", rec, read_state(out.states["a"], model), index, model=model, partition=1,
+                     source="lookup")
     assert [it["item_id"] for it in view["items"]] == [it["item_id"] for it in rec["items"]]
     assert all(it["title"] == index.title(it["item_id"]) for it in view["items"])
     assert [e["item_id"] for e in view["events"]] == ["cooking-02", "space-01", "space-00"]  # newest first
     assert view["events"][0]["timestamp"] == 1_750_000_002.0 and view["n_events"] == 3
     assert view["history_mix"] == [{"label": "genre: space", "share": 0.6667}, {"label": "genre: cooking", "share": 0.3333}]
     assert view["interests"] == []
-    with_interests = user_view("a", {**rec, "interests": ["space", "cooking"]}, read_state(out.states["a"]), index,
+    state = read_state(out.states["a"], model)
+    with_interests = user_view("a", {**rec, "interests": ["space", "cooking"]}, state, index,
                                partition=1, source="stream")
     assert with_interests["interests"] == ["space", "cooking"]
 

@@ -125,7 +125,8 @@ class InFlightBatches:
     def __len__(self) -> int:
         return len(self._batches)
 
-async def send_records(producer, batched: Sequence[OutRecord], single: Sequence[OutRecord] = ()) -> list[asyncio.Future]:
+async def send_records(producer, batched: Sequence[OutRecord],
+                       single: Sequence[OutRecord] = ()) -> list[asyncio.Future]:
     """Hand ``batched`` to Faust's ``producer`` as one record batch per topic partition
     (:class:`RecordBatches`) and ``single`` one record at a time (``producer.send``: the dead letters, rare
     and up to ~170 KB each); returns the delivery futures."""

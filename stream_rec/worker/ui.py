@@ -167,7 +167,7 @@ class UiPages:
         record = current_record(self.host.user_key(user_id), raw, model, services.config, enricher=services.enricher)
         if record is None:
             return None
-        view = user_view(user_id, record, read_state(raw), self.ui.items, model=model, partition=partition,
+        view = user_view(user_id, record, read_state(raw, model), self.ui.items, model=model, partition=partition,
                          source="lookup")
         return {**view, "worker": self.host.settings.http_url}
 
@@ -227,8 +227,9 @@ class UiPages:
                 if not raw:
                     sub.end(ERASED)
                 else:
-                    view = user_view(user_id, updates[-1], read_state(raw), self.ui.items,
-                                     model=self.host.services.model, partition=partition, source="stream")
+                    model = self.host.services.model
+                    view = user_view(user_id, updates[-1], read_state(raw, model), self.ui.items, model=model,
+                                     partition=partition, source="stream")
                     view["dropped"] = sub.dropped
                     await self._send(response, f"event: list\ndata: {json.dumps(view)}\n\n")
             if sub.ended:
