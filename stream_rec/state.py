@@ -32,8 +32,8 @@ Layout (little endian), version 5 (what ``encode_state`` writes)::
 
 Item ids are stored as **item keys**: 48 bits of a BLAKE2b hash of the id's UTF-8 bytes
 (:func:`item_key`), so a state's size does not depend on how long the ids are: with a 160-d float16
-hidden vector and the default 50-item history, 856 bytes for ids of any length (versions 1-4 stored the
-ids themselves: 1,356 bytes for 10-character ids). Why a hash, not a catalogue index: a state must decode
+hidden vector and the default 50-item history, 854 bytes for ids of any length (versions 1-4 stored the
+ids themselves: 1,348 bytes for 10-character ids). Why a hash, not a catalogue index: a state must decode
 the same on every worker and after any model reload, while catalogue rows differ between models (each
 its own vocabulary) and live items join each worker's catalogue in the order that worker saw them. A key
 is a function of the id alone. Decoding maps keys back to ids through the serving catalogue
@@ -43,7 +43,7 @@ keeps its key, so re-encoding the state loses nothing. Collisions: two ids of on
 with probability ~n^2/2^49 (0.2% for a million items); :class:`ItemKeys` keeps the first and logs it.
 Timestamps: the newest exactly (the next event's time gap is computed from it), the others as float32
 gaps (relative error < 1e-7 of each gap: what the model reads of them). Room left under 1 KB for
-issue 21's exposure section (~115 bytes): 971 bytes.
+issue 21's exposure section (~115 bytes): 969 bytes.
 
 Versions 1-4 are still decoded: version 1 without the ``negatives`` part (empty), version 2 without
 ``origins``, version 3 with one (partition, highest offset) per origin partition (decoded as identities

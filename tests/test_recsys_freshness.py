@@ -126,3 +126,51 @@ def test_pipeline_gives_new_items_slots_and_counts_them():
     _, out = listed(Services.config)
     record_metrics(Services, 1, out, time.time())
     assert metrics.FRESH_SLOTS._value.get() == before + 1
+
+
+def test_catalog_items_replayed_at_a_restart_keep_their_own_age(spine_settings):
+    """worker/catalog.py: the catalog topic is read again from the beginning at every start; an item counts
+    as new from its record's own time (its Kafka timestamp), so a restarted worker does not make last
+    week's items fresh again, and a re-published record does not make an item newer."""
+    import asyncio
+    import json
+    import time
+    import types
+
+    from stream_rec.io.kafka import kafka_producer, start_client
+    from stream_rec.model.recommender import Recommender
+    from stream_rec.worker.catalog import CatalogVectors, LiveCatalog, catalog_loop
+
+    settings, now = spine_settings, time.time()
+    topic = settings.topic(settings.catalog_topic)
+    published = [("old-1", now - 8 * 86400), ("last-week", now - 7 * 86400), ("today", now - 5),
+                 ("last-week", now - 86400)]  # last-week re-published yesterday
+
+    async def publish() -> None:
+        producer = await start_client(kafka_producer(settings), settings)
+        try:
+            for item_id, at in published:
+                await producer.send_and_wait(topic, json.dumps({"item_id": item_id}).encode(), key=item_id.encode(),
+                                             timestamp_ms=int(at * 1000))
+        finally:
+            await producer.stop()
+
+    async def worker_start() -> Recommender:  # a worker starting now: its trained model, then the whole topic
+        model = Recommender.untrained([f"old-{n}" for n in range(5)], device="cpu")
+        catalog = LiveCatalog(settings, types.SimpleNamespace(current=model), CatalogVectors(settings))
+        follow = asyncio.ensure_future(catalog_loop(catalog, settings, poll_ms=100))
+        try:
+            deadline = time.monotonic() + 30
+            while not {"last-week", "today"} <= set(model.row_of) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        finally:
+            follow.cancel()
+        return model
+
+    asyncio.run(publish())
+    for restart in range(2):
+        model = asyncio.run(worker_start())
+        ages = model.item_ages(now)
+        assert ages[model.row_of["last-week"]] == pytest.approx(7 * 86400, abs=2), restart
+        assert ages[model.row_of["today"]] == pytest.approx(5, abs=2), restart
+        assert ages[model.row_of["old-1"]] == float("inf")  # trained: never new

@@ -126,9 +126,11 @@ class LiveCatalog:
         self.on_new_model = on_new_model
         self.on_records = on_records
 
-    async def update_catalog(self, records: Sequence[dict]) -> int:
+    async def update_catalog(self, records: Sequence[dict], times: Sequence[float | None] = ()) -> int:
         """``apply_catalog`` after encoding the records' texts through the micro-batching encoder queue
-        (new items, and known items whose text changed), so a new item is scored by its text vector."""
+        (new items, and known items whose text changed), so a new item is scored by its text vector.
+        ``times``: each record's own time (its Kafka timestamp, seconds), see :func:`date_items`."""
+        times = _times_by_item(records, times)
         records = _with_ids(records)
         model = self.live.current
         if model is not None and records:
@@ -138,13 +140,14 @@ class LiveCatalog:
                 log.error("catalog: text encoding failed, items enter by id only: %s", exc)
                 vector_records, vectors = [], None
             if vectors is not None:
-                return self.apply_catalog(records, vector_records, vectors)
-        return self.apply_catalog(records)
+                return self.apply_catalog(records, vector_records, vectors, times=times)
+        return self.apply_catalog(records, times=times)
 
     def apply_catalog(self, records: Sequence[dict], vector_records: Sequence[dict] = (),
-                      vectors: np.ndarray | None = None) -> int:
+                      vectors: np.ndarray | None = None, times: dict[str, float | None] | None = None) -> int:
         """Add new items / update known ones; returns how many records were applied.
-        ``vectors`` are the text vectors of ``vector_records`` (see ``update_catalog``)."""
+        ``vectors`` are the text vectors of ``vector_records`` (see ``update_catalog``); ``times``: item id
+        -> its record's time (:func:`date_items`)."""
         records = _with_ids(records)
         if not records:
             return 0
@@ -165,8 +168,33 @@ class LiveCatalog:
             new = [r for r in records if r["item_id"] not in model.row_of]
             if new:
                 model.add_items([r["item_id"] for r in new])
+            date_items(model, times or {})
         metrics.CATALOG_ITEMS.inc(len(records))
         return len(records)
+
+
+def date_items(model, times: dict[str, float | None]) -> None:
+    """An item that joined the catalogue after training counts as new (the freshness policy,
+    ``Recommender.item_ages``) from its catalog record's own time, not from when this worker read it: the
+    catalog topic is read again from the beginning at every start, and a restart must not make last
+    week's items new again. ``times``: item id -> the record's time (None: unknown, read now). An item
+    keeps the earliest time it was given (a re-published record does not make it newer), never later
+    than now, and trained items stay trained."""
+    now = time.time()
+    for item_id, at in times.items():
+        row = model.row_of.get(item_id)
+        if row is not None and at is not None and np.isfinite(model.added_at[row]):
+            model.added_at[row] = min(model.added_at[row], at, now)
+
+
+def _times_by_item(records: Sequence[dict], times: Sequence[float | None]) -> dict[str, float | None]:
+    """item id -> the earliest known time of its records (``times``: one per record, or none)."""
+    out: dict[str, float | None] = {}
+    for record, at in zip(records, times):
+        if isinstance(record, dict) and record.get("item_id"):
+            item_id, earlier = str(record["item_id"]), out.get(str(record["item_id"]))
+            out[item_id] = at if earlier is None else earlier if at is None else min(at, earlier)
+    return out
 
 
 def _with_ids(records: Sequence[dict]) -> list[dict]:
@@ -206,8 +234,9 @@ async def catalog_loop(catalog: LiveCatalog, settings, poll_ms: int = 500) -> No
     is validated (``validation.validate_catalog_record``: bounded parse, an ``item_id``); one that is
     not an item, or that the model cannot take, is skipped (logged and counted, ``worker/follow.py``)."""
 
-    async def apply(records) -> None:
-        applied = await catalog.update_catalog([record for _, record in records])
+    async def apply(records) -> None:  # [(ConsumerRecord, item record)]; a record's timestamp is in ms
+        times = [None if m.timestamp is None or m.timestamp < 0 else m.timestamp / 1000.0 for m, _ in records]
+        applied = await catalog.update_catalog([record for _, record in records], times)
         if applied:
             log.info("catalog: applied %d records (%d items known)", applied, catalog.live.current.n_items)
 
