@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from . import boundedjson
 
@@ -175,15 +175,33 @@ def _check_ids(doc: dict, control: bool) -> tuple[str, str, str] | Invalid:
     return user_id, item_id, event_type
 
 
+def event_seconds(value: Any) -> float | None:
+    """A timestamp as the validator reads it: epoch seconds, milliseconds converted (None: not a finite number)."""
+    ts = _as_number(value)
+    if ts is None or not math.isfinite(ts):
+        return None
+    return ts / 1000.0 if ts > 1e11 else ts  # above 1e11: epoch milliseconds
+
+
+def log_shift(timestamps: Iterable[Any], now: float, always: bool = True) -> float:
+    """Seconds to add to every timestamp of an event log so that its newest event is at ``now``; the gaps
+    between events, which the model reads, stay as they are. ``always`` False: only for a log this
+    validator would refuse as too old (a timestamp before 2000-01-01: ``bad_timestamp``; MovieLens-100K is
+    from 1997-98), else 0. Timestamps are read as the validator reads them; others are left out. Used by
+    ``stream-rec produce --events-file`` and ``stream-rec replay``."""
+    seconds = [ts for ts in map(event_seconds, timestamps) if ts is not None]
+    if not seconds or (not always and min(seconds) >= MIN_TIMESTAMP):
+        return 0.0
+    return now - max(seconds)
+
+
 def _check_timestamp(value: Any, now: float) -> float | Invalid:
     """Epoch seconds (milliseconds converted), not before 2000, not more than a day ahead of ``now``."""
-    ts = _as_number(value)
-    if ts is None:
+    if _as_number(value) is None:
         return Invalid("wrong_type", f"timestamp must be a number (epoch seconds), got {type(value).__name__}")
-    if not math.isfinite(ts):
-        return Invalid("bad_timestamp", f"timestamp is {ts}")
-    if ts > 1e11:  # epoch milliseconds
-        ts /= 1000.0
+    ts = event_seconds(value)
+    if ts is None:
+        return Invalid("bad_timestamp", f"timestamp is {value}")
     if ts < MIN_TIMESTAMP:
         return Invalid("bad_timestamp", f"timestamp {ts} is before 2000-01-01")
     if ts > now + FUTURE_SLACK_S:

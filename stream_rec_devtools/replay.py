@@ -115,6 +115,7 @@ async def replay(args, bootstrap: str) -> dict:
 
     from stream_rec.io.data import read_events, read_items, sequences
     from stream_rec.io.kafka import ensure_topics
+    from stream_rec.validation import log_shift
     from stream_rec.worker.models import load_newest
 
     from .prequential import PrequentialScorer, plot_windows
@@ -134,9 +135,9 @@ async def replay(args, bootstrap: str) -> dict:
     dropped = n_before - sum(len(s) for s in seqs.values())
     users = [u for u in users if seqs[u]]
     # The worker dead-letters timestamps before 2000-01-01 (validation.py, bad_timestamp): a log as old as
-    # MovieLens-100K (1997-98) would never get a list. The log is shifted to end now; the gaps between
-    # events, which the model reads, stay as they are.
-    shift = time.time() - max(ts for u in users for _, ts in seqs[u])
+    # MovieLens-100K (1997-98) would never get a list. The log is shifted to end now (as `stream-rec produce`
+    # does for such a log); the gaps between events, which the model reads, stay as they are.
+    shift = log_shift((ts for u in users for _, ts in seqs[u]), time.time())
     seqs = {u: [(i, ts + shift) for i, ts in seqs[u]] for u in users}
     flat, streamed, complete = build_stream(seqs, users, args.max_events)
     test_index = {u: len(streamed[u]) - 1 for u in complete if len(streamed[u]) >= 3}

@@ -55,7 +55,20 @@ def test_produce_synthetic_and_file(spine_settings, tmp_path):
     more = consume(s, s.topic("events"), count=32, timeout_s=20)
     assert len(more) == 32
     assert {"user_id": "7", "item_id": "42", "event_type": "rate", "timestamp": 1700000000.0, "value": 4.5} in \
-        [r["value"] for r in more]
+        [r["value"] for r in more]  # a log the worker takes is sent as it is
+
+    # a log older than 2000 (MovieLens-100K is from 1997-98): the worker would dead-letter every event
+    # (bad_timestamp), so it is shifted to end now, its gaps kept, and produce says so
+    old_file = tmp_path / "ratings.csv"
+    old_file.write_text("userId,movieId,rating,timestamp\n9,44,4,881250949\n9,45,3,881250960\n")
+    before = time.time()
+    done = run_cli("produce", "--events-file", str(old_file), "--no-progress", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "before 2000-01-01" in done.stdout and "shifting it by +" in done.stdout and "ends now" in done.stdout
+    shifted = sorted(r["value"]["timestamp"] for r in consume(s, s.topic("events"), count=34, timeout_s=20)
+                     if r["value"]["user_id"] == "9")
+    assert len(shifted) == 2 and shifted[1] - shifted[0] == pytest.approx(11.0)
+    assert before - 1 <= shifted[1] <= time.time() + 1
 
 
 def _port_open(host: str, port: int) -> bool:

@@ -67,6 +67,16 @@ def test_valid_event_and_millisecond_timestamps():
     assert validate_event(ev(user=7), key=b"7", now=NOW).user_id == "7"
 
 
+def test_an_event_log_is_shifted_to_end_now_as_the_validator_reads_its_times():
+    from stream_rec.validation import log_shift
+
+    old = [881250949, 881250960.5, "not a time", None]  # MovieLens-100K's age
+    assert log_shift(old, NOW, always=False) == NOW - 881250960.5  # too old for the worker: shifted
+    assert log_shift([NOW - 50, (NOW - 40) * 1000], NOW, always=False) == 0.0  # taken as it is
+    assert log_shift([NOW - 50, (NOW - 40) * 1000], NOW) == pytest.approx(40.0)  # milliseconds read as seconds
+    assert log_shift([], NOW) == 0.0
+
+
 # --- state codec -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("half", [True, False])
 def test_state_round_trip(half):
