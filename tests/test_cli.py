@@ -37,13 +37,33 @@ def one_error_line(done: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def test_help_imports_no_heavy_library_and_version_prints():
-    code = ("import sys\nfrom stream_rec.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["finetune", "--help"]])
+def test_help_imports_no_heavy_library_and_version_prints(argv):
+    code = (f"import sys\nfrom stream_rec.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
             "print(sorted(m for m in ('torch', 'faust', 'aiokafka', 'numpy', 'transformers', 'mode') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-2000:] + done.stderr[-2000:]
     done = run_cli("--version")
     assert done.returncode == 0 and re.fullmatch(r"stream-rec \S+\n", done.stdout), done.stdout
+
+
+def test_the_model_commands_show_the_code_s_own_defaults():
+    """`train` and `finetune` read their defaults from the model's and training's source without importing
+    torch (commands/_model_args.dataclass_defaults): they are the dataclasses' defaults."""
+    from dataclasses import MISSING, fields
+
+    from stream_rec.commands._model_args import dataclass_defaults
+    from stream_rec.learning.finetune import FinetuneParams
+    from stream_rec.model.gru import GRUConfig
+    from stream_rec.model.train import TrainParams
+
+    for path, cls in (("model/gru.py", GRUConfig), ("model/train.py", TrainParams),
+                      ("learning/finetune.py", FinetuneParams)):
+        expected = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+        assert vars(dataclass_defaults(path, cls.__name__)) == expected, cls
+    finetune = build_parser("finetune").subcommands.choices["finetune"]
+    action = next(a for a in finetune._actions if a.dest == "lr")
+    assert action.default == FinetuneParams.lr and f"training's default is {TrainParams.lr:g}" in action.help
 
 
 @pytest.mark.parametrize("argv,suggestion", [

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import types
+from pathlib import Path
 
 from ._common import existing_path
 
@@ -56,3 +59,21 @@ def load_data(args: argparse.Namespace):
     info = {"events_file": str(args.events_file), "items_file": str(args.items_file), "events": len(events),
             "users": len(split.full), "items_in_catalog": len(item_texts)}
     return split, item_texts, info
+
+
+def dataclass_defaults(module_path: str, class_name: str) -> types.SimpleNamespace:
+    """The defaults of a dataclass of ``stream_rec/<module_path>`` written as literals, read from its source:
+    the model's and training's parameters (``GRUConfig``, ``TrainParams``, ``FinetuneParams``) live in
+    modules that import torch, seconds that ``--help`` must not wait for. tests/test_cli.py checks them
+    against the imported classes."""
+    tree = ast.parse((Path(__file__).resolve().parents[1] / module_path).read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name)
+    defaults = {}
+    for stmt in cls.body:
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
+            try:
+                defaults[stmt.target.id] = ast.literal_eval(stmt.value)
+            except ValueError:  # not a literal (a field(...)): not a flag's default
+                continue
+    return types.SimpleNamespace(**defaults)
+

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from ._common import add_command, existing_path
-from ._model_args import add_format_flag, add_model_flag
+from ._model_args import add_format_flag, add_model_flag, dataclass_defaults
 
 
 SUMMARY = "fine-tune a model on recent events and write a new model version"
@@ -32,10 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="older events of the same users; each user's last --context-events of them are put before "
                         "the recent ones so training starts from a realistic state")
     add_format_flag(p, "file format of the inputs")
-    p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (the best one by validation is kept)")
-    p.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (training's default is 2e-3)")
-    p.add_argument("--batch-size", type=int, default=32, help="users per batch")
-    p.add_argument("--context-events", type=int, default=20, metavar="N",
+    d = dataclass_defaults("learning/finetune.py", "FinetuneParams")
+    trained_lr = dataclass_defaults("model/train.py", "TrainParams").lr
+    p.add_argument("--epochs", type=int, default=d.epochs, help="fine-tuning epochs (the best one by validation is kept)")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (training's default is {trained_lr:g})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="users per batch")
+    p.add_argument("--context-events", type=int, default=d.context_events, metavar="N",
                    help="older events per user taken from --history-file")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")

@@ -11,19 +11,16 @@ import argparse
 import logging
 
 from ._common import add_command
-from ._model_args import add_data_args, load_data
+from ._model_args import add_data_args, dataclass_defaults, load_data
 
 SUMMARY = "train the hybrid GRU recommender offline and write a model directory"
 log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    # defaults live with the model and training code (importing them imports torch: only when `train` runs)
-    from ..model.gru import GRUConfig
-    from ..model.train import TrainParams
-
-    m = GRUConfig(n_items=0, text_dim=0)
-    d = TrainParams()
+    # defaults live with the model and training code, read from its source: importing it imports torch
+    m = dataclass_defaults("model/gru.py", "GRUConfig")
+    d = dataclass_defaults("model/train.py", "TrainParams")
     p = add_command(subparsers, __name__, SUMMARY, __doc__)
     add_data_args(p)
     p.add_argument("--out", metavar="DIR", required=True, help="model directory to write (created if missing)")
