@@ -116,6 +116,7 @@ worker's partition is redirected there: Faust's assignor shares every member's `
 (``Settings.http_url``) with the group assignment.
 
 **Model.** Until a trained model directory is given (``--model``), the worker runs
-``Recommender.untrained`` (same HybridGRU, random weights) and says so in its logs, in ``model_version``
+``Recommender.untrained`` over the catalog's ids (an ID-only HybridGRU with random weights: no text
+vectors, so new items are known by id only) and says so in its logs, in ``model_version``
 ("untrained-...") and in the ``stream_rec_model_info{trained="false"}`` metric.
 """
