@@ -19,6 +19,8 @@ module             what
 ``models``         model resolution, hot reload (``LiveModel``), the ``control`` topic
 ``services``       ``WorkerServices`` (what the agent and tasks share) and the state cache
 ``http``           the one HTTP listener: ``/metrics``, ``/healthz``, ``/readyz``, ``/recommendations/{user_id}``
+``access``         who may ask the listener: the bearer-token middleware (every route but the probes')
+``lookups``        lookups ranked in batches, within a bounded share of the event loop
 ``run``            ``make_worker``: the model to serve, thread and GC tuning, the ``faust.Worker``
 ``trace``          the latency microscope's worker side (``Settings.trace_file``; off by default)
 =================  ==================================================================================
