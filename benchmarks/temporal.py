@@ -1,7 +1,7 @@
 """What live is worth: the whole system on a global temporal split, beside batch cadences and the peers.
 
     python benchmarks/temporal.py --data-dir ../shared/data --datasets ml-100k --out runs/temporal.json
-    python benchmarks/temporal.py --data-dir ../shared/data --datasets ml-100k --through-worker --out runs/t.json
+    python benchmarks/temporal.py --data-dir ../shared/data --through-worker ml-100k --out runs/temporal.json
 
 Protocol (stream_rec_devtools/temporal.py has the details): the log is split at T, 80 % of its time span
 (``--split``); every model is trained on the events before T and every later event is replayed in time
@@ -14,9 +14,11 @@ Systems, same replay, same run:
 * ``live`` -- stream-rec: the worker's pipeline (``process_batch``: validation, state codec, one
   ``Recommender.step`` per event, top-K with the worker's seen-item exclusion) on the model
   ``stream-rec train`` gives at T (defaults, ``--train-budget-s``); the list held is the one the worker
-  sent after the user's previous event. With ``--through-worker`` the same row comes from a real worker on
+  sent after the user's previous event. With ``--through-worker NAME`` the same row comes from a real worker on
   the embedded broker (``live_worker``): the whole log is streamed through it, the lists it sent before the
-  events after T are scored;
+  events after T are scored. Beside them, ``live_model`` (a diagnostic): the same model and states, the
+  list computed from the state at every event without the pipeline -- the model's own CPU per event, and
+  the list without the worker's 50-item limit on seen-item exclusion;
 * ``hourly`` / ``nightly`` -- the same model and states, lists computed at every UTC hour / midnight (and
   at T) from the events before it; users with no history then get the last 24 h's popularity;
 * ``sasrec_live`` / ``sasrec_nightly`` -- SASRec+ (benchmarks/sasrec.py) trained at T with the same
@@ -79,9 +81,9 @@ def parse_args(argv=None):
                    help="live_fresh: the settings' FRESH_SLOTS for the new-item policy (the rest of the policy from "
                         "the settings, STREAM_REC_FRESH_*)")
     p.add_argument("--max-events", type=int, default=0, help="replay only the first N events after T (development)")
-    p.add_argument("--through-worker", action="store_true",
-                   help="also stream the whole log through a real worker on the embedded broker and score its lists "
-                        "(the live_worker row, ML-100K-sized logs)")
+    p.add_argument("--through-worker", nargs="+", default=[], choices=DATASETS, metavar="NAME",
+                   help="for these data sets, also stream the whole log through a real worker on the embedded broker "
+                        "and score the lists it sent (the live_worker row; ~500 events/s here)")
     p.add_argument("--img-dir", default=str(Path(__file__).resolve().parents[1] / "docs" / "img"),
                    help="where temporal-<dataset>.png is written")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -303,8 +305,11 @@ def build_systems(data, stop, t_split, rec, model_dir, peer, settings, args, enc
         online.start(states, lists, recent_events(log_, stop, settings.drift_recent_events))
         systems["live_online"] = online
     seen = {u: {i for i, _ in seq} for u, seq in pre.items()}
-    for name, period in (("hourly", HOUR), ("nightly", DAY)):
-        if name in want:
+    # live_model (a diagnostic beside the nine): live's model and states with the list computed at every event
+    # straight from the state (Recommender.step + top-K, no pipeline, every seen item excluded): the model's
+    # own CPU per event, and what the worker's 50-item seen-item exclusion costs
+    for name, period in (("live_model", 0.0), ("hourly", HOUR), ("nightly", DAY)):
+        if name in want or (name == "live_model" and "live" in want):
             systems[name] = CadenceGRU(rec, t_split, period, popularity, catalogue)
             systems[name].start(states, seen)
     if peer is not None:
@@ -321,7 +326,7 @@ def build_systems(data, stop, t_split, rec, model_dir, peer, settings, args, enc
             systems["markov_live"].start(pre)
     if "popularity_24h" in want:
         systems["popularity_24h"] = PopularityLive(popularity)
-    ordered = {name: systems[name] for name in SYSTEMS if name in systems}
+    ordered = {name: systems[name] for name in SYSTEMS[:1] + ["live_model"] + SYSTEMS[1:] if name in systems}
     ordered["_warm_cpu_s"] = warm_cpu
     return ordered
 
@@ -343,10 +348,10 @@ def run_dataset(name: str, args, encoder, settings) -> dict:
     if peer is not None:
         print(f"SASRec+ at T: {json.dumps(peer[4])}", flush=True)
     worker = None
-    if args.through_worker:
+    if name in args.through_worker:
         from stream_rec_devtools.temporal_systems import worker_lists
 
-        worker = worker_lists(log_, model_dir, rec)
+        worker = worker_lists(log_, model_dir, rec, progress=not args.quiet)
         print(f"through the worker: {json.dumps({k: v for k, v in worker.items() if k != 'lists'})}", flush=True)
     with tempfile.TemporaryDirectory(prefix="temporal-finetunes-") as work_dir:
         systems = build_systems(data, stop, t_split, rec, model_dir, peer, settings, args, encoder, work_dir)
@@ -366,7 +371,11 @@ def run_dataset(name: str, args, encoder, settings) -> dict:
         row["cpu_s"] = round(stats.cpu_s[s], 2) if s != "live_worker" else None
         row["cpu_s_per_1k"] = round(1000.0 * stats.cpu_s[s] / stats.events, 3) if s != "live_worker" else None
     online = systems.get("live_online")
-    extra = {"finetunes": online.finetunes, "alarms": online.alarms_seen} if online is not None else {}
+    extra = {}
+    if online is not None:
+        extra = {"alarms": online.alarms_seen, "finetunes": [
+            {"days_after_T": round((f["t"] - t_split) / 86400.0, 2)} | {k: v for k, v in f.items() if k != "t"}
+            for f in online.finetunes]}
     if "nightly" in systems:
         extra["nightly_lists_computed"] = systems["nightly"].lists.computed
     replay_days = (t_end - t_split) / 86400.0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 STYLE = {  # system -> (colour, line style, width)
     "live": ("#08306b", "-", 2.6),
+    "live_model": ("#08306b", ":", 1.2),
     "hourly": ("#4292c6", "--", 1.6),
     "nightly": ("#9ecae1", "--", 1.6),
     "sasrec_live": ("#d94801", "-", 1.6),

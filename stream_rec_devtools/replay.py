@@ -249,10 +249,13 @@ async def stream_through_worker(args, bootstrap: str, seqs: dict[str, list[tuple
         log.info("worker ready after %.1f s", ready_s)
         producer = await harness.make_producer(settings)
         events = (harness.event_record(u, item, ts, args.event_type) for ts, u, item in flat)
-        bar_recs = tqdm(total=None, desc="recommendations", unit="rec", position=1, leave=False, mininterval=0.5)
+        quiet = not getattr(args, "progress", True)
+        bar_recs = tqdm(total=None, desc="recommendations", unit="rec", position=1, leave=False, mininterval=0.5,
+                        disable=quiet)
         t_send = time.time()
         try:
-            with tqdm(total=len(flat), desc="events sent", unit="ev", position=0, mininterval=0.5) as bar:
+            with tqdm(total=len(flat), desc="events sent", unit="ev", position=0, mininterval=0.5,
+                      disable=quiet) as bar:
                 if args.order == "time":
                     await harness.send_events(producer, settings, events, rate=args.rate, on_sent=on_sent,
                                               progress=bar)

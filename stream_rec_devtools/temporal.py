@@ -211,6 +211,8 @@ class Scoreboard:
         for s in self.systems:
             row = self.metrics(s)
             row["ratio_to_live"] = round(row[key] / ref, 4) if ref and row[key] is not None else None
+            hr, ref_hr = row[f"hr{self.k}"], self.metrics(reference)[f"hr{self.k}"] if ref else None
+            row["hr_ratio_to_live"] = round(hr / ref_hr, 4) if ref_hr and hr is not None else None
             row["new_item_events"] = self.metrics(s, masks["new_item"])
             row["new_item_hits"] = int(np.asarray(self.hit[s])[masks["new_item"]].sum())
             row["users_new_at_T"] = self.metrics(s, masks["new_user"])

@@ -193,7 +193,7 @@ class OnlinePipeline(PipelineSystem):
         out, version, report = self.finetuner.run_now()
         new = Recommender.load(out, device="cpu")
         self.pending = (t + report.seconds, new, Path(out))
-        self.finetunes.append({"t": t, "seconds": round(report.seconds, 1),
+        self.finetunes.append({"t": t, "wall_seconds": round(report.seconds, 1),
                                "best_epoch": report.best_epoch, "users": report.users, "events": report.events,
                                "hit_rate_before": alarm.hit_rate_before, "hit_rate_after": alarm.hit_rate_after})
         log.info("drift fine-tune at %.0f: %s (best epoch %d, %.0f s)", t, version, report.best_epoch, report.seconds)
@@ -229,7 +229,10 @@ class CadenceGRU:
             self.catalogue.add(self.rec, self.catalogue.released_by(t))
 
     def held(self, users, ts) -> list[Held]:
-        return self.lists.held(users, ts, lambda u: u in self.hidden, self._compute)
+        held = self.lists.held(users, ts, lambda u: u in self.hidden, self._compute)
+        if self.lists.period_s <= 0:  # a list of the state as it is since the user's last event: aged from it
+            held = [Held(h.items, self.last_ts.get(u, h.computed_at)) for u, h in zip(users, held)]
+        return held
 
     def _compute(self, users: list[str], bounds: list[float]) -> list[list[str]]:
         from stream_rec.model.gru import topk_excluding
@@ -346,7 +349,8 @@ class WorkerLists:
             self.last_ts[u] = t
 
 
-def worker_lists(log_: Log, model_dir, rec, bootstrap: str | None = None, in_flight: int = 256) -> dict:
+def worker_lists(log_: Log, model_dir, rec, bootstrap: str | None = None, in_flight: int = 256,
+                 progress: bool = True) -> dict:
     """Stream the whole log through a real ``stream-rec worker`` serving ``model_dir`` (on ``bootstrap``,
     or an embedded broker started for it), one list per event (``replay --order paced``), timestamps moved
     to end now (the gaps kept), and return every list it sent: ``{"lists": {(user, i): [item, ...]}, ...}``."""
@@ -361,7 +365,7 @@ def worker_lists(log_: Log, model_dir, rec, bootstrap: str | None = None, in_fli
 
     seqs = shift_to_now(log_.sequences())
     flags = types.SimpleNamespace(order="paced", rate=0.0, in_flight=in_flight, event_type="view", max_events=0,
-                                  batch_max_events=None, history_len=None, timeout_s=120.0)
+                                  batch_max_events=None, history_len=None, timeout_s=120.0, progress=progress)
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="temporal-worker-"))
         if bootstrap is None:
