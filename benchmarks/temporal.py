@@ -87,6 +87,8 @@ def parse_args(argv=None):
     p.add_argument("--img-dir", default=str(Path(__file__).resolve().parents[1] / "docs" / "img"),
                    help="where temporal-<dataset>.png is written")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--replot", metavar="DETAILS_JSON", help="only redraw the pictures and reprint the tables of an "
+                                                             "earlier run's <out>.details.json")
     return p.parse_args(argv)
 
 
@@ -394,7 +396,7 @@ def run_dataset(name: str, args, encoder, settings) -> dict:
     from temporal_report import plot_dataset
 
     png = plot_dataset(name, summary, daily, info, Path(args.img_dir), bin_days(board, t_split))
-    return {"info": info, "systems": summary, "daily": daily, "png": str(png)}
+    return {"info": info, "systems": summary, "daily": daily, "png": str(png), "bin_days": bin_days(board, t_split)}
 
 
 def bin_days(board, t_split: float) -> int:
@@ -402,6 +404,17 @@ def bin_days(board, t_split: float) -> int:
     days = max(1.0, (max(board.t) - t_split) / 86400.0) if board.t else 1.0
     per_day = len(board.t) / days
     return 1 if per_day >= 100 else int(min(14, math.ceil(100 / max(per_day, 1e-9))))
+
+
+def replot(details_path: Path, img_dir: Path) -> int:
+    from temporal_report import plot_dataset, print_dataset
+
+    details = json.loads(details_path.read_text())
+    for name, res in details.items():
+        res["png"] = str(plot_dataset(name, res["systems"], res["daily"], res["info"], img_dir,
+                                      res.get("bin_days", 1)))
+        print_dataset(name, res)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -413,6 +426,8 @@ def main(argv=None) -> int:
     from temporal_report import print_dataset
 
     args = parse_args(argv)
+    if args.replot:
+        return replot(Path(args.replot), Path(args.img_dir))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
     threadpool_limits(1)

@@ -20,6 +20,9 @@ STYLE = {  # system -> (colour, line style, width)
 }
 
 
+MIN_EVENTS_PER_POINT = 30  # a day with fewer scored events is left out of the picture (its rate is noise)
+
+
 def fmt(x, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
@@ -72,11 +75,11 @@ def plot_dataset(name: str, rows: dict, daily: dict, info: dict, img_dir: Path, 
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 8.5), gridspec_kw={"height_ratios": [3, 2]})
     for s, points in daily.items():
         colour, ls, lw = STYLE.get(s, ("#999999", "-", 1.0))
-        kept = [p for p in points if p[1] > 0]
+        kept = [p for p in points if p[1] >= MIN_EVENTS_PER_POINT]
         ax1.plot([p[0] for p in kept], [p[2] for p in kept], color=colour, ls=ls, lw=lw, marker="o", ms=2.5,
                  label=f"{s} (HR@10 {rows[s]['hr10']:.3f})")
     unit = "day" if bin_days == 1 else f"{bin_days}-day bin"
-    ax1.set_xlabel("days since T (the end of training)")
+    ax1.set_xlabel(f"days since T (the end of training); {unit}s with >= {MIN_EVENTS_PER_POINT} scored events")
     ax1.set_ylabel(f"HR@10 per {unit}")
     ax1.set_ylim(bottom=0)
     ax1.grid(alpha=0.3)

@@ -37,16 +37,19 @@ START_TS = 1_700_000_000.0  # 2023-11-14: the worker's validation accepts it
 
 @dataclass(frozen=True)
 class TimeWorldSpec:
+    """The time layout of a world (module docstring); ``world`` gives its catalogue and next-item model (its
+    ``n_users``, ``history`` and ``new_share`` are not used)."""
+
     name: str
-    world: WorldSpec  # catalogue and next-item model (its n_users, history and new_share are not used)
-    n_users: int = 1500
-    days: float = 60.0
-    session_events: tuple[int, int] = (1, 8)
-    event_gap_s: float = 240.0
-    session_gap_days: float = 2.0
-    max_events: int = 150
-    drift_at: float | None = None
-    release_every_days: float | None = None
+    world: WorldSpec
+    n_users: int = 1500  # arriving at uniform times over the log
+    days: float = 60.0  # the log's span
+    session_events: tuple[int, int] = (1, 8)  # events per session (uniform)
+    event_gap_s: float = 240.0  # mean gap between the events of a session (exponential)
+    session_gap_days: float = 2.0  # mean gap between sessions (exponential)
+    max_events: int = 150  # per user
+    drift_at: float | None = None  # fraction of the span where popularity and favourite topics change
+    release_every_days: float | None = None  # episodes of a series come out this far apart (None: all out)
 
 
 def _spec(name: str, seed: int) -> WorldSpec:
