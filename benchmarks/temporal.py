@@ -411,8 +411,9 @@ def replot(details_path: Path, img_dir: Path) -> int:
 
     details = json.loads(details_path.read_text())
     for name, res in details.items():
-        res["png"] = str(plot_dataset(name, res["systems"], res["daily"], res["info"], img_dir,
-                                      res.get("bin_days", 1)))
+        starts = sorted({p[0] for points in res["daily"].values() for p in points})
+        bin_days = res.get("bin_days") or int(round(min(np.diff(starts), default=1.0)))  # older files lack it
+        res["png"] = str(plot_dataset(name, res["systems"], res["daily"], res["info"], img_dir, bin_days))
         print_dataset(name, res)
     return 0
 
