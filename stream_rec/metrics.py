@@ -93,6 +93,11 @@ ONLINE_SCORED = Counter("stream_rec_online_scored_total", "Next events scored ag
 DRIFT_DETECTED = Counter("stream_rec_drift_detected_total", "Drift alarms from the online quality monitor", **_REG)
 USERS_DELETED = Counter("stream_rec_users_deleted_total",
                         "Users whose state was erased by a delete_user control event (stream-rec forget)", **_REG)
+HTTP_CONNECTIONS_REFUSED = Counter("stream_rec_http_connections_refused_total",
+                                   "Connections to the HTTP listener closed on arrival: STREAM_REC_HTTP_MAX_CONNECTIONS "
+                                   "were open", **_REG)
+LOOKUPS = Counter("stream_rec_lookups_total", "Lookups of a user's list (GET /recommendations), by answer",
+                  ["answer"], **_REG)
 
 # Label children of the stages every worker runs exist from the start (at 0), not from their first
 # observation: Prometheus's rate() ignores the first sample of a new series, so a series born at the

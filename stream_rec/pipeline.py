@@ -174,18 +174,35 @@ def current_record(user_id: str, raw_state: bytes | None, model, config: Pipelin
     stored history when another model version wrote it) and ``rank_users`` (seen items excluded, the
     enricher's stages) -- with nothing recorded (no exposure counted, no list for the quality monitor).
     None when there is no state for ``user_id`` (its stored key: the pseudonym when pseudonymising)."""
-    if not raw_state or model is None:
-        return None
-    state = read_state(raw_state, model)
-    if state.hidden is None and not state.history:
-        return None
-    touched = TouchedUsers([user_id], [state], [[]])
+    return current_records([user_id], [raw_state], model, config=config, now=now, enricher=enricher)[0]
+
+
+def current_records(user_ids: Sequence[str], raw_states: Sequence[bytes | None], model,
+                    config: PipelineConfig = PipelineConfig(), now: float | None = None,
+                    enricher=None) -> list[dict | None]:
+    """:func:`current_record` for many users at once, ranked in one batch as the stream ranks a micro-batch
+    (the worker's lookups are answered in such batches: worker/lookups.py)."""
+    out: list[dict | None] = [None] * len(user_ids)
+    if model is None:
+        return out
+    touched, where = TouchedUsers(), []
+    for n, (user_id, raw) in enumerate(zip(user_ids, raw_states)):
+        state = read_state(raw, model) if raw else None
+        if state is not None and (state.hidden is not None or state.history):
+            touched.users.append(user_id)
+            touched.states.append(state)
+            touched.pending.append([])
+            where.append(n)
+    if not where:
+        return out
     hiddens = initial_hiddens(model, touched.states)
     lists, extras = rank_users(model, touched, hiddens=hiddens, queries={}, config=config, enricher=enricher,
                                record=False)
-    return recommendation_record(user_id, state, lists[0], model_version=model.version, last=None,
-                                 event_ts=state.last_timestamp, now=time.time() if now is None else now,
-                                 extra=extras[0])
+    stamp = time.time() if now is None else now
+    for n, user_id, state, items, extra in zip(where, touched.users, touched.states, lists, extras):
+        out[n] = recommendation_record(user_id, state, items, model_version=model.version, last=None,
+                                       event_ts=state.last_timestamp, now=stamp, extra=extra)
+    return out
 
 
 _CATALOGUE_KEYS: "WeakKeyDictionary[object, ItemKeys]" = WeakKeyDictionary()

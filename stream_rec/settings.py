@@ -79,6 +79,20 @@ class Settings:
     # the worker's pages under /ui/ on that listener (stream_rec/worker/ui.py; read-only): a user's list changing
     # live, an item, the system's recent figures. False = no pages, and nothing is kept for them
     ui: bool = True
+    # access to the listener (stream_rec/worker/access.py): with a token, every route but /metrics, /healthz and
+    # /readyz needs "Authorization: Bearer <token>" (never logged); token_required refuses to start without one
+    # (the Kubernetes manifests set it, the token comes from their Secret)
+    http_token: str = field(default="", repr=False)
+    http_token_required: bool = False
+    # a connection that has not sent a whole request (or stays idle after one) this long is closed, and at most
+    # this many connections are open at once (more are closed on arrival): half-open clients cannot pile up
+    http_idle_timeout_s: float = 10.0
+    http_max_connections: int = 256
+    # lookups waiting to be ranked (worker/lookups.py, in batches of 16); more are answered 503 at once
+    lookup_max_pending: int = 1024
+    # at most this share of the worker's event loop goes to ranking and encoding lookups: a crowd of lookups
+    # waits for its answers instead of slowing the stream (benchmarks/lookup_load.py)
+    lookup_loop_share: float = 0.2
     # stall watchdog (stream_rec/worker/watchdog.py): no micro-batch for stall_warn_s while events wait -> a WARNING
     # saying what the worker waits on, stream_rec_ready 0; after stall_exit_s the worker exits with status
     # 75 so that its supervisor restarts it (0 = never exit)

@@ -63,6 +63,8 @@ class PrequentialScorer:
     scored: list[Scored] = field(default_factory=list)
     unmatched: int = 0  # records for unknown users, or whose history is not in the user's sequence
     last_event: int = 0  # records after a user's last streamed event (nothing to score)
+    keep_lists: bool = False  # keep every matched list in ``lists`` (the temporal benchmark scores them itself)
+    lists: dict[tuple[str, int], list[str]] = field(default_factory=dict)  # (user, event index) -> item ids
     _position: dict[str, int] = field(default_factory=dict)  # user -> index of the last matched event
 
     def locate(self, record: dict) -> int | None:
@@ -90,10 +92,12 @@ class PrequentialScorer:
             return None
         self._position[user] = index
         seq = self.sequences[user]
+        items = [it["item_id"] if isinstance(it, dict) else it for it in record.get("items", [])]
+        if self.keep_lists:
+            self.lists[(user, index)] = items
         if index + 1 >= len(seq):
             self.last_event += 1
             return None
-        items = [it["item_id"] if isinstance(it, dict) else it for it in record.get("items", [])]
         hit, ndcg = rank_metrics(items, seq[index + 1][0], self.k)
         sent = None if sent_at is None else sent_at.get((user, index))
         s = Scored(user, index, hit, ndcg, self.test_index.get(user) == index + 1,

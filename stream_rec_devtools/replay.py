@@ -104,21 +104,13 @@ def offline_numbers(rec, seqs: dict[str, list[tuple[str, float]]], users: list[s
 
 
 async def replay(args, bootstrap: str) -> dict:
-    import asyncio
     import json
-    import shutil
-    import tempfile
-    import time
     from pathlib import Path
 
-    from tqdm import tqdm
-
     from stream_rec.io.data import read_events, read_items, sequences
-    from stream_rec.io.kafka import ensure_topics
-    from stream_rec.validation import log_shift
     from stream_rec.worker.models import load_newest
 
-    from .prequential import PrequentialScorer, plot_windows
+    from .prequential import plot_windows
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -134,14 +126,83 @@ async def replay(args, bootstrap: str) -> dict:
     seqs = {u: [(i, ts) for i, ts in seqs[u] if i in rec.row_of] for u in users}
     dropped = n_before - sum(len(s) for s in seqs.values())
     users = [u for u in users if seqs[u]]
-    # The worker dead-letters timestamps before 2000-01-01 (validation.py, bad_timestamp): a log as old as
-    # MovieLens-100K (1997-98) would never get a list. The log is shifted to end now (as `stream-rec produce`
-    # does for such a log); the gaps between events, which the model reads, stay as they are.
-    shift = log_shift((ts for u in users for _, ts in seqs[u]), time.time())
-    seqs = {u: [(i, ts + shift) for i, ts in seqs[u]] for u in users}
+    seqs = shift_to_now(seqs)
+    run = await stream_through_worker(args, bootstrap, seqs, users, model_dir, rec, out)
+    scorer, settings, complete = run["scorer"], run["settings"], run["complete"]
+    summary = scorer.summary()
+    result = {
+        "model": {"dir": str(model_dir), "version": rec.version},
+        "events": args.events_file,
+        "users": len(scorer.sequences),
+        "users_streamed_whole": len(complete),
+        "events_streamed": run["events_streamed"],
+        "events_dropped_unknown_item": dropped,
+        "unknown_items": len(unknown_items),
+        "order": args.order,
+        "in_flight_users": args.in_flight if args.order == "paced" else None,
+        "rate_offered": args.rate or "max",
+        "worker_history_len": settings.history_len,
+        "worker_batch_max_events": settings.batch_max_events,
+        "send_seconds": round(run["send_seconds"], 2),
+        "events_per_s_end_to_end": (round(run["events_streamed"] / run["drain_seconds"], 1)
+                                    if run["drain_seconds"] > 0 else None),
+        "all_recommendations_received": run["finished"],
+        "interrupted_after_events": run["interrupted_after_events"],
+        "prequential": summary,
+        "wall_seconds": run["wall_seconds"],
+    }
+    if not args.no_offline:
+        offline_users = sorted(complete)
+        result["offline_same_users"] = offline_numbers(rec, seqs, offline_users)
+        off = result["offline_same_users"].get("ndcg@10")
+        on = summary["test"].get("NDCG@10")
+        if off and on is not None:
+            result["prequential_test_vs_offline_ndcg"] = round(on / off, 3)
+    windows = scorer.windows()
+    result["windows"] = windows
+    (out / "replay.json").write_text(json.dumps(result, indent=2))
+    plot_windows(windows, out / "replay.png",
+                 title=f"replay of {run['events_streamed']} events, {len(scorer.sequences)} users, model {rec.version}",
+                 offline_ndcg=(result.get("offline_same_users") or {}).get("ndcg@10"))
+    result.pop("windows")
+    print(json.dumps(result, indent=2))
+    print(f"wrote {out / 'replay.json'} and {out / 'replay.png'}")
+    return result
+
+
+def shift_to_now(seqs: dict[str, list[tuple[str, float]]]) -> dict[str, list[tuple[str, float]]]:
+    """The log shifted to end now. The worker dead-letters timestamps before 2000-01-01 (validation.py,
+    bad_timestamp): a log as old as MovieLens-100K (1997-98) would never get a list. The gaps between
+    events, which the model reads, stay as they are."""
+    import time
+
+    from stream_rec.validation import log_shift
+
+    shift = log_shift((ts for seq in seqs.values() for _, ts in seq), time.time())
+    return {u: [(i, ts + shift) for i, ts in seq] for u, seq in seqs.items()}
+
+
+async def stream_through_worker(args, bootstrap: str, seqs: dict[str, list[tuple[str, float]]], users: list[str],
+                                model_dir, rec, out, keep_lists: bool = False) -> dict:
+    """Stream the events of ``users`` (``seqs``: each user's ``[(item, ts)]``, timestamps the worker accepts)
+    through a worker serving ``model_dir`` on the broker ``bootstrap``, and match every recommendation it
+    sends to the event it followed (``PrequentialScorer``; with ``keep_lists`` the lists themselves are kept
+    too). ``args``: the replay flags (order, rate, in_flight, event_type, max_events, batch_max_events,
+    history_len, timeout_s). Returns the scorer, the worker's settings and the run's timings."""
+    import asyncio
+    import shutil
+    import tempfile
+    import time
+
+    from tqdm import tqdm
+
+    from stream_rec.io.kafka import ensure_topics
+
+    from .prequential import PrequentialScorer
+
     flat, streamed, complete = build_stream(seqs, users, args.max_events)
     test_index = {u: len(streamed[u]) - 1 for u in complete if len(streamed[u]) >= 3}
-    scorer = PrequentialScorer(streamed, test_index)
+    scorer = PrequentialScorer(streamed, test_index, keep_lists=keep_lists)
     sent_at: dict[tuple[str, int], float] = {}
     position: dict[str, int] = {}
     log.info("replaying %d events of %d users through model %s (%s)", len(flat), len(streamed), rec.version, model_dir)
@@ -190,10 +251,13 @@ async def replay(args, bootstrap: str) -> dict:
         log.info("worker ready after %.1f s", ready_s)
         producer = await harness.make_producer(settings)
         events = (harness.event_record(u, item, ts, args.event_type) for ts, u, item in flat)
-        bar_recs = tqdm(total=None, desc="recommendations", unit="rec", position=1, leave=False, mininterval=0.5)
+        quiet = not getattr(args, "progress", True)
+        bar_recs = tqdm(total=None, desc="recommendations", unit="rec", position=1, leave=False, mininterval=0.5,
+                        disable=quiet)
         t_send = time.time()
         try:
-            with tqdm(total=len(flat), desc="events sent", unit="ev", position=0, mininterval=0.5) as bar:
+            with tqdm(total=len(flat), desc="events sent", unit="ev", position=0, mininterval=0.5,
+                      disable=quiet) as bar:
                 if args.order == "time":
                     await harness.send_events(producer, settings, events, rate=args.rate, on_sent=on_sent,
                                               progress=bar)
@@ -220,42 +284,7 @@ async def replay(args, bootstrap: str) -> dict:
         await collector.stop()
         worker.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
-
-    summary = scorer.summary()
-    result = {
-        "model": {"dir": str(model_dir), "version": rec.version},
-        "events": args.events_file,
-        "users": len(streamed),
-        "users_streamed_whole": len(complete),
-        "events_streamed": len(flat),
-        "events_dropped_unknown_item": dropped,
-        "unknown_items": len(unknown_items),
-        "order": args.order,
-        "in_flight_users": args.in_flight if args.order == "paced" else None,
-        "rate_offered": args.rate or "max",
-        "worker_history_len": settings.history_len,
-        "worker_batch_max_events": settings.batch_max_events,
-        "send_seconds": round(send_seconds, 2),
-        "events_per_s_end_to_end": round(len(flat) / drain_seconds, 1) if drain_seconds > 0 else None,
-        "all_recommendations_received": finished,
-        "interrupted_after_events": len(sent_at) if interrupted else None,
-        "prequential": summary,
-        "wall_seconds": round(time.time() - t_start, 1),
-    }
-    if not args.no_offline:
-        offline_users = sorted(complete)
-        result["offline_same_users"] = offline_numbers(rec, seqs, offline_users)
-        off = result["offline_same_users"].get("ndcg@10")
-        on = summary["test"].get("NDCG@10")
-        if off and on is not None:
-            result["prequential_test_vs_offline_ndcg"] = round(on / off, 3)
-    windows = scorer.windows()
-    result["windows"] = windows
-    (out / "replay.json").write_text(json.dumps(result, indent=2))
-    plot_windows(windows, out / "replay.png",
-                 title=f"replay of {len(flat)} events, {len(streamed)} users, model {rec.version}",
-                 offline_ndcg=(result.get("offline_same_users") or {}).get("ndcg@10"))
-    result.pop("windows")
-    print(json.dumps(result, indent=2))
-    print(f"wrote {out / 'replay.json'} and {out / 'replay.png'}")
-    return result
+    return {"scorer": scorer, "settings": settings, "complete": complete, "events_streamed": len(flat),
+            "send_seconds": send_seconds, "drain_seconds": drain_seconds, "finished": finished,
+            "interrupted_after_events": len(sent_at) if interrupted else None,
+            "wall_seconds": round(time.time() - t_start, 1)}

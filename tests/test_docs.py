@@ -66,7 +66,7 @@ def test_command_lines_in_the_docs_use_flags_the_cli_has():
     assert not unknown, unknown
 
 
-UNITS = {"days": 86400, "KiB": 1024, "MB": 1, "ms": 1, "s": 1}
+UNITS = {"days": 86400, "KiB": 1024, "MB": 1, "ms": 1, "s": 1, "%": 0.01}
 
 
 def _default_matches(field, quoted: str) -> bool | None:
@@ -76,7 +76,7 @@ def _default_matches(field, quoted: str) -> bool | None:
     if isinstance(default, bool):
         return word in ("true", "false") and (word == "true") == default if word in ("true", "false") else None
     if isinstance(default, (int, float)):
-        number = re.match(r"^(-?\d[\d,]*(?:\.\d+)?)\s*([A-Za-z]+)?", word)
+        number = re.match(r"^(-?\d[\d,]*(?:\.\d+)?)\s*([A-Za-z]+|%)?", word)
         if not number:
             return None
         value = float(number.group(1).replace(",", "")) * UNITS.get(number.group(2) or "", 1)

@@ -100,7 +100,7 @@ def test_every_manifest_is_listed_once_and_parses():
     keys = [(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs]
     assert len(keys) == len(set(keys)), "two objects with the same kind, namespace and name"
     assert {d["kind"] for d in docs} == {"Namespace", "ConfigMap", "Secret", "Job", "Service", "StatefulSet",
-                                         "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule"}
+                                         "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule", "NetworkPolicy"}
     namespace = next(d for d in docs if d["kind"] == "Namespace")["metadata"]["name"]
     assert all(d["metadata"].get("namespace") == namespace for d in docs if d["kind"] != "Namespace")
 
@@ -305,6 +305,33 @@ def test_settings_are_real_settings_and_secrets_stay_secret(objects):
     assert all(value == "" for value in secret.values()), "placeholders only: real secrets go in an overlay"
     s = Settings.from_env({**settings, **secret})  # the ConfigMap parses as settings
     assert s.replication_factor >= 2 and 1 <= s.min_insync_replicas < s.replication_factor
+
+
+def test_lookups_need_the_token_and_only_admitted_namespaces_reach_the_listener(objects):
+    """Issue 23: the lookup answers any user's list to whoever reaches a pod. In Kubernetes the token is
+    required (the worker refuses to start without one) and comes from the Secret; a NetworkPolicy admits
+    only Prometheus's namespace and the namespaces labelled to ask, on the listener's port only."""
+    from stream_rec.settings import Settings
+    from stream_rec.worker.access import TokenMissing, check_token_setting
+
+    settings = objects[("ConfigMap", "stream-rec-settings")]["data"]
+    secret = objects[("Secret", "stream-rec-secrets")]["stringData"]
+    sts = objects[("StatefulSet", "stream-rec")]
+    assert "STREAM_REC_HTTP_TOKEN" in secret and "STREAM_REC_HTTP_TOKEN" not in settings
+    assert {"secretRef": {"name": "stream-rec-secrets"}} in containers(sts)[0]["envFrom"]
+    s = Settings.from_env({**settings, **secret})
+    assert s.http_token_required and s.metrics_host == "0.0.0.0"
+    with pytest.raises(TokenMissing):  # the base's empty placeholder: the pods refuse to serve lookups openly
+        check_token_setting(s.http_token, s.http_token_required)
+    policy = objects[("NetworkPolicy", "stream-rec-listener")]
+    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]  # the container port named http: the listener
+    assert all(set(peer) == {"namespaceSelector"} and peer["namespaceSelector"]["matchLabels"] for peer in rule["from"])
+    admitted = [peer["namespaceSelector"]["matchLabels"] for peer in rule["from"]]
+    assert admitted == [{"kubernetes.io/metadata.name": "monitoring"}, {"stream-rec.io/listener": "allowed"}]
 
 
 def test_topics_job_runs_the_topic_spec_with_the_workers_settings(objects):

@@ -178,7 +178,7 @@ def test_hot_reload_swaps_version_and_keeps_user_state(spine_settings, trained_m
         # and a reload announced on the control topic, from a directory outside the models root
         v3 = train_demo_model(tmp_path / "v3", train={"seed": 2, "epochs": 8}, version_suffix="v3").version
         subprocess.run([sys.executable, "-m", "stream_rec", "reload", "--broker", settings.broker, "--topic-prefix",
-                        settings.topic_prefix, "--path", str(tmp_path / "v3")], check=True, timeout=60)
+                        settings.topic_prefix, "--app-id", settings.app_id, "--path", str(tmp_path / "v3")], check=True, timeout=60)
         wait_for_rec(settings, lambda r: r["model_version"] == v3, timeout_s=60, nudge=probe_event)
         assert worker.alive(), worker.log_tail()
 

@@ -15,6 +15,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import quote
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ from conftest import WorkerProcess, consume, make_settings, produce, scrape, wai
 from stream_rec.io.broker import free_port
 from stream_rec.io.kafka import ensure_topics
 from stream_rec.model.recommender import Recommender
-from stream_rec.pipeline import Incoming, PipelineConfig, current_record, process_batch, states_in
+from stream_rec.pipeline import Incoming, PipelineConfig, current_record, current_records, process_batch, states_in
 from stream_rec.recsys.enricher import Enricher
 from stream_rec_devtools.synthetic import make_catalog
 from stream_rec.worker.watchdog import StallWatchdog
@@ -103,6 +104,10 @@ def test_current_record_is_the_list_the_stream_sent(model):
         assert looked_up["event_timestamp"] == sent[user]["event_timestamp"] and "latency_ms" not in looked_up
     assert dict(enricher.exposure._counts) == exposures and dict(enricher.monitor.last_lists) == graded
     assert current_record("nobody", store.get("nobody"), model, config) is None
+    # ranked in one batch (the worker's lookups, worker/lookups.py): the same lists, None where no state
+    batched = current_records(["a", "nobody", "b"], [store["a"], None, store["b"]], model, config, enricher=enricher)
+    assert batched[1] is None and [r["items"] for r in (batched[0], batched[2])] == [sent["a"]["items"],
+                                                                                    sent["b"]["items"]]
 
 
 # --- real workers ----------------------------------------------------------------------------------------------
@@ -212,7 +217,7 @@ def _check_redirects(w1, w2, users, last, partitions) -> None:
         status, body, headers = get(other.url(f"/recommendations/{user}"))
         assert status == 307, (user, status, body)
         location = headers["Location"]
-        assert location.startswith(owner.url(f"/recommendations/{user}"))
+        assert location == owner.url(f"/recommendations?user_id={quote(user, safe='')}&redirected=1")
         status, body, _ = get(location)
         assert status == 200 and body["items"] == last[user]["items"], (user, body)
         status, body, _ = get(owner.url(f"/recommendations/{user}"))

@@ -107,6 +107,10 @@ def add_setting(p: argparse.ArgumentParser, name: str, help: str, *, flag: str |
 def add_broker_flags(p: argparse.ArgumentParser) -> None:
     add_setting(p, "broker", "Kafka bootstrap servers", metavar="HOST:PORT[,HOST:PORT]")
     add_setting(p, "topic_prefix", "prefix of every topic name, for shared clusters", metavar="PREFIX")
+    # every command that creates topics creates the state changelog too, named from the app id, and a
+    # prefix needs an app id of its own (io.topics.check_namespace)
+    add_setting(p, "app_id", "the workers' app id: consumer group and prefix of the changelog topics",
+                metavar="ID")
     add_setting(p, "partitions", "partitions of events/recommendations/state when this command creates them",
                 metavar="N")
     add_setting(p, "replication_factor", "replicas of every topic this command creates, the state changelog "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import Parser, add_broker_flags, add_command, add_setting, settings_from_args
+from ._common import Parser, add_broker_flags, add_command, settings_from_args
 
 SUMMARY = "create or show the stream-rec topics (one spec, Faust's changelog included)"
 
@@ -32,7 +32,6 @@ def register(sub) -> None:
                            "differ from the spec")
     for q in (create, show):
         add_broker_flags(q)
-        add_setting(q, "app_id", "the workers' app id: names the state changelog", metavar="ID")
     p.set_defaults(func=run)
 
 

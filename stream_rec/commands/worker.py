@@ -19,7 +19,6 @@ SUMMARY = "run the stream processor (Faust worker)"
 def register(sub) -> None:
     p = add_command(sub, __name__, SUMMARY, __doc__)
     add_broker_flags(p)
-    add_setting(p, "app_id", "consumer group id and prefix of changelog topics", metavar="ID")
     add_setting(p, "data_dir", "RocksDB tables live in DIR/<app-id>/; keep it to keep state across restarts",
                 metavar="DIR")
     add_setting(p, "model", "trained model directory, or a directory of them (the newest is served, and "

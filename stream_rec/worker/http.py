@@ -9,11 +9,18 @@ aiohttp on the worker's own event loop:
                                    no rebalance or table recovery is under way and the worker is not
                                    stalled; else 503 with a JSON body naming what is missing
 ``GET /recommendations/{user_id}`` the user's current list, computed from the stored state by the ranking
-                                   the stream uses (``pipeline.current_record``); served by the worker
-                                   that owns the user's partition: another worker answers 307 to it
+``GET /recommendations?user_id=``  the stream uses (``pipeline.current_records``, in batches:
+                                   worker/lookups.py); served by the worker that owns the user's
+                                   partition: another worker answers 307 to it (the id in the query of
+                                   ``Location``, percent-encoded: no client rewrites ``.``/``..`` there)
 ``GET /ui/...``                    the worker's pages (``Settings.ui``; stream_rec/worker/ui.py): a user's
                                    list changing live, an item, the system's recent figures
 =================================  ====================================================================
+
+With ``Settings.http_token`` every route but the first three needs ``Authorization: Bearer <token>``
+(worker/access.py). Connections that send no whole request for ``Settings.http_idle_timeout_s`` are
+closed, at most ``Settings.http_max_connections`` are open at once, and the ``Server`` header names no
+software version.
 
 Pure pieces, tested without Kafka: :class:`Readiness` (what ``/readyz`` says, from a
 :class:`WorkerStatus` snapshot and a stall watchdog) and :func:`route` (answer here, redirect, or say
@@ -34,6 +41,7 @@ No access log: request paths carry user ids, which the worker never logs.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -48,18 +56,20 @@ from mode import Service
 
 from .. import metrics
 from ..io.topics import changelog_topic_name
-from ..pipeline import current_record
+from ..pipeline import current_records
 from ..privacy import pseudonymize
 from ..settings import Settings
+from .access import AccessPolicy, check_token_setting
 from .context import WorkerContext
+from .lookups import LookupBatcher, LookupsBusy
 from .services import read_user_state
 from .ui import PREFIX, UiPages
 from .views import REDIRECTED
 
 log = logging.getLogger(__name__)
 
-
-
+SERVER_NAME = "stream-rec"  # the Server header (aiohttp's default names its version)
+LOOKUP_BATCH = 16  # users ranked together by one lookup batch (worker/lookups.py): a few ms of the loop
 MAX_REQUEST_LINE = 16384
 
 
@@ -165,31 +175,45 @@ class HttpService(Service):
         self.readiness = Readiness(ctx.services.watchdog)
         self.started_at = time.monotonic()
         self.loop_lags: deque[float] = deque(maxlen=int(60 / self.LOOP_LAG_INTERVAL_S))  # the last minute
+        check_token_setting(self.settings.http_token, self.settings.http_token_required)
+        self.access = AccessPolicy(self.settings.http_token)
+        self.lookups = LookupBatcher(self._current_records, LOOKUP_BATCH, self.settings.lookup_max_pending,
+                                     self.settings.lookup_loop_share)
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.base_events.Server | None = None
         ui = ctx.services.ui  # None: Settings.ui off
         self.pages = UiPages(self, ui) if ui is not None else None
 
     async def on_start(self) -> None:
-        web_app = web.Application()
+        web_app = web.Application(middlewares=[self.access.middleware])
+        web_app.on_response_prepare.append(_server_header)
         web_app.router.add_get("/metrics", self.get_metrics)
         web_app.router.add_get("/healthz", self.get_healthz)
         web_app.router.add_get("/readyz", self.get_readyz)
-        web_app.router.add_get("/recommendations/{user_id:.+}", self.get_recommendations)
+        web_app.router.add_get("/recommendations", self.get_recommendations)  # ?user_id=
+        web_app.router.add_get(r"/recommendations/{user_id:[\s\S]+}", self.get_recommendations)  # "\n" too
         if self.pages is not None:  # every page route is in this one sub-application (worker/ui.py)
             web_app.router.add_get(PREFIX, lambda request: web.HTTPPermanentRedirect(PREFIX + "/"))
             web_app.add_subapp(PREFIX + "/", self.pages.app())
-        # request lines up to 16 KiB (aiohttp's default: 8 KiB): a valid id is at most 256 characters (3 KiB
-        # percent-encoded), and an id that is too long is answered by the page that says so, not by the parser
-        self._runner = web.AppRunner(web_app, access_log=None, handle_signals=False, max_line_size=MAX_REQUEST_LINE)
+        # keepalive_timeout also closes a connection that never sends a whole request (aiohttp arms it on
+        # connect); request lines up to 16 KiB (aiohttp's default: 8 KiB): a valid id is at most 256 characters
+        # (3 KiB percent-encoded), and an id that is too long is answered by the page that says so
+        self._runner = web.AppRunner(web_app, access_log=None, handle_signals=False, max_line_size=MAX_REQUEST_LINE,
+                                     keepalive_timeout=self.settings.http_idle_timeout_s)
         await self._runner.setup()
-        await web.SockSite(self._runner, self.sock).start()
-        log.info("HTTP on %s:%d (/metrics /healthz /readyz /recommendations/USER%s), advertised to the group as %s",
+        self._server = await asyncio.get_running_loop().create_server(
+            capped(self._runner.server, self.settings.http_max_connections), sock=self.sock)
+        log.info("HTTP on %s:%d (/metrics /healthz /readyz /recommendations/USER%s%s), advertised to the group as %s",
                  self.settings.metrics_host, self.settings.metrics_port, " /ui/" if self.pages else "",
-                 self.app.conf.canonical_url)
+                 "; lookups need the bearer token" if self.settings.http_token else "", self.app.conf.canonical_url)
 
     async def on_stop(self) -> None:
         if self.pages is not None:
             self.pages.close()  # live pages end, so the listener need not wait for them
+        self.lookups.close()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -247,7 +271,11 @@ class HttpService(Service):
 
     def user_state(self, user_id: str, partition: int) -> bytes | None:
         """The user's stored state, read as the batch path reads it (``services.read_user_state``)."""
-        return read_user_state(self.services.state_cache, self.ctx.table, self.user_key(user_id).encode(), partition)
+        return self.stored_state(self.user_key(user_id), partition)
+
+    def stored_state(self, key: str, partition: int) -> bytes | None:
+        """The state stored under the state key ``key`` (:meth:`user_key`) on ``partition``."""
+        return read_user_state(self.services.state_cache, self.ctx.table, key.encode(), partition)
 
     @property
     def services(self):
@@ -284,24 +312,76 @@ class HttpService(Service):
         return web.json_response(body, status=503 if missing else 200)
 
     async def get_recommendations(self, request: web.Request) -> web.Response:
-        user_id = request.match_info["user_id"]
-        services = self.services
+        user_id = request.match_info.get("user_id") or request.query.get("user_id")
+        if not user_id:
+            return answer("bad_request", {"error": "no user id", "detail": "GET /recommendations/{user_id} or "
+                                          "/recommendations?user_id="}, 400)
         partition, where = self.locate(user_id, REDIRECTED in request.query)
         if where.kind == "redirect":
-            location = f"{where.url}/recommendations/{quote(user_id, safe='')}?{REDIRECTED}=1"
-            return web.json_response({"redirect": where.url, "partition": partition}, status=307,
-                                     headers={"Location": location})
+            return answer("redirect", {"redirect": where.url, "partition": partition}, 307,
+                          {"Location": redirect_location(where.url, user_id)})
         if where.kind == "unknown":
-            return web.json_response({"error": "owner unknown", "detail": where.reason, "partition": partition},
-                                     status=503, headers={"Retry-After": "1"})
-        model = services.model
-        if model is None:
-            return web.json_response({"error": "no model yet", "partition": partition}, status=503,
-                                     headers={"Retry-After": "5"})
-        record = current_record(self.user_key(user_id), self.user_state(user_id, partition), model, services.config,
-                                enricher=services.enricher)
-        if record is None:
-            return web.json_response({"error": "unknown user", "detail": "no state for this user on its partition",
-                                      "partition": partition}, status=404)
-        record["partition"] = partition
-        return web.json_response(record)
+            return answer("owner_unknown", {"error": "owner unknown", "detail": where.reason, "partition": partition},
+                          503, {"Retry-After": "1"})
+        if self.services.model is None:
+            return answer("no_model", {"error": "no model yet", "partition": partition}, 503, {"Retry-After": "5"})
+        try:
+            body = await self.lookups.lookup((self.user_key(user_id), partition))
+        except LookupsBusy:
+            return answer("busy", {"error": "busy", "detail": "too many lookups waiting", "partition": partition},
+                          503, {"Retry-After": "1"})
+        if body is None:
+            return answer("unknown_user", {"error": "unknown user", "detail": "no state for this user on its "
+                                           "partition", "partition": partition}, 404)
+        metrics.LOOKUPS.labels(answer="ok").inc()
+        return web.Response(body=body, content_type="application/json")
+
+    def _current_records(self, keys: list[tuple[str, int]]) -> list[bytes | None]:
+        """One lookup batch (worker/lookups.py): the lists of (state key, partition), ranked together and
+        encoded (the JSON too is lookup work, done inside the batch's share of the loop)."""
+        services = self.services
+        users = [key for key, _ in keys]
+        raws = [self.stored_state(key, partition) for key, partition in keys]
+        records = current_records(users, raws, services.model, config=services.config, enricher=services.enricher)
+        return [None if record is None else json.dumps({**record, "partition": partition}).encode()
+                for record, (_, partition) in zip(records, keys)]
+
+
+def answer(kind: str, body: dict, status: int = 200, headers: dict | None = None) -> web.Response:
+    """A lookup's JSON answer, counted in ``stream_rec_lookups_total{answer=kind}``."""
+    metrics.LOOKUPS.labels(answer=kind).inc()
+    return web.json_response(body, status=status, headers=headers)
+
+
+def redirect_location(owner_url: str, user_id: str) -> str:
+    """Where a lookup is sent on: the owner's ``/recommendations`` with the id, percent-encoded, in the query
+    (as a path segment, ids ``.`` and ``..`` are dot segments that clients remove, even encoded as ``%2E``)."""
+    return f"{owner_url}/recommendations?user_id={quote(user_id, safe='')}&{REDIRECTED}=1"
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_NAME
+
+
+def capped(protocol_factory, max_connections: int):
+    """``protocol_factory`` (aiohttp's ``web.Server``) for ``loop.create_server``, closing a connection on
+    arrival while ``max_connections`` are open. Counted here, not with ``Server.connections``: asyncio accepts
+    a burst of connections before it tells any handler it is connected. A handler whose connection ended
+    has dropped its manager (aiohttp's ``RequestHandler._manager``)."""
+    handlers: set = set()
+
+    def make():
+        handlers.difference_update([h for h in handlers if h._manager is None])
+        if len(handlers) >= max_connections:
+            metrics.HTTP_CONNECTIONS_REFUSED.inc()
+            return _Refused()
+        handler = protocol_factory()
+        handlers.add(handler)
+        return handler
+
+    return make
+
+
+class _Refused(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()

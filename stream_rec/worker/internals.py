@@ -1,8 +1,8 @@
-"""Every private name of faust-streaming, aiokafka and mode-streaming that stream-rec uses, in one list,
-with the versions it was checked against.
+"""Every private name of faust-streaming, aiokafka, mode-streaming and aiohttp that stream-rec uses, in
+one list, with the versions it was checked against.
 
 Each of these is a reason in the code next to it (the module named in ``where``); none is a public API,
-so an upgrade may rename or remove any of them without notice. pyproject.toml pins the three packages to
+so an upgrade may rename or remove any of them without notice. pyproject.toml pins the four packages to
 the minor versions below, and tests/test_internals.py fails, naming the entry, when an installed version
 lacks one (and when the code uses a private name of these packages that is not listed here). To upgrade:
 raise the pins, run that test, fix what it names, run the suite, and update :data:`CHECKED_WITH`.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-CHECKED_WITH = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "mode-streaming": "0.7.1"}
+CHECKED_WITH = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "mode-streaming": "0.7.1", "aiohttp": "3.14.5"}
 
 
 class Private(NamedTuple):
@@ -97,4 +97,7 @@ PRIVATE_NAMES: tuple[Private, ...] = (
     Private(f"{_RECORDS}:_DefaultRecordBatchPy", "_buffer", "attribute", "io/records.py"),
     Private(f"{_RECORDS}:_DefaultRecordBatchPy", "_pos", "attribute", "io/records.py"),
     Private(f"{_RECORDS}:_DefaultRecordBatchPy", "_num_records", "attribute", "io/records.py"),
+    # --- aiohttp ------------------------------------------------------------------------------------
+    Private("aiohttp.web_protocol:RequestHandler", "_manager", "attribute",
+            "worker/http.py: capped -- a connection's handler drops it when the connection ends"),
 )

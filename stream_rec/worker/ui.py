@@ -37,6 +37,7 @@ from typing import Any
 from aiohttp import web
 
 from ..pipeline import current_record, read_state
+from .access import COOKIE
 from .live import ERASED, STOPPING, UiState
 from .sampler import MetricsSampler
 from .views import REDIRECTED, id_problem, item_view, path_segment, title_of, user_view
@@ -91,6 +92,8 @@ class UiPages:
         get("/api/users/{user_id:" + ANY_ID + "}", self.api_user)
         get("/api/items/{item_id:" + ANY_ID + "}", self.api_item)
         get("/api/live/{user_id:" + ANY_ID + "}", self.api_live)
+        get("/login", self._page("login.html"))
+        sub.router.add_post("/login", self.login)  # the one POST: trades the token for a cookie (worker/access.py)
         sub.router.add_route("*", "/{rest:[\\s\\S]*}", self.not_found)  # last: anything else under /ui/
         return sub
 
@@ -142,6 +145,17 @@ class UiPages:
         if request.method not in ("GET", "HEAD"):
             return self.error(405, "Read-only", "These pages only answer GET requests.", api, Allow="GET")
         return self.error(404, "Not found", "There is no such page here. Start from /ui/.", api)
+
+    async def login(self, request: web.Request) -> web.Response:
+        """The login form's POST: the right token sets the cookie the access check accepts (HttpOnly: no
+        script reads it; SameSite=Strict: no other site's page sends it) and goes to /ui/."""
+        form = await request.post()
+        token = form.get("token")
+        if not isinstance(token, str) or not self.host.access.token_matches(token):
+            return self.error(401, "Wrong token", "That is not this worker's token (STREAM_REC_HTTP_TOKEN).")
+        response = web.HTTPSeeOther(PREFIX + "/")
+        response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
+        raise response
 
     # --- users ----------------------------------------------------------------------------------------
     def where(self, request: web.Request, kind: str, api: bool) -> tuple[str, int, web.Response | None]:
