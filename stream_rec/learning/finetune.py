@@ -206,7 +206,7 @@ class DriftFinetuner:
 def drift_finetuner(settings, recent_events: Callable[[], list[dict]]) -> DriftFinetuner | None:
     """The worker's :class:`DriftFinetuner`, writing into ``settings.model`` (a directory of model
     directories, watched by the hot reload), or None (with a warning) when that is not possible."""
-    from ..model.recommender import resolve_model_dir
+    from ..model.artifacts import resolve_model_dir
 
     if not settings.model:
         log.warning("drift_finetune is on but no --model directory is given: drift is only reported")

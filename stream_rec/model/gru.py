@@ -55,7 +55,7 @@ ROW_BASE = 2048  # float16 holds every integer up to 2048 exactly: a row is stor
 
 # Upper bounds of each dimension of a model read from disk (GRUConfig.from_dict), far above any model this
 # project trains; together they can still ask for too much, so the loader also bounds the parameter count
-# (stream_rec.model.recommender.MAX_PARAMETERS) before allocating anything.
+# (stream_rec.model.artifacts.MAX_PARAMETERS) before allocating anything.
 CONFIG_MAXIMUM = {"n_items": 20_000_000, "text_dim": 16_384, "emb_dim": 16_384, "hidden": 16_384}
 
 

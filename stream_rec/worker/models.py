@@ -48,7 +48,7 @@ class ModelResolutionError(RuntimeError):
 # --- resolution ----------------------------------------------------------------------------------
 def is_model_dir(path: Path) -> bool:
     """Cheap structural check (every artifact file present), without loading weights."""
-    from ..model.recommender import ARTIFACT_FILES
+    from ..model.artifacts import ARTIFACT_FILES
 
     path = Path(path)
     return path.is_dir() and all((path / f).is_file() for f in ARTIFACT_FILES)
