@@ -240,8 +240,9 @@ async def catalog_loop(catalog: LiveCatalog, settings, poll_ms: int = 500) -> No
         if applied:
             log.info("catalog: applied %d records (%d items known)", applied, catalog.live.current.n_items)
 
-    await follow_records(settings, settings.topic(settings.catalog_topic), "catalog",
-                         lambda message: validate_catalog_record(message.value), apply, poll_ms, 1000)
+    await follow_records(settings, settings.topic(settings.catalog_topic), role="catalog",
+                         parse=lambda message: validate_catalog_record(message.value), apply=apply, poll_ms=poll_ms,
+                         max_records=1000)
 
 
 async def context_vectors(catalog_vectors: CatalogVectors, model, values: Sequence[bytes | None],

@@ -249,4 +249,5 @@ async def control_loop(live: LiveModel, settings, poll_ms: int = 200, on_reload=
             if on_reload is not None:
                 on_reload(result)
 
-    await follow_records(settings, settings.topic(settings.control_topic), "control", parse, apply, poll_ms, 100)
+    await follow_records(settings, settings.topic(settings.control_topic), role="control", parse=parse, apply=apply,
+                         poll_ms=poll_ms, max_records=100)

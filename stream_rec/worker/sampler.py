@@ -46,11 +46,12 @@ def read_metrics(now: float) -> Reading:
         le = float(s.labels["le"])
         latency[le] = latency.get(le, 0.0) + s.value
     batch = metrics.BATCH_SIZE
-    return Reading(now, sum(s.value for s in _samples(metrics.EVENTS_CONSUMED, "_total")),
-                   sum(s.value for s in _samples(metrics.RECOMMENDATIONS_EMITTED, "_total")), sorted(latency.items()),
-                   sum(s.value for s in _samples(batch, "_sum", stage="events")),
-                   sum(s.value for s in _samples(batch, "_count", stage="events")),
-                   sum(s.value for s in _samples(metrics.CONSUMER_LAG, "")))
+    return Reading(t=now, events=sum(s.value for s in _samples(metrics.EVENTS_CONSUMED, "_total")),
+                   recs=sum(s.value for s in _samples(metrics.RECOMMENDATIONS_EMITTED, "_total")),
+                   latency=sorted(latency.items()),
+                   batch_sum=sum(s.value for s in _samples(batch, "_sum", stage="events")),
+                   batch_count=sum(s.value for s in _samples(batch, "_count", stage="events")),
+                   lag=sum(s.value for s in _samples(metrics.CONSUMER_LAG, "")))
 
 
 def model_served() -> str:

@@ -140,8 +140,8 @@ async def send_records(producer, batched: Sequence[OutRecord],
         futures += await batches.send()
     for record in single:
         timestamp = None if record.timestamp_ms is None else record.timestamp_ms / 1000.0  # Faust's: seconds
-        futures.append(await producer.send(record.topic, record.key, record.value, record.partition, timestamp,
-                                           record.headers or None))
+        futures.append(await producer.send(record.topic, record.key, record.value, partition=record.partition,
+                                           timestamp=timestamp, headers=record.headers or None))
     return futures
 
 

@@ -104,7 +104,7 @@ class Tracer:
             handle_run(handle)
             t1 = perf()
             if t1 - t0 >= slow_s:
-                tracer.span("callback", t0 + to_wall, t1 + to_wall, _callback_name(callback), cpu() - c0)
+                tracer.span("callback", t0 + to_wall, t1 + to_wall, detail=_callback_name(callback), cpu=cpu() - c0)
 
         asyncio.events.Handle._run = _run
         self._undo.append(lambda: setattr(asyncio.events.Handle, "_run", handle_run))
@@ -116,7 +116,7 @@ class Tracer:
             work_run(item)
             t1 = perf()
             if t1 - t0 >= slow_s:
-                tracer.span("thread", t0 + to_wall, t1 + to_wall, _callback_name(item.fn), cpu() - c0)
+                tracer.span("thread", t0 + to_wall, t1 + to_wall, detail=_callback_name(item.fn), cpu=cpu() - c0)
 
         futures_thread._WorkItem.run = run
         self._undo.append(lambda: setattr(futures_thread._WorkItem, "run", work_run))

@@ -222,7 +222,7 @@ class UiPages:
         try:
             await response.prepare(request)
             await self._send(response, "retry: 2000\n\n")
-            await self._stream(request, response, sub, user_id, partition)
+            await self._stream(request, response, sub, user_id=user_id, partition=partition)
         except (ConnectionError, asyncio.TimeoutError, RuntimeError):
             pass  # the page went away, or stopped reading
         finally:
