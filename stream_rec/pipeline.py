@@ -219,15 +219,17 @@ def catalogue_keys(model) -> ItemKeys:
     return keys
 
 
-def read_state(raw: bytes | None, model=None) -> UserState:
-    """The stored state, its items named by ``model``'s catalogue, or a fresh one (no state yet, or an
-    unreadable old one: start the user over rather than stop the stream). Anything but bytes or None is a
-    caller's mistake (e.g. a dict's ``get`` given as ``load_state``, which takes the partition for a
-    default): TypeError."""
+def read_state(raw: bytes | None, model=None, items: ItemKeys | None = None) -> UserState:
+    """The stored state, its items named by ``model``'s catalogue (``items``: that catalogue's keys, when
+    the caller has them already), or a fresh one (no state yet, or an unreadable old one: start the user
+    over rather than stop the stream). Anything but bytes or None is a caller's mistake (e.g. a dict's
+    ``get`` given as ``load_state``, which takes the partition for a default): TypeError."""
     if raw is not None and not isinstance(raw, (bytes, bytearray, memoryview)):
         raise TypeError(f"a stored state is bytes or None, got {type(raw).__name__}")
     try:
-        return decode_state(raw, items=None if model is None else catalogue_keys(model)) if raw else UserState()
+        if items is None and model is not None:
+            items = catalogue_keys(model)
+        return decode_state(raw, items=items) if raw else UserState()
     except StateDecodeError:
         return UserState()
 
@@ -244,8 +246,9 @@ def load_users(by_user: dict[str, list[tuple[int, Event]]], batch: Sequence[Inco
     if enricher is not None:
         for user_id, _ in result.erased_elsewhere:
             enricher.forget(user_id)
+    keys = catalogue_keys(model) if model is not None else None  # once per batch, not per user
     for user_id, items in by_user.items():
-        state = read_state(load_state(user_id, batch[items[0][0]].partition), model)
+        state = read_state(load_state(user_id, batch[items[0][0]].partition), items=keys)
         fresh = fresh_events(state, items, batch)
         result.duplicates += len(items) - len(fresh)
         if not fresh and is_last_applied(state, batch[items[-1][0]]) and items[-1][1].event_type != DELETE_USER:
