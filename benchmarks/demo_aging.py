@@ -53,7 +53,7 @@ def count_batches(bootstrap: str) -> None:
 
     settings = Settings.from_env()
     for name in (settings.events_topic, settings.recommendations_topic):
-        counts = asyncio.run(record_batches(bootstrap, settings.topic(name), settings.partitions))
+        counts = asyncio.run(record_batches(bootstrap, settings.topic(name)))
         print(f"[aging] record batches in {settings.topic(name)}'s partitions: {counts}", flush=True)
 
 

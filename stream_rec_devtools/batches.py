@@ -8,9 +8,11 @@ ages"); benchmarks/demo_aging.py and the tests count them with this.
 from __future__ import annotations
 
 
-async def record_batches(bootstrap: str, topic: str, partitions: int, *, max_fetches: int = 10_000) -> list[int]:
-    """The number of record batches in each of ``topic``'s partitions 0..partitions-1, from offset 0 to the
-    high watermark (one raw fetch after another; ``max_fetches`` bounds the requests per partition)."""
+async def record_batches(bootstrap: str, topic: str, partitions: int | None = None, *,
+                         max_fetches: int = 10_000) -> list[int]:
+    """The number of record batches in each of ``topic``'s partitions 0..partitions-1 (None: all of them,
+    from the metadata), from offset 0 to the high watermark (one raw fetch after another; ``max_fetches``
+    bounds the requests per partition)."""
     from aiokafka import AIOKafkaClient
     from aiokafka.protocol.fetch import FetchRequest
     from aiokafka.record.memory_records import MemoryRecords
@@ -19,6 +21,9 @@ async def record_batches(bootstrap: str, topic: str, partitions: int, *, max_fet
     await client.bootstrap()
     try:
         node = client.cluster.brokers().pop().nodeId
+        if partitions is None:
+            await client.force_metadata_update()  # bootstrap's metadata names no topics
+            partitions = len(client.cluster.partitions_for_topic(topic) or ())
         counts = []
         for partition in range(partitions):
             count = offset = 0
