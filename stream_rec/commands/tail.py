@@ -36,12 +36,12 @@ def format_record(rec: dict, n_items: int = 5) -> str:
 
 
 async def follow(settings, from_beginning: bool, max_records: int, timeout_s: float, n_items: int, as_json: bool,
-                 out=sys.stdout, stop=None) -> int:
+                 out=sys.stdout, stop=None, fetch_wait_ms: int = 50) -> int:
     """Print records until ``max_records``/``timeout_s``/``stop`` (an asyncio.Event) says so; returns the count."""
     from ..io.kafka import kafka_consumer, start_client
 
     topic = settings.topic(settings.recommendations_topic)
-    consumer = await start_client(kafka_consumer(settings, topic, fetch_max_wait_ms=50,
+    consumer = await start_client(kafka_consumer(settings, topic, fetch_max_wait_ms=fetch_wait_ms,
                                                  auto_offset_reset="earliest" if from_beginning else "latest"), settings)
     count, start = 0, time.monotonic()
     try:
