@@ -26,6 +26,19 @@ from ._common import add_command, signals_interrupt
 
 SUMMARY = "broker + worker + synthetic producer + live tail (Ctrl-C stops all)"
 
+# The embedded broker (Tansu 0.6, in memory) keeps every record batch and reads through all of a
+# partition's batches on each fetch of it, so it slows as batches pile up (docs/RELIABILITY.md, "The
+# embedded broker ages"). The demo makes few batches and few fetches:
+PRODUCER_BURST_S = 0.2  # the events due in each 0.2 s go out at once: a batch per partition per burst
+# The worker's fetch wait, at least (Settings.fetch_max_wait_ms, 10 by default): every fetch reads through
+# the partitions' batches, and a 10 ms wait makes ~100 a second even while idle. Tansu answers a waiting
+# fetch ~14 ms after new records arrive (DEVELOPERS.md), a little later than the 10 ms re-poll.
+WORKER_FETCH_WAIT_MS = 100
+TAIL_FETCH_WAIT_MS = 200  # the live tail's (50 ms for `stream-rec tail`)
+# one worker, so one partition a topic: a burst is one batch, not four, and a fetch reads through one
+# partition's batches, not four (Settings.partitions, 4 by default)
+DEMO_PARTITIONS = 1
+
 
 def register(sub) -> None:
     p = add_command(sub, __name__, SUMMARY, __doc__)
@@ -87,8 +100,10 @@ async def produce_and_tail(settings, events: list[dict], args: argparse.Namespac
 
     stop = asyncio.Event()
     producer = asyncio.create_task(publish(settings, settings.topic(settings.events_topic), events,
-                                           len(events), args.rate, True, progress=False))
-    tail = asyncio.create_task(follow(settings, False, 0, 0, 5, False, stop=stop))
+                                           total=len(events), rate=args.rate, stamp_now=True, progress=False,
+                                           burst_s=PRODUCER_BURST_S))
+    tail = asyncio.create_task(follow(settings, from_beginning=False, max_records=0, timeout_s=0, n_items=5,
+                                      as_json=False, stop=stop, fetch_wait_ms=TAIL_FETCH_WAIT_MS))
     started = time.monotonic()
     try:
         while not tail.done():
@@ -125,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         with EmbeddedBroker(args.port or None, log_file=data_dir / "broker.log") as broker:
             settings = Settings.from_env(broker=broker.bootstrap, data_dir=data_dir / "worker",
                                          metrics_port=args.metrics_port or free_port(), model=model)
+            settings = settings.replace(fetch_max_wait_ms=max(settings.fetch_max_wait_ms, WORKER_FETCH_WAIT_MS),
+                                        partitions=DEMO_PARTITIONS)
             say(f"broker pid {broker.process.pid} on {broker.bootstrap} (embedded Tansu, in memory)")
             asyncio.run(ensure_topics(settings))
             items, events = synthetic_events(args.synthetic_events, args.synthetic_users, seed=0)

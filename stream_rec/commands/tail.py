@@ -36,12 +36,12 @@ def format_record(rec: dict, n_items: int = 5) -> str:
 
 
 async def follow(settings, from_beginning: bool, max_records: int, timeout_s: float, n_items: int, as_json: bool,
-                 out=sys.stdout, stop=None) -> int:
+                 out=sys.stdout, stop=None, fetch_wait_ms: int = 50) -> int:
     """Print records until ``max_records``/``timeout_s``/``stop`` (an asyncio.Event) says so; returns the count."""
     from ..io.kafka import kafka_consumer, start_client
 
     topic = settings.topic(settings.recommendations_topic)
-    consumer = await start_client(kafka_consumer(settings, topic, fetch_max_wait_ms=50,
+    consumer = await start_client(kafka_consumer(settings, topic, fetch_max_wait_ms=fetch_wait_ms,
                                                  auto_offset_reset="earliest" if from_beginning else "latest"), settings)
     count, start = 0, time.monotonic()
     try:
@@ -68,5 +68,6 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     settings = settings_from_args(args)
-    asyncio.run(follow(settings, args.from_beginning, args.max_records, args.timeout_s, args.top_k, args.json))
+    asyncio.run(follow(settings, from_beginning=args.from_beginning, max_records=args.max_records,
+                       timeout_s=args.timeout_s, n_items=args.top_k, as_json=args.json))
     return 0

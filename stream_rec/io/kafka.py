@@ -253,9 +253,12 @@ async def produce_json(settings: Settings, topic: str, records: Iterable[dict], 
 
 
 async def publish(settings: Settings, topic: str, events: Iterable[dict], total: int | None, rate: float,
-                  stamp_now: bool, progress: bool = True) -> int:
+                  stamp_now: bool, progress: bool = True, *, burst_s: float = 0.0) -> int:
     """Send events keyed by user_id, paced to ``rate`` ev/s (0 = as fast as possible), with a progress
-    bar; acks are awaited in chunks (not per record). ``stamp_now`` replaces timestamps with the send time."""
+    bar; acks are awaited in chunks (not per record). ``stamp_now`` replaces timestamps with the send time.
+    ``burst_s``: pace in bursts, the events due in each ``burst_s`` sent at once, so that a partition
+    gets one record batch per burst instead of one per event (Tansu's in-memory engine slows with the
+    number of batches it holds: docs/RELIABILITY.md, "The embedded broker ages")."""
     from tqdm import tqdm
 
     producer = await start_client(kafka_producer(settings, linger_ms=5), settings)
@@ -270,7 +273,7 @@ async def publish(settings: Settings, topic: str, events: Iterable[dict], total:
                     if pending:
                         await asyncio.gather(*pending)
                         pending.clear()
-                    await asyncio.sleep(ahead)
+                    await asyncio.sleep(max(ahead, burst_s))
             if stamp_now and isinstance(ev, dict):
                 ev = dict(ev, timestamp=round(time.time(), 3))
             key = str(ev.get("user_id")).encode() if isinstance(ev, dict) and ev.get("user_id") is not None else None

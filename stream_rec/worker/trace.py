@@ -52,8 +52,8 @@ def _callback_name(callback: Any) -> str:
     """What a loop callback runs: a task step names the task's coroutine; else the function."""
     owner = getattr(callback, "__self__", None)
     if isinstance(owner, asyncio.Task):
-        coro = owner.get_coro()
-        return "task " + getattr(coro, "__qualname__", repr(coro))
+        coro = owner.get_coro()  # None once the task is done (the tracer crashed the worker on it)
+        return "task " + (getattr(coro, "__qualname__", None) or repr(coro))
     func = getattr(callback, "func", callback)  # functools.partial
     name = getattr(func, "__qualname__", None) or type(func).__name__
     module = getattr(func, "__module__", None)
