@@ -22,11 +22,12 @@ import asyncio
 import base64
 import collections
 import json
+import os
 import random
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -392,6 +393,53 @@ def test_stalled_worker_warns_then_exits_for_its_supervisor(tmp_path):
         figures = check_states(settings, stream)
         stall_line = next(line for line in log_text.splitlines() if "STALLED" in line)
         print(f"[figures] stall: exit status {status}; {figures}; log: {stall_line[stall_line.index('STALLED'):][:300]}")
+
+
+# A worker's sitecustomize (through PYTHONPATH): its consumer's committed-offset lookup answers late.
+SLOW_SEEK_HOOK = """
+import asyncio
+from faust.transport.drivers import aiokafka as _driver
+
+_seek_to_committed = _driver.Consumer.seek_to_committed
+
+
+async def _slow_seek_to_committed(self):
+    await asyncio.sleep({delay_s})
+    return await _seek_to_committed(self)
+
+
+_driver.Consumer.seek_to_committed = _slow_seek_to_committed
+"""
+
+
+def test_events_fetched_while_the_worker_seeks_are_not_lost(tmp_path):
+    """Issue 23: after restoring a table from its changelog, Faust resumes fetching the stream partitions,
+    seeks them to the committed offsets, then clears the streams' queues. When the committed offsets came
+    back slowly (0.2-0.4 s on a loaded box, a worker restarted after a stall exit), the events fetched
+    meanwhile were cleared unprocessed, the consumer took the rest of that fetch for a gap in the offsets,
+    and the commit skipped hundreds of events for good. Here a worker with an empty disk (so it restores
+    from the changelog) starts on a backlog and the lookup takes 1 s: every event is applied once."""
+    with EmbeddedBroker(log_file=tmp_path / "tansu.log") as broker:
+        settings = make_settings(broker.bootstrap, tmp_path / "data")
+        asyncio.run(ensure_topics(settings))
+        stream = UserStream(n_users=200, per_user=40, seed=9)
+        items = write_items(tmp_path, CATALOG)
+        topic = settings.topic(settings.events_topic)
+        with WorkerProcess(settings, tmp_path / "w", items=items) as worker:  # a committed offset and states
+            produce(settings, topic, stream.events[:10])
+            wait_for_first_rec(settings, worker)
+            assert worker.stop() == 0, worker.log_tail()  # a clean stop commits
+        produce(settings, topic, stream.events[10:])
+        hook = tmp_path / "hook"
+        hook.mkdir()
+        (hook / "sitecustomize.py").write_text(SLOW_SEEK_HOOK.format(delay_s=1.0))
+        env = {"PYTHONPATH": os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)}
+        fresh = replace(settings, data_dir=tmp_path / "empty-disk")
+        with WorkerProcess(fresh, tmp_path / "w2", items=items, env=env) as worker:
+            latest_recs(settings, stream, timeout_s=120)
+            assert "Restoring state from changelog" in worker.log_path.read_text(errors="replace")
+        figures = check_states(settings, stream)
+    print(f"[figures] slow seek after a changelog restore: {figures}")
 
 
 def readyz(worker: WorkerProcess) -> tuple[int, dict]:

@@ -364,6 +364,61 @@ def test_in_flight_batches_tell_how_long_a_delivery_waits():
     asyncio.run(go())
 
 
+def test_no_record_reaches_the_streams_between_a_seek_and_the_flows_resume(tmp_path):
+    """Issue 23 (a restart after a stall lost 200-900 events): Faust's recovery resumes fetching the stream
+    partitions, awaits ``perform_seek`` (the committed offsets), then clears the streams' queues and resumes
+    the flow. The worker's consumer stops the flow for the seek, forgets the gaps it noted (everything from
+    the committed offset is read again, and a gap is what a commit fills), and at ``resume_flow`` puts back
+    the read offsets the seek set, whatever the drain loop wrote while finishing the record it held (a read
+    offset past the committed one drops the re-fetched events as read already). No broker: the committed
+    offsets are given."""
+    import asyncio
+
+    from faust.types import TP
+
+    from stream_rec.settings import Settings
+    from stream_rec.worker.app import build_app
+    from stream_rec.worker.services import WorkerServices
+    from stream_rec.worker.transport import LowLatencyConsumer
+
+    tp = TP("events", 0)
+
+    async def go():
+        settings = Settings(broker="127.0.0.1:1", data_dir=tmp_path, app_id="unit-seek")
+        app = build_app(settings, WorkerServices(settings)).app  # the worker's app: its consumer is ours
+        consumer = app.consumer
+        assert isinstance(consumer, LowLatencyConsumer) and consumer.flow_active
+        flow_during_seek = []
+
+        async def committed_offsets():
+            flow_during_seek.append(consumer.flow_active)
+            return {tp: 3}
+
+        consumer.seek_to_committed = committed_offsets
+        consumer._read_offset[tp] = 350  # records 3..350 handed over before the seek
+        await consumer._add_gap(tp, 4, 200)  # the gap such a fetch looked like once the read offset was reset
+        await consumer.perform_seek()
+        assert flow_during_seek == [False] and not consumer.flow_active  # until the caller resumes it
+        assert consumer._read_offset[tp] == 3 and not consumer._gap.get(tp)
+        consumer._read_offset[tp] = 351  # the drain loop finishing the record it held
+        consumer.resume_flow()
+        assert consumer.flow_active and consumer._read_offset[tp] == 3
+        consumer._read_offset[tp] = 20  # read on since: a later resume (no seek in between) changes nothing
+        consumer.stop_flow()
+        consumer.resume_flow()
+        assert consumer._read_offset[tp] == 20
+
+        async def no_answer():
+            raise TimeoutError
+
+        consumer.seek_to_committed = no_answer  # a failed seek leaves the flow as it found it
+        with pytest.raises(TimeoutError):
+            await consumer.perform_seek()
+        assert consumer.flow_active
+
+    asyncio.run(go())
+
+
 def test_events_on_another_partition_than_their_keys_are_rerouted_once(small_model):
     """The partitioner check of process_batch (4 partitions: murmur2 puts "alice" on 1, librdkafka's CRC32
     on 3): a misplaced event is re-routed, not applied; its copy (origin header) is applied once on the

@@ -162,6 +162,47 @@ class LowLatencyConsumer(aiokafka_driver.Consumer):
             coros = (value, coros[1])
         return await super().wait_first(*coros, timeout=timeout)
 
+    _seeked: dict | None = None  # the stream partitions' read offsets set by the last perform_seek
+
+    async def perform_seek(self) -> None:
+        # Faust's recovery (``on_recovery_completed``, ``_resume_streams``) resumes fetching the stream
+        # partitions, awaits this seek to the committed offsets, and only then resumes flow control, which
+        # clears every stream's channel queue. With flow active (it is while changelogs are restored), the
+        # events fetched during the seek's round trip went into those queues and were cleared unacked, and
+        # the drain loop, part-way through a fetch from before the seek, saw its read offset reset to the
+        # committed one, took its next record for a gap in the offsets (``_add_gap``) and then discarded the
+        # re-fetched copies as read already; the next commit filled the gap: hundreds of events never
+        # processed were committed (issue 23: a worker restarted after a stall exit, under load). So: no
+        # record is handed over from here until flow resumes (each caller resumes it after the seek, or has
+        # it stopped already), the partitions' gaps are forgotten (all from the committed offset is read
+        # again), and ``resume_flow`` puts back the read offsets set here, whatever the drain loop wrote
+        # while finishing the record it held.
+        was_active = self.flow_active
+        self.stop_flow()
+        try:
+            await super().perform_seek()
+        except BaseException:
+            if was_active:
+                self.resume_flow()
+            raise
+        self._seeked = {tp: offset for tp, offset in self._read_offset.items() if not self._is_changelog_tp(tp)}
+        for tp in self._seeked:
+            self._gap.pop(tp, None)
+
+    def resume_flow(self) -> None:
+        seeked, self._seeked = self._seeked, None
+        if seeked:
+            self._read_offset.update(seeked)
+        super().resume_flow()
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        self._seeked = None  # a seek of an earlier assignment
+        await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned, generation_id: int = 0) -> None:
+        self._seeked = None
+        await super().on_partitions_assigned(assigned, generation_id)
+
     def _new_consumer_thread(self):
         traced = context_of(self.app).services.tracer is not None
         return (TracedConsumerThread if traced else LowLatencyConsumerThread)(self, loop=self.loop, beacon=self.beacon)
