@@ -50,8 +50,9 @@ def parse_args(argv=None):
                    help=f"data sets ({', '.join(datasets.NAMES)})")
     p.add_argument("--models", nargs="+", default=MODELS, choices=MODELS, help="models of the main table")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--sasrec-budget", type=float, default=1200.0, help="SASRec+ wall-time budget in seconds (its "
-                                                                      "early stopping usually ends it sooner)")
+    p.add_argument("--sasrec-budget", type=float, default=None,
+                   help="SASRec+ wall-time budget in seconds (default: the GRUs' time_budget_s, the same for every "
+                        "learned model; 0 = none, its patience ends it)")
     p.add_argument("--sasrec-set", nargs="*", default=[], metavar="NAME=VALUE",
                    help="override a SASRecParams default (benchmarks/sasrec.py), e.g. patience=20")
     p.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
@@ -107,10 +108,17 @@ def valid_cases(split, row_of):
             for u in split.valid]
 
 
+STILL_IMPROVING = 2  # a run stopped by its budget whose best epoch is among its last this-many + 1 epochs
+
+
 def timing(seconds: float, cpu: float, history=None) -> dict:
+    """Training time, epochs, best epoch and what stopped it; ``still_improving`` when the budget stopped a
+    run whose best validation came in its last epochs (the model would likely have gained more time)."""
     out = {"train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu, 1)}
     if history is not None:
-        out |= {"best_epoch": history.best_epoch, "epochs_run": len(history.epochs),
+        run = len(history.epochs)
+        out |= {"best_epoch": history.best_epoch, "epochs_run": run, "stopped": history.stopped,
+                "still_improving": history.stopped == "budget" and history.best_epoch >= run - STILL_IMPROVING,
                 "valid_ndcg@10": round(history.best_valid.get("ndcg@10", float("nan")), 4)}
     return out
 
@@ -141,7 +149,8 @@ def run_dataset(name: str, args, encoder) -> dict:
     if main_table and "markov" in args.models:
         out["rows"]["Markov"] = evaluate_scorer(markov_scorer(train_rows, n_rows), cases)
     if main_table and "sasrec" in args.models:
-        params = SASRecParams(**({"time_budget_s": args.sasrec_budget}
+        budget = TrainParams(**train_kw).time_budget_s if args.sasrec_budget is None else args.sasrec_budget
+        params = SASRecParams(**({"time_budget_s": budget}
                                  | {k: json.loads(v) for k, _, v in (p.partition("=") for p in args.sasrec_set)}))
         model, hist = train_sasrec(train_rows, valid_cases(split, row_of), len(row_of), params)
         out["rows"]["SASRec+"] = evaluate_sasrec(model, cases, params.max_len) | timing(
@@ -153,7 +162,7 @@ def run_dataset(name: str, args, encoder) -> dict:
         if key not in args.models or (not main_table and key != "hybrid"):
             continue
         rec, hist = train_recommender(split, ds.items, model_kw | extra, TrainParams(threads=args.threads, **train_kw),
-                                      encoder=encoder, progress=progress)
+                                      encoder=encoder, exclude_items=sorted(ds.untrained_items), progress=progress)
         result = evaluate_recommender(rec, ds.split, users=set(warm), progress=progress, baselines=False)["gru"]
         out["rows"][label] = result | timing(hist.train_seconds, hist.cpu_seconds, hist) | {
             "state_bytes_float16": 2 * rec.hidden_size}
@@ -297,15 +306,18 @@ def print_dataset_table(name: str, res: dict) -> None:
     print(f"\n### {name}: {d['users']} users, {d['items']} items, {d['events']} events"
           + (f"; {d['new_items']} new items ({d['new_item_users']} new-item users, not in this table)"
              if d.get("new_items") else ""))
-    print("| model | HR@10 | NDCG@10 | MRR@10 | NDCG@10 / Markov | train wall / CPU s | epochs (best) | valid NDCG@10 |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | HR@10 | NDCG@10 | MRR@10 | NDCG@10 / Markov | train wall / CPU s | epochs (best) | stopped by "
+          "| valid NDCG@10 |")
+    print("|---|---|---|---|---|---|---|---|---|")
     markov = res["rows"].get("Markov", {}).get("ndcg@10")
     for label, r in res["rows"].items():
         t = f"{r['train_seconds']:.0f} / {r['train_cpu_seconds']:.0f}" if "train_seconds" in r else "-"
         ep = f"{r['epochs_run']} ({r['best_epoch']})" if "epochs_run" in r else "-"
         ratio = f"{r['ndcg@10'] / markov:.3f}" if markov else "-"
         valid = f"{r['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in r else "-"
-        print(f"| {label} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | {r['mrr@10']:.4f} | {ratio} | {t} | {ep} | {valid} |")
+        stop = r.get("stopped", "-") + (" **(still improving)**" if r.get("still_improving") else "")
+        print(f"| {label} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | {r['mrr@10']:.4f} | {ratio} | {t} | {ep} | {stop} "
+              f"| {valid} |")
     states = {label: r["state_bytes_float16"] for label, r in res["rows"].items() if "state_bytes_float16" in r}
     if states:
         print("state per user (float16, as the state table stores it): "

@@ -66,7 +66,8 @@ def train_one(config: dict, name: str, args: dict) -> dict:
     params = TrainParams(**({"threads": args["threads"], "time_budget_s": args["time_budget"]} | train_kw))
     encoder = shared_encoder(Settings.from_env().cache_dir, "cpu") if model_kw.get("use_text", True) else None
     t0 = time.perf_counter()
-    _, history = train_recommender(ds.train_split, ds.items, model_kw, params, encoder=encoder, progress=False)
+    _, history = train_recommender(ds.train_split, ds.items, model_kw, params, encoder=encoder,
+                                   exclude_items=sorted(ds.untrained_items), progress=False)
     return {"config": config, "dataset": name, "seconds": round(time.perf_counter() - t0, 1),
             "cpu_seconds": round(history.cpu_seconds, 1), "best_epoch": history.best_epoch,
             "epochs": len(history.epochs), "best_valid": history.best_valid,
