@@ -69,13 +69,6 @@ class Dataset:
                        valid={u: v for u, v in s.valid.items() if v[0] not in new}, test=s.test, full=s.full)
 
     @property
-    def untrained_items(self) -> set[str]:
-        """Catalogue items without a training event (the new items among them): left out of the GRUs'
-        catalogue, so every model of the main table ranks the same items -- those of the training events."""
-        trained = {i for seq in self.train_split.train.values() for i, _ in seq}
-        return set(self.items) - trained
-
-    @property
     def new_item_users(self) -> set[str]:
         return {u for u, (item, _) in self.split.test.items() if item in self.new_items}
 

@@ -113,6 +113,15 @@ def test_gather_weighted_matches_the_dense_matrix():
     np.testing.assert_allclose(got.numpy(), [0.25 * d[2] + 2.0 * d[7], 0.5 * d[1]], rtol=1e-6)
 
 
+def test_head_rows_keep_the_largest_entries_of_each_row():
+    from stream_rec.model.transitions import head_rows
+
+    counts = count_transitions(SEQS + [np.array([2, 5]), np.array([2, 3]), np.array([2, 6]), np.array([2, 5])], N + 1)
+    full, head = dense(counts), dense(head_rows(counts, 2))
+    assert full[2].tolist()[3:7] == [3, 1, 2, 1] and head[2].tolist()[3:7] == [3, 0, 2, 0]  # 3 and 5 kept
+    np.testing.assert_array_equal(np.delete(head, 2, axis=0), np.delete(full, 2, axis=0))  # short rows whole
+
+
 def test_gather_rows_matches_the_dense_matrix():
     counts = count_transitions(SEQS + [np.array([7, 8, 7, 9])], N + 1)
     rows = torch.tensor([2, 0, 7, 12, 2])

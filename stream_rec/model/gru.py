@@ -7,12 +7,15 @@ last ``recent`` items to the output scores (an attention read-out, as in SASRec'
 GRU state as the query):
 
     u      = out(h) + sum_k a_k * next(item_k)        a = softmax_k(q(h, v_last) . key(item_k) + pos_k)
-    s_j    = u . v_j + b_j
+    s_j    = u . v_j + b_j + prior_j(h, recent items)
 
 ``v_j`` is item j's vector (ID + text), ``next(i)`` a second item table ("what follows item i": ID +
 text) and ``b_j`` its bias (ID + text). With the weight on the last item, ``next(last) . v_j`` is a
 factorised first-order transition (FPMC, Rendle et al. 2010): "the next episode" is as easy for the
-model as for a Markov chain, while ``out(h)`` carries the long-term taste the GRU accumulates.
+model as for a Markov chain, while ``out(h)`` carries the long-term taste the GRU accumulates. The
+``prior`` term (model/transitions.py) adds the transition counts themselves -- of the last item, of its
+text neighbours, and of the earlier recent items by attention -- weighed by a gate on the user's state:
+where a count table knows better than the factorised path, the scores still have it.
 
 The per-user serving state stays one vector: ``[h (hidden) | the rows of the last `recent` items]``.
 A row is stored as two base-2048 digits, which float16 (the state table's format) holds exactly, so
@@ -82,7 +85,10 @@ class GRUConfig:
     # recent >= 1 (the last item). prior_neighbours: text neighbours an item backs off through (0 = none).
     prior: bool = True
     prior_neighbours: int = 10
-    prior_recent: bool = True  # the count rows of the earlier recent items too, mixed by attention
+    # The prior also mixes, by attention, the count rows of the earlier recent items: each one's
+    # ``prior_recent`` largest entries (0 = the last item's row only).
+    prior_recent: int = 32
+    prior_init: float = 1.0  # each prior feature's weight before training (the gate's starting output)
     text_experts: int = 0  # > 0: a mixture-of-experts adaptor of the text vectors (model/adaptor.py), 0 = linear
     query_text: bool = False  # the newest item's frozen text vector in the read-out's query too
 
@@ -117,7 +123,7 @@ class GRUConfig:
                 raise ValueError(f"{name} must be a number, got {value!r}")
         config = cls(**values)
         minimum = {"n_items": 0, "text_dim": 0, "emb_dim": 1, "hidden": 1, "recent": 0, "heads": 1, "prior_neighbours": 0,
-                   "text_experts": 0}
+                   "text_experts": 0, "prior_recent": 0}
         for name, low in minimum.items():
             if getattr(config, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(config, name)}")
@@ -126,9 +132,11 @@ class GRUConfig:
                 raise ValueError(f"{name} must be <= {high}, got {getattr(config, name)}")
         if config.text_experts > 64:
             raise ValueError(f"text_experts must be <= 64, got {config.text_experts}")
-        for name in ("recent", "prior_neighbours"):
+        for name in ("recent", "prior_neighbours", "prior_recent"):
             if getattr(config, name) > 1024:
                 raise ValueError(f"{name} must be <= 1024, got {getattr(config, name)}")
+        if not 0.0 < config.prior_init <= 100.0:
+            raise ValueError(f"prior_init must be in (0, 100], got {config.prior_init}")
         for name in ("dropout", "id_dropout"):
             if not 0.0 <= getattr(config, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(config, name)}")
@@ -212,7 +220,7 @@ class HybridGRU(nn.Module):
             self.position_key = nn.Parameter(torch.zeros(k, heads * d))  # index k-1 = the newest item
             self.position_bias = nn.Parameter(torch.zeros(heads, k))
         if config.prior and config.recent:
-            self.prior = TransitionPrior(n_rows, config.hidden, d, config.recent, config.prior_recent)
+            self.prior = TransitionPrior(n_rows, config.hidden, d, config.recent, config.prior_recent, config.prior_init)
 
     @property
     def has_prior(self) -> bool:

@@ -127,6 +127,19 @@ def _mix_rows(counts: CSR, rows: np.ndarray, weights: np.ndarray) -> tuple[np.nd
     return uniq[keep], summed[keep].astype(np.float32)
 
 
+def head_rows(m: CSR, keep: int) -> CSR:
+    """Each row cut to its ``keep`` largest entries (ties: the lower column first), columns in order."""
+    lengths = np.diff(m.indptr)
+    if lengths.max(initial=0) <= keep:
+        return m
+    row = np.repeat(np.arange(m.n_rows), lengths)
+    order = np.lexsort((m.indices, -m.values, row))  # by row, then largest value, then column
+    rank = np.arange(len(order)) - np.repeat(m.indptr[:-1], lengths)
+    kept = np.sort(order[rank < keep])  # positions in the original (row, column) order
+    new_lengths = np.minimum(lengths, keep)
+    return CSR(np.concatenate([[0], np.cumsum(new_lengths)]), m.indices[kept], m.values[kept])
+
+
 def append_rows(matrix: CSR, new: CSR, start: int) -> CSR:
     """``matrix`` grown to ``new.n_rows`` rows, rows ``start``.. taken from ``new`` (items added at the end)."""
     lo, hi = new.indptr[start], new.indptr[-1]
@@ -182,17 +195,19 @@ class TransitionPrior(nn.Module):
     """The count tables (buffers, filled by ``set_tables``), the gate that weighs them per user state, and
     the attention that picks which earlier recent items' transitions count (``recent``)."""
 
-    def __init__(self, n_rows: int, hidden: int, emb_dim: int, recent: int, use_recent: bool = True):
+    def __init__(self, n_rows: int, hidden: int, emb_dim: int, recent: int, recent_row: int = 0, init: float = 1.0):
         super().__init__()
-        self.use_recent = use_recent and recent > 1
+        self.recent_row = recent_row  # entries of each earlier item's count row the attention mixes (0 = none)
+        self.use_recent = recent_row > 0 and recent > 1
         self.gate = nn.Linear(hidden + emb_dim + 1, FEATURES)
         nn.init.zeros_(self.gate.weight)
-        nn.init.constant_(self.gate.bias, math.log(math.e - 1))  # softplus -> weights of 1 to start
+        nn.init.constant_(self.gate.bias, math.log(math.expm1(init)))  # softplus(bias) = init: the starting weights
         if self.use_recent:  # one attention head over the items before the last one
             self.query = nn.Linear(hidden + emb_dim, emb_dim)
             self.key = nn.Linear(emb_dim, emb_dim, bias=False)
             self.position = nn.Parameter(torch.zeros(recent - 1))
-        for name in ("counts", "backoff"):
+        # counts and back-off as loaded; "head": each count row's recent_row largest entries (derived, not saved)
+        for name in ("counts", "backoff") + (("head",) if self.use_recent else ()):
             self.register_buffer(f"{name}_indptr", torch.zeros(n_rows + 1, dtype=torch.long), persistent=False)
             self.register_buffer(f"{name}_indices", torch.zeros(0, dtype=torch.long), persistent=False)
             self.register_buffer(f"{name}_values", torch.zeros(0), persistent=False)
@@ -204,7 +219,8 @@ class TransitionPrior(nn.Module):
 
     def set_tables(self, counts: CSR, backoff: CSR) -> None:
         device = self.gate.weight.device
-        for name, m in (("counts", counts), ("backoff", backoff)):
+        head = (("head", head_rows(counts, self.recent_row)),) if self.use_recent else ()
+        for name, m in (("counts", counts), ("backoff", backoff)) + head:
             setattr(self, f"{name}_indptr", torch.as_tensor(m.indptr, dtype=torch.long, device=device))
             setattr(self, f"{name}_indices", torch.as_tensor(m.indices, dtype=torch.long, device=device))
             setattr(self, f"{name}_values", torch.as_tensor(m.values, dtype=torch.float32, device=device))
@@ -228,15 +244,16 @@ class TransitionPrior(nn.Module):
         return torch.log1p(torch.stack([own, back], dim=1))
 
     def recent_feature(self, hidden: torch.Tensor, vectors: torch.Tensor, recent: torch.Tensor) -> torch.Tensor:
-        """The count rows of the items before the last one, mixed by attention (query: the state and the last
-        item; keys: the items and their positions): "back to what was left" (the next episode of a series
-        left two items ago) is a count row too, just not the last item's.  recent [B, K] -> [B, N+1]"""
+        """The count rows of the items before the last one (their ``recent_row`` largest entries), mixed by
+        attention (query: the state and the last item; keys: the items and their positions): "back to what
+        was left" (the next episode of a series left two items ago) is a count row too, just not the last
+        item's.  recent [B, K] -> [B, N+1]"""
         earlier = recent[:, :-1]
         q = self.query(torch.cat([hidden, vectors[recent[:, -1]]], dim=-1))  # [B, d]
         logits = (self.key(vectors[earlier]) @ q.unsqueeze(-1)).squeeze(-1) / math.sqrt(q.shape[-1]) + self.position
         present = earlier != 0
         a = torch.softmax(logits.masked_fill(~present, -1e9), dim=-1) * present  # no earlier item: no feature
-        return gather_weighted(self.counts_indptr, self.counts_indices, self.counts_values, earlier, a, self.n_rows)
+        return gather_weighted(self.head_indptr, self.head_indices, self.head_values, earlier, a, self.n_rows)
 
     def weights(self, hidden: torch.Tensor, last_vector: torch.Tensor, last: torch.Tensor,
                 leave_out: torch.Tensor | None = None) -> torch.Tensor:
