@@ -86,8 +86,10 @@ class GRUConfig:
     prior: bool = True
     prior_neighbours: int = 10
     # The prior also mixes, by attention, the count rows of the earlier recent items: each one's
-    # ``prior_recent`` largest entries (0 = the last item's row only).
-    prior_recent: int = 32
+    # ``prior_recent`` largest entries (0 = the last item's row only). 4 chosen on validation NDCG@10
+    # (benchmarks/sweep.py, ML-100K + series, geometric mean of ratios: 4 -> 1.000, 1 -> 0.988,
+    # 0 -> 0.982, 32 -> 0.973; docs/QUALITY.md).
+    prior_recent: int = 4
     prior_init: float = 1.0  # each prior feature's weight before training (the gate's starting output)
     text_experts: int = 0  # > 0: a mixture-of-experts adaptor of the text vectors (model/adaptor.py), 0 = linear
     query_text: bool = False  # the newest item's frozen text vector in the read-out's query too
