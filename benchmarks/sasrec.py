@@ -47,8 +47,9 @@ class SASRecParams:
     lr: float = 3e-3
     batch_size: int = 64
     epochs: int = 200  # upper bound: early stopping ends it
-    patience: int = 10  # epochs without validation gain (reference: evaluate every 20 epochs)
-    time_budget_s: float = 1200.0
+    patience: int = 20  # epochs without validation gain (reference: evaluate every 20 epochs)
+    time_budget_s: float = 0.0  # wall-time budget (0 = none: patience ends it); quality.py gives it the GRUs'
+
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -138,6 +139,7 @@ class SASRecHistory:
     best_valid: dict = field(default_factory=dict)
     train_seconds: float = 0.0
     cpu_seconds: float = 0.0
+    stopped: str = "epochs"  # what ended training: "patience", "budget" or "epochs" (the upper bound)
 
 
 def train_sasrec(train_rows: list[np.ndarray], valid_cases: list[EvalCase], n_items: int,
@@ -186,9 +188,11 @@ def train_sasrec(train_rows: list[np.ndarray], valid_cases: list[EvalCase], n_it
         else:
             bad += 1
             if bad >= p.patience:
+                hist.stopped = "patience"
                 break
         if p.time_budget_s and time.perf_counter() - started + row["seconds"] > p.time_budget_s:
             log.info("SASRec+: time budget of %.0f s reached after epoch %d", p.time_budget_s, epoch)
+            hist.stopped = "budget"
             break
     hist.train_seconds = time.perf_counter() - started
     hist.cpu_seconds = time.process_time() - cpu0

@@ -35,7 +35,8 @@ def test_round_trip(tmp_path):
     rec = make_rec()
     out = rec.save(tmp_path / "m")
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["weights.safetensors", "text_vectors.safetensors", "config.json", "items.json", "VERSION"])
+        ["weights.safetensors", "text_vectors.safetensors", "transitions.safetensors", "config.json", "items.json",
+         "VERSION"])
     assert rec.version.startswith("gru-") and (out / "VERSION").read_text().strip() == rec.version
     loaded = Recommender.load(out, device="cpu")
     assert loaded.version == rec.version and loaded.item_ids == rec.item_ids and loaded.trained

@@ -107,12 +107,13 @@ def test_help_explains_every_flag(capsys):
 
 
 def test_train_warns_when_the_model_does_not_beat_the_baselines(files, tmp_path, capsys):
-    """A model that learnt nothing (one epoch at a tiny learning rate) loses to popularity and Markov on
+    """A model that learnt nothing (one epoch at a tiny learning rate, no transition prior) loses to popularity and Markov on
     validation: `stream-rec train` says so in its log and in its summary, and still writes the model."""
     d, _ = files
     model = tmp_path / "weak"
     run_cli("train", "--events-file", d / "events.csv", "--items-file", d / "items.csv", "--out", model,
-            "--epochs", 1, "--lr", 1e-6, "--hidden", 4, "--emb-dim", 2, "--quiet", "--device", "cpu", "--no-text")
+            "--epochs", 1, "--lr", 1e-6, "--hidden", 4, "--emb-dim", 2, "--quiet", "--device", "cpu", "--no-text",
+            "--no-prior")
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
     assert summary["beats_baselines"] is False and len(summary["warnings"]) == 2

@@ -1,6 +1,7 @@
 """The serving path (one model step per event from a stored state) must give the same scores as the
 full-sequence forward pass used in training -- with and without the recent-items read-out, whose rows
-travel in the state and must survive the state table's float16 round trip exactly."""
+travel in the state and must survive the state table's float16 round trip exactly, and with the
+transition prior, whose last item the serving path reads from those rows."""
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from stream_rec.model.gru import PAD, GRUConfig, HybridGRU, decode_rows, encode_
 from stream_rec.model.recommender import Recommender
 from stream_rec.model.sequences import UserSequence
 from stream_rec.model.train import final_states
+from stream_rec.model.transitions import build_tables
 
 torch.set_num_threads(1)
 N_ITEMS, TEXT_DIM = 40, 16
@@ -20,12 +22,15 @@ def make_model(use_time_gap=True, use_text=True, seed=0, recent=4):
     torch.manual_seed(seed)
     text = torch.cat([torch.zeros(1, TEXT_DIM), torch.nn.functional.normalize(torch.randn(N_ITEMS, TEXT_DIM), dim=1)])
     cfg = GRUConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, emb_dim=12, hidden=20, use_text=use_text,
-                    use_time_gap=use_time_gap, dropout=0.3, recent=recent, text_bias=use_text, id_dropout=0.3)
+                    use_time_gap=use_time_gap, dropout=0.3, recent=recent, text_bias=use_text, id_dropout=0.3,
+                    prior_neighbours=3)
     model = HybridGRU(cfg, text).eval()
     with torch.no_grad():  # non-trivial weights everywhere, as after training
         for p in model.parameters():
             p.normal_(0, 0.5)
         model.id_embedding.weight[PAD].zero_()
+    if model.has_prior:  # counts of other random histories, and their text back-off
+        model.prior.set_tables(*build_tables(random_histories(12, seed=7)[0], N_ITEMS + 1, text, 3))
     return model
 
 
@@ -52,6 +57,16 @@ def test_step_by_step_equals_full_forward(use_time_gap, recent):
             torch.testing.assert_close(state[0, :20], full[t], atol=1e-5, rtol=0)
             trained = model.scores(full[t:t + 1], recent=None if windows is None else windows[t:t + 1])[0]
             torch.testing.assert_close(model.scores(state)[0], trained, atol=1e-5, rtol=0)
+
+
+def test_the_prior_takes_part_in_the_parity_checks():
+    assert make_model().has_prior and not make_model(recent=0).has_prior
+    model = make_model()
+    with torch.no_grad():
+        state = model.step(model.init_state(1), torch.tensor([5]), torch.tensor([0.0]))
+        with_prior = model.scores(state)
+        del model.prior
+        assert (with_prior - model.scores(state))[0, 1:].abs().max() > 0.1
 
 
 def test_recent_rows_survive_float16():

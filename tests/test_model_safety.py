@@ -112,10 +112,10 @@ def test_model_json_is_parsed_bounded(model_dir, tmp_path, target, content):
 
 
 def test_oversize_model_json_is_refused_unread(model_dir, tmp_path, monkeypatch):
-    from stream_rec.model import recommender
+    from stream_rec.model import artifacts
 
     bad = _copy(model_dir, tmp_path)
-    monkeypatch.setattr(recommender, "MAX_ITEMS_JSON_BYTES", 100)
+    monkeypatch.setattr(artifacts, "MAX_ITEMS_JSON_BYTES", 100)
     with pytest.raises(ModelLoadError, match="oversize"):
         Recommender.load(bad, device="cpu")
 

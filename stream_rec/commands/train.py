@@ -37,6 +37,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--heads", type=int, default=m.heads, help="attention heads of the recent-items read-out")
     g.add_argument("--text-bias", action=argparse.BooleanOptionalAction, default=m.text_bias,
                    help="an item bias from the text vector too (what an item unseen in training is ranked with)")
+    g.add_argument("--prior", action=argparse.BooleanOptionalAction, default=m.prior,
+                   help="fuse a first-order transition prior (counts of item -> next item in the training events) "
+                        "into the scores, weighed per user by a learned gate (needs --recent >= 1)")
+    g.add_argument("--prior-neighbours", type=int, default=m.prior_neighbours,
+                   help="text neighbours whose transitions an item with few of its own borrows (0 = none)")
+    g.add_argument("--prior-recent", type=int, default=m.prior_recent,
+                   help="the prior also counts what followed the earlier recent items (each one's this many most "
+                        "frequent followers), mixed by attention: \"back to the series left two items ago\" (0 = off)")
+    g.add_argument("--text-experts", type=int, default=m.text_experts,
+                   help="experts of the mixture-of-experts text adaptor (UniSRec's); 0 = one linear projection")
+    g.add_argument("--query-text", action=argparse.BooleanOptionalAction, default=m.query_text,
+                   help="the last item's text vector in the read-out's attention query too")
     g.add_argument("--no-text", action="store_true", help="ID-only model: do not use the text encoder")
     g.add_argument("--no-ids", action="store_true", help="text-only model: no learned ID embeddings")
     g.add_argument("--no-time-gap", action="store_true", help="do not feed the time since the previous event")
@@ -76,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
     split, item_texts, info = load_data(args)
     config = {"hidden": args.hidden, "emb_dim": args.emb_dim, "dropout": args.dropout, "use_text": not args.no_text,
               "use_ids": not args.no_ids, "use_time_gap": not args.no_time_gap, "id_dropout": args.id_dropout,
-              "recent": args.recent, "heads": args.heads, "text_bias": args.text_bias}
+              "recent": args.recent, "heads": args.heads, "text_bias": args.text_bias, "prior": args.prior,
+              "prior_neighbours": args.prior_neighbours, "prior_recent": args.prior_recent,
+              "text_experts": args.text_experts, "query_text": args.query_text}
     if args.no_text and args.no_ids:
         raise SystemExit("error: --no-text and --no-ids leave the model without item representations")
     params = TrainParams(epochs=args.epochs, batch_size=args.batch_size, max_len=args.max_len, lr=args.lr,

@@ -1,21 +1,40 @@
-"""A model directory read as untrusted input: its files, their limits, and the readers that check them
-before anything is allocated (``Recommender.load``, stream_rec/model/recommender.py, puts them together).
-Every problem is a :class:`ModelLoadError` saying what is wrong.
+"""Model directories on disk: what ``Recommender.save`` writes and the checked reading ``Recommender.load`` does.
+
+A model directory holds
+
+* ``weights.safetensors`` -- the model's parameters (safetensors: tensors only, no pickle);
+* ``text_vectors.safetensors`` -- the frozen text vector of every item row (row 0 = padding);
+* ``transitions.safetensors`` -- the transition prior's count and back-off tables as CSR arrays (models
+  with ``GRUConfig.prior``; model/transitions.py);
+* ``config.json`` -- ``GRUConfig``, encoder id, training parameters, history and metrics;
+* ``items.json`` -- the item index (``item_ids[row-1]``) and each item's text;
+* ``VERSION`` -- ``gru-<UTC date>-<hash of the weights>``;
+* optionally ``init_state.safetensors`` -- the learned state of a user with no events (model/coldstart.py).
+
+A model directory is untrusted input: every piece is bounded before it is read and checked against the
+config; anything wrong raises :class:`ModelLoadError` naming it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from ..boundedjson import JSONRejected, parse_file
 from .gru import GRUConfig, HybridGRU
+from .transitions import CSR
 
 ARTIFACT_FILES = ("weights.safetensors", "text_vectors.safetensors", "config.json", "items.json", "VERSION")
-ARTIFACT_FORMAT = 2
-# Format 1 (before the recent-items read-out): a GRU only. Its config lacks the newer fields; they are off.
-LEGACY_FIELDS = {1: {"recent": 0, "text_bias": False, "heads": 1}}
+TRANSITIONS_FILE = "transitions.safetensors"
+ARTIFACT_FORMAT = 3
+# Fields a directory of an older format lacks, with the behaviour it had. Format 1 (before the recent-items
+# read-out): a GRU only. Format 2 (before the transition prior): no prior.
+LEGACY_FIELDS = {1: {"recent": 0, "text_bias": False, "heads": 1, "prior": False, "text_experts": 0,
+                     "query_text": False},
+                 2: {"prior": False, "text_experts": 0, "query_text": False}}
 
 
 class ModelLoadError(ValueError):
@@ -26,7 +45,18 @@ class ModelLoadError(ValueError):
 MAX_CONFIG_JSON_BYTES = 4 << 20  # config + training history and metrics
 MAX_ITEMS_JSON_BYTES = 512 << 20  # ids and texts of up to millions of items
 MAX_PARAMETERS = 1_000_000_000  # parameters + buffers (4 GB as float32): 50x the largest model trained here
+MAX_TRANSITIONS = 1_000_000_000  # stored entries of the prior's tables together (12 GB as int64 + float32)
 MAX_VERSION_BYTES = 256
+
+
+class ModelDir(NamedTuple):
+    """What a checked model directory holds."""
+
+    model: HybridGRU
+    item_ids: list[str]
+    texts: list[str] | None
+    version: str
+    config: dict  # config.json as read
 
 
 def parameter_count(config: GRUConfig) -> int:
@@ -47,16 +77,58 @@ def read_json(path: Path, max_bytes: int):
         raise ModelLoadError(f"{path}: {exc}") from None
 
 
-def load_weights(model_dir: Path, gru_config: GRUConfig) -> HybridGRU:
+def read_model_dir(model_dir: Path) -> ModelDir:
+    """Every required piece of ``model_dir`` (already resolved), checked against its config."""
+    config = read_json(model_dir / "config.json", MAX_CONFIG_JSON_BYTES)
+    if not isinstance(config, dict) or not isinstance(config.get("gru"), dict):
+        raise ModelLoadError(f"{model_dir}/config.json: no 'gru' section (not a stream-rec model?)")
+    fmt = config.get("format", ARTIFACT_FORMAT)
+    if not isinstance(fmt, int) or fmt > ARTIFACT_FORMAT:
+        raise ModelLoadError(f"{model_dir}: artifact format {config['format']} is newer than this code ({ARTIFACT_FORMAT})")
+    try:
+        gru_config = GRUConfig.from_dict(LEGACY_FIELDS.get(fmt, {}) | config["gru"])
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{model_dir}/config.json: bad 'gru' section: {exc}") from exc
+    n_parameters = parameter_count(gru_config)
+    if n_parameters > MAX_PARAMETERS:
+        raise ModelLoadError(f"{model_dir}/config.json: a model of {n_parameters:,} parameters and buffers "
+                             f"(more than {MAX_PARAMETERS:,})")
+    item_ids, texts = _read_items(model_dir, gru_config.n_items)
+    model = _load_weights(model_dir, gru_config)
+    if model.has_prior:
+        model.prior.set_tables(*load_transitions(model_dir, gru_config.n_items + 1))
+    return ModelDir(model, item_ids, texts, _read_version(model_dir), config)
+
+
+def _read_items(model_dir: Path, n_items: int) -> tuple[list[str], list[str] | None]:
+    items = read_json(model_dir / "items.json", MAX_ITEMS_JSON_BYTES)
+    item_ids = items.get("item_ids") if isinstance(items, dict) else None
+    if not isinstance(item_ids, list) or not all(isinstance(i, str) for i in item_ids):
+        raise ModelLoadError(f"{model_dir}/items.json: 'item_ids' must be a list of strings")
+    if len(item_ids) != n_items:
+        raise ModelLoadError(f"{model_dir}: items.json has {len(item_ids)} items, config.json says {n_items}")
+    if len(set(item_ids)) != len(item_ids):
+        raise ModelLoadError(f"{model_dir}/items.json: duplicate item ids")
+    texts = items.get("texts")
+    if texts is not None and (not isinstance(texts, list) or len(texts) != len(item_ids)
+                              or not all(isinstance(t, str) for t in texts)):
+        raise ModelLoadError(f"{model_dir}/items.json: 'texts' must have one string per item")
+    return item_ids, texts
+
+
+def _check_size(path: Path, max_bytes: int, what: str) -> None:
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ModelLoadError(f"{path}: {size:,} bytes, more than {what}")
+
+
+def _load_weights(model_dir: Path, gru_config: GRUConfig) -> HybridGRU:
     """The HybridGRU of a model directory, its safetensors files checked against ``gru_config``."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     for name in ("weights.safetensors", "text_vectors.safetensors"):  # read whole: bounded first
-        size = (model_dir / name).stat().st_size
-        if size > 4 * MAX_PARAMETERS + (16 << 20):
-            raise ModelLoadError(f"{model_dir}/{name}: {size:,} bytes, more than a model of "
-                                 f"{MAX_PARAMETERS:,} float32 parameters")
+        _check_size(model_dir / name, 4 * MAX_PARAMETERS + (16 << 20), f"a model of {MAX_PARAMETERS:,} float32 parameters")
     try:
         weights = load_file(str(model_dir / "weights.safetensors"))
         text_vectors = load_file(str(model_dir / "text_vectors.safetensors")).get("text_vectors")
@@ -82,7 +154,62 @@ def load_weights(model_dir: Path, gru_config: GRUConfig) -> HybridGRU:
     return model
 
 
-def read_version(model_dir: Path) -> str:
+def save_transitions(model_dir: Path, tables: tuple[CSR, CSR]) -> None:
+    """The prior's tables as CSR arrays (column indices as int32 where they fit)."""
+    from safetensors.numpy import save_file
+
+    out = {}
+    for name, m in zip(("counts", "backoff"), tables):
+        index_type = np.int32 if m.n_rows < 2**31 else np.int64
+        out |= {f"{name}_indptr": m.indptr.astype(np.int64), f"{name}_indices": m.indices.astype(index_type),
+                f"{name}_values": m.values.astype(np.float32)}
+    save_file(out, str(model_dir / TRANSITIONS_FILE))
+
+
+def load_transitions(model_dir: Path, n_rows: int) -> tuple[CSR, CSR]:
+    """The prior's tables, each checked: a CSR matrix of ``n_rows`` rows, columns of real items, finite
+    non-negative values, at most MAX_TRANSITIONS entries in all."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = model_dir / TRANSITIONS_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"{model_dir}: the model has a transition prior but no {TRANSITIONS_FILE}")
+    _check_size(path, 2 * 8 * (n_rows + 1) + 12 * MAX_TRANSITIONS + (1 << 20), f"{MAX_TRANSITIONS:,} transitions")
+    try:
+        arrays = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: unreadable safetensors file ({exc})") from exc
+    tables = []
+    for name in ("counts", "backoff"):
+        parts = [arrays.get(f"{name}_{p}") for p in ("indptr", "indices", "values")]
+        problem = _csr_problem(*parts, n_rows=n_rows)
+        if problem:
+            raise ModelLoadError(f"{path}: {name} table: {problem}")
+        tables.append(CSR(parts[0].astype(np.int64), parts[1].astype(np.int64), parts[2].astype(np.float32)))
+    return tables[0], tables[1]
+
+
+def _csr_problem(indptr, indices, values, n_rows: int) -> str | None:
+    """What is wrong with these CSR arrays (None: nothing)."""
+    if indptr is None or indices is None or values is None:
+        return "missing arrays"
+    if indptr.shape != (n_rows + 1,) or indptr.dtype.kind != "i":
+        return f"indptr must be {n_rows + 1} integers, got {indptr.dtype} {indptr.shape}"
+    if indices.ndim != 1 or indices.dtype.kind != "i" or values.ndim != 1 or values.dtype.kind != "f":
+        return "indices must be integers and values floats, one per entry"
+    if len(indices) != len(values) or len(indices) > MAX_TRANSITIONS:
+        return f"{len(indices):,} indices and {len(values):,} values (at most {MAX_TRANSITIONS:,})"
+    if indptr[0] != 0 or indptr[-1] != len(indices) or np.any(np.diff(indptr) < 0):
+        return "indptr must rise from 0 to the number of entries"
+    if len(indices) and (indices.min() < 1 or indices.max() >= n_rows):
+        return f"column indices must be item rows 1..{n_rows - 1}"
+    if not np.all(np.isfinite(values)) or (len(values) and values.min() < 0):
+        return "values must be finite and >= 0"
+    return None
+
+
+def _read_version(model_dir: Path) -> str:
     """The model's version string: one line of UTF-8 text, read bounded."""
     with open(model_dir / "VERSION", "rb") as fh:
         raw = fh.read(MAX_VERSION_BYTES + 1)

@@ -11,16 +11,7 @@ The model stays resident on its device; each call moves its inputs in one transf
 opaque to the stream: the GRU hidden vector followed by the rows of the user's last items
 (``HybridGRU.make_state``), all of it exact after a float16 round trip except the hidden part.
 
-Artifacts (``save`` / ``load``): a directory with
-
-* ``weights.safetensors`` -- the model's parameters (safetensors: tensors only, no pickle);
-* ``text_vectors.safetensors`` -- the frozen text vector of every item row (row 0 = padding);
-* ``config.json`` -- ``GRUConfig``, encoder id, training parameters, history and metrics;
-* ``items.json`` -- the item index (``item_ids[row-1]``) and each item's text, so the stream can tell a
-  changed catalog record from an unchanged one and encode new items the same way;
-* ``VERSION`` -- ``gru-<UTC date>-<hash of the weights>``.
-
-``load`` checks every piece against the config (with the readers of stream_rec/model/artifacts.py) and
+Artifacts (``save`` / ``load``): a model directory (files and their checks: model/artifacts.py); ``load``
 raises :class:`ModelLoadError` with what is wrong.
 """
 
@@ -39,10 +30,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .artifacts import (ARTIFACT_FILES, ARTIFACT_FORMAT, LEGACY_FIELDS, MAX_CONFIG_JSON_BYTES,  # noqa: F401
-                        MAX_ITEMS_JSON_BYTES, MAX_PARAMETERS, ModelLoadError, load_weights, parameter_count,
-                        read_json, read_version, resolve_model_dir)
+from .artifacts import (ARTIFACT_FILES, ARTIFACT_FORMAT, MAX_PARAMETERS, ModelLoadError, read_model_dir,  # noqa: F401
+                        resolve_model_dir, save_transitions)
 from .gru import PAD, GRUConfig, HybridGRU, neighbour_init, topk_excluding
+from .transitions import append_rows, text_backoff
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -104,6 +95,8 @@ class Recommender:
             self.version = f"gru-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{digest.hexdigest()[:8]}"
         save_file(weights, str(model_dir / "weights.safetensors"))
         save_file({"text_vectors": m.text_vectors.detach().cpu().contiguous()}, str(model_dir / "text_vectors.safetensors"))
+        if m.has_prior:
+            save_transitions(model_dir, m.prior.tables())
         config = {"format": ARTIFACT_FORMAT, "gru": m.config.to_dict(), "encoder_id": self.encoder_id,
                   "trained": self.trained, "version": self.version,
                   "state_bytes_per_user": {"float32": 4 * self.hidden_size, "float16": 2 * self.hidden_size}} | {
@@ -121,40 +114,14 @@ class Recommender:
     def load(cls, model_dir: str | Path, device: str = "auto") -> "Recommender":
         """Load and validate an artifact directory, or the newest one inside a directory of them."""
         model_dir = resolve_model_dir(model_dir)
-        config = read_json(model_dir / "config.json", MAX_CONFIG_JSON_BYTES)
-        if not isinstance(config, dict) or not isinstance(config.get("gru"), dict):
-            raise ModelLoadError(f"{model_dir}/config.json: no 'gru' section (not a stream-rec model?)")
-        fmt = config.get("format", ARTIFACT_FORMAT)
-        if not isinstance(fmt, int) or fmt > ARTIFACT_FORMAT:
-            raise ModelLoadError(f"{model_dir}: artifact format {config['format']} is newer than this code ({ARTIFACT_FORMAT})")
-        try:
-            gru_config = GRUConfig.from_dict(LEGACY_FIELDS.get(fmt, {}) | config["gru"])
-        except (TypeError, ValueError) as exc:
-            raise ModelLoadError(f"{model_dir}/config.json: bad 'gru' section: {exc}") from exc
-        n_parameters = parameter_count(gru_config)
-        if n_parameters > MAX_PARAMETERS:
-            raise ModelLoadError(f"{model_dir}/config.json: a model of {n_parameters:,} parameters and buffers "
-                                 f"(more than {MAX_PARAMETERS:,})")
-        items = read_json(model_dir / "items.json", MAX_ITEMS_JSON_BYTES)
-        item_ids = items.get("item_ids") if isinstance(items, dict) else None
-        if not isinstance(item_ids, list) or not all(isinstance(i, str) for i in item_ids):
-            raise ModelLoadError(f"{model_dir}/items.json: 'item_ids' must be a list of strings")
-        if len(item_ids) != gru_config.n_items:
-            raise ModelLoadError(f"{model_dir}: items.json has {len(item_ids)} items, config.json says {gru_config.n_items}")
-        if len(set(item_ids)) != len(item_ids):
-            raise ModelLoadError(f"{model_dir}/items.json: duplicate item ids")
-        texts = items.get("texts")
-        if texts is not None and (not isinstance(texts, list) or len(texts) != len(item_ids)
-                                  or not all(isinstance(t, str) for t in texts)):
-            raise ModelLoadError(f"{model_dir}/items.json: 'texts' must have one string per item")
-        model = load_weights(model_dir, gru_config)
-        version = read_version(model_dir)
+        found = read_model_dir(model_dir)
+        config = found.config
         meta = {k: v for k, v in config.items() if k not in ("gru",)}
-        rec = cls(model, item_ids, version, trained=bool(config.get("trained", True)), device=device,
-                  item_texts=texts, encoder_id=config.get("encoder_id"), meta=meta)
+        rec = cls(found.model, found.item_ids, found.version, trained=bool(config.get("trained", True)), device=device,
+                  item_texts=found.texts, encoder_id=config.get("encoder_id"), meta=meta)
         from .coldstart import load_initial_state  # optional artifact: learned new-user state
         try:
-            rec.initial_state = load_initial_state(model_dir, gru_config.hidden)
+            rec.initial_state = load_initial_state(model_dir, found.model.config.hidden)
         except Exception as exc:
             raise ModelLoadError(f"{model_dir}: bad initial state file ({exc})") from exc
         return rec
@@ -246,46 +213,69 @@ class Recommender:
             new = [i for i in dict.fromkeys(item_ids) if i not in self.row_of]
             n_known = len(self.item_ids)
             if new:
-                new_bias = float(m.item_bias[1:].median()) if m.item_bias.numel() > 1 else 0.0
-                for item in new:
-                    self.row_of[item] = len(self.item_ids) + 1
-                    self.item_ids.append(item)
-                    self.item_texts.append("")
-                for table in [m.id_embedding] + ([m.next_embedding] if m.config.recent else []):
-                    emb = table.weight
-                    table.weight = torch.nn.Parameter(torch.cat([emb, emb.new_zeros(len(new), emb.shape[1])]))
-                    table.num_embeddings = table.weight.shape[0]
-                m.item_bias = torch.nn.Parameter(torch.cat([m.item_bias, m.item_bias.new_full((len(new),), new_bias)]))
-                m.text_vectors = torch.cat([m.text_vectors, m.text_vectors.new_zeros(len(new), m.text_vectors.shape[1])])
-                m.config = dataclasses.replace(m.config, n_items=len(self.item_ids))
-                added = np.full(len(new), time.time() if now is None else now)
-                self.added_at = np.concatenate([self.added_at, added])
+                self._grow(new, time.time() if now is None else now)
             rows = [self.row_of[i] for i in item_ids]
             if text_vectors is not None:
                 vecs = torch.as_tensor(np.asarray(text_vectors), dtype=torch.float32, device=self.device)
                 if vecs.shape[1] != m.text_vectors.shape[1]:
                     raise ValueError(f"text vectors have {vecs.shape[1]} dims, the model uses {m.text_vectors.shape[1]}")
                 m.text_vectors[torch.tensor(rows, device=self.device)] = vecs
-                if new and n_known > 0 and m.config.use_ids and m.config.use_text:
-                    new_rows = torch.arange(n_known + 1, n_known + 1 + len(new), device=self.device)
-                    has_text = m.text_vectors[new_rows].abs().sum(1) > 0
-                    target = new_rows[has_text]
-                    if len(target) and m.config.id_dropout > 0:  # trained to score text-only items: ID parts zero
-                        m.item_bias[target] = 0.0
-                    elif len(target) and neighbours > 0:
-                        known = slice(1, n_known + 1)
-                        tables = [m.id_embedding] + ([m.next_embedding] if m.config.recent else [])
-                        for n, table in enumerate(tables):
-                            ids, bias = neighbour_init(m.text_vectors[known], table.weight[known], m.item_bias[known],
-                                                       m.text_vectors[target], neighbours)
-                            table.weight[target] = ids
-                            if n == 0:
-                                m.item_bias[target] = bias
+            if new and n_known > 0 and text_vectors is not None and m.config.use_ids and m.config.use_text:
+                self._place_by_text(n_known, len(new), neighbours)
+            if new and m.has_prior:
+                self._extend_prior(n_known)
             if texts is not None:
                 for row, text in zip(rows, texts):
                     self.item_texts[row - 1] = text
             self._refresh_item_table()
         return rows
+
+    def _grow(self, new: list[str], now: float) -> None:
+        """Rows for the ``new`` ids at the end of every item table: zero ID parts and text, the median bias."""
+        m = self.model
+        new_bias = float(m.item_bias[1:].median()) if m.item_bias.numel() > 1 else 0.0
+        for item in new:
+            self.row_of[item] = len(self.item_ids) + 1
+            self.item_ids.append(item)
+            self.item_texts.append("")
+        for table in [m.id_embedding] + ([m.next_embedding] if m.config.recent else []):
+            emb = table.weight
+            table.weight = torch.nn.Parameter(torch.cat([emb, emb.new_zeros(len(new), emb.shape[1])]))
+            table.num_embeddings = table.weight.shape[0]
+        m.item_bias = torch.nn.Parameter(torch.cat([m.item_bias, m.item_bias.new_full((len(new),), new_bias)]))
+        m.text_vectors = torch.cat([m.text_vectors, m.text_vectors.new_zeros(len(new), m.text_vectors.shape[1])])
+        m.config = dataclasses.replace(m.config, n_items=len(self.item_ids))
+        self.added_at = np.concatenate([self.added_at, np.full(len(new), now)])
+
+    def _place_by_text(self, n_known: int, n_new: int, neighbours: int) -> None:
+        """ID parts of the new rows with a text vector: zero with a bias of 0 for a model trained with ID
+        dropout (it scores text-only items), else the mean of their text neighbours' (``neighbour_init``)."""
+        m = self.model
+        new_rows = torch.arange(n_known + 1, n_known + 1 + n_new, device=self.device)
+        target = new_rows[m.text_vectors[new_rows].abs().sum(1) > 0]
+        if len(target) and m.config.id_dropout > 0:
+            m.item_bias[target] = 0.0
+        elif len(target) and neighbours > 0:
+            known = slice(1, n_known + 1)
+            tables = [m.id_embedding] + ([m.next_embedding] if m.config.recent else [])
+            for n, table in enumerate(tables):
+                ids, bias = neighbour_init(m.text_vectors[known], table.weight[known], m.item_bias[known],
+                                           m.text_vectors[target], neighbours)
+                table.weight[target] = ids
+                if n == 0:
+                    m.item_bias[target] = bias
+
+    def _extend_prior(self, n_known: int) -> None:
+        """The transition prior's tables grown to the new items' rows (appended after ``n_known`` items):
+        no transitions of their own, a back-off row from their text neighbours when they have text."""
+        prior = self.model.prior
+        counts, backoff = prior.tables()
+        n_rows = len(self.item_ids) + 1
+        grown = counts._replace(indptr=np.concatenate([counts.indptr, np.full(n_rows - counts.n_rows, counts.indptr[-1])]))
+        text = self.model.text_vectors.cpu() if self.model.config.use_text else None
+        new_rows = np.arange(n_known + 1, n_rows)
+        borrowed = text_backoff(grown, text, self.model.config.prior_neighbours, rows=new_rows)
+        prior.set_tables(grown, append_rows(backoff, borrowed, n_known + 1))
 
     def add_catalog(self, item_texts: dict[str, str], encoder_factory=None) -> list[str]:
         """Make catalog items the model has never seen recommendable through their text vectors.
@@ -311,3 +301,4 @@ class Recommender:
         with torch.no_grad():
             self._tables = self.model.item_tables()
             self._table = self._tables.vectors  # the item vectors (read by the enricher)
+

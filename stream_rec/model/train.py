@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from .gru import PAD, GRUConfig, HybridGRU, recent_windows
 from .recommender import pick_device
 from .sequences import UserSequence, pad_batch, to_sequence
+from .transitions import build_tables
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class TrainParams:
     # Train as the lists are served: seen items are never recommended, so they leave the softmax at every
     # position (and a repeated item is not a target).
     mask_seen: bool = True
+    # The transition prior's counts hold the training sequences' own transitions: each example leaves its
+    # own out (model/transitions.py). Off when the sequences are not the ones counted (fine-tuning).
+    prior_leave_one_out: bool = True
     time_budget_s: float = 0.0  # wall-time budget: no epoch is started that would likely overrun it (0 = none)
 
     def to_dict(self) -> dict:
@@ -72,6 +76,7 @@ class History:
     best_valid: dict = field(default_factory=dict)
     train_seconds: float = 0.0  # wall clock
     cpu_seconds: float = 0.0  # CPU time of this process over all its threads (wall time is noisy on a shared box)
+    stopped: str = "epochs"  # what ended training: "patience", "budget" or "epochs" (the upper bound)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,7 +137,8 @@ def train_epoch(model: HybridGRU, seqs: list[UserSequence], params: TrainParams,
             if n == 0:
                 continue
             window_recent = None if recent is None else recent[:, s:s + params.max_len][mask]
-            logits = model.scores(out[mask], tables, recent=window_recent)  # [n, N+1]
+            leave_out = y[mask] if params.prior_leave_one_out else None
+            logits = model.scores(out[mask], tables, recent=window_recent, leave_out=leave_out)  # [n, N+1]
             if first_seen is not None:  # the lists never hold seen items: the softmax is over the unseen ones
                 b_idx, t_idx = mask.nonzero(as_tuple=True)
                 logits = logits.masked_fill(first_seen[b_idx] <= (t_idx + s).unsqueeze(1), -math.inf)
@@ -215,7 +221,11 @@ def train_model(seqs: list[UserSequence], config: GRUConfig, text_vectors: torch
         torch.set_num_threads(params.threads)
     seed_everything(params.seed)
     device = pick_device(params.device)
-    model = HybridGRU(config, text_vectors).to(device)
+    model = HybridGRU(config, text_vectors)
+    if model.has_prior:
+        text = model.text_vectors if config.use_text else None
+        model.prior.set_tables(*build_tables([s.rows for s in seqs], config.n_items + 1, text, config.prior_neighbours))
+    model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     rng = random.Random(params.seed)
     history = History()
@@ -241,6 +251,7 @@ def train_model(seqs: list[UserSequence], config: GRUConfig, text_vectors: torch
             bad += 1
             if bad >= params.patience:
                 if decays >= params.lr_decays:
+                    history.stopped = "patience"
                     break
                 decays, bad = decays + 1, 0
                 model.load_state_dict(best_state)
@@ -250,6 +261,7 @@ def train_model(seqs: list[UserSequence], config: GRUConfig, text_vectors: torch
         # Stop when another epoch as long as the last one would overrun the budget.
         if params.time_budget_s and time.perf_counter() - started + row["seconds"] > params.time_budget_s:
             log.info("time budget of %.0f s: stopping after epoch %d", params.time_budget_s, epoch)
+            history.stopped = "budget"
             break
     history.train_seconds = time.perf_counter() - started
     history.cpu_seconds = time.process_time() - cpu_started
