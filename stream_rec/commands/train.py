@@ -2,7 +2,8 @@
 
 Train the hybrid text + ID GRU on user event sequences (leave-one-out: each user's last event is held out
 for testing, the one before is the validation target used for early stopping) and write MODEL_DIR
-(weights.safetensors, text_vectors.safetensors, config.json, items.json, VERSION).
+(weights.safetensors, text_vectors.safetensors, config.json, items.json, VERSION, and the learned state of a
+user with no events, init_state.safetensors).
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="train as lists are served: the user's seen items leave the softmax, repeats are no targets")
     t.add_argument("--time-budget-s", type=float, default=0.0, metavar="S",
                    help="wall-time budget: no epoch is started that would likely overrun it (0 = none)")
+    t.add_argument("--init-state-epochs", type=int, default=d.init_state_epochs,
+                   help="epochs of the learned state of a user with no events (init_state.safetensors; "
+                        "every weight frozen; 0 = a zero state)")
     t.add_argument("--seed", type=int, default=d.seed, help="random seed (weights, batch order, dropout)")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
@@ -99,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     params = TrainParams(epochs=args.epochs, batch_size=args.batch_size, max_len=args.max_len, lr=args.lr,
                          weight_decay=args.weight_decay, patience=args.patience, lr_decays=args.lr_decays,
                          lr_decay=args.lr_decay, mask_seen=args.mask_seen, seed=args.seed, device=args.device,
-                         threads=args.threads, time_budget_s=args.time_budget_s)
+                         threads=args.threads, time_budget_s=args.time_budget_s,
+                         init_state_epochs=args.init_state_epochs)
     encoder = None if args.no_text else shared_encoder(Settings.from_env().cache_dir, args.device)
     started = time.perf_counter()
     rec, history = train_recommender(split, item_texts, config, params, encoder=encoder, progress=not args.quiet)
@@ -117,6 +122,6 @@ def run(args: argparse.Namespace) -> int:
                "valid_baselines": {name: m["ndcg@10"] for name, m in baselines.items()},
                "beats_baselines": not warnings, "warnings": warnings,
                "train_seconds": round(history.train_seconds, 1), "train_cpu_seconds": round(history.cpu_seconds, 1),
-               "state_bytes_per_user": rec.state_bytes}
+               "state_bytes_per_user": rec.state_bytes, "learned_initial_state": rec.initial_state is not None}
     print(json.dumps(summary, indent=2))
     return 0
