@@ -54,7 +54,7 @@ from .io.topics import key_partition
 from .model.sequences import rewarm, run_steps, time_gaps
 from .privacy import pseudonymize
 from .recsys.context import boost_queries, context_text
-from .recsys.freshness import FreshnessPolicy
+from .recsys.freshness import FreshnessPolicy, model_policy
 from .recsys.ranking import RankBatch, fresh_lists, plain_lists, rescore, top_k_lists
 from .state import StateDecodeError, UserState, append_history, decode_state, encode_state, model_tag
 from .validation import DELETE_USER, Event, Invalid, validate_event
@@ -114,7 +114,8 @@ class PipelineConfig:
     context_alpha: float = 1.0  # weight of an event's context.text query in its list (0 = ignore queries)
     partitions: int = 0  # of the events topic: events off their key's partition are re-routed (0 = no check)
     dlq_max_original_bytes: int = 128 * 1024  # original bytes kept in a DLQ record (see dlq_record)
-    freshness: FreshnessPolicy = FreshnessPolicy()  # slots for items new since training (0 slots = off)
+    # slots for items new since training (0 slots = off); None: the model's own policy (``model_policy``)
+    freshness: FreshnessPolicy | None = None
 
     @classmethod
     def from_settings(cls, settings) -> "PipelineConfig":
@@ -122,9 +123,9 @@ class PipelineConfig:
                    pseudonymize_key=settings.pseudonymize_key,
                    context_alpha=getattr(settings, "context_alpha", 1.0),
                    dlq_max_original_bytes=settings.dlq_max_original_bytes,
-                   freshness=FreshnessPolicy(slots=settings.fresh_slots, max_age_s=settings.fresh_max_age_s,
-                                             min_ratio=settings.fresh_min_ratio, by=settings.fresh_by,
-                                             min_similarity=settings.fresh_min_similarity))
+                   freshness=None if settings.fresh_slots < 0 else FreshnessPolicy(
+                       slots=settings.fresh_slots, max_age_s=settings.fresh_max_age_s, min_ratio=settings.fresh_min_ratio,
+                       by=settings.fresh_by, min_similarity=settings.fresh_min_similarity))
 
 
 DLQ_MAX_KEY_BYTES = 1024  # record keys are user ids (<= 256 characters); a longer key is cut in the DLQ
@@ -499,9 +500,10 @@ def rank_users(model, touched: TouchedUsers, hiddens: Sequence[np.ndarray], quer
             if asked:
                 batch.queries[n], batch.query_texts[n] = queries[asked[-1][0]], context_text(asked[-1][1].context)
     put_in: list[set[str]] = []
-    ages = model.item_ages(now) if config.freshness.slots > 0 else None
-    if ages is not None and bool((ages[1:] < config.freshness.max_age_s).any()):
-        lists, put_in = fresh_lists(batch, config.freshness, ages)
+    policy = config.freshness if config.freshness is not None else model_policy(model)
+    ages = model.item_ages(now) if policy.slots > 0 else None
+    if ages is not None and bool((ages[1:] < policy.max_age_s).any()):
+        lists, put_in = fresh_lists(batch, policy, ages)
     else:
         lists = plain_lists(batch)
     if enricher is not None:

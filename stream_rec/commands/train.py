@@ -3,7 +3,9 @@
 Train the hybrid text + ID GRU on user event sequences (leave-one-out: each user's last event is held out
 for testing, the one before is the validation target used for early stopping) and write MODEL_DIR
 (weights.safetensors, text_vectors.safetensors, config.json, items.json, VERSION, and the learned state of a
-user with no events, init_state.safetensors).
+user with no events, init_state.safetensors). The freshness policy for items new since training is chosen on
+validation with a slice of the items' IDs hidden (their text kept) to simulate new ones, or declined where the
+texts do not carry relevance; config.json keeps it and the worker, `recommend`, `replay` and `evaluate` apply it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # defaults live with the model and training code (importing them imports torch: only when `train` runs)
     from ..model.gru import GRUConfig
     from ..model.train import TrainParams
+    from ..recsys.freshchoice import ChoiceParams
 
+    c = ChoiceParams()
     m = GRUConfig(n_items=0, text_dim=0)
     d = TrainParams()
     p = add_command(subparsers, __name__, SUMMARY, __doc__)
@@ -79,6 +83,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=d.seed, help="random seed (weights, batch order, dropout)")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    f = p.add_argument_group("freshness policy (list slots for items new since training; recsys/freshchoice.py)")
+    f.add_argument("--fresh-hide-share", type=float, default=c.hide_share,
+                   help="share of the trained items whose IDs are hidden (text kept) to simulate new items on "
+                        "validation (0 = choose no policy)")
+    f.add_argument("--fresh-max-warm-cost", type=float, default=c.max_warm_cost,
+                   help="most NDCG@10 the policy may cost the users whose next item is not new (validation)")
+    f.add_argument("--fresh-min-new-hr", type=float, default=c.min_new_hr,
+                   help="least HR@10 the policy must bring the users whose next item is new, else it is declined")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -114,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     warnings = baseline_warnings(history.best_valid, baselines)
     rec.meta["metrics"]["valid_baselines"] = baselines
     rec.meta["warnings"] = warnings
+    rec.meta["freshness"] = freshness = choose_policy(rec, split, args)
     out = rec.save(args.out)
     for line in warnings:
         log.warning("%s: check the data (enough events per user? time order?) and the training flags before "
@@ -122,6 +135,21 @@ def run(args: argparse.Namespace) -> int:
                "valid_baselines": {name: m["ndcg@10"] for name, m in baselines.items()},
                "beats_baselines": not warnings, "warnings": warnings,
                "train_seconds": round(history.train_seconds, 1), "train_cpu_seconds": round(history.cpu_seconds, 1),
-               "state_bytes_per_user": rec.state_bytes, "learned_initial_state": rec.initial_state is not None}
+               "state_bytes_per_user": rec.state_bytes, "learned_initial_state": rec.initial_state is not None,
+               "freshness": {k: v for k, v in freshness.items() if k != "validation"}}
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def choose_policy(rec, split, args: argparse.Namespace) -> dict:
+    """The freshness policy of the model (recsys/freshchoice.py), logged with what it chose and why."""
+    from ..recsys.freshchoice import ChoiceParams, FreshnessPolicy, choose_freshness, describe_policy
+
+    params = ChoiceParams(hide_share=args.fresh_hide_share, max_warm_cost=args.fresh_max_warm_cost,
+                          min_new_hr=args.fresh_min_new_hr, seed=args.seed)
+    if params.hide_share <= 0:
+        return describe_policy(FreshnessPolicy(slots=0)) | {"why": "not chosen (--fresh-hide-share 0)"}
+    entry = choose_freshness(rec, split, params)
+    log.info("freshness policy: %s slot(s)%s -- %s", entry["slots"],
+                f" by {entry['by']}" if entry["slots"] else "", entry["why"])
+    return entry
