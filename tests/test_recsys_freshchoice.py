@@ -101,3 +101,45 @@ def test_the_worker_applies_the_models_policy_unless_settings_give_one(tmp_path)
         (tmp_path / "m" / "config.json").write_text(json.dumps(config | {"freshness": bad}))
         with pytest.raises(ModelLoadError, match="freshness"):
             Recommender.load(tmp_path / "m", device="cpu")
+
+
+def test_train_writes_its_policy_and_recommend_and_evaluate_apply_it(tmp_path, capsys, monkeypatch):
+    """`stream-rec train` on a catalogue with items nobody took yet: they stay out of the trained catalogue,
+    the policy it chose is in config.json and its summary (with why), and `recommend` / `evaluate` give those
+    items slots by it -- unless STREAM_REC_FRESH_SLOTS says otherwise."""
+    from stream_rec.cli import main
+    from stream_rec.io.data import write_events_csv, write_items_csv
+    from stream_rec.synthetic import make_catalog, make_world
+
+    world = make_world(n_users=60, items_per_theme=10, events_per_user=(6, 12), seed=1,
+                       themes=["space", "cooking", "detective"])
+    write_events_csv(tmp_path / "events.csv", world.events)
+    write_items_csv(tmp_path / "items.csv", world.items + make_catalog(4, ["nature"]))  # never taken
+    model = tmp_path / "m"
+    # bounds that accept any policy with slots: the choice itself is tested above (pick)
+    assert main(["train", "--events-file", str(tmp_path / "events.csv"), "--items-file", str(tmp_path / "items.csv"),
+                 "--out", str(model), "--epochs", "2", "--hidden", "16", "--emb-dim", "8", "--batch-size", "8",
+                 "--quiet", "--device", "cpu", "--fresh-max-warm-cost", "1", "--fresh-min-new-hr", "0",
+                 "--fresh-hide-share", "0.3"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    stored = json.loads((model / "config.json").read_text())["freshness"]
+    assert summary["freshness"]["slots"] >= 1 and summary["freshness"]["why"].startswith("chosen on validation")
+    assert stored["slots"] == summary["freshness"]["slots"] and len(stored["validation"]["grid"]) > 10
+    assert not any(i.startswith("nature-") for i in json.loads((model / "items.json").read_text())["item_ids"])
+
+    def nature_lists(fresh_slots):
+        monkeypatch.setenv("STREAM_REC_FRESH_SLOTS", str(fresh_slots))
+        out = tmp_path / f"recs{fresh_slots}.jsonl"
+        assert main(["recommend", "--model", str(model), "--items-file", str(tmp_path / "items.csv"), "--events-file",
+                     str(tmp_path / "events.csv"), "--top-k", "5", "--out", str(out), "--quiet"]) == 0
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(lines) == 60 and all(len(line["items"]) == 5 for line in lines)
+        return sum(any(i.startswith("nature-") for i in line["items"]) for line in lines)
+
+    assert nature_lists(-1) > nature_lists(0)  # the model's policy; settings override it (off)
+    monkeypatch.setenv("STREAM_REC_FRESH_SLOTS", "-1")
+    assert main(["evaluate", "--model", str(model), "--events-file", str(tmp_path / "events.csv"), "--items-file",
+                 str(tmp_path / "items.csv"), "--no-baselines", "--quiet", "--plot", str(tmp_path / "c.png")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["freshness"]["slots"] == stored["slots"] and report["freshness"]["fresh_items"] == 4
+    assert report["gru"]["users"] == report["gru_plain"]["users"] == 60

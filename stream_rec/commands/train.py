@@ -119,8 +119,14 @@ def run(args: argparse.Namespace) -> int:
                          init_state_epochs=args.init_state_epochs)
     encoder = None if args.no_text else shared_encoder(Settings.from_env().cache_dir, args.device)
     started = time.perf_counter()
-    rec, history = train_recommender(split, item_texts, config, params, encoder=encoder, progress=not args.quiet)
-    rec.meta["data"] = info
+    taken = {item for seq in split.train.values() for item, _ in seq}
+    untrained = [i for i in item_texts if i not in taken]  # new items: they join from their text when served
+    if untrained:
+        log.info("%d catalogue items have no training events: left out of the trained catalogue, they join it "
+                 "from their text when served, as new items (the freshness policy applies to them)", len(untrained))
+    rec, history = train_recommender(split, item_texts, config, params, encoder=encoder, exclude_items=untrained,
+                                     progress=not args.quiet)
+    rec.meta["data"] = info | {"items_without_training_events": len(untrained)}
     rec.meta["metrics"]["train_seconds_total"] = time.perf_counter() - started
     baselines = validation_baselines(split, rec.row_of)
     warnings = baseline_warnings(history.best_valid, baselines)
