@@ -24,11 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # defaults live with the model and training code (importing them imports torch: only when `train` runs)
     from ..model.gru import GRUConfig
     from ..model.train import TrainParams
-    from ..recsys.freshchoice import ChoiceParams
 
-    c = ChoiceParams()
-    m = GRUConfig(n_items=0, text_dim=0)
-    d = TrainParams()
+    m, d = GRUConfig(n_items=0, text_dim=0), TrainParams()
     p = add_command(subparsers, __name__, SUMMARY, __doc__)
     add_data_args(p)
     p.add_argument("--out", metavar="DIR", required=True, help="model directory to write (created if missing)")
@@ -77,12 +74,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="train as lists are served: the user's seen items leave the softmax, repeats are no targets")
     t.add_argument("--time-budget-s", type=float, default=0.0, metavar="S",
                    help="wall-time budget: no epoch is started that would likely overrun it (0 = none)")
-    t.add_argument("--init-state-epochs", type=int, default=d.init_state_epochs,
-                   help="epochs of the learned state of a user with no events (init_state.safetensors; "
-                        "every weight frozen; 0 = a zero state)")
     t.add_argument("--seed", type=int, default=d.seed, help="random seed (weights, batch order, dropout)")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_serving_args(p, d)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def add_serving_args(p: argparse.ArgumentParser, d) -> None:
+    """What training learns for serving beside the weights: new users' state, the freshness policy."""
+    from ..recsys.freshchoice import ChoiceParams
+
+    c = ChoiceParams()
+    p.add_argument("--init-state-epochs", type=int, default=d.init_state_epochs,
+                   help="epochs of the learned state of a user with no events (init_state.safetensors; "
+                        "every weight frozen; 0 = a zero state)")
     f = p.add_argument_group("freshness policy (list slots for items new since training; recsys/freshchoice.py)")
     f.add_argument("--fresh-hide-share", type=float, default=c.hide_share,
                    help="share of the trained items whose IDs are hidden (text kept) to simulate new items on "
@@ -91,8 +98,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="most NDCG@10 the policy may cost the users whose next item is not new (validation)")
     f.add_argument("--fresh-min-new-hr", type=float, default=c.min_new_hr,
                    help="least HR@10 the policy must bring the users whose next item is new, else it is declined")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
