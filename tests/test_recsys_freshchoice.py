@@ -61,6 +61,9 @@ def test_hidden_items_are_scored_from_their_text_alone_and_the_model_is_untouche
     counts, _ = twin.model.prior.tables()
     assert not set(counts.indices.tolist()) & set(rows.tolist())  # no transition into a hidden item
     assert all(counts.indptr[r + 1] == counts.indptr[r] for r in rows)  # nor out of one
+    for r in rows:  # and none made up between a hidden item's neighbours (the sequences step by +1)
+        before_r = counts.indices[counts.indptr[r - 1]:counts.indptr[r]] if r > 1 else []
+        assert r + 1 not in set(np.asarray(before_r).tolist())
     torch.testing.assert_close(rec.score_rows(rec.init_state(2)), before)  # the served model is unchanged
     state = rec.step(rec.init_state(1), [int(rows[0])], [0.0])
     hidden, known = twin.score_rows(state)[0, idx], rec.score_rows(state)[0, idx]

@@ -113,11 +113,23 @@ def hidden_rows(train_rows, n_items: int, share: float, seed: int = 0) -> np.nda
     return np.array(sorted(present[:int(round(share * len(present)))]), dtype=np.int64)
 
 
+def segments(train_rows, rows: np.ndarray) -> list[np.ndarray]:
+    """The sequences cut at the ``rows``, which leave: no transition into or out of them, and none made up
+    between their neighbours."""
+    out = []
+    for seq in train_rows:
+        seq = np.asarray(seq, dtype=np.int64)
+        cut = np.isin(seq, rows)
+        bounds = np.flatnonzero(cut)
+        out += [part for part in np.split(seq, bounds) if len(part)]
+    return [part[~np.isin(part, rows)] for part in out if len(part[~np.isin(part, rows)])]
+
+
 @torch.no_grad()
 def hide_ids(rec, rows: np.ndarray, train_rows):
     """A copy of ``rec`` whose ``rows`` are scored from their text alone, as an item added after training
     is: ID vectors zero, the bias ``add_items`` gives a text-only item, no transitions of their own
-    (the prior rebuilt from ``train_rows`` without them, text back-off kept)."""
+    (the prior rebuilt from ``train_rows`` cut at them, text back-off kept)."""
     from ..model.transitions import build_tables
 
     twin = copy.copy(rec)
@@ -127,8 +139,7 @@ def hide_ids(rec, rows: np.ndarray, train_rows):
         table.weight[idx] = 0.0
     m.item_bias[idx] = 0.0 if m.config.id_dropout > 0 else float(m.item_bias[1:].median())
     if m.has_prior:
-        hidden = set(rows.tolist())
-        kept = [np.array([r for r in seq if r not in hidden], dtype=np.int64) for seq in train_rows]
+        kept = segments(train_rows, rows)
         text = m.text_vectors.cpu() if m.config.use_text else None
         m.prior.set_tables(*build_tables(kept, m.config.n_items + 1, text, m.config.prior_neighbours))
     twin._refresh_item_table()
@@ -174,6 +185,7 @@ def choose_freshness(rec, split, params: ChoiceParams = ChoiceParams(), batch_si
         parts = [group[s:s + batch_size] for s in range(0, len(group), batch_size)]
         scored[name] = [(part, score(part)) for part in parts]
     text = twin.model.text_vectors.cpu()
+    # the policy's own cost: against the plain ranking of the same catalogue (the hidden items in it)
     base = policy_metrics(scored["warm"], fresh, FreshnessPolicy(slots=0))
     plain_new = policy_metrics(scored["new"], fresh, FreshnessPolicy(slots=0))
     grid = score_grid(scored["new"], scored["warm"], base["ndcg@10"], fresh, text)
