@@ -6,8 +6,8 @@ DATA holds ``ml-100k/`` (u.data, u.item) and/or ``ml-1m-half/`` (ratings.dat, mo
 
 * split: 10% of users are *new users* (never trained on), 10% of items are *cold items* (removed from
   training, added afterwards from their text vector only, as the ``catalog`` topic would);
-* one hybrid GRU is trained on the rest (``model.train.train_recommender``), and an initial state h0 is
-  learned for it (``model.coldstart``);
+* one hybrid GRU is trained on the rest (``model.train.train_recommender``), which learns its initial state
+  h0 as `stream-rec train` does (``model.coldstart``, ``--h0-epochs``);
 * tables, all on the new users, ranking over the full catalog with seen items excluded
   (``model.evaluate.ranking_metrics``):
   1. history-length buckets: predict event t from the first t events, for every t; bucket by t;
@@ -46,9 +46,7 @@ from stream_rec.io.data import Split, leave_one_out, read_events, read_items, se
 from stream_rec.model.evaluate import (EvalCase, content_scorer, evaluate_scorer, markov_scorer,  # noqa: E402
                                        popularity_scorer, ranking_metrics, recommender_scorer, step_histories)
 from stream_rec.model.gru import PAD  # noqa: E402
-from stream_rec.model.sequences import to_sequence  # noqa: E402
 from stream_rec.model.train import TrainParams, train_recommender  # noqa: E402
-from stream_rec.model.coldstart import learn_initial_state  # noqa: E402
 from stream_rec.recsys.feedback import negative_penalty  # noqa: E402
 from stream_rec.recsys.interests import genres_of  # noqa: E402
 from stream_rec.learning.finetune import FinetuneParams, finetune, time_slices  # noqa: E402
@@ -101,7 +99,7 @@ def train_split_model(seqs, item_texts, encoder, args, exclude_items=()):
     split = Split(train=split.train, valid=split.valid, test={}, full=seqs)
     config = {"hidden": args.hidden, "emb_dim": args.emb_dim, "dropout": args.dropout}
     params = TrainParams(epochs=args.epochs, batch_size=32, lr=2e-3, patience=3, seed=0, device=args.device,
-                         threads=args.threads, time_budget_s=args.train_budget)
+                         threads=args.threads, time_budget_s=args.train_budget, init_state_epochs=args.h0_epochs)
     rec, history = train_recommender(split, item_texts, config, params, encoder=encoder,
                                      exclude_items=list(exclude_items), progress=not args.quiet)
     return rec, history
@@ -121,9 +119,7 @@ def run_dataset(name: str, d: Path, encoder, args) -> dict:
     cold = set(items_seen[: len(items_seen) // 10])
     train_seqs = {u: s for u, s in seqs.items() if u not in new_users}
     rec, history = train_split_model(train_seqs, item_texts, encoder, args, exclude_items=cold)
-    warm_row_of = dict(rec.row_of)
-    h0 = learn_initial_state(rec.model, [to_sequence(s, warm_row_of) for s in train_seqs.values()],
-                             first_n=10, epochs=args.h0_epochs, progress=not args.quiet)
+    h0 = rec.initial_state  # learned by training, as `stream-rec train` does (model/coldstart.py)
     cold_ids = [i for i in rec.item_ids if i in cold] + sorted(cold - set(rec.item_ids))
     cold_rows = rec.add_items(cold_ids, encoder.encode_cached([item_texts.get(i, "") for i in cold_ids], progress=False),
                               texts=[item_texts.get(i, "") for i in cold_ids])

@@ -27,8 +27,8 @@ Systems, same replay, same run:
   ``popularity_24h`` -- the most consumed items of the last 24 hours, at every event;
 * ``live_online`` -- ``live`` with online learning as the worker does it (drift monitor, fine-tune on the
   recent-events buffer, hot reload, state re-warm; stream_rec_devtools/temporal_systems.py);
-* ``live_fresh`` -- ``live`` with the new-item policy (``temporal_systems.new_item_policy``: today the
-  settings' FRESH_*, here with ``--fresh-slots`` slots).
+* ``live_fresh`` -- ``live`` with the new-item policy (``temporal_systems.new_item_policy``: the
+  model's own, chosen by `stream-rec train`, unless ``--fresh-slots`` n >= 0 gives n slots).
 
 Items released after T (the ``arrivals`` world) join the GRUs' catalogue from their text at their
 release, as the worker's live catalogue adds them; SASRec+ and Markov know the items of their training
@@ -77,9 +77,9 @@ def parse_args(argv=None):
                    help="wall-time budget of each model trained at T (the GRU and SASRec+ alike)")
     p.add_argument("--models-dir", default="runs/temporal/models",
                    help="trained models are kept here and reused by later runs with the same data, T and budget")
-    p.add_argument("--fresh-slots", type=int, default=2,
-                   help="live_fresh: the settings' FRESH_SLOTS for the new-item policy (the rest of the policy from "
-                        "the settings, STREAM_REC_FRESH_*)")
+    p.add_argument("--fresh-slots", type=int, default=-1,
+                   help="live_fresh: the settings' FRESH_SLOTS for the new-item policy (-1: the model's own policy, "
+                        "chosen by `stream-rec train`; n >= 0: n slots, the rest from STREAM_REC_FRESH_*)")
     p.add_argument("--max-events", type=int, default=0, help="replay only the first N events after T (development)")
     p.add_argument("--through-worker", nargs="+", default=[], choices=DATASETS, metavar="NAME",
                    help="for these data sets, also stream the whole log through a real worker on the embedded broker "

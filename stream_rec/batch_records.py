@@ -75,7 +75,8 @@ class PipelineConfig:
     context_alpha: float = 1.0  # weight of an event's context.text query in its list (0 = ignore queries)
     partitions: int = 0  # of the events topic: events off their key's partition are re-routed (0 = no check)
     dlq_max_original_bytes: int = 128 * 1024  # original bytes kept in a DLQ record (see dlq_record)
-    freshness: FreshnessPolicy = FreshnessPolicy()  # slots for items new since training (0 slots = off)
+    # slots for items new since training (0 slots = off); None: the model's own policy (``model_policy``)
+    freshness: FreshnessPolicy | None = None
 
     @classmethod
     def from_settings(cls, settings) -> "PipelineConfig":
@@ -83,9 +84,9 @@ class PipelineConfig:
                    pseudonymize_key=settings.pseudonymize_key,
                    context_alpha=getattr(settings, "context_alpha", 1.0),
                    dlq_max_original_bytes=settings.dlq_max_original_bytes,
-                   freshness=FreshnessPolicy(slots=settings.fresh_slots, max_age_s=settings.fresh_max_age_s,
-                                             min_ratio=settings.fresh_min_ratio, by=settings.fresh_by,
-                                             min_similarity=settings.fresh_min_similarity))
+                   freshness=None if settings.fresh_slots < 0 else FreshnessPolicy(
+                       slots=settings.fresh_slots, max_age_s=settings.fresh_max_age_s, min_ratio=settings.fresh_min_ratio,
+                       by=settings.fresh_by, min_similarity=settings.fresh_min_similarity))
 
 
 DLQ_MAX_KEY_BYTES = 1024  # record keys are user ids (<= 256 characters); a longer key is cut in the DLQ

@@ -63,6 +63,7 @@ from .batch_records import (BatchResult, Incoming, PipelineConfig, dlq_record, f
                             merge_at, recommendation_record, validate_batch)
 from .model.sequences import rewarm, run_steps, time_gaps
 from .recsys.context import boost_queries, context_text
+from .recsys.freshness import serving_policy
 from .recsys.ranking import RankBatch, fresh_lists, plain_lists, rescore, top_k_lists
 from .state import (ORIGINS_KEPT, ItemKeys, Origin, StateDecodeError, UserState, append_history, copy_origin,
                     decode_state, encode_state, model_tag)
@@ -355,7 +356,7 @@ def rank_users(model, touched: TouchedUsers, *, hiddens: Sequence[np.ndarray], q
                now: float | None = None) -> tuple[list[list[tuple[str, float]]], list[dict | None]]:
     """Top-K of every touched user, seen items excluded; a user's newest query of the batch (``queries``:
     batch index -> vector) boosts their list; with an enricher its stages and annotations (``record``: the
-    lists are sent, so the enricher counts them). With ``config.freshness`` on, the plain lists give slots
+    lists are sent, so the enricher counts them). With a freshness policy (``config.freshness``, else the model's own), the plain lists give slots
     to items new since training (counted in ``result.fresh_slots`` when they stay in the final list; a
     list the enricher re-ranks starts from the plain scores).
     -> ([B] lists of (item_id, score), [B] extra fields or None)"""
@@ -369,9 +370,10 @@ def rank_users(model, touched: TouchedUsers, *, hiddens: Sequence[np.ndarray], q
             if asked:
                 batch.queries[n], batch.query_texts[n] = queries[asked[-1][0]], context_text(asked[-1][1].context)
     put_in: list[set[str]] = []
-    ages = model.item_ages(now) if config.freshness.slots > 0 else None
-    if ages is not None and bool((ages[1:] < config.freshness.max_age_s).any()):
-        lists, put_in = fresh_lists(batch, config.freshness, ages)
+    policy = serving_policy(config.freshness, model)
+    ages = model.item_ages(now) if policy.slots > 0 else None
+    if ages is not None and bool((ages[1:] < policy.max_age_s).any()):
+        lists, put_in = fresh_lists(batch, policy, ages)
     else:
         lists = plain_lists(batch)
     if enricher is not None:

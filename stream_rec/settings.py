@@ -150,7 +150,9 @@ class Settings:
     # fresh_by=content: text cosine to the user's recent items >= fresh_min_similarity; fresh_by=model: the
     # model gives it >= fresh_min_ratio times the probability of the item it displaces. Counted in
     # stream_rec_fresh_slots_total; new-item hits and the warm-item NDCG cost: benchmarks/quality.py.
-    fresh_slots: int = 0
+    # fresh_slots -1: the policy `stream-rec train` chose on validation and wrote into the model directory
+    # (recsys/freshchoice.py; none for a model without one); >= 0: these settings, whatever the model says.
+    fresh_slots: int = -1
     fresh_max_age_s: float = 7 * 86400.0
     fresh_by: str = "content"
     fresh_min_similarity: float = 0.8

@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from stream_rec.pipeline import Incoming, PipelineConfig, process_batch, states_in
+from stream_rec.recsys.freshness import serving_policy
 from stream_rec.state import decode_state
 
 from .harness import event_record
@@ -40,10 +41,9 @@ LIST_LENGTH = 60  # items a batch system keeps per user (the client filters what
 
 
 def new_item_policy(rec, settings):
-    """The new-item (freshness) policy the stream applies with ``rec``: today the settings'
-    (``PipelineConfig.from_settings``, STREAM_REC_FRESH_*). Issue 21 makes the policy the model's own;
-    ``live_fresh`` calls only this, so it follows the switch."""
-    return PipelineConfig.from_settings(settings).freshness
+    """The new-item (freshness) policy the stream applies with ``rec``: the settings' when they give one
+    (STREAM_REC_FRESH_SLOTS >= 0), else the one `stream-rec train` chose for the model."""
+    return serving_policy(PipelineConfig.from_settings(settings).freshness, rec)
 
 
 class Catalogue:

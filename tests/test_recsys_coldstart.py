@@ -53,3 +53,44 @@ def test_learned_initial_state_beats_zeros_for_new_users(tmp_path):
     assert (tmp_path / "m" / INIT_STATE_FILE).is_file()
     again = Recommender.load(tmp_path / "m", device="cpu")
     assert np.allclose(again.init_state(2), np.tile(rec.initial_state, (2, 1)))
+
+
+def test_a_trained_model_carries_its_initial_state_and_the_worker_starts_new_users_from_it(tmp_path):
+    """``train_recommender`` (what `stream-rec train` runs) learns h0 and the model directory carries it;
+    the worker's first event of a user with no state steps from it, as ``Recommender.init_state`` does
+    offline (`recommend`, `evaluate`), and not from zeros."""
+    import json
+    import time
+
+    from stream_rec.io.data import leave_one_out, sequences, Interaction
+    from stream_rec.model.train import train_recommender
+    from stream_rec.pipeline import Incoming, PipelineConfig, process_batch
+    from stream_rec.state import decode_state
+
+    torch.set_num_threads(1)
+    world = make_world(n_users=60, events_per_user=(6, 10), items_per_theme=6, seed=3)
+    split = leave_one_out(sequences([Interaction(e["user_id"], e["item_id"], e["timestamp"]) for e in world.events]))
+    params = TrainParams(epochs=1, batch_size=16, device="cpu", init_state_epochs=5)
+    rec, _ = train_recommender(split, {}, {"use_text": False, "hidden": 16, "emb_dim": 8}, params, progress=False)
+    assert rec.initial_state is not None and np.abs(rec.initial_state).sum() > 0
+    rec.save(tmp_path / "m")
+    assert (tmp_path / "m" / INIT_STATE_FILE).is_file()
+    served = Recommender.load(tmp_path / "m", device="cpu")
+    np.testing.assert_allclose(served.initial_state, rec.initial_state, atol=1e-6)
+
+    item = world.items[0]["item_id"]
+    raw = json.dumps({"user_id": "newcomer", "item_id": item, "event_type": "view", "timestamp": 1.75e9}).encode()
+    out = process_batch([Incoming(raw, b"newcomer", "events", 0, 0, time.time())], {}.get, served,
+                        PipelineConfig(top_k=5, half_precision_state=False))
+    stored = decode_state(out.states["newcomer"]).hidden
+    offline = served.step(served.init_state(1), served.rows_for([item]), [0.0])[0]
+    from_zeros = served.step(served.model.init_state(1).numpy(), served.rows_for([item]), [0.0])[0]
+    np.testing.assert_allclose(stored, offline, atol=1e-5)
+    assert np.abs(stored - from_zeros).max() > 1e-3
+    assert [i["item_id"] for i in out.recommendations[0]["items"]] == [
+        i for i, _ in served.topk(offline[None], 5, [served.rows_for([item])])[0]]
+
+    zero, _ = train_recommender(split, {}, {"use_text": False, "hidden": 16, "emb_dim": 8},
+                                TrainParams(epochs=1, batch_size=16, device="cpu", init_state_epochs=0), progress=False)
+    zero.save(tmp_path / "z")
+    assert zero.initial_state is None and not (tmp_path / "z" / INIT_STATE_FILE).exists()

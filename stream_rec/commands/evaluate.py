@@ -3,7 +3,9 @@
 Leave-one-out evaluation: each user's last event is the test target, every earlier event is stepped through
 the model's incremental serving path (Recommender.step), and the whole catalog is ranked with the user's
 seen items excluded. Most-popular and first-order Markov baselines are fitted on the same training events
-(all but each user's last two) and reported beside it. Prints JSON and writes a PNG of the training curve.
+(all but each user's last two) and reported beside it. Items of --items-file the model was not trained on
+join its catalogue from their text and get list slots by the model's freshness policy (or the
+STREAM_REC_FRESH_* settings), as in the worker: "gru" is then ranked with it, "gru_plain" without. Prints JSON and writes a PNG of the training curve.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
     split, item_texts, info = load_data(args)
     added = rec.add_catalog(item_texts, lambda: shared_encoder(Settings.from_env().cache_dir, args.device))
     results = evaluate_recommender(rec, split, k=args.top_k, baselines=not args.no_baselines, progress=not args.quiet)
+    fresh = with_freshness(rec, split, args.top_k)
+    if fresh is not None:  # the lists the worker would send: the model's freshness policy over the added items
+        results = {"gru": fresh["gru"], "gru_plain": results["gru"]} | results | {"freshness": fresh["policy"]}
     report = {"model": rec.version, "data": info, "items_added_from_text": len(added),
               "state_bytes_per_user": rec.state_bytes} | results
     plot = Path(args.plot or "training_curve.png")
@@ -55,3 +60,22 @@ def run(args: argparse.Namespace) -> int:
         Path(args.out).write_text(text + "\n")
     print(text)
     return 0
+
+
+def with_freshness(rec, split, k: int) -> dict | None:
+    """``rec``'s test figures with the freshness policy the worker applies (``recommend.serving_policy``),
+    or None when it would change no list (no slots, or no item young enough)."""
+    from ..model.evaluate import recommender_scorer, test_cases
+    from ..recsys.freshchoice import describe_policy, policy_metrics
+    from ..recsys.freshness import fresh_rows
+    from .recommend import serving_policy
+
+    policy = serving_policy(rec)
+    fresh = fresh_rows(rec.item_ages(), policy.max_age_s)
+    if policy.slots <= 0 or not fresh.any():
+        return None
+    cases = test_cases(split.full, split.test, rec.row_of)
+    score = recommender_scorer(rec)
+    scored = [(part, score(part)) for part in (cases[s:s + 512] for s in range(0, len(cases), 512))]
+    metrics = policy_metrics(scored, fresh, policy, k, rec.model.text_vectors.cpu())
+    return {"gru": metrics, "policy": describe_policy(policy) | {"fresh_items": int(fresh.sum())}}

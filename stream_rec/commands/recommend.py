@@ -3,7 +3,8 @@
 For every user in --events-file, step the incremental model through their events in timestamp order (exactly what
 the stream does) and write one JSON line {"user_id": ..., "items": [...]} with the top-k items, seen items
 excluded. Items of --items-file that the model was not trained on are encoded and become recommendable through
-their text vectors.
+their text vectors, and get list slots by the model's freshness policy (the one `stream-rec train` chose; the
+STREAM_REC_FRESH_* settings override it, as in the worker).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     item_texts = read_item_texts(args)
     seqs = sequences(read_events(args.events_file, args.format))
     rec.add_catalog(item_texts, lambda: shared_encoder(Settings.from_env().cache_dir, args.device))
+    policy = serving_policy(rec)
     users = list(seqs)
     out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")
     try:
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             batch = users[s:s + args.batch_size]
             histories = [to_sequence(seqs[u], rec.row_of) for u in batch]
             states = step_histories(rec, [h.rows for h in histories], [h.gaps for h in histories])
-            lists = rec.topk(states, args.top_k, [h.rows.tolist() for h in histories])
+            lists = ranked(rec, batch, states, [h.rows.tolist() for h in histories], args.top_k, policy)
             for user, recs in zip(batch, lists):
                 line = {"user_id": user, "items": [i for i, _ in recs]}
                 if args.scores:
@@ -67,3 +69,25 @@ def run(args: argparse.Namespace) -> int:
         if out is not sys.stdout:
             out.close()
     return 0
+
+
+def serving_policy(rec):
+    """The freshness policy the worker would apply to ``rec``: the settings' (STREAM_REC_FRESH_SLOTS >= 0)
+    or the model's own."""
+    from ..pipeline import PipelineConfig
+    from ..recsys.freshness import model_policy
+    from ..settings import Settings
+
+    override = PipelineConfig.from_settings(Settings.from_env()).freshness
+    return override if override is not None else model_policy(rec)
+
+
+def ranked(rec, users, states, seen, k: int, policy):
+    """Top-k (item_id, score) lists as the worker ranks them: plain, or with the freshness policy when
+    items younger than its ``max_age_s`` are in the catalogue (items added from their text)."""
+    from ..recsys.ranking import RankBatch, fresh_lists
+
+    ages = rec.item_ages()
+    if policy.slots > 0 and bool((ages[1:] < policy.max_age_s).any()):
+        return fresh_lists(RankBatch(rec, users, list(states), seen, k), policy, ages)[0]
+    return rec.topk(states, k, seen)

@@ -2,7 +2,10 @@
 
 Train the hybrid text + ID GRU on user event sequences (leave-one-out: each user's last event is held out
 for testing, the one before is the validation target used for early stopping) and write MODEL_DIR
-(weights.safetensors, text_vectors.safetensors, config.json, items.json, VERSION).
+(weights.safetensors, text_vectors.safetensors, config.json, items.json, VERSION, and the learned state of a
+user with no events, init_state.safetensors). The freshness policy for items new since training is chosen on
+validation with a slice of the items' IDs hidden (their text kept) to simulate new ones, or declined where the
+texts do not carry relevance; config.json keeps it and the worker, `recommend`, `replay` and `evaluate` apply it.
 """
 
 from __future__ import annotations
@@ -72,8 +75,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=d.seed, help="random seed (weights, batch order, dropout)")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_serving_args(p, d)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
+
+
+def add_serving_args(p: argparse.ArgumentParser, d) -> None:
+    """What training learns for serving beside the weights: new users' state, the freshness policy."""
+    c = dataclass_defaults("recsys/freshchoice.py", "ChoiceParams")  # it imports torch: read from its source
+    p.add_argument("--init-state-epochs", type=int, default=d.init_state_epochs,
+                   help="epochs of the learned state of a user with no events (init_state.safetensors; "
+                        "every weight frozen; 0 = a zero state)")
+    f = p.add_argument_group("freshness policy (list slots for items new since training; recsys/freshchoice.py)")
+    f.add_argument("--fresh-hide-share", type=float, default=c.hide_share,
+                   help="share of the trained items whose IDs are hidden (text kept) to simulate new items on "
+                        "validation (0 = choose no policy)")
+    f.add_argument("--fresh-max-warm-cost", type=float, default=c.max_warm_cost,
+                   help="most NDCG@10 the policy may cost the users whose next item is not new (validation)")
+    f.add_argument("--fresh-min-new-hr", type=float, default=c.min_new_hr,
+                   help="least HR@10 the policy must bring the users whose next item is new, else it is declined")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,16 +116,24 @@ def run(args: argparse.Namespace) -> int:
     params = TrainParams(epochs=args.epochs, batch_size=args.batch_size, max_len=args.max_len, lr=args.lr,
                          weight_decay=args.weight_decay, patience=args.patience, lr_decays=args.lr_decays,
                          lr_decay=args.lr_decay, mask_seen=args.mask_seen, seed=args.seed, device=args.device,
-                         threads=args.threads, time_budget_s=args.time_budget_s)
+                         threads=args.threads, time_budget_s=args.time_budget_s,
+                         init_state_epochs=args.init_state_epochs)
     encoder = None if args.no_text else shared_encoder(Settings.from_env().cache_dir, args.device)
     started = time.perf_counter()
-    rec, history = train_recommender(split, item_texts, config, params, encoder=encoder, progress=not args.quiet)
-    rec.meta["data"] = info
+    taken = {item for seq in split.train.values() for item, _ in seq}
+    untrained = [i for i in item_texts if i not in taken]  # new items: they join from their text when served
+    if untrained:
+        log.info("%d catalogue items have no training events: left out of the trained catalogue, they join it "
+                 "from their text when served, as new items (the freshness policy applies to them)", len(untrained))
+    rec, history = train_recommender(split, item_texts, config, params, encoder=encoder, exclude_items=untrained,
+                                     progress=not args.quiet)
+    rec.meta["data"] = info | {"items_without_training_events": len(untrained)}
     rec.meta["metrics"]["train_seconds_total"] = time.perf_counter() - started
     baselines = validation_baselines(split, rec.row_of)
     warnings = baseline_warnings(history.best_valid, baselines)
     rec.meta["metrics"]["valid_baselines"] = baselines
     rec.meta["warnings"] = warnings
+    rec.meta["freshness"] = freshness = choose_policy(rec, split, args)
     out = rec.save(args.out)
     for line in warnings:
         log.warning("%s: check the data (enough events per user? time order?) and the training flags before "
@@ -114,6 +142,21 @@ def run(args: argparse.Namespace) -> int:
                "valid_baselines": {name: m["ndcg@10"] for name, m in baselines.items()},
                "beats_baselines": not warnings, "warnings": warnings,
                "train_seconds": round(history.train_seconds, 1), "train_cpu_seconds": round(history.cpu_seconds, 1),
-               "state_bytes_per_user": rec.state_bytes}
+               "state_bytes_per_user": rec.state_bytes, "learned_initial_state": rec.initial_state is not None,
+               "freshness": {k: v for k, v in freshness.items() if k != "validation"}}
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def choose_policy(rec, split, args: argparse.Namespace) -> dict:
+    """The freshness policy of the model (recsys/freshchoice.py), logged with what it chose and why."""
+    from ..recsys.freshchoice import ChoiceParams, FreshnessPolicy, choose_freshness, describe_policy
+
+    params = ChoiceParams(hide_share=args.fresh_hide_share, max_warm_cost=args.fresh_max_warm_cost,
+                          min_new_hr=args.fresh_min_new_hr, seed=args.seed)
+    if params.hide_share <= 0:
+        return describe_policy(FreshnessPolicy(slots=0)) | {"why": "not chosen (--fresh-hide-share 0)"}
+    entry = choose_freshness(rec, split, params)
+    log.info("freshness policy: %s slot(s)%s -- %s", entry["slots"],
+                f" by {entry['by']}" if entry["slots"] else "", entry["why"])
+    return entry

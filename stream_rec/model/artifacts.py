@@ -9,7 +9,11 @@ A model directory holds
 * ``config.json`` -- ``GRUConfig``, encoder id, training parameters, history and metrics;
 * ``items.json`` -- the item index (``item_ids[row-1]``) and each item's text;
 * ``VERSION`` -- ``gru-<UTC date>-<hash of the weights>``;
-* optionally ``init_state.safetensors`` -- the learned state of a user with no events (model/coldstart.py).
+* optionally ``init_state.safetensors`` -- the learned state of a user with no events (model/coldstart.py),
+  written by `stream-rec train`.
+
+config.json may hold ``freshness``: the policy for items new since training that `stream-rec train` chose on
+validation (recsys/freshchoice.py), applied when serving unless settings give one.
 
 A model directory is untrusted input: every piece is bounded before it is read and checked against the
 config; anything wrong raises :class:`ModelLoadError` naming it.
@@ -93,11 +97,33 @@ def read_model_dir(model_dir: Path) -> ModelDir:
     if n_parameters > MAX_PARAMETERS:
         raise ModelLoadError(f"{model_dir}/config.json: a model of {n_parameters:,} parameters and buffers "
                              f"(more than {MAX_PARAMETERS:,})")
+    _check_freshness(model_dir, config.get("freshness"))
     item_ids, texts = _read_items(model_dir, gru_config.n_items)
     model = _load_weights(model_dir, gru_config)
     if model.has_prior:
         model.prior.set_tables(*load_transitions(model_dir, gru_config.n_items + 1))
     return ModelDir(model, item_ids, texts, _read_version(model_dir), config)
+
+
+# config.json's freshness policy (recsys/freshchoice.py): each field's type and range
+FRESHNESS_FIELDS = {"slots": (int, 0, 100), "max_age_s": (float, 0.0, 1e10), "min_ratio": (float, 0.0, 1e6),
+                    "min_similarity": (float, -1.0, 1.0), "profile_items": (int, 1, 10_000)}
+
+
+def _check_freshness(model_dir: Path, entry) -> None:
+    """The model's freshness policy, if any: known fields of the right type and range (untrusted input)."""
+    if entry is None:
+        return
+    problem = None if isinstance(entry, dict) else "not an object"
+    for name, (kind, low, high) in FRESHNESS_FIELDS.items():
+        value = entry.get(name) if problem is None else None
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int)
+                                  or not low <= value <= high):
+            problem = f"{name} must be a number in [{low}, {high}], got {value!r}"
+    if problem is None and entry.get("by", "model") not in ("model", "content"):
+        problem = f"by must be 'model' or 'content', got {entry.get('by')!r}"
+    if problem:
+        raise ModelLoadError(f"{model_dir}/config.json: bad 'freshness' policy: {problem}")
 
 
 def _read_items(model_dir: Path, n_items: int) -> tuple[list[str], list[str] | None]:

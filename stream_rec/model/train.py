@@ -64,6 +64,9 @@ class TrainParams:
     # own out (model/transitions.py). Off when the sequences are not the ones counted (fine-tuning).
     prior_leave_one_out: bool = True
     time_budget_s: float = 0.0  # wall-time budget: no epoch is started that would likely overrun it (0 = none)
+    # Epochs of the learned initial state of a user with no events (model/coldstart.py; 0 = zeros): fitted
+    # after training, every weight frozen, on the first events of the training users.
+    init_state_epochs: int = 30
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -312,6 +315,11 @@ def train_recommender(split, item_texts: dict[str, str], config_kwargs: dict | N
     seqs = [to_sequence(split.train[u], row_of, split.valid[u][0] if u in split.valid else None) for u in split.train]
     seqs = [s for s in seqs if len(s.rows)]
     model, history = train_model(seqs, config, text_vectors, params, progress=progress, on_epoch=on_epoch)
+    h0 = None
+    if params.init_state_epochs > 0:
+        from .coldstart import learn_initial_state
+
+        h0 = learn_initial_state(model, seqs, epochs=params.init_state_epochs, seed=params.seed, progress=progress)
     meta = {"training": params.to_dict() | {"users": len(seqs), "events": int(sum(len(s.rows) for s in seqs)),
                                             "excluded_items": len(exclude_items)},
             "history": history.to_dict(),
@@ -319,4 +327,5 @@ def train_recommender(split, item_texts: dict[str, str], config_kwargs: dict | N
                         "train_cpu_seconds": history.cpu_seconds}}
     rec = Recommender(model, ids, version="gru-unsaved", trained=True, device=params.device,
                       item_texts=texts, encoder_id=encoder_id, meta=meta)
+    rec.initial_state = h0
     return rec, history

@@ -54,6 +54,25 @@ class FreshnessPolicy:
             raise ValueError(f"freshness policy 'by' must be 'model' or 'content', got {self.by!r}")
 
 
+def model_policy(model) -> FreshnessPolicy:
+    """The policy `stream-rec train` chose for ``model`` (a Recommender: config.json's ``freshness``, read
+    into ``model.meta``; recsys/freshchoice.py), or none (0 slots) for a model without one."""
+    entry = getattr(model, "meta", {}).get("freshness")
+    return policy_from_config(entry) if entry else FreshnessPolicy(slots=0)
+
+
+def serving_policy(configured: FreshnessPolicy | None, model) -> FreshnessPolicy:
+    """The policy the stream applies: the settings' when they give one (``FRESH_SLOTS`` >= 0,
+    ``PipelineConfig.freshness``), else the model's own."""
+    return configured if configured is not None else model_policy(model)
+
+
+def policy_from_config(entry: dict) -> FreshnessPolicy:
+    """config.json's ``freshness`` entry as a policy (its fields were checked when the model was loaded)."""
+    names = ("slots", "max_age_s", "min_ratio", "by", "min_similarity", "profile_items")
+    return FreshnessPolicy(**{k: entry[k] for k in names if k in entry})
+
+
 @dataclass
 class FreshResult:
     rows: list[list[int]]  # per user: the k item rows, best first

@@ -36,7 +36,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ..pipeline import current_record, read_state
+from ..pipeline import PipelineConfig, current_record, read_state
+from ..recsys.freshness import serving_policy
 from .access import COOKIE
 from .live import ERASED, STOPPING, UiState
 from .sampler import MetricsSampler
@@ -256,9 +257,10 @@ class UiPages:
 
     # --- items, search, home, system ------------------------------------------------------------------
     def item_data(self, item_id: str) -> dict | None:
-        settings = self.host.settings
-        view = item_view(item_id, self.host.services.model, self.ui.items, self.ui.exposure,
-                         fresh_max_age_s=settings.fresh_max_age_s, fresh_slots=settings.fresh_slots)
+        settings, model = self.host.settings, self.host.services.model
+        policy = serving_policy(PipelineConfig.from_settings(settings).freshness, model)
+        view = item_view(item_id, model, self.ui.items, self.ui.exposure,
+                         fresh_max_age_s=policy.max_age_s, fresh_slots=policy.slots)
         return None if view is None else {**view, "worker": settings.http_url}
 
     async def item_page(self, request: web.Request) -> web.Response:
