@@ -34,7 +34,6 @@ NOT_UPSTREAM = {
     "_replace": "a namedtuple's method (public by convention)",
     ("stream_rec/worker/trace.py", "_run"): "asyncio.events.Handle (stdlib)",
     ("stream_rec/worker/trace.py", "_callback"): "asyncio.events.Handle (stdlib)",
-    ("stream_rec/learning/finetune.py", "_refresh_item_table"): "our own Recommender (stream_rec/model)",
     ("stream_rec/recsys/enricher.py", "_table"): "our own HybridGRU (stream_rec/model)",
 }
 

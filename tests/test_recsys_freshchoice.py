@@ -73,7 +73,7 @@ def test_hidden_items_are_scored_from_their_text_alone_and_the_model_is_untouche
 def test_the_worker_applies_the_models_policy_unless_settings_give_one(tmp_path):
     from stream_rec.model.artifacts import ModelLoadError
     from stream_rec.model.recommender import Recommender
-    from stream_rec.pipeline import Incoming, PipelineConfig, process_batch
+    from stream_rec.pipeline import Incoming, PipelineConfig, process_batch, states_in
     from stream_rec.settings import Settings
 
     rec, _ = tiny_recommender(prior=False)
@@ -85,12 +85,12 @@ def test_the_worker_applies_the_models_policy_unless_settings_give_one(tmp_path)
     model.add_items(["new"], np.zeros((1, 8), np.float32) + 0.3, now=now - 60)
     with torch.no_grad():
         model.model.item_bias[model.row_of["new"]] = -50.0  # only a policy lists it
-    model._refresh_item_table()
+    model.refresh_item_table()
     raw = json.dumps({"user_id": "u", "item_id": "i1", "event_type": "view", "timestamp": now - 5}).encode()
 
     def listed(settings):
-        out = process_batch([Incoming(raw, b"u", "events", 0, 0, time.time())], {}.get, model,
-                            PipelineConfig.from_settings(settings), now=lambda: now)
+        out = process_batch([Incoming(raw, b"u", "events", 0, 0, time.time())], states_in({}), model,
+                            config=PipelineConfig.from_settings(settings), now=lambda: now)
         return [i["item_id"] for i in out.recommendations[0]["items"]]
 
     assert Settings().fresh_slots == -1 and PipelineConfig.from_settings(Settings()).freshness is None

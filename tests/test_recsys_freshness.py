@@ -95,7 +95,7 @@ def test_pipeline_gives_new_items_slots_and_counts_them():
     young, aged = model.row_of["new-young"], model.row_of["new-aged"]
     with torch.no_grad():  # both new items the least likely of all: only the policy can list them
         model.model.item_bias[young] = model.model.item_bias[aged] = -50.0
-    model._refresh_item_table()
+    model.refresh_item_table()
     raw = json.dumps({"user_id": "u", "item_id": "old-1", "event_type": "view", "timestamp": now - 5}).encode()
     batch = [Incoming(raw, b"u", "events", 0, 0, time.time())]
 

@@ -94,7 +94,7 @@ def test_new_items_join_at_release_and_stay_out_of_older_batch_lists(model):
     row = model.row_of["new-1"]
     assert model.added_at[row] == t_split + 3 * HOUR
     model.model.item_bias.data[row] = 1e3  # the new item outranks everything ...
-    model._refresh_item_table()
+    model.refresh_item_table()
     user = log.users[stop]
     assert "new-1" in nightly._compute([user], [t_split + 4 * HOUR])[0]
     assert "new-1" not in nightly._compute([user], [t_split])[0]  # ... but not in a list made before its release

@@ -111,7 +111,7 @@ def finetune(rec, recent: dict[str, list[tuple[str, float]]], history: dict[str,
             best, best_state, report.best_epoch = valid, copy.deepcopy(model.state_dict()), epoch
     model.load_state_dict(best_state)
     model.eval()
-    new._refresh_item_table()
+    new.refresh_item_table()
     report.seconds = time.perf_counter() - started
     new.meta["finetune"] = {"from_version": rec.version, "best_epoch": report.best_epoch, "users": report.users,
                             "events": report.events, "added_items": report.added_items,

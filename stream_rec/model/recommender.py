@@ -63,7 +63,7 @@ class Recommender:
         # item of the trained catalogue. The worker's freshness policy (recsys/freshness.py) reads the ages.
         self.added_at = np.full(len(self.item_ids) + 1, -np.inf)
         self._lock = threading.Lock()
-        self._refresh_item_table()
+        self.refresh_item_table()
 
     # --- construction ------------------------------------------------------------------------------
     @classmethod
@@ -227,7 +227,7 @@ class Recommender:
             if texts is not None:
                 for row, text in zip(rows, texts):
                     self.item_texts[row - 1] = text
-            self._refresh_item_table()
+            self.refresh_item_table()
         return rows
 
     def _grow(self, new: list[str], now: float) -> None:
@@ -297,7 +297,7 @@ class Recommender:
         """Seconds since each row joined the catalogue after training (inf: a trained item).  [N+1]"""
         return (time.time() if now is None else now) - self.added_at
 
-    def _refresh_item_table(self) -> None:
+    def refresh_item_table(self) -> None:
         with torch.no_grad():
             self._tables = self.model.item_tables()
             self._table = self._tables.vectors  # the item vectors (read by the enricher)

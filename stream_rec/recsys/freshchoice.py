@@ -142,7 +142,7 @@ def hide_ids(rec, rows: np.ndarray, train_rows):
         kept = segments(train_rows, rows)
         text = m.text_vectors.cpu() if m.config.use_text else None
         m.prior.set_tables(*build_tables(kept, m.config.n_items + 1, text, m.config.prior_neighbours))
-    twin._refresh_item_table()
+    twin.refresh_item_table()
     return twin
 
 
