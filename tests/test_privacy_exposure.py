@@ -46,7 +46,8 @@ def events_for(user: str, n: int, start: float) -> list[dict]:
 
 
 def changelog(settings) -> dict:
-    return asyncio.run(read_changelog_states(settings, f"{settings.app_id}-{STATE_TABLE}-changelog"))
+    return asyncio.run(read_changelog_states(settings, f"{settings.app_id}-{STATE_TABLE}-changelog",
+                                             items=[i["item_id"] for i in CATALOG]))
 
 
 def raw_changelog_bytes(settings) -> bytes:

@@ -99,7 +99,7 @@ def test_librdkafka_and_aiokafka_producers_build_one_state_and_forget_leaves_no_
     assert m["stream_rec_events_rerouted_total"] >= 3, m.get("stream_rec_events_rerouted_total")
 
     changelog = changelog_topic_name(settings)
-    states = asyncio.run(read_changelog_states(settings, changelog))
+    states = asyncio.run(read_changelog_states(settings, changelog, items=[i["item_id"] for i in CATALOG]))
     for user in users:  # one state per user, every event in it once, in the order produced
         assert states[user].n_events == 6 and states[user].seen_items() == produced[user], (user, states[user])
     records = consume(settings, changelog, idle_s=3, timeout_s=30)
@@ -130,7 +130,7 @@ def test_librdkafka_and_aiokafka_producers_build_one_state_and_forget_leaves_no_
         assert worker.alive(), worker.log_tail()
     assert alice["history"] == [produced["alice"][-1]], f"the erased user came back: {alice['history']}"
     assert bob["history"] == produced["bob"][-5:]
-    states = asyncio.run(read_changelog_states(settings, changelog))
+    states = asyncio.run(read_changelog_states(settings, changelog, items=[i["item_id"] for i in CATALOG]))
     assert states["alice"].n_events == 1 and states["bob"].n_events == 7
     print(f"\n[figures] partitioner: librdkafka partitions {lib.partitions[:4]} (alice, bob, carol, dave), "
           f"re-routed {m['stream_rec_events_rerouted_total']:.0f}; after forget + empty-dir restore alice "
