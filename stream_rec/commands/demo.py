@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import itertools
 import json
 import signal
 import tempfile
@@ -38,6 +39,7 @@ TAIL_FETCH_WAIT_MS = 200  # the live tail's (50 ms for `stream-rec tail`)
 # one worker, so one partition a topic: a burst is one batch, not four, and a fetch reads through one
 # partition's batches, not four (Settings.partitions, 4 by default)
 DEMO_PARTITIONS = 1
+POOL_EVENTS = 100_000  # the synthetic events of a demo without an end, sent round and round
 
 
 def register(sub) -> None:
@@ -45,8 +47,9 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=0, help="broker port (0 = any free port)")
     p.add_argument("--rate", type=float, default=20.0, metavar="EV/S", help="synthetic events per second")
     p.add_argument("--synthetic-users", type=int, default=50, metavar="N", help="synthetic users")
-    p.add_argument("--synthetic-events", type=int, default=100_000, metavar="N",
-                   help="stop producing after this many events")
+    p.add_argument("--synthetic-events", type=int, default=0, metavar="N",
+                   help=f"stop producing after this many events (0 = never: {POOL_EVENTS:,} generated events are "
+                        "sent again from the first, time-stamped now)")
     p.add_argument("--duration-s", type=float, default=0.0, metavar="S", help="stop after S seconds (0 = until Ctrl-C)")
     p.add_argument("--data-dir", metavar="DIR", help="worker data dir and logs (default: a fresh temporary directory)")
     p.add_argument("--model", metavar="DIR", help="trained model directory to serve (default: a small model trained "
@@ -99,9 +102,11 @@ async def produce_and_tail(settings, events: list[dict], args: argparse.Namespac
     from .tail import follow
 
     stop = asyncio.Event()
-    producer = asyncio.create_task(publish(settings, settings.topic(settings.events_topic), events,
-                                           total=len(events), rate=args.rate, stamp_now=True, progress=False,
-                                           burst_s=PRODUCER_BURST_S))
+    endless = not args.synthetic_events  # a demo runs until stopped: the world's events again and again
+    producer = asyncio.create_task(publish(settings, settings.topic(settings.events_topic),
+                                           itertools.cycle(events) if endless else events,
+                                           total=None if endless else len(events), rate=args.rate, stamp_now=True,
+                                           progress=False, burst_s=PRODUCER_BURST_S))
     tail = asyncio.create_task(follow(settings, from_beginning=False, max_records=0, timeout_s=0, n_items=5,
                                       as_json=False, stop=stop, fetch_wait_ms=TAIL_FETCH_WAIT_MS))
     started = time.monotonic()
@@ -144,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
                                         partitions=DEMO_PARTITIONS)
             say(f"broker pid {broker.process.pid} on {broker.bootstrap} (embedded Tansu, in memory)")
             asyncio.run(ensure_topics(settings))
-            items, events = synthetic_events(args.synthetic_events, args.synthetic_users, seed=0)
+            items, events = synthetic_events(args.synthetic_events or POOL_EVENTS, args.synthetic_users, seed=0)
             items_file = data_dir / "items.jsonl"
             items_file.write_text("".join(json.dumps(i) + "\n" for i in items))
             asyncio.run(produce_json(settings, settings.topic(settings.catalog_topic), items, "item_id"))
