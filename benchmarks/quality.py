@@ -43,6 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import datasets  # noqa: E402  (benchmarks/datasets.py)
 from newitems import new_item_tables, print_new_items  # noqa: E402  (benchmarks/newitems.py)
+from stream_rec.settings import Settings  # noqa: E402
+
+HISTORY_LEN = Settings().history_len  # the items a user's state keeps
 
 DEFAULT_DATASETS = ["ml-100k", "ml-1m-half", "series", "topics", "cold", "noise", "ml-100k-new", "ml-1m-half-new"]
 MODELS = ["popularity", "markov", "sasrec", "id-only", "hybrid"]
@@ -241,10 +244,23 @@ def print_dataset_table(name: str, res: dict) -> None:
               f"| {valid} |")
     states = {label: r["state_bytes_float16"] for label, r in res["rows"].items() if "state_bytes_float16" in r}
     if states:
-        print("state per user (float16, as the state table stores it): "
+        print("hidden vector per user (float16, as the state table stores it; the whole state with a full "
+              f"{HISTORY_LEN}-item history adds {history_bytes()} bytes): "
               + ", ".join(f"{label} {b} bytes" for label, b in states.items()))
     if "new_items" in res:
         print_new_items(name, res["new_items"])
+
+
+def history_bytes() -> int:
+    """What the rest of an encoded state (header, a full history, its timestamps) adds to the hidden vector:
+    the codec's own count (stream_rec/state.py), ids of any length."""
+    import numpy as np
+
+    from stream_rec.state import UserState, encode_state
+
+    history = [(f"item-{n}", 1.7e9 + n) for n in range(HISTORY_LEN)]
+    hidden = np.zeros(160, np.float32)
+    return len(encode_state(UserState(hidden=hidden, history=history))) - 2 * len(hidden)
 
 
 def print_tables(all_results: dict) -> None:
