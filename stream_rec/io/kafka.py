@@ -198,6 +198,19 @@ async def ensure_topics(settings: Settings) -> list[TopicSpec]:
         await admin.close()
 
 
+async def delete_topics(settings: Settings, names: Iterable[str]) -> None:
+    """Delete the topics ``names`` (full names) that exist; the others are ignored. The demo drops its
+    rolled-over topics with it: the embedded broker frees a deleted topic's batches (docs/RELIABILITY.md)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = await start_client(AIOKafkaAdminClient(**client_kwargs(settings)), settings)
+    try:
+        doomed = sorted(set(names) & set(await admin.list_topics()))
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()
+
 async def describe_topics(settings: Settings) -> list[dict[str, Any]]:
     """The spec's topics as the broker has them: ``{spec, exists, partitions, replication_factor, configs}``,
     configs being what DescribeConfigs reports for the keys the spec sets (a real Kafka broker reports
