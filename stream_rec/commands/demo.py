@@ -5,9 +5,11 @@ synthetic event stream, and a live view of the recommendations. Ctrl-C, SIGTERM 
 closing) stops everything cleanly.
 
 Order of start: broker -> topics -> catalog -> worker (subprocess) -> producer + tail (this process).
-Every ``--roll-s`` (an hour) the demo moves to new events and recommendations topics and restarts its worker
-on them (with its state), then deletes the old topics: the embedded broker keeps every record batch until
-its topic goes, and slows with the batches of the partitions it is asked for (docs/RELIABILITY.md).
+Every ``--roll-s`` (an hour) the demo moves to new events and recommendations topics, compacts the state
+changelog (the newest state of each user), and restarts its worker on them with an empty data dir (it
+restores every user's state from the compacted changelog), then deletes the old topics: the embedded
+broker keeps every record batch until its topic goes, and slows with the batches of the partitions it is
+asked for (docs/RELIABILITY.md).
 Order of stop (a signal, or --duration-s): producer and tail -> worker (SIGTERM, a clean Faust shutdown;
 SIGKILL after a grace period) -> broker. Worker and broker run in their own process groups, so a terminal
 Ctrl-C reaches only this process, which then stops them in that order: nothing is left running. Once the
@@ -21,6 +23,7 @@ import argparse
 import faulthandler
 import itertools
 import json
+import shutil
 import signal
 import tempfile
 import time
@@ -172,7 +175,8 @@ async def produce_and_tail(settings, events: list[dict], args: argparse.Namespac
     worker's exit."""
     import asyncio
 
-    from ..io.kafka import delete_topics, ensure_topics
+    from ..io.kafka import compact_topic, delete_topics, ensure_topics
+    from ..io.topics import changelog_topic_name
 
     endless = not args.synthetic_events  # a demo runs until stopped: the world's events again and again
     source = itertools.cycle(events) if endless else iter(events)
@@ -188,10 +192,12 @@ async def produce_and_tail(settings, events: list[dict], args: argparse.Namespac
         new = generation_settings(settings, generation)
         say(f"rolling to topics '{new.topic(new.events_topic)}' and '{new.topic(new.recommendations_topic)}' "
             f"(the embedded broker keeps every batch until its topic is deleted); the worker restarts on them "
-            f"with its state (~15 s)")
+            f"and restores its users' states from the compacted changelog (~15 s)")
         await ensure_topics(new)
         await asyncio.to_thread(worker.process.stop)
-        say(f"worker pid {worker.start(new).proc.pid} started on them")
+        kept = await compact_topic(new, changelog_topic_name(new))
+        shutil.rmtree(new.table_dir, ignore_errors=True)  # the restart restores from the compacted changelog
+        say(f"state changelog compacted to {kept} records; worker pid {worker.start(new).proc.pid} started on them")
         await delete_topics(settings, [current.topic(current.events_topic),
                                        current.topic(current.recommendations_topic)])
 
