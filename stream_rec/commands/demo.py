@@ -5,7 +5,7 @@ synthetic event stream, and a live view of the recommendations. Ctrl-C, SIGTERM 
 closing) stops everything cleanly.
 
 Order of start: broker -> topics -> catalog -> worker (subprocess) -> producer + tail (this process).
-Every ``--roll-s`` (an hour) the demo moves to new events and recommendations topics, compacts the state
+Every ``--roll-s`` (30 minutes) the demo moves to new events and recommendations topics, compacts the state
 changelog (the newest state of each user), and restarts its worker on them with an empty data dir (it
 restores every user's state from the compacted changelog), then deletes the old topics: the embedded
 broker keeps every record batch until its topic goes, and slows with the batches of the partitions it is
@@ -46,11 +46,13 @@ TAIL_FETCH_WAIT_MS = 200  # the live tail's (50 ms for `stream-rec tail`)
 # partition's batches, not four (Settings.partitions, 4 by default)
 DEMO_PARTITIONS = 1
 POOL_EVENTS = 100_000  # the synthetic events of a demo without an end, sent round and round
-# The embedded broker frees a topic's batches only when the topic is deleted (no retention; DeleteRecords
-# crashes it). The demo adds ~5 batches a second to each of its events and recommendations partitions and
-# every fetch of one reads through its batches (~1 us each): an hour's 18,000 make ~18 ms a fetch, where
-# 3 hours made ~70 ms and 5-6 hours stopped the broker. So the demo rolls its topics every hour.
-ROLL_S = 3600.0
+# The embedded broker frees a topic's batches only when the topic is deleted (no retention, no compaction;
+# DeleteRecords crashes it). The demo adds ~5 batches a second to each of its events and recommendations
+# partitions, every fetch of one reads through its batches (~1 us each), and the state changelog grows
+# with every event. Rolling every 30 minutes bounds all three (benchmarks/demo_aging.py with --roll-s 300:
+# the broker's CPU and memory go back to their minute-2 figures after each roll); without it, fetches took
+# ~70 ms after 3 hours and the broker stopped answering after 5-6.
+ROLL_S = 1800.0
 
 
 def register(sub) -> None:
