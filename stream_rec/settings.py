@@ -16,6 +16,7 @@ from typing import Any
 
 ENV_PREFIX = "STREAM_REC_"
 DEFAULT_APP_ID = "stream-rec"
+MAX_EVENTS_EPOCH = 0x7FFF  # the state keeps (epoch << 16 | partition) in a signed 32-bit field
 
 
 def default_cache_dir() -> Path:
@@ -43,6 +44,11 @@ class Settings:
     dlq_topic: str = "events-dlq"
     control_topic: str = "control"
     partitions: int = 4  # partitions of events/recommendations/state tables (co-partitioned)
+    # Each user's state remembers the position of the last event it applied, (events_epoch, partition,
+    # offset), and skips an event at or before it as a redelivery. A new events topic (recreated, migrated,
+    # the demo's hourly roll) starts its offsets at 0 again: raise events_epoch with it, or every user's
+    # events are skipped as redeliveries until the new offsets pass the old ones. 0..32767.
+    events_epoch: int = 0
     # replicas of every topic stream-rec creates, Faust's changelog included (stream_rec.io.topics.TOPIC_LAYOUT);
     # 1 suits a one-broker dev cluster, production wants 3. Existing topics are not changed.
     replication_factor: int = 1
@@ -186,6 +192,10 @@ class Settings:
         values.update({k: _coerce(_field(k), v) if isinstance(v, str) else v
                        for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.events_epoch <= MAX_EVENTS_EPOCH:
+            raise SettingsError(f"setting {ENV_PREFIX}EVENTS_EPOCH={self.events_epoch}: expected 0..{MAX_EVENTS_EPOCH}")
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``STREAM_REC_*`` variables (to start a worker subprocess with them)."""

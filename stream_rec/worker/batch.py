@@ -41,7 +41,7 @@ async def handle_batch(ctx: WorkerContext, batch: Sequence[Any]) -> None:
     if not services.config.partitions:  # the events topic's partition count, for the partitioner check
         partitions = await topic_partitions(ctx.app.producer, ctx.events_topic)
         services.config = replace(services.config, partitions=partitions)
-    incoming = incoming_records(batch)
+    incoming = incoming_records(batch, epoch=ctx.settings.events_epoch)
     model = services.model  # one version for the whole batch, even if a reload lands meanwhile
     queries = await batch_queries(services, model, incoming)
     _mark(trace, "queries")
@@ -92,16 +92,17 @@ def _received_at(message, wall: float, mono: float) -> float:
     return wall - (mono - time_in) if time_in else wall
 
 
-def incoming_records(batch: Sequence[Any]) -> list[Incoming]:
+def incoming_records(batch: Sequence[Any], epoch: int = 0) -> list[Incoming]:
     """The pipeline's view of Faust events: bytes, where they came from (and where a re-routed copy was
-    first written), when the worker got them."""
+    first written; ``epoch``: Settings.events_epoch), when the worker got them."""
     wall, mono = time.time(), time.monotonic()
     out = []
     for e in batch:
         m = e.message
         origin, problem = read_headers(m.headers)
         out.append(Incoming(m.value, m.key, topic=m.topic, partition=m.partition, offset=m.offset,
-                            received_at=_received_at(m, wall, mono), origin=origin, header_error=problem))
+                            received_at=_received_at(m, wall, mono), origin=origin, header_error=problem,
+                            epoch=epoch))
     return out
 
 
