@@ -52,7 +52,6 @@ batch of 256 events costs a handful of model calls instead of 256.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 from weakref import WeakKeyDictionary
@@ -183,39 +182,10 @@ def current_records(user_ids: Sequence[str], raw_states: Sequence[bytes | None],
                     config: PipelineConfig = PipelineConfig(), now: float | None = None,
                     enricher=None) -> list[dict | None]:
     """:func:`current_record` for many users at once, ranked in one batch as the stream ranks a micro-batch
-    (the worker's lookups are answered in such batches: worker/lookups.py).
-
-    The lookups run on another thread than the one that grows the catalogue (``Recommender.add_items``, on
-    the stream's loop): a ranking that overlapped a growth (``model.catalogue_changes`` odd, or moved
-    meanwhile) may have mixed the catalogue's sizes, so it is done again; after ``CONSISTENT_TRIES`` such
-    tries it is done holding the catalogue still (``Recommender.unchanging``: a growth waits for it)."""
-    if model is None:
-        return [None] * len(user_ids)
-    for _ in range(CONSISTENT_TRIES if hasattr(model, "unchanging") else 0):
-        before = model.catalogue_changes
-        try:
-            out = _current_records(user_ids, raw_states, model, config=config, now=now, enricher=enricher)
-        except Exception:
-            if _catalogue_still(model, before):
-                raise
-        else:
-            if _catalogue_still(model, before):
-                return out
-    with model.unchanging() if hasattr(model, "unchanging") else nullcontext():
-        return _current_records(user_ids, raw_states, model, config=config, now=now, enricher=enricher)
-
-
-CONSISTENT_TRIES = 3
-
-
-def _catalogue_still(model, before: int) -> bool:
-    """``model``'s catalogue did not change since its change count was ``before`` (even: not changing)."""
-    return before % 2 == 0 and model.catalogue_changes == before
-
-
-def _current_records(user_ids: Sequence[str], raw_states: Sequence[bytes | None], model, *, config: PipelineConfig,
-                     now: float | None, enricher) -> list[dict | None]:
+    (the worker's lookups are answered in such batches: worker/lookups.py)."""
     out: list[dict | None] = [None] * len(user_ids)
+    if model is None:
+        return out
     touched, where = TouchedUsers(), []
     for n, (user_id, raw) in enumerate(zip(user_ids, raw_states)):
         state = read_state(raw, model) if raw else None

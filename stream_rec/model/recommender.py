@@ -64,7 +64,7 @@ class Recommender:
         self.added_at = np.full(len(self.item_ids) + 1, -np.inf)
         self._lock = threading.RLock()  # re-entrant: held across a whole ranking by ``unchanging``
         # odd while ``add_items`` changes the catalogue, one more after: a reader on another thread (a
-        # lookup, worker/listener.py) that saw it odd or moved ranks again (``pipeline.current_records``)
+        # lookup) that saw it odd or moved ranks again (worker/listener.py: ``ranked_while_unchanged``)
         self.catalogue_changes = 0
         self.refresh_item_table()
 

@@ -20,8 +20,8 @@ ranks a lookup; it only refreshes a snapshot every :data:`TICK_S` and answers a 
 
 The rules between the two loops: the listener reads the stream's objects only through reads that are
 atomic for another thread (one dict or RocksDB read, a copy of a container in one C call; the users' states:
-``services.read_user_state(..., elsewhere=True)``; the catalogue: ``pipeline.current_records`` ranks again
-when it grew meanwhile; the enricher's item space is replaced whole); it changes nothing of the stream's
+``services.read_user_state(..., elsewhere=True)``; the catalogue: :func:`ranked_while_unchanged` ranks
+again when it grew meanwhile; the enricher's item space is replaced whole); it changes nothing of the stream's
 but through ``loop.call_soon_threadsafe``; the stream wakes a live page on the listener's loop the same
 way (worker/live.py). Prometheus metrics are thread-safe.
 """
@@ -36,7 +36,7 @@ import sys
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 from .. import metrics
 from ..settings import Settings
@@ -173,6 +173,32 @@ def _resolve(future: concurrent.futures.Future) -> None:
         future.set_result(None)
     except concurrent.futures.InvalidStateError:  # the pinger gave up (cancelled) meanwhile
         pass
+
+
+# --- the catalogue, read from the listener's thread -------------------------------------------------------
+CONSISTENT_TRIES = 3
+
+
+def ranked_while_unchanged(model, rank: Callable[[], T]) -> T:
+    """``rank()`` (a ranking over ``model``: ``pipeline.current_records``) run from the listener's thread while
+    the stream's loop may grow the catalogue (``Recommender.add_items``): a ranking that overlapped a growth
+    (``model.catalogue_changes`` odd, or moved meanwhile) may have mixed the catalogue's sizes, so it is run
+    again; after ``CONSISTENT_TRIES`` such tries it runs holding the catalogue still (``model.unchanging()``:
+    a growth, and the stream's own model calls, wait for it)."""
+    if not hasattr(model, "unchanging"):  # no model yet, or one that never grows
+        return rank()
+    for _ in range(CONSISTENT_TRIES):
+        before = model.catalogue_changes
+        try:
+            out = rank()
+        except Exception:
+            if before % 2 == 0 and model.catalogue_changes == before:
+                raise
+        else:
+            if before % 2 == 0 and model.catalogue_changes == before:
+                return out
+    with model.unchanging():
+        return rank()
 
 
 # --- the socket ------------------------------------------------------------------------------------------

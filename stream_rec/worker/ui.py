@@ -40,6 +40,7 @@ from aiohttp import web
 from ..pipeline import PipelineConfig, current_record, read_state
 from ..recsys.freshness import serving_policy
 from .access import COOKIE
+from .listener import ranked_while_unchanged
 from .live import ERASED, STOPPING, UiState
 from .sampler import MetricsSampler
 from .table import StoreNotOpen
@@ -184,7 +185,8 @@ class UiPages:
         """The user page's data from the lookup's reads (None: no state, or no model yet)."""
         services = self.host.services
         model, raw = services.model, self.host.user_state(user_id, partition)
-        record = current_record(self.host.user_key(user_id), raw, model, services.config, enricher=services.enricher)
+        record = ranked_while_unchanged(model, lambda: current_record(self.host.user_key(user_id), raw, model,
+                                                                       services.config, enricher=services.enricher))
         if record is None:
             return None
         view = user_view(user_id, record, read_state(raw, model), self.ui.items, model=model, partition=partition,
