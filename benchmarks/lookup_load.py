@@ -13,7 +13,7 @@ moment it took the event to the moment the list was built) as p50 / p99 / mean, 
 loaded p99 to the idle p99 and the pooled one, and the lookups answered per second with their p50 / p99.
 Issue 23's measurement (before lookups were batched): mean 4.9 -> 40.5 ms with 200 lookups at 100 ev/s.
 The clients run in this process on the same cores as the worker and the broker; ``--client-nice N`` runs
-them in a process of their own at niceness N instead (closer to clients on other machines: their CPU
+them in a process of their own, niced N more than this one, instead (closer to clients on other machines: their CPU
 then yields to the worker's). Compare ratios from one run, and rerun when the box is busy.
 """
 
@@ -79,7 +79,7 @@ async def ask(url_of, users: list[str], token: str, stop: asyncio.Event, times: 
 
 
 def _client_process(urls: list[str], token: str, concurrency: int, nice: int, stop, out) -> None:
-    """A process of its own at niceness ``nice``: ``concurrency`` clients until ``stop`` is set; their
+    """A process of its own, ``nice`` levels below this one: ``concurrency`` clients until ``stop`` is set; their
     answer times (ms) go to ``out``."""
     import os
 
@@ -180,7 +180,8 @@ async def run(args, settings, worker, catalog_ids: list[str]) -> None:
         print(f"p99 with lookups / p99 alone: {p99(loaded) / p99(idle):.2f} pooled, rounds "
               f"{' '.join(f'{r:.2f}' for r in ratios)} (goal: at most 1.20)")
     cpu = {phase: r[3] / r[2] for phase, r in results.items() if r[2]}
-    where = "this process" if args.client_nice is None else f"this process (clients in another, nice {args.client_nice})"
+    where = ("this process" if args.client_nice is None
+             else f"this process (clients in another, niced +{args.client_nice})")
     print(f"worker CPU: {cpu['idle']:.0%} of a core alone, {cpu['lookups']:.0%} with the lookups; {where}: "
           f"{own_cpu['idle'] / results['idle'][2]:.0%} / {own_cpu['lookups'] / results['lookups'][2]:.0%}")
     times, seconds = results["lookups"][1], results["lookups"][2]
@@ -198,7 +199,7 @@ def main() -> None:
     parser.add_argument("--model", default="", help="a model directory (default: the untrained model)")
     parser.add_argument("--token", default="", help="run the worker with this bearer token")
     parser.add_argument("--client-nice", type=int, default=None, metavar="N",
-                        help="run the clients in a process of their own at niceness N (default: in this one)")
+                        help="run the clients in a process of their own, niced N more (default: in this one)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a worker setting, e.g. lookup_loop_share=0.1 (repeatable)")
     args = parser.parse_args()
