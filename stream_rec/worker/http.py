@@ -238,8 +238,7 @@ class HttpService(Service):
 
     @Service.task
     async def _tick(self) -> None:
-        """On the stream's loop: how late a timer fires there (everything the stream does shares that loop),
-        and the snapshot the listener's thread reads, refreshed."""
+        """On the stream's loop: how late a timer fires there, and the listener's snapshot refreshed."""
         loop = asyncio.get_running_loop()
         while not self.should_stop:
             before = loop.time()
@@ -247,7 +246,10 @@ class HttpService(Service):
             lag = max(0.0, loop.time() - before - TICK_S)
             self.loop_lags.append(lag)
             metrics.EVENT_LOOP_LAG.set(lag)
-            self.refresh()
+            try:
+                self.refresh()
+            except Exception as exc:  # Faust's state mid-rebalance: keep the last snapshot (it ages: /readyz)
+                log.warning("refreshing the HTTP listener's snapshot failed: %r", exc)
 
     async def _sample_metrics(self) -> None:
         """On the listener's loop: the /ui/system charts' figures, once a second (worker/sampler.py)."""
@@ -307,8 +309,7 @@ class HttpService(Service):
         return self.stored_state(self.user_key(user_id), partition)
 
     def stored_state(self, key: str, partition: int) -> bytes | None:
-        """The state stored under the state key ``key`` (:meth:`user_key`) on ``partition``, read from the
-        listener's thread (raises ``table.StoreNotOpen`` while a rebalance moves the partition)."""
+        """The state under state key ``key`` on ``partition``, read from the listener's thread (StoreNotOpen: moving)."""
         return read_user_state(self.services.state_cache, self.ctx.table, key.encode(), partition, elsewhere=True)
 
     @property
