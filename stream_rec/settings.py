@@ -96,8 +96,9 @@ class Settings:
     http_max_connections: int = 256
     # lookups waiting to be ranked (worker/lookups.py, in batches of 16); more are answered 503 at once
     lookup_max_pending: int = 1024
-    # at most this share of the worker's event loop goes to ranking and encoding lookups: a crowd of lookups
-    # waits for its answers instead of slowing the stream (benchmarks/lookup_load.py)
+    # at most this share of the time goes to ranking and encoding lookups (on the HTTP listener's own thread,
+    # which shares the process's CPU and GIL with the stream): a crowd of lookups waits for its answers
+    # instead of slowing the stream (benchmarks/lookup_load.py)
     lookup_loop_share: float = 0.2
     # stall watchdog (stream_rec/worker/watchdog.py): no micro-batch for stall_warn_s while events wait -> a WARNING
     # saying what the worker waits on, stream_rec_ready 0; after stall_exit_s the worker exits with status

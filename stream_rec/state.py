@@ -146,11 +146,14 @@ class ItemKeys(Mapping):
         self.extend(list(item_ids))
 
     def extend(self, item_ids: list[str]) -> "ItemKeys":
-        for item_id in item_ids[self.indexed:]:
+        # the length is read once: the list may grow meanwhile (the catalogue on the stream's loop while
+        # a lookup on the HTTP listener's thread reads a state), and what it grew by is indexed next time
+        end = len(item_ids)
+        for item_id in item_ids[self.indexed:end]:
             other = self._ids.setdefault(item_key(item_id), item_id)
             if other != item_id:
                 log.warning("items %r and %r share a state key: states show the first", other, item_id)
-        self.indexed = len(item_ids)
+        self.indexed = max(self.indexed, end)
         return self
 
     def __getitem__(self, key: bytes) -> str:

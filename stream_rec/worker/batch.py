@@ -35,8 +35,17 @@ log = logging.getLogger(__name__)
 
 
 async def handle_batch(ctx: WorkerContext, batch: Sequence[Any]) -> None:
-    """Run one micro-batch: read states, process, stage states, send records, update metrics."""
+    """Run one micro-batch: read states, process, stage states, send records, update metrics. The HTTP
+    listener's thread holds back until the records are handed over (``services.gate``)."""
     services = ctx.services
+    services.gate.busy()
+    try:
+        await _handle(ctx, services, batch)
+    finally:
+        services.gate.idle()
+
+
+async def _handle(ctx: WorkerContext, services: WorkerServices, batch: Sequence[Any]) -> None:
     trace = services.tracer.batch(batch) if services.tracer is not None else None  # the latency microscope
     if not services.config.partitions:  # the events topic's partition count, for the partitioner check
         partitions = await topic_partitions(ctx.app.producer, ctx.events_topic)
@@ -61,6 +70,7 @@ async def handle_batch(ctx: WorkerContext, batch: Sequence[Any]) -> None:
     if trace:
         trace.mark("sent")
         trace.deliveries(futures)
+    services.gate.idle()  # what is left waits for the broker
     # Acks are not awaited batch by batch: at most max_in_flight_batches batches stay unacknowledged
     # (sends.InFlightBatches says why that is safe). A send that still fails after the producer's
     # retries is raised here, once its batch's deliveries are done, and stops the worker (worker/app.py).
