@@ -81,10 +81,10 @@ class Explorer:
         return found
 
     def view(self, model, now: float, partitions: Sequence[int]) -> tuple[ArmView, list[str], Counter]:
-        """The bandit's view for a batch: every item that joined ``model``'s catalogue after training (its
-        records on ``partitions`` and on every partition read before, merged), the live ones as an ArmView.
+        """The bandit's view for a batch: the items that joined ``model``'s catalogue after training less than
+        ``max_age_s`` ago (their records on ``partitions`` and on every partition read before, merged).
         -> (view, the live arms' ids, newly graduated / retired items)"""
-        added = np.flatnonzero(np.isfinite(model.added_at))
+        added = np.flatnonzero(now - model.added_at < self.policy.max_age_s)  # trained items: -inf
         ids = [model.item_ids[r - 1] for r in added.tolist() if r > 0]
         self.partitions.update(partitions)
         for p in self.partitions:

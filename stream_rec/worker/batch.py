@@ -26,6 +26,7 @@ from typing import Any, Sequence
 from .. import metrics
 from ..io.topics import read_headers, rerouted_headers
 from ..pipeline import TIMED_PHASES, BatchResult, Incoming, LoadState, process_batch_isolating
+from ..recsys.exploring import arm_table_key
 from .catalog import context_vectors
 from .context import WorkerContext
 from .sends import OutRecord, send_records, topic_partitions
@@ -45,8 +46,11 @@ async def handle_batch(ctx: WorkerContext, batch: Sequence[Any]) -> None:
     model = services.model  # one version for the whole batch, even if a reload lands meanwhile
     queries = await batch_queries(services, model, incoming)
     _mark(trace, "queries")
+    if services.explorer is not None:  # the arm records: read through the table (staged first)
+        services.explorer.read_arm = arm_reader(ctx.table)
     result = process_batch_isolating(incoming, state_reader(ctx), model, services.config, queries=queries,
-                                     enricher=services.enricher, on_error=_log_batch_error)
+                                     enricher=services.enricher, on_error=_log_batch_error,
+                                     explorer=services.explorer)
     _mark(trace, "process")
     stage_user_states(services.state_cache, ctx.table, result, incoming)
     _mark(trace, "stage")
@@ -122,6 +126,11 @@ def state_reader(ctx: WorkerContext) -> LoadState:
     return lambda user_id, partition: read_user_state(cache, table, user_id.encode(), partition)
 
 
+def arm_reader(table):
+    """``read_arm(partition, item_id)`` for the explorer: the arm's record staged or stored on that partition."""
+    return lambda partition, item_id: table.stored(arm_table_key(partition, item_id), partition)
+
+
 def output_records(ctx: WorkerContext, batch: Sequence[Any],
                    result: BatchResult) -> tuple[list[OutRecord], list[OutRecord]]:
     """(the records sent as record batches: recommendations and re-routed events; the dead letters)."""
@@ -155,6 +164,8 @@ def record_metrics(services: WorkerServices, n_events: int, result: BatchResult,
         metrics.FRESH_SLOTS.inc(result.fresh_slots)
     if result.deleted:
         metrics.USERS_DELETED.inc(len(result.deleted))
+    if services.explorer is not None:
+        record_explore_metrics(services.explorer, result)
     services.users_seen.difference_update(result.deleted)
     if result.applied:
         for phase in TIMED_PHASES:
@@ -165,3 +176,17 @@ def record_metrics(services: WorkerServices, n_events: int, result: BatchResult,
             metrics.CONSUME_TO_REC_LATENCY.observe(max(0.0, sent - ts))
         services.users_seen.update(result.states)
     metrics.USERS_IN_STATE.set(len(services.users_seen))
+
+
+def record_explore_metrics(explorer, result: BatchResult) -> None:
+    """The exploration's counters (docs/EXPLORATION.md) and its arms by state."""
+    counts = result.explore
+    metrics.EXPLORE_IMPRESSIONS.inc(counts["impressions"])
+    metrics.EXPLORE_HITS.inc(counts["hits"])
+    metrics.EXPLORE_SLOTS.labels(state="exploring").inc(counts["exploring"])
+    metrics.EXPLORE_SLOTS.labels(state="graduated").inc(counts["graduated_slots"])
+    metrics.EXPLORE_GRADUATED.inc(counts["graduated"])
+    metrics.EXPLORE_RETIRED.inc(counts["retired"])
+    states = explorer.states(time.time())
+    for state in ("exploring", "graduated", "retired"):
+        metrics.EXPLORE_ARMS.labels(state=state).set(states[state])

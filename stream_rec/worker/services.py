@@ -13,6 +13,7 @@ from .. import metrics
 from ..learning.finetune import drift_finetuner
 from ..pipeline import BatchResult, Incoming, PipelineConfig
 from ..recsys.enricher import Enricher
+from ..recsys.exploring import Explorer, arm_table_key
 from ..settings import Settings
 from .catalog import CatalogVectors, LiveCatalog
 from .live import UiState
@@ -44,6 +45,8 @@ class WorkerServices:
         # negatives, re-ranking, reasons, interests, online HR@k + drift (stream_rec/recsys/enricher.py); it
         # rebuilds its item vectors itself when the model is swapped or the catalog grows
         self.enricher = Enricher.from_settings(settings)
+        # the exploration bandit (recsys/exploring.py): its arm records live in the state table (batch.py)
+        self.explorer = Explorer(self.config.explore) if self.config.explore is not None else None
         self.finetuner = (drift_finetuner(settings, lambda: list(self.enricher.recent or ()))
                           if settings.drift_finetune else None)
         self.users_seen: set[str] = set()
@@ -64,6 +67,8 @@ class WorkerServices:
         from the offset that reached the store."""
         self.state_cache.clear()
         table.forget_unflushed()
+        if self.explorer is not None:  # arm records of partitions this worker may no longer own
+            self.explorer.forget()
         if self.ui is not None:  # live pages: their user may now be answered by another worker
             self.ui.watchers.close_all("moved")
 
@@ -141,7 +146,10 @@ def stage_user_states(cache: StateCache, table, result: BatchResult, batch: Sequ
     """A micro-batch's new states and erasures, staged for the partition of the user's event that caused
     them (``table``: in memory now, in the local store once their changelog records are delivered); the
     state cache follows. An erasure with nothing after it is a tombstone; an erasure that arrived on
-    another partition than the user's also deletes what a producer with another partitioner left there."""
+    another partition than the user's also deletes what a producer with another partitioner left there.
+    The batch's exploration arm records go first (recsys/exploring.py says why)."""
+    for (partition, item_id), arm in result.arms.items():
+        table.stage(arm_table_key(partition, item_id), arm, partition)
     for user_id, index in result.deleted.items():
         key, partition = user_id.encode(), batch[index].partition
         cache.discard((key, partition))
