@@ -307,6 +307,21 @@ async def wait_ready(settings: Settings, collector: RecCollector, probe_item: st
             await producer.stop()
 
 
+def catalog_applied(worker: WorkerProcess) -> float:
+    """How many catalog records the worker has applied (``stream_rec_catalog_items_total``; 0 while its
+    listener is not up)."""
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(worker.metrics_url(), timeout=5).read().decode()
+    except OSError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith("stream_rec_catalog_items_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
 # --- the state table, read from its changelog ----------------------------------------------------------
 def _decode_table_key(raw: bytes | None) -> str | None:
     """Faust writes table keys raw or JSON-encoded depending on the table's key serializer: accept both."""
