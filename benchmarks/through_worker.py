@@ -47,7 +47,7 @@ def run_through_worker(sim, model_dir, args, explore: dict) -> dict:
             EmbeddedBroker(log_file=Path(tmp) / "tansu.log") as broker:
         for policy in [p for p in args.policies if p in ("none", "bandit")]:
             started = time.perf_counter()
-            settings = worker_settings(broker.bootstrap, Path(tmp) / policy, Path(model_dir), policy, explore)
+            settings = worker_settings(broker.bootstrap, Path(tmp) / policy, Path(model_dir).resolve(), policy, explore)
             source = WorkerSource(settings, Path(tmp) / f"w-{policy}", shift=shift).start()
             try:
                 days = simulate(sim, source, users=Users(sim))

@@ -211,7 +211,7 @@ def current_records(user_ids: Sequence[str], raw_states: Sequence[bytes | None],
         return out
     hiddens = initial_hiddens(model, touched.states)
     lists, extras = rank_users(model, touched, hiddens=hiddens, queries={}, config=config, enricher=enricher,
-                               record=False)
+                               record=False, fresh=config.explore is None)  # exploration: the plain list
     stamp = time.time() if now is None else now
     for n, user_id, state, items, extra in zip(where, touched.users, touched.states, lists, extras):
         out[n] = recommendation_record(user_id, state, items, model_version=model.version, last=None,

@@ -80,7 +80,8 @@ class Explorer:
             self.records[key] = found
         return found
 
-    def view(self, model, now: float, partitions: Sequence[int]) -> tuple[ArmView, list[str], Counter]:
+    def view(self, model, now: float, partitions: Sequence[int],
+             overlay: dict | None = None) -> tuple[ArmView, list[str], Counter]:
         """The bandit's view for a batch: the items that joined ``model``'s catalogue after training less than
         ``max_age_s`` ago (their records on ``partitions`` and on every partition read before, merged).
         -> (view, the live arms' ids, newly graduated / retired items)"""
@@ -91,7 +92,8 @@ class Explorer:
             for item_id, row in zip(ids, added.tolist()):
                 self.record(p, item_id, float(model.added_at[row]))
         book = self.book
-        book.arms = {i: merge_arms([self.records[(p, i)] for p in self.partitions]) for i in ids}
+        latest = self.records if not overlay else {**self.records, **overlay}
+        book.arms = {i: merge_arms([latest[(p, i)] for p in self.partitions]) for i in ids}
         book.rows = dict(zip(ids, added.tolist()))
         before = (len(book.graduated), len(book.retired))
         view = book.view(now)
@@ -171,7 +173,7 @@ def explore_lists(updates: ArmUpdates, model, *, states: list, hiddens, seen: li
     user's exposure (``states[n]``); ``offsets[n]``: (partition, offset, event time) of the event her list
     answers. A replayed user's list is explored the same way but counts nothing. -> (lists, extras)"""
     explorer, policy = updates.explorer, updates.explorer.policy
-    view, live, changed = explorer.view(model, now, sorted({p for p, _, _ in offsets}))
+    view, live, changed = explorer.view(model, now, sorted({p for p, _, _ in offsets}), overlay=updates.new)
     updates.counts.update(changed)
     if not live:
         return lists, extras
