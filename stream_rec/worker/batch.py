@@ -164,7 +164,7 @@ def record_metrics(services: WorkerServices, n_events: int, result: BatchResult,
         metrics.FRESH_SLOTS.inc(result.fresh_slots)
     if result.deleted:
         metrics.USERS_DELETED.inc(len(result.deleted))
-    if services.explorer is not None:
+    if result.explore:  # exploration on (services.explorer) and something counted
         record_explore_metrics(services.explorer, result)
     services.users_seen.difference_update(result.deleted)
     if result.applied:
