@@ -10,6 +10,7 @@ measured with ``--draws-seed``.
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ def run_through_worker(sim, model_dir, args, explore: dict) -> dict:
     from stream_rec_devtools.closedloop.loop import simulate
     from stream_rec_devtools.closedloop.sources import WorkerSource
     from stream_rec_devtools.closedloop.world import DAY, Users
+    from stream_rec_devtools.harness import read_changelog_arms
 
     # the worker refuses events more than a day ahead of its clock: the simulated week ends an hour ago
     shift = min(0.0, time.time() - 3600.0 - (sim.start + sim.params.days * DAY))
@@ -51,9 +53,13 @@ def run_through_worker(sim, model_dir, args, explore: dict) -> dict:
             source = WorkerSource(settings, Path(tmp) / f"w-{policy}", shift=shift).start()
             try:
                 days = simulate(sim, source, users=Users(sim))
+                arms = asyncio.run(read_changelog_arms(settings))  # the worker's own counts, as its changelog holds them
             finally:
                 source.stop()
             runs[policy] = {"days": days, "seconds": round(time.perf_counter() - started, 1)}
+            if arms:
+                runs[policy] |= {"impressions": sum(a.impressions for a in arms.values()),
+                                 "hits": sum(a.hits for a in arms.values())}
             print(f"through the worker, {policy}: {sum(d.new_hits for d in days)} new-item hits, "
                   f"{runs[policy]['seconds']:.0f} s", flush=True)
     return runs
