@@ -56,13 +56,12 @@ class Rounds:
             await during()
         wanted = {(e["user_id"], e["timestamp"]) for e in events}
 
-        def arrived() -> bool:
-            for _, rec in collector.records[len(self._seen):]:
-                self._seen.append(rec)
+        def arrived() -> bool:  # the collector's records not read yet (each collector reads the topic from its start)
+            for _, rec in collector.records[getattr(collector, "rounds_read", 0):]:
                 self.records[(rec["user_id"], rec["event_timestamp"])] = rec
+            collector.rounds_read = len(collector.records)
             return wanted <= self.records.keys()
 
-        self._seen = getattr(self, "_seen", [])
         assert await collector.wait_for(arrived, timeout_s), f"round {self.round}: lists missing"
         return {u: self.records[(u, ts)] for u, ts in wanted}
 
@@ -164,4 +163,45 @@ def test_kill9_during_exploration_loses_and_doubles_no_count(explore_settings, t
         asyncio.run(play(1))
     finally:
         worker.stop()
+    assert totals(settings) == expected_counts(users, 5)
+
+
+@pytest.mark.slow
+def test_a_rebalance_during_exploration_loses_and_doubles_no_count(explore_settings, tmp_path):
+    """A second worker joins after round 2 (its own empty data dir: it restores the partitions it gets,
+    their arm records with their users' states, from the changelog); the first leaves after round 4; one
+    more round: the arm totals equal the uninterrupted count."""
+    settings = explore_settings
+    users = [f"user-{n}" for n in range(40)]
+    items = write_items(tmp_path, CATALOG)
+    rounds = Rounds(settings, users, time.time() - 3600.0)
+
+    def assigned(worker) -> int:
+        return worker.log_path.read_text(errors="replace").count("Setting newly assigned partitions")
+
+    async def play(n_rounds: int):
+        collector, producer = await RecCollector(settings).start(), await make_producer(settings)
+        try:
+            for _ in range(n_rounds):
+                await rounds.play(choose, collector, producer)
+        finally:
+            await producer.stop()
+            await collector.stop()
+    worker_a = WorkerProcess(settings, tmp_path / "a", items=items).start()
+    worker_b = None
+    try:
+        wait_until(lambda: new_item_known(worker_a), timeout_s=90, message="the new catalog item")
+        asyncio.run(play(2))
+        worker_b = WorkerProcess(settings.replace(data_dir=tmp_path / "data-b", metrics_port=0), tmp_path / "b",
+                                 items=items).start()
+        wait_until(lambda: assigned(worker_b) >= 1, timeout_s=90, message="the second worker's assignment")
+        asyncio.run(play(2))
+        worker_a.stop()  # everything moves to B
+        wait_until(lambda: assigned(worker_b) >= 2, timeout_s=90, message="the rebalance after A left")
+        asyncio.run(play(1))
+        assert "Restoring state from changelog topics" in worker_b.log_path.read_text(errors="replace")
+    finally:
+        worker_a.stop()
+        if worker_b is not None:
+            worker_b.stop()
     assert totals(settings) == expected_counts(users, 5)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -34,7 +35,7 @@ import torch
 
 from .arms import (ArmDecodeError, ArmStats, Exposure, arm_key, counted_arms, decode_arm, decode_exposure,
                    encode_arm, encode_exposure, expose, merge_arms, resolve)
-from .explore import GRADUATED, RETIRED, ArmBook, ArmView, ExplorePolicy, exploration_gate, fill_user, log_appeals, masked_scores
+from .explore import ArmBook, ArmView, ExplorePolicy, exploration_gate, fill_user, log_appeals, masked_scores
 from .feedback import is_negative
 
 log = logging.getLogger(__name__)
@@ -150,8 +151,6 @@ def resolve_feedback(updates: ArmUpdates, states: list, pending: Sequence[Sequen
                      replays: set[int], batch: Sequence) -> None:
     """Each user's first new event resolves her pending impressions (``states[n]`` gets the resolved
     exposure; a hit is added to the arm on the event's partition)."""
-    from dataclasses import replace
-
     window = updates.explorer.policy.window_s
     for n, (st, fresh) in enumerate(zip(states, pending)):
         if n in replays or not st.exposure or not fresh:
@@ -232,8 +231,6 @@ def count_impressions(updates: ArmUpdates, n: int, states: list, arms: list[str]
                       probability: dict[str, float]) -> list[str]:
     """The impressions of user ``n``'s sent list (``arms``: its new items), added to the arms of her
     events' partition; her exposure becomes that list. -> the items counted"""
-    from dataclasses import replace
-
     partition, offset, ts = where
     exposure = read_exposure(states[n].exposure)
     counted = counted_arms(exposure, arms, updates.explorer.policy.max_declines)
