@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import numpy as np
 import torch
 
 from stream_rec.model.recommender import Recommender
@@ -150,3 +151,34 @@ def test_a_negative_event_on_the_pending_item_is_a_miss(negative):
                            w.model, w.config, now=lambda: NOW, explorer=w.explorer)
     assert result.explore["hits"] == 0
     assert decode_exposure(decode_state(result.states["u1"]).exposure).declined == {item_key(NEW): 1}
+
+
+def test_the_pipeline_puts_in_the_arms_explore_topk_puts_in():
+    """The worker's step (``explore_lists`` on the plain lists) and the offline bandit (``explore_topk``)
+    pick the same lists from the same view and the same draws."""
+    from stream_rec.recsys.arms import ArmStats
+    from stream_rec.recsys.explore import explore_topk
+    from stream_rec.recsys.exploring import ArmUpdates, explore_lists
+
+    w = Worker(ExplorePolicy(slots=2, min_gain=0.3))
+    new = [f"new-{n}" for n in range(6)]
+    w.model.add_items(new, now=NOW - 100)
+    for n, item in enumerate(new):  # some arms taken often, some never
+        w.explorer.put((0, item), ArmStats(impressions=20, hits=[0, 9, 1, 0, 4, 2][n], expected=2.0, born=NOW - 100))
+    rng = np.random.default_rng(3)
+    h = w.model.init_state(16)
+    for _ in range(3):  # users with a few old items each
+        h = w.model.step(h, rng.integers(1, len(w.model.item_ids) - len(new), size=16).tolist(), [60.0] * 16)
+    hiddens = list(h)
+    seen = [sorted(set(rng.integers(1, w.model.n_items, size=5).tolist())) for _ in hiddens]
+    plain = w.model.topk(np.stack(hiddens), 10, seen)
+    w.explorer.rng = np.random.default_rng(7)
+    lists, _ = explore_lists(ArmUpdates(w.explorer, lambda item: NOW - 100), w.model,
+                             states=[UserState() for _ in hiddens], hiddens=hiddens, seen=seen,
+                             offsets=[(0, n, NOW) for n in range(len(hiddens))], lists=plain,
+                             extras=[None] * len(hiddens), replays=set(), now=NOW)
+    view, _, _ = w.explorer.view(w.model, NOW, [0])
+    ref = explore_topk(w.model.score_rows(np.stack(hiddens)), 10, seen, view, w.explorer.policy,
+                       np.random.default_rng(7))
+    assert [w.model.rows_for([i for i, _ in items]) for items in lists] == ref.rows
+    assert sum(len(r) for r in ref.inserted) > 0  # arms were put in

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .arms import (ArmDecodeError, ArmStats, Exposure, arm_key, counted_arms, decode_arm, decode_exposure,
-                   encode_arm, encode_exposure, expose, merge_arms, resolve)
+                   encode_arm, encode_exposure, expose, resolve)
 from .explore import ArmBook, ArmView, ExplorePolicy, exploration_gate, fill_user, log_appeals, masked_scores
 from .feedback import is_negative
 
@@ -58,6 +58,7 @@ class Explorer:
         self.policy = policy
         self.read_arm: ReadArm = read_arm or (lambda partition, item_id: None)
         self.records: dict[tuple[int, str], ArmStats] = {}
+        self.totals: dict[str, ArmStats] = {}  # item -> its records summed over ``partitions`` (merge_arms)
         self.partitions: set[int] = set()  # partitions whose records were loaded
         self.book = ArmBook(policy)
         self.rng = np.random.default_rng(seed)
@@ -65,7 +66,15 @@ class Explorer:
     def forget(self) -> None:
         """At a rebalance: the records of partitions this worker may no longer own (read again later)."""
         self.records.clear()
+        self.totals.clear()
         self.partitions.clear()
+
+    def put(self, key: tuple[int, str], arm: ArmStats) -> None:
+        """The latest record of ``key``; the item's total follows."""
+        old = self.records.get(key)
+        self.records[key] = arm
+        total = self.totals.get(key[1])
+        self.totals[key[1]] = arm if total is None else shifted(total, arm, old)
 
     def record(self, partition: int, item_id: str, born: float) -> ArmStats:
         """The latest record of arm (partition, item): the cache, else the table, else a new one."""
@@ -78,7 +87,7 @@ class Explorer:
             except ArmDecodeError as exc:  # not ours to stop the stream for: start the arm over
                 log.warning("arm record %r is unreadable (%s): counted from zero", key, exc)
                 found = ArmStats(born=born)
-            self.records[key] = found
+            self.put(key, found)
         return found
 
     def view(self, model, now: float, partitions: Sequence[int],
@@ -89,12 +98,16 @@ class Explorer:
         added = np.flatnonzero(now - model.added_at < self.policy.max_age_s)  # trained items: -inf
         ids = [model.item_ids[r - 1] for r in added.tolist() if r > 0]
         self.partitions.update(partitions)
+        records = self.records
         for p in self.partitions:
             for item_id, row in zip(ids, added.tolist()):
-                self.record(p, item_id, float(model.added_at[row]))
+                if (p, item_id) not in records:
+                    self.record(p, item_id, float(model.added_at[row]))
         book = self.book
-        latest = self.records if not overlay else {**self.records, **overlay}
-        book.arms = {i: merge_arms([latest[(p, i)] for p in self.partitions]) for i in ids}
+        book.arms = {i: self.totals[i] for i in ids}
+        for (p, i), arm in (overlay or {}).items():  # the batch's own changes, over the stored records
+            if i in book.arms:
+                book.arms[i] = shifted(book.arms[i], arm, records[(p, i)])
         book.rows = dict(zip(ids, added.tolist()))
         before = (len(book.graduated), len(book.retired))
         view = book.view(now)
@@ -136,8 +149,16 @@ class ArmUpdates:
             if arm.hits > arm.impressions:
                 arm = ArmStats(arm.impressions, arm.impressions, arm.expected, arm.born, arm.applied)
             result.arms[key] = encode_arm(arm)
-            self.explorer.records[key] = arm
+            self.explorer.put(key, arm)
         result.explore.update(self.counts)
+
+
+def shifted(total: ArmStats, new: ArmStats, old: ArmStats | None) -> ArmStats:
+    """An item's total with one partition's record ``old`` replaced by ``new`` (``arms.merge_arms``
+    incrementally: born the earliest, applied meaningless)."""
+    old = old or ArmStats(born=new.born)
+    return ArmStats(total.impressions + new.impressions - old.impressions, total.hits + new.hits - old.hits,
+                    max(0.0, total.expected + new.expected - old.expected), min(total.born, new.born), -1)
 
 
 def read_exposure(raw: bytes) -> Exposure:
