@@ -103,6 +103,19 @@ def test_redelivered_events_count_nothing_again_and_the_watermark_covers_a_lost_
     replay = w.batch([("u1", "space-00", NOW - 50)], offsets=[0])  # state delivered: her list is sent again
     assert replay.replayed == 1 and replay.explore["impressions"] == 0 and w.arm().impressions == 2
     assert replay.recommendations[0]["explore"]["counted"] == []
+    assert replay.recommendations[0]["explore"]["arms"] == [NEW]  # the list sent again holds what was counted
+
+
+def test_a_list_sent_again_holds_the_counted_arms_and_no_new_draw():
+    from stream_rec.recsys.arms import ArmStats
+
+    w = Worker(ExplorePolicy(slots=1, min_gain=0.0))
+    w.batch([("u1", "space-00", NOW - 50)], offsets=[0])
+    w.model.add_items(["another-new-item"], now=NOW - 90)  # a second arm, not in the list she holds, that a
+    w.explorer.put((0, "another-new-item"), ArmStats(10, 10, 0.01, NOW - 90))  # fresh draw would surely pick
+    replay = w.batch([("u1", "space-00", NOW - 50)], offsets=[0])
+    assert replay.replayed == 1 and replay.recommendations[0]["explore"]["arms"] == [NEW]
+    assert w.arm().impressions == 1
 
 
 def test_one_user_cannot_push_an_item_down_beyond_max_declines():

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .arms import (ArmDecodeError, ArmStats, Exposure, arm_key, counted_arms, decode_arm, decode_exposure,
-                   encode_arm, encode_exposure, expose, resolve)
+                   encode_arm, encode_exposure, expose, item_key, resolve)
 from .explore import ArmBook, ArmView, ExplorePolicy, exploration_gate, fill_user, log_appeals, masked_scores
 from .feedback import is_negative
 
@@ -191,7 +191,8 @@ def explore_lists(updates: ArmUpdates, model, *, states: list, hiddens, seen: li
                   now: float) -> tuple[list, list]:
     """Arms put into each user's list (from its bottom up), their impressions counted and stored as the
     user's exposure (``states[n]``); ``offsets[n]``: (partition, offset, event time) of the event her list
-    answers. A replayed user's list is explored the same way but counts nothing. -> (lists, extras)"""
+    answers. A replayed user's list (sent again for a redelivered event) gets the arms her stored exposure
+    holds, no new draw, and counts nothing: the list sent again shows what was counted. -> (lists, extras)"""
     explorer, policy = updates.explorer, updates.explorer.policy
     view, live, changed = explorer.view(model, now, sorted({p for p, _, _ in offsets}), overlay=updates.new)
     updates.counts.update(changed)
@@ -203,7 +204,8 @@ def explore_lists(updates: ArmUpdates, model, *, states: list, hiddens, seen: li
     lists, extras = list(lists), [dict(e) if e else {} for e in extras]
     for b, items in enumerate(lists):
         current = [r for r in model.rows_for([i for i, _ in items]) if r]
-        rows, explored, inserted = fill_user(current, value[b], log_p[b], view, arm_of, policy)
+        wanted = value[b] if b not in replays else held_arms(states[b], view, item_of)
+        rows, explored, inserted = fill_user(current, wanted, log_p[b], view, arm_of, policy)
         if list(np.argsort(-log_p[b, current], kind="stable")) == list(range(len(current))):
             rows.sort(key=lambda r: -log_p[b, r])  # a list in the model's order stays in it
         lists[b], extras[b] = relisted(model, items, rows, set(inserted), s[b], extras[b])
@@ -216,6 +218,12 @@ def explore_lists(updates: ArmUpdates, model, *, states: list, hiddens, seen: li
             updates.counts["graduated_slots"] += len(inserted) - len(explored)
         extras[b]["explore"] = entry
     return lists, extras
+
+
+def held_arms(state, view: ArmView, item_of: dict[int, str]) -> np.ndarray:
+    """[A] values that put in exactly the arms pending in the user's exposure (any bar passed), no other."""
+    pending = set(read_exposure(state.exposure).pending)
+    return np.array([1e30 if item_key(item_of[int(r)]) in pending else -np.inf for r in view.rows.tolist()])
 
 
 def arm_values(model, hiddens, seen: list[list[int]], view: ArmView, policy: ExplorePolicy, rng):
