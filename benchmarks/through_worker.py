@@ -53,7 +53,7 @@ def run_through_worker(sim, model_dir, args, explore: dict) -> dict:
             source = WorkerSource(settings, Path(tmp) / f"w-{policy}", shift=shift).start()
             try:
                 days = simulate(sim, source, users=Users(sim))
-                arms = asyncio.run(read_changelog_arms(settings))  # the worker's own counts, as its changelog holds them
+                arms = asyncio.run(read_changelog_arms(settings))  # the worker's own counts (its changelog)
             finally:
                 source.stop()
             runs[policy] = {"days": days, "seconds": round(time.perf_counter() - started, 1)}

@@ -341,9 +341,9 @@ def rank_users(model, touched: TouchedUsers, *, hiddens: Sequence[np.ndarray], q
     """Top-K of every touched user, seen items excluded; a user's newest query of the batch (``queries``:
     batch index -> vector) boosts their list; with an enricher its stages and annotations (``record``: the
     lists are sent, so the enricher counts them). ``fresh`` False: no freshness policy (exploration is
-    on: ``explore_step`` is the new-item step). With a freshness policy (``config.freshness``, else the model's own), the plain lists give slots
-    to items new since training (counted in ``result.fresh_slots`` when they stay in the final list; a
-    list the enricher re-ranks starts from the plain scores).
+    on: ``explore_step`` is the new-item step). With a freshness policy (``config.freshness``, else the
+    model's own), the plain lists give slots to items new since training (counted in ``result.fresh_slots``
+    when they stay in the final list; a list the enricher re-ranks starts from the plain scores).
     -> ([B] lists of (item_id, score), [B] extra fields or None)"""
     batch = RankBatch(model, touched.users, hiddens=hiddens, k=config.top_k,
                       seen=[[r for r in model.rows_for(st.seen_items()) if r] for st in touched.states],

@@ -147,7 +147,7 @@ class ArmUpdates:
         """The records to stage (hits clamped to impressions: a reader refuses more), the counts."""
         for key, arm in self.new.items():
             if arm.hits > arm.impressions:
-                arm = ArmStats(arm.impressions, arm.impressions, arm.expected, arm.born, arm.applied)
+                arm = replace(arm, hits=arm.impressions)
             result.arms[key] = encode_arm(arm)
             self.explorer.put(key, arm)
         result.explore.update(self.counts)
@@ -157,8 +157,10 @@ def shifted(total: ArmStats, new: ArmStats, old: ArmStats | None) -> ArmStats:
     """An item's total with one partition's record ``old`` replaced by ``new`` (``arms.merge_arms``
     incrementally: born the earliest, applied meaningless)."""
     old = old or ArmStats(born=new.born)
-    return ArmStats(total.impressions + new.impressions - old.impressions, total.hits + new.hits - old.hits,
-                    max(0.0, total.expected + new.expected - old.expected), min(total.born, new.born), -1)
+    return ArmStats(impressions=total.impressions + new.impressions - old.impressions,
+                    hits=total.hits + new.hits - old.hits,
+                    expected=max(0.0, total.expected + new.expected - old.expected),
+                    born=min(total.born, new.born), applied=-1)
 
 
 def read_exposure(raw: bytes) -> Exposure:
@@ -205,15 +207,16 @@ def explore_lists(updates: ArmUpdates, model, *, states: list, hiddens, seen: li
     for b, items in enumerate(lists):
         current = [r for r in model.rows_for([i for i, _ in items]) if r]
         wanted = value[b] if b not in replays else held_arms(states[b], view, item_of)
-        rows, explored, inserted = fill_user(current, wanted, log_p[b], view, arm_of, policy)
+        rows, explored, inserted = fill_user(current, wanted, log_p=log_p[b], view=view, arm_of=arm_of, policy=policy)
         if list(np.argsort(-log_p[b, current], kind="stable")) == list(range(len(current))):
             rows.sort(key=lambda r: -log_p[b, r])  # a list in the model's order stays in it
-        lists[b], extras[b] = relisted(model, items, rows, set(inserted), s[b], extras[b])
+        lists[b], extras[b] = relisted(model, items, rows=rows, inserted=set(inserted), scores=s[b], extra=extras[b])
         arms = [item_of[r] for r in rows if r in item_of]
         entry = {"arms": arms, "counted": [], "inserted": [item_of[r] for r in inserted]}
         if b not in replays:
-            entry["counted"] = count_impressions(updates, b, states, arms, offsets[b],
-                                                 {item_of[r]: math.exp(float(log_p[b, r])) for r in rows if r in item_of})
+            probability = {item_of[r]: math.exp(float(log_p[b, r])) for r in rows if r in item_of}
+            entry["counted"] = count_impressions(updates, b, states=states, arms=arms, where=offsets[b],
+                                                 probability=probability)
             updates.counts["exploring"] += len(explored)
             updates.counts["graduated_slots"] += len(inserted) - len(explored)
         extras[b]["explore"] = entry
