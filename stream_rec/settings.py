@@ -42,6 +42,7 @@ class Settings:
     recommendations_topic: str = "recommendations"
     dlq_topic: str = "events-dlq"
     control_topic: str = "control"
+    explore_arms_topic: str = "explore-arms"  # the exploration's arm records, for every worker's view
     partitions: int = 4  # partitions of events/recommendations/state tables (co-partitioned)
     # replicas of every topic stream-rec creates, Faust's changelog included (stream_rec.io.topics.TOPIC_LAYOUT);
     # 1 suits a one-broker dev cluster, production wants 3. Existing topics are not changed.

@@ -11,7 +11,7 @@ import torch
 
 from stream_rec.model.recommender import Recommender
 from stream_rec.pipeline import Incoming, PipelineConfig, process_batch, process_batch_isolating, read_state
-from stream_rec.recsys.arms import decode_arm, decode_exposure, item_key
+from stream_rec.recsys.arms import decode_arm, decode_exposure, encode_arm, item_key
 from stream_rec.recsys.explore import ExplorePolicy
 from stream_rec.recsys.exploring import ARM_PREFIX, Explorer, arm_table_key
 from stream_rec.settings import Settings
@@ -195,3 +195,25 @@ def test_the_pipeline_puts_in_the_arms_explore_topk_puts_in():
                        np.random.default_rng(7))
     assert [w.model.rows_for([i for i, _ in items]) for items in lists] == ref.rows
     assert sum(len(r) for r in ref.inserted) > 0  # arms were put in
+
+
+def test_the_view_merges_other_workers_arms_without_counting_a_partition_twice():
+    """Records of the explore-arms topic count for partitions this worker has not read itself; once it reads
+    a partition's own record (it processes that partition), the topic's copy no longer counts; after a
+    rebalance (forget) the topic's records are the view again."""
+    from stream_rec.recsys.arms import ArmStats
+    from stream_rec.recsys.exploring import Explorer
+
+    w = Worker()
+    w.table[arm_table_key(0, NEW)] = encode_arm(ArmStats(impressions=5, hits=1, expected=0.5, born=NOW - 100))
+    explorer = Explorer(POLICY, read_arm=lambda p, i: w.table.get(arm_table_key(p, i)))
+    explorer.put_remote((1, NEW), ArmStats(impressions=7, hits=2, expected=0.7, born=NOW - 100))
+    explorer.put_remote((0, NEW), ArmStats(impressions=4, hits=1, expected=0.4, born=NOW - 100))  # an older copy
+    assert (explorer.totals[NEW].impressions, explorer.totals[NEW].hits) == (11, 3)  # both from the topic
+    explorer.view(w.model, NOW, [0])  # a batch of partition 0: its own record replaces the topic's copy
+    assert (explorer.book.arms[NEW].impressions, explorer.book.arms[NEW].hits) == (12, 3)
+    explorer.put_remote((0, NEW), ArmStats(impressions=5, hits=1, expected=0.5, born=NOW - 100))  # its own, echoed
+    explorer.put_remote((1, NEW), ArmStats(impressions=9, hits=2, expected=0.9, born=NOW - 100))  # the other moved on
+    assert (explorer.totals[NEW].impressions, explorer.totals[NEW].hits) == (14, 3)
+    explorer.forget()
+    assert (explorer.totals[NEW].impressions, explorer.totals[NEW].hits) == (14, 3)

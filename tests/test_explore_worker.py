@@ -16,8 +16,9 @@ import time
 import pytest
 
 from conftest import WorkerProcess, produce, scrape, wait_until, write_items
-from stream_rec.io.kafka import ensure_topics
-from stream_rec.recsys.arms import merge_arms
+from stream_rec.io.kafka import read_topic
+from stream_rec.recsys.arms import decode_arm, merge_arms
+from stream_rec.recsys.exploring import arm_table_key
 from stream_rec_devtools.harness import RecCollector, make_producer, read_changelog_arms, send_events
 from stream_rec_devtools.synthetic import make_catalog
 
@@ -120,6 +121,12 @@ def test_a_worker_exploring_shows_a_new_item_and_counts_impressions_and_hits(exp
     assert metrics["stream_rec_explore_hits_total"] == 1
     assert metrics['stream_rec_explore_slots_total{state="exploring"}'] >= 7
     assert totals(settings) == (7, 1)
+    # every arm record also went to the explore-arms topic, for other workers' views
+    published = {}
+    for rec in asyncio.run(read_topic(settings, settings.topic(settings.explore_arms_topic))):
+        published[rec.key] = decode_arm(rec.value)
+    stored = asyncio.run(read_changelog_arms(settings))
+    assert published == {arm_table_key(p, i): a for (p, i), a in stored.items()}
 
 
 def test_kill9_during_exploration_loses_and_doubles_no_count(explore_settings, tmp_path):

@@ -58,7 +58,9 @@ class Explorer:
         self.policy = policy
         self.read_arm: ReadArm = read_arm or (lambda partition, item_id: None)
         self.records: dict[tuple[int, str], ArmStats] = {}
-        self.totals: dict[str, ArmStats] = {}  # item -> its records summed over ``partitions`` (merge_arms)
+        self.remote: dict[tuple[int, str], ArmStats] = {}  # every worker's records (the explore-arms topic)
+        # item -> its records summed over partitions (merge_arms): a partition's record read here, else its remote one
+        self.totals: dict[str, ArmStats] = {}
         self.partitions: set[int] = set()  # partitions whose records were loaded
         self.book = ArmBook(policy)
         self.rng = np.random.default_rng(seed)
@@ -66,15 +68,28 @@ class Explorer:
     def forget(self) -> None:
         """At a rebalance: the records of partitions this worker may no longer own (read again later)."""
         self.records.clear()
-        self.totals.clear()
         self.partitions.clear()
+        self.totals = {}
+        for key, arm in self.remote.items():
+            self._shift(key[1], arm, None)
 
     def put(self, key: tuple[int, str], arm: ArmStats) -> None:
-        """The latest record of ``key``; the item's total follows."""
-        old = self.records.get(key)
+        """The latest record of ``key`` (read from the table or written here); the item's total follows."""
+        old = self.records.get(key) or self.remote.get(key)
         self.records[key] = arm
-        total = self.totals.get(key[1])
-        self.totals[key[1]] = arm if total is None else shifted(total, arm, old)
+        self._shift(key[1], arm, old)
+
+    def put_remote(self, key: tuple[int, str], arm: ArmStats) -> None:
+        """A record of the explore-arms topic: counts in the totals while this worker has not read ``key``'s
+        own record (another worker's partition, or one of its own not processed since the last rebalance)."""
+        old = self.remote.get(key)
+        self.remote[key] = arm
+        if key not in self.records:
+            self._shift(key[1], arm, old)
+
+    def _shift(self, item_id: str, new: ArmStats, old: ArmStats | None) -> None:
+        total = self.totals.get(item_id)
+        self.totals[item_id] = new if total is None else shifted(total, new, old)
 
     def record(self, partition: int, item_id: str, born: float) -> ArmStats:
         """The latest record of arm (partition, item): the cache, else the table, else a new one."""
@@ -107,7 +122,7 @@ class Explorer:
         book.arms = {i: self.totals[i] for i in ids}
         for (p, i), arm in (overlay or {}).items():  # the batch's own changes, over the stored records
             if i in book.arms:
-                book.arms[i] = shifted(book.arms[i], arm, records[(p, i)])
+                book.arms[i] = shifted(book.arms[i], arm, records[(p, i)])  # read by ArmUpdates.add
         book.rows = dict(zip(ids, added.tolist()))
         before = (len(book.graduated), len(book.retired))
         view = book.view(now)

@@ -141,6 +141,9 @@ def output_records(ctx: WorkerContext, batch: Sequence[Any],
         records.append(OutRecord(m.topic, m.key, m.value, partition=partition,
                                  timestamp_ms=None if m.timestamp is None else int(m.timestamp * 1000),
                                  headers=rerouted_headers(m.headers, m.partition, m.offset)))
+    if result.arms:  # every worker's view of the arms (recsys/exploring.py): the explore-arms topic
+        topic = ctx.settings.topic(ctx.settings.explore_arms_topic)
+        records += [OutRecord(topic, arm_table_key(p, item), arm) for (p, item), arm in result.arms.items()]
     dead = [OutRecord(ctx.dlq_topic, _original_key(bad), json.dumps(bad).encode()) for bad in result.dlq]
     return records, dead
 

@@ -13,7 +13,10 @@ from .. import metrics
 from ..learning.finetune import drift_finetuner
 from ..pipeline import BatchResult, Incoming, PipelineConfig
 from ..recsys.enricher import Enricher
-from ..recsys.exploring import Explorer, arm_table_key
+from ..recsys.arms import ArmDecodeError, decode_arm
+from ..recsys.exploring import ARM_PREFIX, Explorer, arm_table_key
+from ..validation import Invalid
+from .follow import follow_records
 from ..settings import Settings
 from .catalog import CatalogVectors, LiveCatalog
 from .live import UiState
@@ -164,3 +167,28 @@ def stage_user_states(cache: StateCache, table, result: BatchResult, batch: Sequ
         if read_user_state(cache, table, key, partition) is not None:
             table.stage(key, None, partition)
             cache.discard((key, partition))
+
+
+def parse_arm_record(message):
+    """An ``explore-arms`` record -> ((partition, item id), ArmStats), None (a tombstone) or Invalid."""
+    if message.value is None:
+        return None
+    try:
+        key = (message.key or b"").decode("utf-8")
+        if not key.startswith(ARM_PREFIX):
+            return Invalid("bad_key", "not an arm key")
+        partition, item_id = key[len(ARM_PREFIX):].split(":", 1)
+        return (int(partition), item_id), decode_arm(message.value)
+    except (UnicodeDecodeError, ValueError, ArmDecodeError) as exc:  # ArmDecodeError is a ValueError
+        return Invalid("bad_arm", str(exc)[:200])
+
+
+async def arms_loop(explorer: Explorer, settings: Settings, poll_ms: int = 500) -> None:
+    """Follow the ``explore-arms`` topic (every worker, whole topic, group-less): each partition's arm
+    records, for the bandit's view of the arms of partitions this worker does not process."""
+    async def apply(records) -> None:
+        for _, (key, arm) in records:
+            explorer.put_remote(key, arm)
+
+    await follow_records(settings, settings.topic(settings.explore_arms_topic), role="explore-arms",
+                         parse=parse_arm_record, apply=apply, poll_ms=poll_ms, max_records=5000)
