@@ -19,7 +19,8 @@ changed it, *before* the batch's user states: a delivered state implies that the
 events were delivered. The reverse (arms delivered, a state not, then a crash) is closed by each record's
 ``applied`` watermark: an event of that partition at an offset <= the record's ``applied`` when the batch
 started adds nothing to it (:class:`ArmUpdates`). :class:`Explorer` caches the records it has read or
-written (the table stays the truth: a rebalance clears the cache) and merges them into the bandit's view.
+written (the table stays the truth: a rebalance clears the cache) and merges them, with the copies of other
+partitions' records that every worker publishes to the ``explore-arms`` topic, into the bandit's view.
 """
 
 from __future__ import annotations
