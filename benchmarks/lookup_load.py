@@ -1,15 +1,20 @@
 """Does a crowd of lookups slow the stream? One worker on an embedded broker, events at a steady rate, first
 alone, then while N clients keep asking ``GET /recommendations/{user}`` as fast as they are answered.
 
-    python benchmarks/lookup_load.py [--rate 100] [--phase-s 10] [--rounds 3] [--concurrency 200] [--users 500]
+    python benchmarks/lookup_load.py [--rate 100] [--phase-s 10] [--rounds 4] [--concurrency 200] [--users 500]
                                      [--items-per-theme 100] [--model DIR] [--token TOKEN] [--set NAME=VALUE]
+                                     [--client-nice N]
 
-The two phases alternate ``--rounds`` times (the box's other load drifts). Prints, for each condition, the consume -> recommendation latency the worker stamps on every record
-(``latency_ms``: from the moment it took the event to the moment the list was built) as p50 / p99 / mean,
-the ratio of the loaded p99 to the idle p99, and the lookups answered per second with their p50 / p99.
+The two phases alternate ``--rounds`` times, and their order flips every round (idle, lookups; lookups,
+idle; ...): the box's other load drifts, and so does the embedded broker (it slows with the batches it
+holds, docs/RELIABILITY.md), so a fixed order would charge that drift to the later phase. Prints, for each
+phase, the consume -> recommendation latency the worker stamps on every record (``latency_ms``: from the
+moment it took the event to the moment the list was built) as p50 / p99 / mean, each round's ratio of the
+loaded p99 to the idle p99 and the pooled one, and the lookups answered per second with their p50 / p99.
 Issue 23's measurement (before lookups were batched): mean 4.9 -> 40.5 ms with 200 lookups at 100 ev/s.
-The client runs in this process on the same cores as the worker and the broker: compare the ratio from
-one run, and rerun when the box is busy.
+The clients run in this process on the same cores as the worker and the broker; ``--client-nice N`` runs
+them in a process of their own, niced N more than this one, instead (closer to clients on other machines: their CPU
+then yields to the worker's). Compare ratios from one run, and rerun when the box is busy.
 """
 
 from __future__ import annotations
@@ -73,6 +78,60 @@ async def ask(url_of, users: list[str], token: str, stop: asyncio.Event, times: 
             times.append((time.perf_counter() - started) * 1000)
 
 
+def _client_process(urls: list[str], token: str, concurrency: int, nice: int, stop, out) -> None:
+    """A process of its own, ``nice`` levels below this one: ``concurrency`` clients until ``stop`` is set; their
+    answer times (ms) go to ``out``."""
+    import os
+
+    os.nice(nice)
+
+    async def main() -> list[float]:
+        halt, times = asyncio.Event(), []
+        clients = [asyncio.create_task(ask(lambda u: u, urls, token, halt, times)) for _ in range(concurrency)]
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+        halt.set()
+        await asyncio.gather(*clients, return_exceptions=True)
+        return times
+
+    out.put(asyncio.run(main()))
+
+
+class Clients:
+    """The lookup clients of one phase: tasks in this process, or (``nice`` set) a process of their own."""
+
+    def __init__(self, args, worker, users: list[str], times: list[float]):
+        self.args, self.worker, self.users, self.times = args, worker, users, times
+        self.stop, self.tasks, self.proc = asyncio.Event(), [], None
+
+    async def start(self) -> None:
+        args, urls = self.args, [self.worker.url(f"/recommendations/{u}") for u in self.users]
+        if args.client_nice is None:
+            self.tasks = [asyncio.create_task(ask(lambda u: u, urls, args.token, self.stop, self.times))
+                          for _ in range(args.concurrency)]
+        else:
+            import multiprocessing
+
+            ctx = multiprocessing.get_context("spawn")
+            self.mp_stop, self.mp_out = ctx.Event(), ctx.Queue()
+            self.proc = ctx.Process(target=_client_process, args=(urls, args.token, args.concurrency,
+                                                                  args.client_nice, self.mp_stop, self.mp_out))
+            self.proc.start()
+        await asyncio.sleep(1 if args.client_nice is None else 3)  # clients connected (a spawned process imports)
+
+    async def stop_all(self) -> None:
+        self.stop.set()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.proc is not None:
+            self.mp_stop.set()
+            self.times.extend(await asyncio.to_thread(self.mp_out.get, True, 60))
+            await asyncio.to_thread(self.proc.join, 30)
+
+
+def p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98] if len(values) > 1 else float("nan")
+
+
 async def run(args, settings, worker, catalog_ids: list[str]) -> None:
     sink: dict = {}
     follower = asyncio.create_task(follow_latencies(settings, sink))
@@ -89,38 +148,42 @@ async def run(args, settings, worker, catalog_ids: list[str]) -> None:
 
     results = {"idle": ([], [], 0.0, 0.0), "lookups": ([], [], 0.0, 0.0)}  # latencies, lookup times, s, cpu s
     own_cpu: dict[str, float] = {}  # this process (producer + clients): it shares the cores with the worker
-    for round_ in range(args.rounds):  # alternating phases: the box's other load drifts over minutes
-        for phase in ("idle", "lookups"):
+    ratios = []
+    for round_ in range(args.rounds):  # alternating phases, the order flipped each round: the box drifts
+        got_by_phase = {}
+        for phase in (("idle", "lookups") if round_ % 2 == 0 else ("lookups", "idle")):
             latencies, times, seconds, cpu_s = results[phase]
-            stop, clients = asyncio.Event(), []
-            if phase == "lookups":
-                clients = [asyncio.create_task(ask(lambda u: worker.url(f"/recommendations/{u}"), users, args.token,
-                                                   stop, times)) for _ in range(args.concurrency)]
-                await asyncio.sleep(1)
+            clients = Clients(args, worker, users, times) if phase == "lookups" else None
+            if clients is not None:
+                await clients.start()
             cpu_before, started, own_before = worker_cpu_s(worker), time.monotonic(), time.process_time()
             sink["phase"] = phase
             await harness.send_events(producer, settings, events(int(args.rate * args.phase_s)), rate=args.rate,
                                       chunk=50)
             await asyncio.sleep(1)
             sink["phase"] = None
-            stop.set()
-            await asyncio.gather(*clients, return_exceptions=True)
-            got = sink.pop(phase, [])
+            if clients is not None:
+                await clients.stop_all()
+            got = got_by_phase[phase] = sink.pop(phase, [])
             print(f"round {round_ + 1} {phase:8s} {quantiles(got)}", flush=True)
             results[phase] = (latencies + got, times, seconds + time.monotonic() - started,
                               cpu_s + worker_cpu_s(worker) - cpu_before)
             own_cpu[phase] = own_cpu.get(phase, 0.0) + time.process_time() - own_before
+        ratios.append(p99(got_by_phase["lookups"]) / p99(got_by_phase["idle"]))
+        print(f"round {round_ + 1} p99 ratio {ratios[-1]:.2f}", flush=True)
     await producer.stop()
     follower.cancel()
     idle, loaded = results["idle"][0], results["lookups"][0]
     print(f"consume->recommendation, {args.rate:.0f} ev/s alone:            {quantiles(idle)}")
     print(f"consume->recommendation, with {args.concurrency} lookup clients: {quantiles(loaded)}")
     if len(idle) > 1 and len(loaded) > 1:
-        ratio = statistics.quantiles(loaded, n=100)[98] / statistics.quantiles(idle, n=100)[98]
-        print(f"p99 with lookups / p99 alone: {ratio:.2f} (goal: at most 1.20)")
+        print(f"p99 with lookups / p99 alone: {p99(loaded) / p99(idle):.2f} pooled, rounds "
+              f"{' '.join(f'{r:.2f}' for r in ratios)} (goal: at most 1.20)")
     cpu = {phase: r[3] / r[2] for phase, r in results.items() if r[2]}
-    print(f"worker CPU: {cpu['idle']:.0%} of a core alone, {cpu['lookups']:.0%} with the lookups; this client "
-          f"process: {own_cpu['idle'] / results['idle'][2]:.0%} / {own_cpu['lookups'] / results['lookups'][2]:.0%}")
+    where = ("this process" if args.client_nice is None
+             else f"this process (clients in another, niced +{args.client_nice})")
+    print(f"worker CPU: {cpu['idle']:.0%} of a core alone, {cpu['lookups']:.0%} with the lookups; {where}: "
+          f"{own_cpu['idle'] / results['idle'][2]:.0%} / {own_cpu['lookups'] / results['lookups'][2]:.0%}")
     times, seconds = results["lookups"][1], results["lookups"][2]
     print(f"lookups: {len(times) / seconds:.0f}/s answered, {quantiles(times)}")
 
@@ -129,12 +192,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--phase-s", type=float, default=10.0)
-    parser.add_argument("--rounds", type=int, default=3, help="idle/lookups phase pairs, alternating")
+    parser.add_argument("--rounds", type=int, default=4, help="idle/lookups phase pairs, the order flipped each round")
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--items-per-theme", type=int, default=100, help="synthetic catalogue size (x themes)")
     parser.add_argument("--model", default="", help="a model directory (default: the untrained model)")
     parser.add_argument("--token", default="", help="run the worker with this bearer token")
+    parser.add_argument("--client-nice", type=int, default=None, metavar="N",
+                        help="run the clients in a process of their own, niced N more (default: in this one)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a worker setting, e.g. lookup_loop_share=0.1 (repeatable)")
     args = parser.parse_args()

@@ -36,6 +36,13 @@ class Incoming:
     # (partition, offset) where a re-routed copy was first written (header io.topics.REROUTED_FROM); else None
     origin: tuple[int, int] | None = None
     header_error: str = ""  # what is wrong with the record's headers (io.topics.read_headers): DLQ bad_header
+    epoch: int = 0  # Settings.events_epoch: which events topic the offsets count in
+
+    @property
+    def position(self) -> int:
+        """The partition as a user state remembers it: with the events epoch, so that the offsets of a new
+        events topic (which start at 0 again) are not taken for redeliveries of the old topic's."""
+        return self.epoch << 16 | self.partition
 
 
 @dataclass
@@ -173,7 +180,7 @@ def fresh_events(state: UserState, items: list[tuple[int, Event]], batch: Sequen
     fresh, copies = [], set()
     for i, e in items:
         msg = batch[i]
-        if state.already_applied(msg.partition, msg.offset):
+        if state.already_applied(msg.position, msg.offset):
             continue
         if msg.origin is not None:
             origin = copy_origin(msg.origin, msg.key, msg.value)
@@ -186,7 +193,7 @@ def fresh_events(state: UserState, items: list[tuple[int, Event]], batch: Sequen
 
 def is_last_applied(state: UserState, msg: Incoming) -> bool:
     """``msg`` is the event the state applied last (a redelivery of it: its list may not have gone out)."""
-    return state.offset == msg.offset and state.partition == msg.partition
+    return state.offset == msg.offset and state.partition == msg.position
 
 
 def recommendation_record(user_id: str, state: UserState, items: list[tuple[str, float]], *, model_version: str,

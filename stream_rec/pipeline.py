@@ -317,7 +317,7 @@ def store_states(touched: TouchedUsers, *, positives: Sequence[Sequence[tuple[in
         if enricher is not None:
             negatives = enricher.remember_negatives(user_id, [e for _, e in fresh], negatives)
         last_index = fresh[-1][0]
-        st = UserState(hidden=hiddens[n], history=history, partition=batch[last_index].partition,
+        st = UserState(hidden=hiddens[n], history=history, partition=batch[last_index].position,
                        offset=batch[last_index].offset, n_events=st.n_events + len(fresh), model_tag=tag,
                        negatives=negatives, origins=applied_origins(st.origins, batch, fresh), exposure=st.exposure)
         touched.states[n] = st

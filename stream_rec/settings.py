@@ -16,6 +16,7 @@ from typing import Any
 
 ENV_PREFIX = "STREAM_REC_"
 DEFAULT_APP_ID = "stream-rec"
+MAX_EVENTS_EPOCH = 0x7FFF  # the state keeps (epoch << 16 | partition) in a signed 32-bit field
 
 
 def default_cache_dir() -> Path:
@@ -44,6 +45,11 @@ class Settings:
     control_topic: str = "control"
     explore_arms_topic: str = "explore-arms"  # the exploration's arm records, for every worker's view
     partitions: int = 4  # partitions of events/recommendations/state tables (co-partitioned)
+    # Each user's state remembers the position of the last event it applied, (events_epoch, partition,
+    # offset), and skips an event at or before it as a redelivery. A new events topic (recreated, migrated,
+    # the demo's hourly roll) starts its offsets at 0 again: raise events_epoch with it, or every user's
+    # events are skipped as redeliveries until the new offsets pass the old ones. 0..32767.
+    events_epoch: int = 0
     # replicas of every topic stream-rec creates, Faust's changelog included (stream_rec.io.topics.TOPIC_LAYOUT);
     # 1 suits a one-broker dev cluster, production wants 3. Existing topics are not changed.
     replication_factor: int = 1
@@ -91,8 +97,9 @@ class Settings:
     http_max_connections: int = 256
     # lookups waiting to be ranked (worker/lookups.py, in batches of 16); more are answered 503 at once
     lookup_max_pending: int = 1024
-    # at most this share of the worker's event loop goes to ranking and encoding lookups: a crowd of lookups
-    # waits for its answers instead of slowing the stream (benchmarks/lookup_load.py)
+    # at most this share of the time goes to ranking and encoding lookups (on the HTTP listener's own thread,
+    # which shares the process's CPU and GIL with the stream): a crowd of lookups waits for its answers
+    # instead of slowing the stream (benchmarks/lookup_load.py)
     lookup_loop_share: float = 0.2
     # stall watchdog (stream_rec/worker/watchdog.py): no micro-batch for stall_warn_s while events wait -> a WARNING
     # saying what the worker waits on, stream_rec_ready 0; after stall_exit_s the worker exits with status
@@ -200,6 +207,10 @@ class Settings:
         values.update({k: _coerce(_field(k), v) if isinstance(v, str) else v
                        for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.events_epoch <= MAX_EVENTS_EPOCH:
+            raise SettingsError(f"setting {ENV_PREFIX}EVENTS_EPOCH={self.events_epoch}: expected 0..{MAX_EVENTS_EPOCH}")
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``STREAM_REC_*`` variables (to start a worker subprocess with them)."""

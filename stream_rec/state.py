@@ -6,7 +6,8 @@ A user's state is what the stream needs to serve the next event without reading 
   bytes, and the GRU's tanh-bounded state loses < 1e-3 per component);
 * ``history``: the last N (item_id, timestamp) pairs, newest last: seen-item exclusion, the time gap
   feature, the ``history`` shown by ``tail``, and a way to rebuild ``hidden`` when the model changes;
-* ``partition``/``offset``: the Kafka position of the last applied event, for idempotent redelivery;
+* ``partition``/``offset``: the Kafka position of the last applied event, for idempotent redelivery
+  (``partition`` carries ``Settings.events_epoch << 16``: a new events topic's offsets start at 0 again);
 * ``model_tag``: 32-bit hash of the model version that produced ``hidden``. A state from another model
   (a trained model replacing the untrained one, or a different hidden size) is re-warmed by replaying
   ``history`` through the new model instead of feeding it a foreign vector;
@@ -150,11 +151,14 @@ class ItemKeys(Mapping):
         self.extend(list(item_ids))
 
     def extend(self, item_ids: list[str]) -> "ItemKeys":
-        for item_id in item_ids[self.indexed:]:
+        # the length is read once: the list may grow meanwhile (the catalogue on the stream's loop while
+        # a lookup on the HTTP listener's thread reads a state), and what it grew by is indexed next time
+        end = len(item_ids)
+        for item_id in item_ids[self.indexed:end]:
             other = self._ids.setdefault(item_key(item_id), item_id)
             if other != item_id:
                 log.warning("items %r and %r share a state key: states show the first", other, item_id)
-        self.indexed = len(item_ids)
+        self.indexed = max(self.indexed, end)
         return self
 
     def __getitem__(self, key: bytes) -> str:

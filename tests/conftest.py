@@ -154,6 +154,31 @@ def scrape(url: str, timeout_s: float = 5.0) -> dict[str, float]:
     return out
 
 
+def recommended_users(records: Iterable[dict]) -> set[str]:
+    """The user ids of consumed recommendation records (poison-test outputs may hold non-dict values)."""
+    return {r["value"]["user_id"] for r in records if isinstance(r["value"], dict)}
+
+
+def settle_after_poisons(settings: Settings, worker, pid: int, wanted: set[str], dlq_count: int,
+                         log_marks: Iterable[str], timeout_s: float = 120.0) -> tuple[list, list, dict, str]:
+    """After poison records each followed by good ones: wait for a list for every ``wanted`` user,
+    ``dlq_count`` DLQ records and every ``log_marks`` line, then check that the same process (``pid``) did
+    it all without a traceback. Returns (recommendations, DLQ records, metrics, the worker's log)."""
+    recs = consume(settings, settings.topic(settings.recommendations_topic), timeout_s=timeout_s,
+                   until=lambda rs: wanted <= recommended_users(rs))
+    dlq = consume(settings, settings.topic(settings.dlq_topic), count=dlq_count, timeout_s=30)
+    marks = list(log_marks)
+    wait_until(lambda: all(m in worker.log_path.read_text(errors="replace") for m in marks), timeout_s=30,
+               message="every expected line in the worker's log")
+    metrics = scrape(worker.metrics_url())
+    assert worker.alive() and worker.proc.pid == pid, worker.log_tail()
+    log_text = worker.log_path.read_text(errors="replace")
+    missing = wanted - recommended_users(recs)
+    assert not missing, f"good events after a poison not processed: {sorted(missing)[:5]}"
+    assert "Traceback" not in log_text and "Crashed" not in log_text, log_text[-4000:]
+    return recs, dlq, metrics, log_text
+
+
 def wait_until(predicate: Callable[[], Any], timeout_s: float = 60.0, interval_s: float = 0.2,
                message: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy (returned); fail the test after the timeout."""

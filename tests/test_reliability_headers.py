@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from conftest import WorkerProcess, consume, produce, scrape, wait_until, write_items
+from conftest import WorkerProcess, consume, produce, scrape, settle_after_poisons, wait_until, write_items
 from stream_rec.io.topics import key_partition
 from stream_rec_devtools.synthetic import make_catalog
 from stream_rec_devtools.faults import produce_raw
@@ -104,19 +104,9 @@ def test_non_utf8_header_keys_values_and_keys_on_every_topic(spine_settings, tmp
         time.sleep(1.5)  # the catalog follower polls every 0.5 s
         for kind in kinds:
             good_events(f"cat-{kind}", f"after-{kind}")  # unknown_item unless the catalog went on
-        wanted = set(good)
-        recs = consume(s, recs_topic, timeout_s=90,
-                       until=lambda rs: wanted <= {r["value"]["user_id"] for r in rs if isinstance(r["value"], dict)})
-        dlq = consume(s, s.topic(s.dlq_topic), count=2, timeout_s=30)
-        wait_until(lambda: all(f"after-{k}" in worker.log_path.read_text(errors="replace") for k in kinds),
-                   timeout_s=30, message="the reload requests after each poison")
-        m = scrape(worker.metrics_url())
-        assert worker.alive() and worker.proc.pid == pid, worker.log_tail()
-        log_text = worker.log_path.read_text(errors="replace")
+        recs, dlq, m, log_text = settle_after_poisons(s, worker, pid, set(good), dlq_count=2, log_marks=[
+            f"after-{k}" for k in kinds], timeout_s=90)
 
-    missing = wanted - {r["value"]["user_id"] for r in recs if isinstance(r["value"], dict)}
-    assert not missing, f"good events after a poison not processed: {sorted(missing)[:5]}"
-    assert "Traceback" not in log_text and "Crashed" not in log_text, log_text[-4000:]
     # events: the header key -> bad_header, the key bytes -> key_mismatch (the user id is not the key), the
     # header value is nobody's business (the event is applied)
     reasons = sorted((r["value"]["reason"], base64.b64decode(r["value"]["original_key_b64"])) for r in dlq)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WorkerProcess, consume, produce, scrape, wait_until, write_items
+from conftest import WorkerProcess, consume, produce, settle_after_poisons, wait_until, write_items
 from stream_rec_devtools.synthetic import make_catalog
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and signals")
@@ -101,19 +101,9 @@ def test_poison_records_on_every_topic_worker_keeps_going(spine_settings, tmp_pa
             produce(s, control_topic, [{"type": "reload", "path": reload_paths[-1]}], key_field=None)
             produce(s, events_topic, good_events(f"ctl-{kind}"))
 
-        wanted = set(good_users)
-        recs = consume(s, s.topic(s.recommendations_topic), timeout_s=120,
-                       until=lambda rs: wanted <= {r["value"]["user_id"] for r in rs if isinstance(r["value"], dict)})
-        dlq = consume(s, s.topic(s.dlq_topic), count=len(event_poisons), timeout_s=30)
-        wait_until(lambda: all(p in worker.log_path.read_text(errors="replace") for p in reload_paths),
-                   timeout_s=30, message="every reload request after a control poison to be handled")
-        m = scrape(worker.metrics_url())
-        assert worker.alive() and worker.proc.pid == pid, worker.log_tail()
-        log_text = worker.log_path.read_text(errors="replace")
+        recs, dlq, m, log_text = settle_after_poisons(s, worker, pid, set(good_users), len(event_poisons),
+                                                      log_marks=reload_paths)
 
-    missing = wanted - {r["value"]["user_id"] for r in recs if isinstance(r["value"], dict)}
-    assert not missing, f"good events after a poison not processed: {sorted(missing)[:5]}"
-    assert "Traceback" not in log_text and "Crashed" not in log_text, log_text[-4000:]
     # events: each poison in the DLQ with its reason, the DLQ record within the producer's limits
     reasons = {base64.b64decode(r["value"]["original_value_b64"]): r["value"]["reason"] for r in dlq}
     by_kind = {kind: reasons.get(value if kind != "huge" else value[:128 * 1024]) for kind, value in event_poisons.items()}

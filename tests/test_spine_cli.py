@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from conftest import consume
+from conftest import consume, scrape
 from stream_rec.cli import build_parser
 
 SPINE_COMMANDS = ["broker", "worker", "produce", "tail", "demo", "bench"]
@@ -89,25 +89,46 @@ def _page_status(url: str, timeout_s: float = 20.0) -> int:
     return status
 
 
-def test_demo_shows_live_recommendations_and_stops_cleanly(tmp_path):
+def _n_events(page_url: str, default: int = 0) -> int:
+    """The user's event count from the page's data (``/ui/api/users/``); ``default`` while
+    the user has no state yet (404)."""
+    try:
+        return json.loads(urllib.request.urlopen(page_url.replace("/ui/users/", "/ui/api/users/"),
+                                                 timeout=10).read())["n_events"]
+    except urllib.error.HTTPError:
+        return default
+
+
+def test_demo_shows_live_recommendations_rolls_its_topics_and_stops_cleanly(tmp_path):
+    """The demo's tail prints lists; after ``--roll-s`` it moves to new topics, its worker restarting on them
+    with every user's state (the printed user's event count goes on from where it was); Ctrl-C then leaves
+    nothing running."""
     proc = subprocess.Popen([sys.executable, "-m", "stream_rec", "demo", "--data-dir", str(tmp_path / "demo"),
-                             "--rate", "30"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                             "--rate", "30", "--roll-s", "20"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                             # Ctrl-C as a terminal delivers it: a test run started in the background by a
                             # non-interactive shell inherits SIGINT *ignored*, and so would the demo
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    lines, recs, page = [], [], None
-    deadline = time.monotonic() + 90
+    lines, recs, rolled, page, before, after = [], [], [], None, 0, None
+    deadline = time.monotonic() + 180
     try:
-        while time.monotonic() < deadline and len(recs) < 3:
+        while time.monotonic() < deadline and len(rolled) < 3:
             line = proc.stdout.readline()
             if not line:
                 break
             lines.append(line)
+            found = page or re.search(r"in a browser: (http://\S+/ui/users/\S+) ", "".join(lines))
+            if found and page is None:
+                page = found.group(1)
             if " seen [" in line and "->" in line:
-                recs.append(line)
-        found = re.search(r"in a browser: (http://\S+/ui/users/\S+) ", "".join(lines))
-        page = _page_status(found.group(1)) if found else None  # the address printed beside the tail
+                (rolled if any("rolling to topics" in seen for seen in lines) else recs).append(line)
+                if not rolled and len(recs) % 20 == 3:  # the last count before the roll
+                    before = _n_events(page, before)
+        status = _page_status(page) if page else None  # the address printed beside the tail
+        after = _n_events(page) if page and rolled else None
+        # the restarted worker applies the new topic's events: none skipped as a redelivery although its
+        # offsets start at 0 again (Settings.events_epoch; a fresh process, so its counter is the roll's)
+        duplicates = scrape(page.split("/ui/")[0] + "/metrics").get("stream_rec_events_duplicate_total") if page else None
     finally:
         proc.send_signal(signal.SIGINT)  # what Ctrl-C does
         try:
@@ -116,19 +137,22 @@ def test_demo_shows_live_recommendations_and_stops_cleanly(tmp_path):
             proc.kill()
             rest = (exc.output or b"").decode(errors="replace") if isinstance(exc.output, bytes) else (exc.output or "")
             rest += proc.communicate()[0] or ""
-            found = re.search(r"worker pid (\d+)", "".join(lines))
-            if found:
+            for found in re.finditer(r"worker pid (\d+)", "".join(lines)):
                 os.kill(int(found.group(1)), signal.SIGKILL)
             pytest.fail("the demo did not stop within 60 s of Ctrl-C; its output ends:\n" + rest[-6000:])
     output = "".join(lines) + rest
-    assert len(recs) >= 3, output[-3000:]
-    assert page == 200, output[-3000:]  # the printed page of a user answers while the demo runs
+    assert len(recs) >= 3 and len(rolled) >= 3, output[-3000:]  # lists before and after the roll
+    assert status == 200, output[-3000:]  # the printed page of a user answers while the demo runs
+    # the user's state went on across the worker's restart (a fresh state would count the few events since)
+    assert after >= before >= 5, (before, after)
+    assert duplicates == 0, duplicates
     assert "untrained-" not in recs[0]  # the demo serves a model trained on its synthetic world (issue 5)
     assert proc.returncode == 0, output[-3000:]
-    worker_pid = int(re.search(r"worker pid (\d+)", output).group(1))
+    worker_pids = [int(pid) for pid in re.findall(r"worker pid (\d+)", output)]
     broker_pid = int(re.search(r"broker pid (\d+)", output).group(1))
     bootstrap = re.search(r"on (127\.0\.0\.1):(\d+)", output)
-    for pid in (worker_pid, broker_pid):
+    assert len(worker_pids) >= 2, worker_pids  # the first worker, and the one restarted on the new topics
+    for pid in (*worker_pids, broker_pid):
         assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2], \
             f"process {pid} left running"
     assert not _port_open(bootstrap.group(1), int(bootstrap.group(2)))

@@ -232,6 +232,26 @@ def test_redelivery_is_skipped_and_state_continues(model):
     assert read_state(out.states["a"], model).seen_items() == ["space-00", "space-01", "space-02"]
 
 
+def test_a_new_events_epoch_is_not_taken_for_redeliveries(model):
+    """A new events topic starts its offsets at 0 again: under the same epoch its events look like
+    redeliveries of the old topic's and are skipped; with the next epoch (Settings.events_epoch) they are
+    applied, and a redelivery within the new epoch is still skipped."""
+    from dataclasses import replace
+
+    store: dict[str, bytes] = {}
+    store.update(process_batch(msgs([ev("a", f"space-0{n}") for n in range(4)], [b"a"] * 4), states_in(store),
+                               model).states)
+    restarted = msgs([ev("a", "nature-01"), ev("a", "nature-02")], [b"a"] * 2)  # offsets 0 and 1 again
+    assert process_batch(restarted, states_in(store), model).duplicates == 2
+    new_epoch = [replace(m, epoch=1) for m in restarted]
+    out = process_batch(new_epoch, states_in(store), model)
+    assert out.applied == 2 and out.duplicates == 0
+    store.update(out.states)
+    state = read_state(store["a"], model)
+    assert state.n_events == 6 and state.seen_items()[-2:] == ["nature-01", "nature-02"]
+    assert process_batch(new_epoch, states_in(store), model).duplicates == 2
+
+
 def test_redelivered_last_event_sends_its_list_again_without_changing_the_state(model):
     """A crash after the state's changelog record was delivered but before the recommendation was: the
     redelivered event is a duplicate for the state, and its list is sent again (same list, same event)."""

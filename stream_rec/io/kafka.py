@@ -198,6 +198,45 @@ async def ensure_topics(settings: Settings) -> list[TopicSpec]:
         await admin.close()
 
 
+async def delete_topics(settings: Settings, names: Iterable[str]) -> None:
+    """Delete the topics ``names`` (full names) that exist; the others are ignored. The demo drops its
+    rolled-over topics with it: the embedded broker frees a deleted topic's batches (docs/RELIABILITY.md)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = await start_client(AIOKafkaAdminClient(**client_kwargs(settings)), settings)
+    try:
+        doomed = sorted(set(names) & set(await admin.list_topics()))
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()
+
+async def compact_topic(settings: Settings, topic: str) -> int:
+    """Rewrite ``topic`` (one of the spec's, e.g. the state changelog) with only the newest record of each
+    key on each partition, a tombstone dropping its key: what a compacting broker keeps. The embedded
+    broker never compacts, so the demo does this at each roll, its worker stopped (nothing may write
+    meanwhile). Returns the records kept."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    newest: dict[tuple[int, bytes | None], Any] = {}
+    for record in await read_topic(settings, topic, timeout_s=300.0):
+        newest[(record.partition, record.key)] = record
+    kept = [r for r in newest.values() if r.value is not None]
+    admin = await start_client(AIOKafkaAdminClient(**client_kwargs(settings)), settings)
+    try:
+        await admin.delete_topics([topic])
+    finally:
+        await admin.close()
+    await ensure_topics(settings)
+    producer = await start_client(kafka_producer(settings, linger_ms=5), settings)
+    try:
+        sent = [await producer.send(topic, r.value, key=r.key, partition=r.partition, headers=list(r.headers or ()))
+                for r in kept]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+    return len(kept)
+
 async def describe_topics(settings: Settings) -> list[dict[str, Any]]:
     """The spec's topics as the broker has them: ``{spec, exists, partitions, replication_factor, configs}``,
     configs being what DescribeConfigs reports for the keys the spec sets (a real Kafka broker reports

@@ -62,7 +62,10 @@ class Recommender:
         # When each row joined the catalogue after training (``add_items``, wall-clock seconds); -inf = an
         # item of the trained catalogue. The worker's freshness policy (recsys/freshness.py) reads the ages.
         self.added_at = np.full(len(self.item_ids) + 1, -np.inf)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: held across a whole ranking by ``unchanging``
+        # odd while ``add_items`` changes the catalogue, one more after: a reader on another thread (a
+        # lookup) that saw it odd or moved ranks again (worker/listener.py: ``ranked_while_unchanged``)
+        self.catalogue_changes = 0
         self.refresh_item_table()
 
     # --- construction ------------------------------------------------------------------------------
@@ -209,25 +212,30 @@ class Recommender:
         m = self.model
         if text_vectors is not None and len(text_vectors) != len(item_ids):
             raise ValueError(f"{len(item_ids)} item ids but {len(text_vectors)} text vectors")
+        dims = None if text_vectors is None else np.asarray(text_vectors).shape[1]
+        if dims is not None and dims != m.text_vectors.shape[1]:  # checked before anything grows
+            raise ValueError(f"text vectors have {dims} dims, the model uses {m.text_vectors.shape[1]}")
         with self._lock:
-            new = [i for i in dict.fromkeys(item_ids) if i not in self.row_of]
-            n_known = len(self.item_ids)
-            if new:
-                self._grow(new, time.time() if now is None else now)
-            rows = [self.row_of[i] for i in item_ids]
-            if text_vectors is not None:
-                vecs = torch.as_tensor(np.asarray(text_vectors), dtype=torch.float32, device=self.device)
-                if vecs.shape[1] != m.text_vectors.shape[1]:
-                    raise ValueError(f"text vectors have {vecs.shape[1]} dims, the model uses {m.text_vectors.shape[1]}")
-                m.text_vectors[torch.tensor(rows, device=self.device)] = vecs
-            if new and n_known > 0 and text_vectors is not None and m.config.use_ids and m.config.use_text:
-                self._place_by_text(n_known, len(new), neighbours)
-            if new and m.has_prior:
-                self._extend_prior(n_known)
-            if texts is not None:
-                for row, text in zip(rows, texts):
-                    self.item_texts[row - 1] = text
-            self.refresh_item_table()
+            self.catalogue_changes += 1
+            try:
+                new = [i for i in dict.fromkeys(item_ids) if i not in self.row_of]
+                n_known = len(self.item_ids)
+                if new:
+                    self._grow(new, time.time() if now is None else now)
+                rows = [self.row_of[i] for i in item_ids]
+                if text_vectors is not None:
+                    vecs = torch.as_tensor(np.asarray(text_vectors), dtype=torch.float32, device=self.device)
+                    m.text_vectors[torch.tensor(rows, device=self.device)] = vecs
+                if new and n_known > 0 and text_vectors is not None and m.config.use_ids and m.config.use_text:
+                    self._place_by_text(n_known, len(new), neighbours)
+                if new and m.has_prior:
+                    self._extend_prior(n_known)
+                if texts is not None:
+                    for row, text in zip(rows, texts):
+                        self.item_texts[row - 1] = text
+                self.refresh_item_table()
+            finally:
+                self.catalogue_changes += 1
         return rows
 
     def _grow(self, new: list[str], now: float) -> None:
@@ -292,6 +300,11 @@ class Recommender:
             vectors = encoder.encode_cached([item_texts[i] for i in new])
         self.add_items(new, vectors, texts=[item_texts[i] for i in new])
         return new
+
+    def unchanging(self) -> threading.RLock:
+        """Hold (``with rec.unchanging():``) to keep the catalogue as it is: ``add_items`` waits meanwhile,
+        and so do ``step`` and ``score_rows`` on other threads."""
+        return self._lock
 
     def item_ages(self, now: float | None = None) -> np.ndarray:
         """Seconds since each row joined the catalogue after training (inf: a trained item).  [N+1]"""

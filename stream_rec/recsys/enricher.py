@@ -38,7 +38,8 @@ Design decisions:
   what "about the same thing" means to a user); the model's own item table for an ID-only model.
   Cached per (model object, its item table, catalog size): a hot-reloaded model or new / updated catalog
   items (``Recommender.add_items`` rebuilds the table) rebuild it on the next batch, without a hook in
-  the worker.
+  the worker. The cache is one immutable :class:`ItemSpace`, replaced whole: lookups rank on another
+  thread than the stream (worker/listener.py) and use the same enricher.
 * **Interests** need labels: MovieLens texts carry ``Genres: A, B.``, live catalog records a
   ``genre: X`` attribute; without either the field is left out.
 * **Drift -> fine-tune** (``drift_finetune``): the Enricher only keeps a ring buffer of this worker's
@@ -48,8 +49,10 @@ Design decisions:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import OrderedDict, deque
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -64,6 +67,21 @@ from .rerank import ExposureWindow, mmr_rerank_scores
 from .vectors import centred, pad_rows, unit_rows
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class ItemSpace:
+    """The item vectors of one catalogue as the stages use them, for the (model, item table, catalogue size)
+    in ``key``. Replaced whole, never changed in place: the stream's micro-batches and the lookups (ranked
+    on the HTTP listener's thread, worker/listener.py) each take one and see vectors and titles of the same
+    catalogue, whichever of them built it."""
+
+    key: tuple
+    unit: np.ndarray  # unit vectors for similarity [N+1, d]
+    mmr: np.ndarray | None  # centred for MMR (None until a list needs it)
+    profiler: InterestProfiler | None
+    raw: np.ndarray  # before unit_rows
+    titles: list[str]  # by row, row 0 = padding
 
 
 class Enricher:
@@ -95,10 +113,7 @@ class Enricher:
         self.recent = deque(maxlen=recent_events) if recent_events > 0 else None  # for a drift fine-tune
         self.monitor = OnlineQualityMonitor(k=online_k, delta=drift_delta, max_users=max_users,
                                             export_metrics=export_metrics)
-        self._space_key = None
-        self._space: tuple[np.ndarray, np.ndarray | None, InterestProfiler | None] | None = None
-        self._raw_vectors: np.ndarray | None = None  # the item space before unit_rows (centred lazily for MMR)
-        self._titles: list[str] = []
+        self._space: ItemSpace | None = None  # replaced whole, never changed in place (see ItemSpace)
 
     @classmethod
     def from_settings(cls, settings) -> "Enricher":
@@ -167,40 +182,47 @@ class Enricher:
         self.monitor.observe_batch([u for u, _ in graded], [i for _, i in graded])
 
     # --- 3. lists, reasons, interests --------------------------------------------------------------
+    def space_of(self, model) -> "ItemSpace":
+        """The :class:`ItemSpace` of ``model``'s catalogue as it is now (built when the model, its item table
+        or its size changed since the last one)."""
+        key = (model, getattr(model, "_table", None), model.n_items)  # add_items replaces ``_table``
+        space = self._space
+        if space is None or space.key[0] is not key[0] or space.key[1] is not key[1] or space.key[2] != key[2]:
+            space = self._space = self._build_space(model, key)
+        return space
+
+    def _build_space(self, model, key: tuple) -> "ItemSpace":
+        import torch
+
+        with torch.no_grad():
+            text = model.model.text_vectors.detach().cpu().numpy()
+            use_text = text.ndim == 2 and text.shape[1] > 0 and bool(np.abs(text[1:]).sum() > 0)
+            vectors = text if use_text else model._table.detach().cpu().numpy()  # the model's item table
+        profiler = None
+        if self.interests_top > 0 and use_text:
+            labels = [interest_labels(t) for t in model.item_texts]
+            if any(labels):
+                try:
+                    profiler = InterestProfiler.from_genres([f"Genres: {', '.join(g)}." for g in labels], text)
+                except ValueError as exc:
+                    log.info("interests off for model %s: %s", model.version, exc)
+        # titles by row (row 0 = padding), computed once: rendering reasons is per item per record
+        titles = [""] + [title_of_text(t, i) for i, t in zip(model.item_ids, model.item_texts)]
+        return ItemSpace(key, unit_rows(vectors), centred(vectors) if self.mmr_lambda < 1.0 else None, profiler,
+                         vectors, titles)
+
     def item_space(self, model) -> tuple[np.ndarray, np.ndarray | None, InterestProfiler | None]:
         """(unit vectors for similarity [N+1, d], MMR vectors centred once, interest profiler or None)."""
-        key = (model, getattr(model, "_table", None), model.n_items)  # add_items replaces ``_table``
-        if self._space_key is None or any(a is not b for a, b in zip(key[:2], self._space_key[:2])) \
-                or key[2] != self._space_key[2]:
-            import torch
-
-            with torch.no_grad():
-                text = model.model.text_vectors.detach().cpu().numpy()
-                use_text = text.ndim == 2 and text.shape[1] > 0 and bool(np.abs(text[1:]).sum() > 0)
-                vectors = text if use_text else model._table.detach().cpu().numpy()  # the model's item table
-            profiler = None
-            if self.interests_top > 0 and use_text:
-                labels = [interest_labels(t) for t in model.item_texts]
-                if any(labels):
-                    try:
-                        profiler = InterestProfiler.from_genres([f"Genres: {', '.join(g)}." for g in labels], text)
-                    except ValueError as exc:
-                        log.info("interests off for model %s: %s", model.version, exc)
-            # titles by row (row 0 = padding), computed once: rendering reasons is per item per record
-            self._titles = [""] + [title_of_text(t, i) for i, t in zip(model.item_ids, model.item_texts)]
-            self._space = (unit_rows(vectors), centred(vectors) if self.mmr_lambda < 1.0 else None, profiler)
-            self._raw_vectors = vectors
-            self._space_key = key
-        return self._space
+        space = self.space_of(model)
+        return space.unit, space.mmr, space.profiler
 
     def mmr_vectors(self, model) -> np.ndarray:
         """The centred item vectors for MMR (computed on first need when the worker's lambda is 1 and a
         request asks for diversity; kept until the item space changes)."""
-        unit, mmr, profiler = self.item_space(model)
-        if mmr is None:
-            mmr = centred(self._raw_vectors)
-            self._space = (unit, mmr, profiler)
-        return mmr
+        space = self.space_of(model)
+        if space.mmr is None:
+            space = self._space = dataclasses.replace(space, mmr=centred(space.raw))
+        return space.mmr
 
     def finish(self, batch: RankBatch, lists: list[list[tuple[str, float]]], record: bool = True
                ) -> tuple[list[list[tuple[str, float]]], list[dict]]:
@@ -209,7 +231,8 @@ class Enricher:
         ``lists`` are the plain lists (``ranking.plain_lists``); only users with a query, negatives or a
         lambda below 1, or every user when the exposure cap is on, are re-scored here. ``record``: the lists
         are sent (the exposure window and the quality monitor count them); False for a lookup."""
-        vectors, _, profiler = self.item_space(batch.model)
+        space = self.space_of(batch.model)
+        vectors, profiler = space.unit, space.profiler
         feedback = NegativeFeedback(vectors, self.negative_strength, self.negative_radius)
         lams = np.array([self.request_lambda(events) for events in batch.events], dtype=np.float64)
         positions = [n for n in range(len(batch.users)) if self.exposure is not None or lams[n] < 1.0
@@ -218,7 +241,7 @@ class Enricher:
         if positions:
             for n, items in zip(positions, self._rescored(batch, positions, lams[positions], feedback, record)):
                 lists[n] = items
-        extras = self.annotate(batch, lists, vectors, profiler)
+        extras = self.annotate(batch, lists, vectors, profiler, space.titles)
         if record:
             self.monitor.record_batch(batch.users, [[i for i, _ in items] for items in lists])
         return lists, extras
@@ -237,7 +260,7 @@ class Enricher:
         return lists_of_rows(batch.model, scores, rows)
 
     def annotate(self, batch: RankBatch, lists: list[list[tuple[str, float]]], vectors: np.ndarray,
-                 profiler: InterestProfiler | None) -> list[dict]:
+                 profiler: InterestProfiler | None, titles: Sequence[str]) -> list[dict]:
         """The extra record fields of each user: a reason per item, the user's interests."""
         extras = [{} for _ in batch.users]
         if not len(batch.users):
@@ -251,7 +274,7 @@ class Enricher:
             if use_query:
                 for n, vec in batch.queries.items():
                     q[n], texts[n] = vec, batch.query_texts.get(n)
-            reasons = explain_batch(rec_rows, history, vectors, self._titles,
+            reasons = explain_batch(rec_rows, history, vectors, titles,
                                     query_vectors=q if use_query else None, queries=texts, unit=True)
             for n, items in enumerate(lists):
                 extras[n]["reasons"] = reasons[n][:len(items)]

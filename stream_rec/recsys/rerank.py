@@ -147,7 +147,8 @@ class ExposureWindow:
     def over_cap(self, rows: np.ndarray) -> np.ndarray:
         """Bool mask, same shape as ``rows``: recommended more than ``cap`` times in the window."""
         rows = np.asarray(rows, dtype=np.int64)
-        over = [r for r, c in self._counts.items() if c > self.cap]
+        # a copy first (one C call): a lookup on the HTTP listener's thread reads while the stream records
+        over = [r for r, c in list(self._counts.items()) if c > self.cap]
         return np.isin(rows, over) if over else np.zeros(rows.shape, dtype=bool)
 
 

@@ -28,8 +28,9 @@ module             what
 ``services``       ``WorkerServices`` (what the agent and tasks share), the state cache, the one read
                    (``read_user_state``) and the one write (``stage_user_states``) of users' states
 ``http``           the one HTTP listener: ``/metrics``, ``/healthz``, ``/readyz``, ``/recommendations/{user_id}``
+``listener``       its own thread and event loop, the snapshot of the stream it reads, the gate it waits at
 ``access``         who may ask the listener: the bearer-token middleware (every route but the probes')
-``lookups``        lookups ranked in batches, within a bounded share of the event loop
+``lookups``        lookups ranked in batches, within a bounded share of the time
 ``run``            ``make_worker``: the model to serve, thread and GC tuning, the ``faust.Worker``
 ``trace``          the latency microscope's worker side (``Settings.trace_file``; off by default)
 =================  ==================================================================================

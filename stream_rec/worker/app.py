@@ -62,7 +62,8 @@ def declare_agent(ctx: WorkerContext, events) -> None:
         gc.freeze()  # what the worker's start-up created stays too (see worker/run.py)
         if services.tracer is not None:  # the latency microscope (Settings.trace_file)
             services.tracer.install_app(app)
-        async for batch in take_batches(stream, BatchPolicy.from_settings(ctx.settings), behind=lag):
+        async for batch in take_batches(stream, BatchPolicy.from_settings(ctx.settings), behind=lag,
+                                        on_first=services.gate.busy):
             await handle_batch(ctx, batch)
 
     async def on_rebalance(app, partitions, **kwargs) -> None:  # partitions revoked or assigned

@@ -36,13 +36,22 @@ log = logging.getLogger(__name__)
 
 
 async def handle_batch(ctx: WorkerContext, batch: Sequence[Any]) -> None:
-    """Run one micro-batch: read states, process, stage states, send records, update metrics."""
+    """Run one micro-batch: read states, process, stage states, send records, update metrics. The HTTP
+    listener's thread holds back until the records are handed over (``services.gate``)."""
     services = ctx.services
+    services.gate.busy()
+    try:
+        await _handle(ctx, services, batch)
+    finally:
+        services.gate.idle()
+
+
+async def _handle(ctx: WorkerContext, services: WorkerServices, batch: Sequence[Any]) -> None:
     trace = services.tracer.batch(batch) if services.tracer is not None else None  # the latency microscope
     if not services.config.partitions:  # the events topic's partition count, for the partitioner check
         partitions = await topic_partitions(ctx.app.producer, ctx.events_topic)
         services.config = replace(services.config, partitions=partitions)
-    incoming = incoming_records(batch)
+    incoming = incoming_records(batch, epoch=ctx.settings.events_epoch)
     model = services.model  # one version for the whole batch, even if a reload lands meanwhile
     queries = await batch_queries(services, model, incoming)
     _mark(trace, "queries")
@@ -65,6 +74,7 @@ async def handle_batch(ctx: WorkerContext, batch: Sequence[Any]) -> None:
     if trace:
         trace.mark("sent")
         trace.deliveries(futures)
+    services.gate.idle()  # what is left waits for the broker
     # Acks are not awaited batch by batch: at most max_in_flight_batches batches stay unacknowledged
     # (sends.InFlightBatches says why that is safe). A send that still fails after the producer's
     # retries is raised here, once its batch's deliveries are done, and stops the worker (worker/app.py).
@@ -96,16 +106,17 @@ def _received_at(message, wall: float, mono: float) -> float:
     return wall - (mono - time_in) if time_in else wall
 
 
-def incoming_records(batch: Sequence[Any]) -> list[Incoming]:
+def incoming_records(batch: Sequence[Any], epoch: int = 0) -> list[Incoming]:
     """The pipeline's view of Faust events: bytes, where they came from (and where a re-routed copy was
-    first written), when the worker got them."""
+    first written; ``epoch``: Settings.events_epoch), when the worker got them."""
     wall, mono = time.time(), time.monotonic()
     out = []
     for e in batch:
         m = e.message
         origin, problem = read_headers(m.headers)
         out.append(Incoming(m.value, m.key, topic=m.topic, partition=m.partition, offset=m.offset,
-                            received_at=_received_at(m, wall, mono), origin=origin, header_error=problem))
+                            received_at=_received_at(m, wall, mono), origin=origin, header_error=problem,
+                            epoch=epoch))
     return out
 
 

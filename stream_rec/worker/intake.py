@@ -32,8 +32,8 @@ class _Intake:
     """The buffer of :func:`take_batches`, filled by a processor of the Faust stream, one event at a time
     (the same buffering as Faust's ``take_events``)."""
 
-    def __init__(self, stream, max_events: int):
-        self.stream, self.max_events = stream, max_events
+    def __init__(self, stream, max_events: int, on_first: Callable[[], None] | None = None):
+        self.stream, self.max_events, self.on_first = stream, max_events, on_first
         self.buffer: list = []
         self.full = asyncio.Event()
         self.consumed = asyncio.Event()
@@ -53,6 +53,8 @@ class _Intake:
             if event is None:
                 raise RuntimeError("take_batches found current_event is None")
             self.buffer.append(event)
+            if len(self.buffer) == 1 and self.on_first is not None:
+                self.on_first()
             if len(self.buffer) == 1 or len(self.buffer) >= self.max_events:
                 self.wake()  # a first event, or a full batch
             if len(self.buffer) >= self.max_events:
@@ -115,7 +117,8 @@ class _Intake:
         self.consumed.set()
 
 
-async def take_batches(stream, policy: BatchPolicy, behind: Callable[[], int] | None = None):
+async def take_batches(stream, policy: BatchPolicy, behind: Callable[[], int] | None = None,
+                       on_first: Callable[[], None] | None = None):
     """Like Faust's ``stream.take_events(max_events, within)`` (same buffering processor), but *adaptive*
     and *latency-aware*: a batch is handed over when ``policy`` says so (:meth:`BatchPolicy.close_reason`:
     full; ``fill_max_s`` after it started filling; or, once the events already in the stream's channel are
@@ -129,8 +132,11 @@ async def take_batches(stream, policy: BatchPolicy, behind: Callable[[], int] | 
 
     Why adaptive: ``take_events`` waits a fixed ``within`` from the end of the previous batch, and Faust
     delivers events to the buffer one at a time, so with a backlog a short window holds few events and the
-    per-batch costs (model calls, one produce request per partition, awaits) dominate (DEVELOPERS.md)."""
-    intake = _Intake(stream, policy.max_events)
+    per-batch costs (model calls, one produce request per partition, awaits) dominate (DEVELOPERS.md).
+
+    ``on_first()`` is called when a batch's first event arrives (the worker holds its HTTP listener back
+    from then until the batch's records are sent: worker/listener.py's ``StreamGate``)."""
+    intake = _Intake(stream, policy.max_events, on_first)
     queue = getattr(stream.channel, "queue", None)  # events fetched, not taken by the stream yet
     ready = queue.qsize if queue is not None else (lambda: 0)
     channel_it = stream.channel.__aiter__()

@@ -103,5 +103,5 @@ PRIVATE_NAMES: tuple[Private, ...] = (
     Private(f"{_RECORDS}:_DefaultRecordBatchPy", "_num_records", "attribute", "io/records.py"),
     # --- aiohttp ------------------------------------------------------------------------------------
     Private("aiohttp.web_protocol:RequestHandler", "_manager", "attribute",
-            "worker/http.py: capped -- a connection's handler drops it when the connection ends"),
+            "worker/listener.py: capped -- a connection's handler drops it when the connection ends"),
 )

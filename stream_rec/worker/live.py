@@ -33,25 +33,39 @@ LIST, ERASED, MOVED, STOPPING = "list", "erased", "moved", "stopping"
 
 class Subscription:
     """One live page's queue: at most ``maxlen`` updates wait (the oldest are dropped); ``ended`` (erased,
-    moved, stopping) is kept apart, so it is never dropped."""
+    moved, stopping) is kept apart, so it is never dropped.
 
-    def __init__(self, key: str, maxlen: int = 4):
+    The page waits on the HTTP listener's loop (``loop``: its thread, worker/listener.py) and the stream
+    puts from its own: the deque's appends and pops are atomic, and the wake-up crosses to the page's loop
+    with ``call_soon_threadsafe`` (an ``asyncio.Event`` is not thread-safe)."""
+
+    def __init__(self, key: str, maxlen: int = 4, loop: asyncio.AbstractEventLoop | None = None):
         self.key = key
         self.updates: deque[dict] = deque(maxlen=maxlen)
         self.ended: str | None = None
         self.dropped = 0
         self._wake = asyncio.Event()
+        self._loop = loop
 
     def put(self, record: dict) -> None:
         if len(self.updates) == self.updates.maxlen:
             self.dropped += 1
         self.updates.append(record)
-        self._wake.set()
+        self._signal()
 
     def end(self, why: str) -> None:
         if self.ended is None:
             self.ended = why
-        self._wake.set()
+        self._signal()
+
+    def _signal(self) -> None:
+        if self._loop is None:
+            self._wake.set()
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._wake.set)
+        except RuntimeError:  # the page's loop is closed: nobody waits any more
+            pass
 
     async def wait(self, timeout_s: float) -> bool:
         """Wait until something arrived or ended (True), or ``timeout_s`` passed (False)."""
@@ -66,8 +80,9 @@ class Subscription:
         return True
 
     def take(self) -> list[dict]:
-        out = list(self.updates)
-        self.updates.clear()
+        out = []
+        while self.updates:  # popleft: an update the stream appends meanwhile is kept for the next take
+            out.append(self.updates.popleft())
         return out
 
 
@@ -79,11 +94,12 @@ class Watchers:
         self.by_user: dict[str, set[Subscription]] = {}
         self._count = 0
 
-    def subscribe(self, key: str) -> Subscription | None:
-        """A new live page for the user of state key ``key``; None when ``max_pages`` are open."""
+    def subscribe(self, key: str, loop: asyncio.AbstractEventLoop | None = None) -> Subscription | None:
+        """A new live page for the user of state key ``key``, waiting on ``loop``; None when ``max_pages``
+        are open."""
         if self._count >= self.max_pages:
             return None
-        sub = Subscription(key)
+        sub = Subscription(key, loop=loop)
         self.by_user.setdefault(key, set()).add(sub)
         self._count += 1
         return sub
@@ -98,21 +114,21 @@ class Watchers:
 
     def publish(self, records: Sequence[dict], erased: Iterable[str] = ()) -> None:
         """The emitted records of a batch (the ones of watched users are queued), and the users it erased."""
-        watched = self.by_user
+        watched = self.by_user  # pages subscribe on the listener's thread: sets are copied (tuple: one C call)
         for user in erased:
-            for sub in watched.get(user, ()):
+            for sub in tuple(watched.get(user, ())):
                 sub.end(ERASED)
         for record in records:
             subs = watched.get(record["user_id"])
             if subs:
-                for sub in subs:
+                for sub in tuple(subs):
                     if sub.ended is None:
                         sub.put(record)
 
     def close_all(self, why: str) -> None:
         """Every live page ends (a rebalance moved the users, or the worker stops)."""
-        for subs in self.by_user.values():
-            for sub in subs:
+        for subs in list(self.by_user.values()):
+            for sub in tuple(subs):
                 sub.end(why)
 
     def __len__(self) -> int:
@@ -160,9 +176,11 @@ class ItemExposure:
             self.saturated.add(slot)
             reasons.update(filter(reasons.__contains__, pairs))
 
-    def _recent(self) -> list[tuple[int, Counter, Counter]]:
+    def _recent(self) -> list[tuple[int, dict, dict]]:
+        """The last hour's buckets, copied (each a C-level copy): the pages read them on the listener's
+        thread while the stream counts into the newest."""
         oldest = int(self.clock() // self.BUCKET_S) - self.BUCKETS + 1
-        return [bucket for bucket in self._buckets if bucket[0] >= oldest]
+        return [(slot, dict(items), dict(pairs)) for slot, items, pairs in list(self._buckets) if slot >= oldest]
 
     def of(self, item_id: str) -> tuple[int, list[tuple[str, int]]]:
         """(times shown in the last hour, [(reason, times in the sampled lists)] most frequent first)."""
@@ -184,7 +202,7 @@ class ItemExposure:
     @property
     def is_saturated(self) -> bool:
         oldest = int(self.clock() // self.BUCKET_S) - self.BUCKETS + 1
-        return any(slot >= oldest for slot in self.saturated)
+        return any(slot >= oldest for slot in tuple(self.saturated))
 
 
 @dataclass(frozen=True)
@@ -229,7 +247,7 @@ class ItemIndex:
         if not words:
             return []
         out = [query.strip()] if query.strip() in self.items else []
-        for item_id, info in self.items.items():
+        for item_id, info in list(self.items.items()):  # a copy: the catalog follower adds on the stream's loop
             if len(out) >= limit:
                 break
             text = f"{item_id} {info.text}".lower()
@@ -261,7 +279,7 @@ class UiState:
     def recent_users(self, n: int = 12) -> list[str]:
         """State keys of the users of the latest lists, newest first, each once."""
         out: dict[str, None] = {}
-        for records in reversed(self.recent):
+        for records in reversed(list(self.recent)):  # a copy: the stream appends on its own thread
             for record in reversed(records):
                 out.setdefault(record["user_id"], None)
                 if len(out) >= n:

@@ -1,17 +1,20 @@
 """Lookups (``GET /recommendations/...``) answered in batches, so that a burst of them cannot slow the stream.
 
-The HTTP listener runs on the worker's event loop, beside the consumer and the agent: each lookup ranks
-the whole catalogue for one user, and 200 concurrent lookups computed one by one held the loop for most
-of their time (issue 23: consume -> recommendation 4.9 -> 40.5 ms mean while 200 lookups ran). Here a
-lookup only queues its user; one task takes up to ``max_batch`` queued users at a time and ranks them
-in one ``pipeline.current_records`` call -- as the stream ranks a micro-batch -- and encodes their
-answers, then leaves the loop to the stream for long enough that lookups take at most ``loop_share`` of
-it: a batch that took ``t`` seconds is followed by ``t * (1 - loop_share) / loop_share`` seconds without
-lookup work. Batches are small (``max_batch``), so an event that arrives during one waits a few
-milliseconds at most. A crowd of clients therefore waits longer for its answers instead of slowing the
-stream (and clients that wait for an answer before they ask again slow down with it). At most
-``max_pending`` lookups wait; beyond that a lookup is refused at once (:class:`LookupsBusy`: the listener
-answers 503 with ``Retry-After``).
+Each lookup ranks the whole catalogue for one user: 200 concurrent lookups computed one by one on the
+stream's event loop held it for most of their time (issue 23: consume -> recommendation 4.9 -> 40.5 ms
+mean while 200 lookups ran). Here a lookup only queues its user; one task takes up to ``max_batch``
+queued users at a time and ranks them in one ``pipeline.current_records`` call -- as the stream ranks a
+micro-batch -- and encodes their answers, then pauses long enough that lookups take at most
+``loop_share`` of the time (``Settings.lookup_loop_share``): a batch that took ``t`` seconds is followed by
+``t * (1 - loop_share) / loop_share`` seconds without lookup work. The batcher runs on the HTTP listener's
+own thread and loop (worker/listener.py), not on the stream's: the share bounds what lookups take of the
+process's CPU and GIL, which the two threads share, and the listener's thread also waits while the stream
+handles a micro-batch (``listener.StreamGate``). A crowd of clients therefore waits longer for its answers
+instead of slowing the stream (and clients that wait for an answer before they ask again slow down with
+it). At most ``max_pending`` lookups wait; beyond that a lookup is refused at once (:class:`LookupsBusy`:
+the listener answers 503 with ``Retry-After``).
+
+Measured with ``python benchmarks/lookup_load.py`` (docs/RELIABILITY.md): FIGURE.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Callable, Hashable, Sequence
 
 log = logging.getLogger(__name__)
 
-Compute = Callable[[Sequence[Hashable]], Sequence[object]]  # keys -> one answer per key (runs on the loop)
+Compute = Callable[[Sequence[Hashable]], Sequence[object]]  # keys -> one answer (or exception) per key
 
 
 class LookupsBusy(RuntimeError):

@@ -19,6 +19,7 @@ from ..validation import Invalid
 from .follow import follow_records
 from ..settings import Settings
 from .catalog import CatalogVectors, LiveCatalog
+from .listener import StreamGate
 from .live import UiState
 from .models import LiveModel
 from .sends import InFlightBatches
@@ -62,6 +63,9 @@ class WorkerServices:
         self.joined = False
         self.watchdog = StallWatchdog(settings.stall_warn_s, settings.stall_exit_s)
         self.tracer = Tracer(settings.trace_file) if settings.trace_file else None  # the latency microscope
+        # busy while the batch handler runs: the HTTP listener's thread waits before its next request or
+        # lookup batch meanwhile (worker/listener.py)
+        self.gate = StreamGate()
         self.announce_model()
 
     def forget_partitions(self, table) -> None:
@@ -115,6 +119,11 @@ class StateCache:
             self._data.move_to_end(key)
         return value
 
+    def peek(self, key: Hashable) -> bytes | None:
+        """``get`` without refreshing the key's recency: safe from another thread than the stream's (one
+        C-level dict read; ``move_to_end`` could meet a key the stream just evicted)."""
+        return self._data.get(key)
+
     def put(self, key: Hashable, value: bytes) -> None:
         if self.max_users <= 0:
             return
@@ -133,16 +142,23 @@ class StateCache:
         return len(self._data)
 
 
-def read_user_state(cache: StateCache, table, key: bytes, partition: int) -> bytes | None:
+def read_user_state(cache: StateCache, table, key: bytes, partition: int, *, elsewhere: bool = False) -> bytes | None:
     """A user's stored state on ``partition`` (None: none): the state cache, else the newest value staged
     or stored there (``table``: the worker's ``BatchedChangelogTable``, worker/table.py). The one read of a
     user's state: the batch path (worker/batch.py), the lookup and the pages (worker/http.py, worker/ui.py)
     all call it, so they see the same state -- an erasure included, from the moment its batch staged the
-    tombstone (:func:`stage_user_states`)."""
-    cached = cache.get((key, partition))
+    tombstone (:func:`stage_user_states`).
+
+    ``elsewhere``: the caller runs on another thread than the stream's event loop (the HTTP listener's,
+    worker/listener.py). Then the read changes nothing the stream owns: the cache is only peeked, and a
+    partition whose local store is not open raises ``table.StoreNotOpen`` (a rebalance moved it) instead
+    of opening it. Every step is one read of a dict or of RocksDB, each atomic for the other thread; the
+    stream stages a state before it caches it and writes the store before it forgets the staged value,
+    so the read finds the newest state in one of the three places."""
+    cached = cache.peek((key, partition)) if elsewhere else cache.get((key, partition))
     if cached is not None:
         return cached
-    return table.stored(key, partition)
+    return table.stored(key, partition, open_store=not elsewhere)
 
 
 def stage_user_states(cache: StateCache, table, result: BatchResult, batch: Sequence[Incoming]) -> None:

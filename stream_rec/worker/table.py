@@ -36,6 +36,10 @@ def write_batch(store):
     return rocksdb.WriteBatch()
 
 
+class StoreNotOpen(LookupError):
+    """A partition's local store is not open here (revoked, or not assigned yet): ask again shortly."""
+
+
 class BatchedChangelogTable(faust.Table):
     """The user-state table, written *behind* its changelog: a state reaches the local RocksDB store only
     after its changelog record was delivered.
@@ -82,13 +86,22 @@ class BatchedChangelogTable(faust.Table):
         else:
             self._sensor_on_set(self, key, value)
 
-    def stored(self, key: bytes, partition: int | None) -> bytes | None:
+    def stored(self, key: bytes, partition: int | None, open_store: bool = True) -> bytes | None:
         """The key's newest value staged for ``partition``, else the one in that partition's local store
-        (``partition`` None: search every local partition; only for a state key that is not a record key)."""
+        (``partition`` None: search every local partition; only for a state key that is not a record key).
+        ``open_store`` False (a read from another thread than the stream's): a partition whose store is not
+        open raises :class:`StoreNotOpen` instead of being opened (Faust opens them at assignment)."""
         store = self.data
         if partition is not None:
             entry = self._unflushed.get((key, partition))
-            return entry[1] if entry is not None else store._db_for_partition(partition).get(key)
+            if entry is not None:
+                return entry[1]
+            if open_store:
+                return store._db_for_partition(partition).get(key)
+            db = store._dbs.get(partition)
+            if db is None:
+                raise StoreNotOpen(f"the local store of partition {partition} is not open")
+            return db.get(key)
         for (staged, _), entry in self._unflushed.items():
             if staged == key:
                 return entry[1]

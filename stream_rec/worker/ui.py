@@ -15,7 +15,8 @@ there when ``Settings.ui`` is on). Read-only: every route is a GET.
 ``/ui/api/...``                    the JSON behind each page; ``/ui/static/{name}``: the pages' files
 =================================  ====================================================================
 
-The pages are plain HTML/CSS/JS files shipped in the package (worker/static/), no build step and nothing
+The pages are served on the listener's own thread, not the stream's loop (worker/listener.py: what they
+read of the stream's objects is read as that module says). The pages are plain HTML/CSS/JS files shipped in the package (worker/static/), no build step and nothing
 from another origin: a strict Content-Security-Policy (scripts and styles of this origin only, no inline
 script) goes with every answer, and the scripts put data into the DOM with ``textContent`` only. A user's
 data comes from :func:`~stream_rec.worker.services.read_user_state` and ``pipeline.current_record``, the
@@ -39,8 +40,10 @@ from aiohttp import web
 from ..pipeline import PipelineConfig, current_record, read_state
 from ..recsys.freshness import serving_policy
 from .access import COOKIE
+from .listener import ranked_while_unchanged
 from .live import ERASED, STOPPING, UiState
 from .sampler import MetricsSampler
+from .table import StoreNotOpen
 from .views import REDIRECTED, id_problem, item_view, path_segment, title_of, user_view
 
 log = logging.getLogger(__name__)
@@ -110,6 +113,9 @@ class UiPages:
             response = await handler(request)
         except web.HTTPException:
             raise
+        except StoreNotOpen:  # a rebalance is moving the user's partition (worker/table.py)
+            response = self.error(503, "Moving", "The user's partition is moving between workers; ask again "
+                                  "shortly.", api=request.path.startswith(PREFIX + "/api/"), **{"Retry-After": "1"})
         except Exception:
             log.exception("a /ui/ page failed")
             response = self.error(500, "Internal error", "The worker could not build this page; its log says why.",
@@ -179,7 +185,8 @@ class UiPages:
         """The user page's data from the lookup's reads (None: no state, or no model yet)."""
         services = self.host.services
         model, raw = services.model, self.host.user_state(user_id, partition)
-        record = current_record(self.host.user_key(user_id), raw, model, services.config, enricher=services.enricher)
+        record = ranked_while_unchanged(model, lambda: current_record(self.host.user_key(user_id), raw, model,
+                                                                       services.config, enricher=services.enricher))
         if record is None:
             return None
         view = user_view(user_id, record, read_state(raw, model), self.ui.items, model=model, partition=partition,
@@ -215,7 +222,7 @@ class UiPages:
         user_id, partition, answer = self.where(request, "api/live", api=True)
         if answer is not None:
             return self.error(409, "moved", "ask the page again", api=True) if answer.status == 307 else answer
-        sub = self.ui.watchers.subscribe(self.host.user_key(user_id))
+        sub = self.ui.watchers.subscribe(self.host.user_key(user_id), loop=asyncio.get_running_loop())
         if sub is None:
             return self.error(503, "too many live pages", f"at most {self.ui.watchers.max_pages}", api=True)
         response = web.StreamResponse(headers={**SECURITY_HEADERS, "Content-Type": "text/event-stream",
