@@ -64,7 +64,7 @@ from .model.sequences import rewarm, run_steps, time_gaps
 from .recsys.context import boost_queries, context_text
 from .recsys.freshness import serving_policy
 from .recsys.ranking import RankBatch, fresh_lists, plain_lists, rescore, top_k_lists
-from .recsys.exploring import ArmUpdates, Explorer, explore_lists, resolve_feedback
+from .recsys.exploring import ArmUpdates, Explorer, event_ordinal, explore_lists, resolve_feedback
 from .state import (ORIGINS_KEPT, Origin, UserState, append_history, catalogue_keys, copy_origin, encode_state,
                     model_tag, read_state)
 from .validation import DELETE_USER, Event, Invalid
@@ -380,7 +380,7 @@ def explore_step(arms: ArmUpdates, model, touched: TouchedUsers, *, hiddens: Seq
                  now: float) -> tuple[list, list]:
     """Arms put into the lists and counted (``exploring.explore_lists``); states stored with their exposure."""
     seen = [[r for r in model.rows_for(st.seen_items()) if r] for st in touched.states]
-    answered = [(batch[fresh[-1][0]].partition, batch[fresh[-1][0]].offset, fresh[-1][1].timestamp)
+    answered = [(batch[fresh[-1][0]].partition, event_ordinal(batch[fresh[-1][0]]), fresh[-1][1].timestamp)
                 for fresh in touched.pending]
     lists, extras = explore_lists(arms, model, states=touched.states, hiddens=hiddens, seen=seen, offsets=answered,
                                   lists=lists, extras=extras, replays=touched.replays, now=now)

@@ -36,13 +36,13 @@ class Worker:
         self.config = PipelineConfig(explore=policy if explore else None)
         self.offset = 0
 
-    def batch(self, events, partition=0, offsets=None, keep_states=True, isolating=False):
+    def batch(self, events, partition=0, offsets=None, keep_states=True, isolating=False, epoch=0):
         msgs = []
         for n, (user, item, ts) in enumerate(events):
             value = json.dumps({"user_id": user, "item_id": item, "event_type": "view", "timestamp": ts}).encode()
             offset = offsets[n] if offsets else self.offset
             self.offset = max(self.offset, offset + 1)
-            msgs.append(Incoming(value, user.encode(), "events", partition, offset, NOW))
+            msgs.append(Incoming(value, user.encode(), "events", partition, offset, NOW, epoch=epoch))
         run = process_batch_isolating if isolating else process_batch
         result = run(msgs, lambda u, p: self.table.get(u.encode()), self.model, self.config, now=lambda: NOW,
                      explorer=self.explorer)
@@ -116,6 +116,15 @@ def test_a_list_sent_again_holds_the_counted_arms_and_no_new_draw():
     replay = w.batch([("u1", "space-00", NOW - 50)], offsets=[0])
     assert replay.replayed == 1 and replay.recommendations[0]["explore"]["arms"] == [NEW]
     assert w.arm().impressions == 1
+
+
+def test_a_new_events_epoch_counts_again_from_offset_0():
+    """A new events topic (``Settings.events_epoch`` raised) starts its offsets at 0 again: the arms'
+    watermarks hold the epoch above the offset, so its events are not taken for counted ones."""
+    w = Worker()
+    w.batch([("u1", "space-00", NOW - 50), ("u2", "space-01", NOW - 50)], offsets=[500, 501])
+    again = w.batch([("u3", "space-02", NOW - 40)], offsets=[0], epoch=1)
+    assert again.explore["impressions"] == 1 and w.arm().impressions == 3
 
 
 def test_one_user_cannot_push_an_item_down_beyond_max_declines():

@@ -18,9 +18,10 @@ ids with control characters, so no user key can be one), staged for the partitio
 changed it, *before* the batch's user states: a delivered state implies that the arm totals including its
 events were delivered. The reverse (arms delivered, a state not, then a crash) is closed by each record's
 ``applied`` watermark: an event of that partition at an offset <= the record's ``applied`` when the batch
-started adds nothing to it (:class:`ArmUpdates`). :class:`Explorer` caches the records it has read or
-written (the table stays the truth: a rebalance clears the cache) and merges them, with the copies of other
-partitions' records that every worker publishes to the ``explore-arms`` topic, into the bandit's view.
+started adds nothing to it (:class:`ArmUpdates`; offsets with the events epoch above them:
+:func:`event_ordinal`). :class:`Explorer` caches the records it has read or written (the table stays the
+truth: a rebalance clears the cache) and merges them, with the copies of other partitions' records that
+every worker publishes to the ``explore-arms`` topic, into the bandit's view.
 """
 
 from __future__ import annotations
@@ -179,6 +180,12 @@ def shifted(total: ArmStats, new: ArmStats, old: ArmStats | None) -> ArmStats:
                     born=min(total.born, new.born), applied=-1)
 
 
+def event_ordinal(msg) -> int:
+    """An event's place on its partition as an arm's ``applied`` watermark remembers it: the events epoch
+    (``Settings.events_epoch``: a new events topic starts its offsets at 0 again) above the offset."""
+    return msg.epoch << 48 | msg.offset
+
+
 def read_exposure(raw: bytes) -> Exposure:
     try:
         return decode_exposure(raw) if raw else Exposure()
@@ -198,8 +205,8 @@ def resolve_feedback(updates: ArmUpdates, states: list, pending: Sequence[Sequen
         exposure = read_exposure(st.exposure)
         negative = is_negative(event.event_type, event.value)
         exposure, hit, _ = resolve(exposure, "" if negative else event.item_id, event.timestamp, window)
-        if hit is not None and updates.add(batch[index].partition, event.item_id, batch[index].offset,
-                                           lambda arm: arm.hit(batch[index].offset)):
+        at = event_ordinal(batch[index])
+        if hit is not None and updates.add(batch[index].partition, event.item_id, at, lambda arm: arm.hit(at)):
             updates.counts["hits"] += 1
         states[n] = replace(st, exposure=encode_exposure(exposure))
 
