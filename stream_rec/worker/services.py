@@ -12,13 +12,13 @@ from typing import Hashable, Sequence
 from .. import metrics
 from ..learning.finetune import drift_finetuner
 from ..pipeline import BatchResult, Incoming, PipelineConfig
-from ..recsys.enricher import Enricher
 from ..recsys.arms import ArmDecodeError, decode_arm
+from ..recsys.enricher import Enricher
 from ..recsys.exploring import ARM_PREFIX, Explorer, arm_table_key
-from ..validation import Invalid
-from .follow import follow_records
 from ..settings import Settings
+from ..validation import Invalid
 from .catalog import CatalogVectors, LiveCatalog
+from .follow import follow_records
 from .listener import StreamGate
 from .live import UiState
 from .models import LiveModel
