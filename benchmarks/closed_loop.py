@@ -18,7 +18,12 @@ policy:
   true next-item probabilities (``closedloop.policies.OmniscientPolicy``).
 
 Prints one table per world (columns: stream_rec_devtools/closedloop/report.py) and writes every figure to
-``--out``. Everything is seeded (``--seed``: the users' random numbers, release times and appeals).
+``--out``. Everything is seeded (``--seed``: the users' random numbers, release times and appeals;
+``--draws-seed``: the bandit's Thompson draws, by default ``--seed``).
+
+``--through-worker``: the ``none`` and ``bandit`` policies also run through a real worker (``stream-rec
+worker --model DIR`` with ``EXPLORE_*`` settings from the same ``--set``, on an embedded broker:
+``closedloop.sources.WorkerSource``), and a parity table compares them with the offline runs.
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ def parse_args(argv=None):
                                                                       "(trained there when missing)")
     p.add_argument("--train-budget", type=float, default=240.0, help="seconds of training per world")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--draws-seed", type=int, default=None, help="the bandit's Thompson draws (default: --seed)")
+    p.add_argument("--through-worker", action="store_true",
+                   help="also run none and bandit through a real worker on an embedded broker")
     p.add_argument("--out", default="", help="write every figure here (JSON)")
     p.add_argument("--tables-from", nargs="+", default=[], metavar="JSON",
                    help="print the tables of earlier --out files (runs of some policies each, same seed) and exit")
@@ -115,7 +123,7 @@ def make_policy(name: str, args, sim, users):
     if name == "fixed":
         return policies.FixedPolicy(FreshnessPolicy(**fields(args.fixed)))
     if name == "bandit":
-        return policies.BanditPolicy(explore, seed=args.seed)
+        return policies.BanditPolicy(explore, seed=args.seed if args.draws_seed is None else args.draws_seed)
     if name == "omniscient":
         return policies.OmniscientPolicy(explore, users)
     return policies.OraclePolicy(explore, sim.appeal, seed=args.seed)
@@ -147,7 +155,14 @@ def run_world(name: str, args, encoder) -> dict:
     describe = (f"{len(sim.users)} users, {len(sim.new_items)} new items over {sim.params.release_days:g} days, "
                 f"{sum(len(h) for h in sim.histories.values())} events before day 1")
     print("\n" + report.table(name, summary, describe) + "\n", flush=True)
-    return {"describe": describe, "policies": summary}
+    out = {"describe": describe, "policies": summary}
+    if args.through_worker:
+        from through_worker import parity_table, run_through_worker
+
+        out["worker"] = report.summarise(run_through_worker(sim, model_dir, args, fields(args.set)))
+        print("\n" + report.table(f"{name} through the worker", out["worker"], describe) + "\n")
+        print(parity_table(name, summary, out["worker"]) + "\n", flush=True)
+    return out
 
 
 def main(argv=None) -> int:

@@ -15,6 +15,7 @@ from typing import Sequence
 
 from .io.topics import key_partition
 from .privacy import pseudonymize
+from .recsys.explore import ExplorePolicy
 from .recsys.freshness import FreshnessPolicy
 from .state import UserState, copy_origin
 from .validation import DELETE_USER, Event, Invalid, validate_event
@@ -69,6 +70,9 @@ class BatchResult:
     # phase -> seconds: validate, load, step (GRU), store, rank (top-K), emit (metrics, the latency microscope)
     phase_seconds: dict[str, float] = field(default_factory=dict)
     fresh_slots: int = 0  # list slots the freshness policy gave to new items (in the lists sent)
+    # exploration (recsys/exploring.py): the arm records to stage, (partition, item id) -> encoded ArmStats
+    arms: dict[tuple[int, str], bytes] = field(default_factory=dict)
+    explore: Counter = field(default_factory=Counter)  # impressions, hits, exploring / graduated slots
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,8 @@ class PipelineConfig:
     dlq_max_original_bytes: int = 128 * 1024  # original bytes kept in a DLQ record (see dlq_record)
     # slots for items new since training (0 slots = off); None: the model's own policy (``model_policy``)
     freshness: FreshnessPolicy | None = None
+    # the exploration bandit (recsys/explore.py; in place of the freshness policy); None = off
+    explore: ExplorePolicy | None = None
 
     @classmethod
     def from_settings(cls, settings) -> "PipelineConfig":
@@ -93,7 +99,8 @@ class PipelineConfig:
                    dlq_max_original_bytes=settings.dlq_max_original_bytes,
                    freshness=None if settings.fresh_slots < 0 else FreshnessPolicy(
                        slots=settings.fresh_slots, max_age_s=settings.fresh_max_age_s, min_ratio=settings.fresh_min_ratio,
-                       by=settings.fresh_by, min_similarity=settings.fresh_min_similarity))
+                       by=settings.fresh_by, min_similarity=settings.fresh_min_similarity),
+                   explore=ExplorePolicy.from_settings(settings))
 
 
 DLQ_MAX_KEY_BYTES = 1024  # record keys are user ids (<= 256 characters); a longer key is cut in the DLQ
@@ -209,6 +216,8 @@ def recommendation_record(user_id: str, state: UserState, items: list[tuple[str,
             entry["reason"] = reason
         if extra.get("interests"):
             record["interests"] = extra["interests"]
+        if "explore" in extra:
+            record["explore"] = extra["explore"]
     return record
 
 
@@ -234,3 +243,5 @@ def merge_at(merged: BatchResult, one: BatchResult, index: int) -> None:
     for phase, seconds in one.phase_seconds.items():
         merged.phase_seconds[phase] = merged.phase_seconds.get(phase, 0.0) + seconds
     merged.fresh_slots += one.fresh_slots
+    merged.arms.update(one.arms)
+    merged.explore.update(one.explore)

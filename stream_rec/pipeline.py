@@ -54,7 +54,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
-from weakref import WeakKeyDictionary
 
 import numpy as np
 
@@ -65,8 +64,9 @@ from .model.sequences import rewarm, run_steps, time_gaps
 from .recsys.context import boost_queries, context_text
 from .recsys.freshness import serving_policy
 from .recsys.ranking import RankBatch, fresh_lists, plain_lists, rescore, top_k_lists
-from .state import (ORIGINS_KEPT, ItemKeys, Origin, StateDecodeError, UserState, append_history, copy_origin,
-                    decode_state, encode_state, model_tag)
+from .recsys.exploring import ArmUpdates, Explorer, event_ordinal, explore_lists, resolve_feedback
+from .state import (ORIGINS_KEPT, Origin, UserState, append_history, catalogue_keys, copy_origin, encode_state,
+                    model_tag, read_state)
 from .validation import DELETE_USER, Event, Invalid
 
 TIMED_PHASES = ("step", "rank")  # phases exported as stream_rec_model_step_seconds{stage=...} by the worker
@@ -93,7 +93,7 @@ def states_in(store: Mapping[str, bytes]) -> LoadState:
 
 def process_batch(batch: Sequence[Incoming], load_state: LoadState, model, config: PipelineConfig = PipelineConfig(),
                   now: Callable[[], float] = time.time, queries: dict[int, np.ndarray] | None = None,
-                  enricher=None) -> BatchResult:
+                  enricher=None, explorer: Explorer | None = None) -> BatchResult:
     """Process one micro-batch. ``load_state(user_id, partition)`` returns the user's stored state bytes
     on ``partition`` (where her events are) or None; ``model`` is a
     :class:`~stream_rec.model.recommender.Recommender` (or None when no catalog is known yet: every
@@ -101,8 +101,10 @@ def process_batch(batch: Sequence[Incoming], load_state: LoadState, model, confi
     ``context.text`` to its text vector: the list of that user is then boosted toward items matching the
     query (``recsys.context.boost_queries``; the user's newest query in the batch counts).
     ``enricher`` (a :class:`~stream_rec.recsys.enricher.Enricher`, or None = the plain model) adds negative
-    feedback, MMR / exposure re-ranking, reasons, interests and the online quality monitor.
-    Never raises on bad input: bad records end up in ``result.dlq``."""
+    feedback, MMR / exposure re-ranking, reasons, interests and the online quality monitor. ``explorer``
+    (a :class:`~stream_rec.recsys.exploring.Explorer`, or None = off) puts new items in by the exploration
+    bandit, counts their impressions and hits (``result.arms``, ``result.explore``) and keeps each user's
+    exposure in her state. Never raises on bad input: bad records end up in ``result.dlq``."""
     result = BatchResult()
     phases, clock = result.phase_seconds, time.perf_counter
     t0 = clock()
@@ -113,6 +115,9 @@ def process_batch(batch: Sequence[Incoming], load_state: LoadState, model, confi
     phases["validate"], phases["load"] = t1 - t0, t2 - t1
     if not touched.users:
         return result
+    arms = ArmUpdates(explorer, lambda item: float(model.added_at[model.row_of[item]])) if explorer else None
+    if arms is not None:  # each user's first new event resolves the list she held
+        resolve_feedback(arms, touched.states, touched.pending, touched.replays, batch)
     hiddens = initial_hiddens(model, touched.states)
     positives = positive_events(touched, enricher)
     hiddens = step_users(model, hiddens, touched.states, positives=positives,
@@ -122,10 +127,15 @@ def process_batch(batch: Sequence[Incoming], load_state: LoadState, model, confi
                  config=config, result=result, enricher=enricher)
     t4 = clock()
     lists, extras = rank_users(model, touched, hiddens=hiddens, queries=queries or {}, config=config,
-                               enricher=enricher, result=result, now=now())
+                               enricher=enricher, result=result, now=now(), fresh=arms is None)
+    if arms is not None:
+        lists, extras = explore_step(arms, model, touched, hiddens=hiddens, lists=lists, extras=extras, batch=batch,
+                                     config=config, result=result, now=now())
     t5 = clock()
     emit_records(touched, lists=lists, extras=extras, model_version=model.version, batch=batch, now=now(),
                  result=result)
+    if arms is not None:
+        arms.finish(result)  # only a batch that went through changes the explorer's records
     phases["step"], phases["store"], phases["rank"], phases["emit"] = t3 - t2, t4 - t3, t5 - t4, clock() - t5
     return result
 
@@ -133,7 +143,8 @@ def process_batch(batch: Sequence[Incoming], load_state: LoadState, model, confi
 def process_batch_isolating(batch: Sequence[Incoming], load_state: LoadState, model,
                             config: PipelineConfig = PipelineConfig(), now: Callable[[], float] = time.time,
                             queries: dict[int, np.ndarray] | None = None, enricher=None,
-                            on_error: Callable[[BaseException], None] | None = None) -> BatchResult:
+                            on_error: Callable[[BaseException], None] | None = None,
+                            explorer: Explorer | None = None) -> BatchResult:
     """:func:`process_batch`, contained per record: if the batch raises (a bug, or a record that trips
     the model -- validation itself never raises), its events are processed again one at a time, each on
     top of the states the earlier ones produced, and an event whose own processing raises goes to the DLQ
@@ -142,7 +153,8 @@ def process_batch_isolating(batch: Sequence[Incoming], load_state: LoadState, mo
     recommendation per event, and an enricher sees the events of the failed attempt twice (its online
     quality counters only)."""
     try:
-        return process_batch(batch, load_state, model, config=config, now=now, queries=queries, enricher=enricher)
+        return process_batch(batch, load_state, model, config=config, now=now, queries=queries, enricher=enricher,
+                             explorer=explorer)
     except Exception as exc:
         if on_error is not None:
             on_error(exc)
@@ -155,7 +167,8 @@ def process_batch_isolating(batch: Sequence[Incoming], load_state: LoadState, mo
     for index, msg in enumerate(batch):
         query = {0: queries[index]} if queries and index in queries else None
         try:
-            one = process_batch([msg], load, model, config=config, now=now, queries=query, enricher=enricher)
+            one = process_batch([msg], load, model, config=config, now=now, queries=query, enricher=enricher,
+                                explorer=explorer)
         except Exception as exc:
             merged.invalid["processing_error"] += 1
             merged.dlq.append(dlq_record(msg, Invalid("processing_error", f"{type(exc).__name__}: {exc}"), now(),
@@ -198,41 +211,12 @@ def current_records(user_ids: Sequence[str], raw_states: Sequence[bytes | None],
         return out
     hiddens = initial_hiddens(model, touched.states)
     lists, extras = rank_users(model, touched, hiddens=hiddens, queries={}, config=config, enricher=enricher,
-                               record=False)
+                               record=False, fresh=config.explore is None)  # exploration: the plain list
     stamp = time.time() if now is None else now
     for n, user_id, state, items, extra in zip(where, touched.users, touched.states, lists, extras):
         out[n] = recommendation_record(user_id, state, items, model_version=model.version, last=None,
                                        event_ts=state.last_timestamp, now=stamp, extra=extra)
     return out
-
-
-_CATALOGUE_KEYS: "WeakKeyDictionary[object, ItemKeys]" = WeakKeyDictionary()
-
-
-def catalogue_keys(model) -> ItemKeys:
-    """Item key -> item id of ``model``'s catalogue, how a state names its items (stream_rec/state.py),
-    extended when the catalogue grew (live items join it)."""
-    keys = _CATALOGUE_KEYS.get(model)
-    if keys is None:
-        keys = _CATALOGUE_KEYS[model] = ItemKeys()
-    if keys.indexed != len(model.item_ids):
-        keys.extend(model.item_ids)
-    return keys
-
-
-def read_state(raw: bytes | None, model=None, items: ItemKeys | None = None) -> UserState:
-    """The stored state, its items named by ``model``'s catalogue (``items``: that catalogue's keys, when
-    the caller has them already), or a fresh one (no state yet, or an unreadable old one: start the user
-    over rather than stop the stream). Anything but bytes or None is a caller's mistake (e.g. a dict's
-    ``get`` given as ``load_state``, which takes the partition for a default): TypeError."""
-    if raw is not None and not isinstance(raw, (bytes, bytearray, memoryview)):
-        raise TypeError(f"a stored state is bytes or None, got {type(raw).__name__}")
-    try:
-        if items is None and model is not None:
-            items = catalogue_keys(model)
-        return decode_state(raw, items=items) if raw else UserState()
-    except StateDecodeError:
-        return UserState()
 
 
 def load_users(by_user: dict[str, list[tuple[int, Event]]], batch: Sequence[Incoming], load_state: LoadState,
@@ -335,7 +319,7 @@ def store_states(touched: TouchedUsers, *, positives: Sequence[Sequence[tuple[in
         last_index = fresh[-1][0]
         st = UserState(hidden=hiddens[n], history=history, partition=batch[last_index].position,
                        offset=batch[last_index].offset, n_events=st.n_events + len(fresh), model_tag=tag,
-                       negatives=negatives, origins=applied_origins(st.origins, batch, fresh))
+                       negatives=negatives, origins=applied_origins(st.origins, batch, fresh), exposure=st.exposure)
         touched.states[n] = st
         result.states[user_id] = encode_state(st, half=config.half_precision_state)
         result.last_index[user_id] = last_index
@@ -353,12 +337,13 @@ def applied_origins(origins: list[Origin], batch: Sequence[Incoming],
 
 def rank_users(model, touched: TouchedUsers, *, hiddens: Sequence[np.ndarray], queries: dict[int, np.ndarray],
                config: PipelineConfig, enricher, record: bool = True, result: BatchResult | None = None,
-               now: float | None = None) -> tuple[list[list[tuple[str, float]]], list[dict | None]]:
+               now: float | None = None, fresh: bool = True) -> tuple[list[list[tuple[str, float]]], list[dict | None]]:
     """Top-K of every touched user, seen items excluded; a user's newest query of the batch (``queries``:
     batch index -> vector) boosts their list; with an enricher its stages and annotations (``record``: the
-    lists are sent, so the enricher counts them). With a freshness policy (``config.freshness``, else the model's own), the plain lists give slots
-    to items new since training (counted in ``result.fresh_slots`` when they stay in the final list; a
-    list the enricher re-ranks starts from the plain scores).
+    lists are sent, so the enricher counts them). ``fresh`` False: no freshness policy (exploration is
+    on: ``explore_step`` is the new-item step). With a freshness policy (``config.freshness``, else the
+    model's own), the plain lists give slots to items new since training (counted in ``result.fresh_slots``
+    when they stay in the final list; a list the enricher re-ranks starts from the plain scores).
     -> ([B] lists of (item_id, score), [B] extra fields or None)"""
     batch = RankBatch(model, touched.users, hiddens=hiddens, k=config.top_k,
                       seen=[[r for r in model.rows_for(st.seen_items()) if r] for st in touched.states],
@@ -371,7 +356,7 @@ def rank_users(model, touched: TouchedUsers, *, hiddens: Sequence[np.ndarray], q
                 batch.queries[n], batch.query_texts[n] = queries[asked[-1][0]], context_text(asked[-1][1].context)
     put_in: list[set[str]] = []
     policy = serving_policy(config.freshness, model)
-    ages = model.item_ages(now) if policy.slots > 0 else None
+    ages = model.item_ages(now) if policy.slots > 0 and fresh else None
     if ages is not None and bool((ages[1:] < policy.max_age_s).any()):
         lists, put_in = fresh_lists(batch, policy, ages)
     else:
@@ -387,6 +372,21 @@ def rank_users(model, touched: TouchedUsers, *, hiddens: Sequence[np.ndarray], q
         extras = [None] * len(lists)
     if result is not None and put_in:
         result.fresh_slots += sum(len(ids & {i for i, _ in items}) for ids, items in zip(put_in, lists))
+    return lists, extras
+
+
+def explore_step(arms: ArmUpdates, model, touched: TouchedUsers, *, hiddens: Sequence[np.ndarray], lists: list,
+                 extras: list, batch: Sequence[Incoming], config: PipelineConfig, result: BatchResult,
+                 now: float) -> tuple[list, list]:
+    """Arms put into the lists and counted (``exploring.explore_lists``); states stored with their exposure."""
+    seen = [[r for r in model.rows_for(st.seen_items()) if r] for st in touched.states]
+    answered = [(batch[fresh[-1][0]].partition, event_ordinal(batch[fresh[-1][0]]), fresh[-1][1].timestamp)
+                for fresh in touched.pending]
+    lists, extras = explore_lists(arms, model, states=touched.states, hiddens=hiddens, seen=seen, offsets=answered,
+                                  lists=lists, extras=extras, replays=touched.replays, now=now)
+    for n, user_id in enumerate(touched.users):
+        if n not in touched.replays:
+            result.states[user_id] = encode_state(touched.states[n], half=config.half_precision_state)
     return lists, extras
 
 

@@ -43,6 +43,7 @@ class Settings:
     recommendations_topic: str = "recommendations"
     dlq_topic: str = "events-dlq"
     control_topic: str = "control"
+    explore_arms_topic: str = "explore-arms"  # the exploration's arm records, for every worker's view
     partitions: int = 4  # partitions of events/recommendations/state tables (co-partitioned)
     # Each user's state remembers the position of the last event it applied, (events_epoch, partition,
     # offset), and skips an event at or before it as a redelivery. A new events topic (recreated, migrated,
@@ -164,6 +165,19 @@ class Settings:
     fresh_by: str = "content"
     fresh_min_similarity: float = 0.8
     fresh_min_ratio: float = 0.2
+    # Exploration (issue 21, stream_rec/recsys/explore.py, docs/EXPLORATION.md): a bandit learns which new
+    # items users take and gives them up to explore_slots positions beyond the plain ranking (0 = off; on,
+    # it replaces the freshness policy). An item is an arm while younger than explore_max_age_s; put in
+    # while its expected hits >= explore_min_gain x the displaced item's (explore_by=content: and text cosine
+    # >= explore_min_similarity); a hit is the user's next event on it within explore_window_s; a user's
+    # impressions of an item she left untaken explore_max_declines times in a row stop counting.
+    explore_slots: int = 0
+    explore_max_age_s: float = 7 * 86400.0
+    explore_min_gain: float = 0.5
+    explore_window_s: float = 86400.0
+    explore_by: str = "model"
+    explore_min_similarity: float = 0.5
+    explore_max_declines: int = 8
     drift_delta: float = 0.002  # ADWIN confidence of the online HR@k drift monitor
     drift_finetune: bool = False  # on a drift alarm, fine-tune on recent events into --model (a dir of model dirs)
     drift_finetune_cooldown_s: float = 3600.0  # at most one drift fine-tune per this many seconds

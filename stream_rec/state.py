@@ -22,7 +22,7 @@ A user's state is what the stream needs to serve the next event without reading 
   the origin header is a producer's claim, and a forged ``P:999999999`` must not mask every later genuine
   copy from P.
 
-Layout (little endian), version 5 (what ``encode_state`` writes)::
+Layout (little endian), version 6 (what ``encode_state`` writes)::
 
     B version | B flags (bit0: hidden is float16) | I model_tag | i partition | q offset | I n_events
     H hidden_size | hidden_size x (e or f)
@@ -30,10 +30,12 @@ Layout (little endian), version 5 (what ``encode_state`` writes)::
                 | (n_history - 1) x f seconds from each entry to the next (float32; may be negative)
     H n_negatives | n_negatives x 6-byte item key
     H n_origins | n_origins x (i partition, q offset, Q digest)
+    H n_exposure | n_exposure bytes (issue 21: ``recsys.arms.encode_exposure``, the new items of the list
+                 the user holds and those she left untaken; empty when exploration is off)
 
 Item ids are stored as **item keys**: 48 bits of a BLAKE2b hash of the id's UTF-8 bytes
 (:func:`item_key`), so a state's size does not depend on how long the ids are: with a 160-d float16
-hidden vector and the default 50-item history, 854 bytes for ids of any length (versions 1-4 stored the
+hidden vector and the default 50-item history, 856 bytes for ids of any length (versions 1-4 stored the
 ids themselves: 1,348 bytes for 10-character ids). Why a hash, not a catalogue index: a state must decode
 the same on every worker and after any model reload, while catalogue rows differ between models (each
 its own vocabulary) and live items join each worker's catalogue in the order that worker saw them. A key
@@ -43,10 +45,10 @@ is a function of the id alone. Decoding maps keys back to ids through the servin
 keeps its key, so re-encoding the state loses nothing. Collisions: two ids of one catalogue share a key
 with probability ~n^2/2^49 (0.2% for a million items); :class:`ItemKeys` keeps the first and logs it.
 Timestamps: the newest exactly (the next event's time gap is computed from it), the others as float32
-gaps (relative error < 1e-7 of each gap: what the model reads of them). Room left under 1 KB for
-issue 21's exposure section (~115 bytes): 969 bytes.
+gaps (relative error < 1e-7 of each gap: what the model reads of them). With issue 21's exposure section
+at its largest (115 bytes), 971 bytes: under 1 KB.
 
-Versions 1-4 are still decoded: version 1 without the ``negatives`` part (empty), version 2 without
+Versions 1-5 are still decoded (version 5 is version 6 without the exposure: empty): version 1 without the ``negatives`` part (empty), version 2 without
 ``origins``, version 3 with one (partition, highest offset) per origin partition (decoded as identities
 with digest 0, matched on partition and offset alone), version 4 as version 5 but with the ids and every
 timestamp in full (``H n | n x (d timestamp, H id_len, id_len bytes UTF-8)``, negatives ``H id_len, id``).
@@ -69,14 +71,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Iterable, Iterator
+from weakref import WeakKeyDictionary
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-VERSION = 5
-# 1: no negatives; 2: no origins; 3: origins as one high-water mark per partition; 4: ids and timestamps in full
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+VERSION = 6
+# 1: no negatives; 2: no origins; 3: origins as one high-water mark per partition; 4: ids and timestamps in
+# full; 5: no exposure
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
+MAX_EXPOSURE_BYTES = 1024  # the exposure section's bound (recsys/arms.py writes at most ~125 bytes)
 KEY_BYTES = 6  # an item key: 48 bits of BLAKE2b of the id
 FLAG_FLOAT16 = 0x01
 _HEAD = struct.Struct("<BBIiqIH")
@@ -176,6 +181,7 @@ class UserState:
     model_tag: int = 0
     negatives: list[str] = field(default_factory=list)  # recent negative item ids, newest last
     origins: list[Origin] = field(default_factory=list)  # the last ORIGINS_KEPT re-routed copies applied
+    exposure: bytes = b""  # the exploration's record of the user's list (recsys/arms.py); b"" = none
 
     def already_applied(self, partition: int, offset: int) -> bool:
         """True for a redelivered event (same partition, offset not after the last applied one)."""
@@ -213,7 +219,8 @@ def append_history(history: list[tuple[str, float]], item_id: str, timestamp: fl
 def encode_state(state: UserState, *, half: bool = True) -> bytes:
     hidden = np.zeros(0, dtype=np.float32) if state.hidden is None else np.asarray(state.hidden).ravel()
     dtype = "<f2" if half else "<f4"
-    if max(len(state.history), hidden.size, len(state.negatives), len(state.origins)) > 0xFFFF:
+    if max(len(state.history), hidden.size, len(state.negatives), len(state.origins)) > 0xFFFF \
+            or len(state.exposure) > MAX_EXPOSURE_BYTES:
         raise ValueError("state too large to encode")
     parts = [_HEAD.pack(VERSION, FLAG_FLOAT16 if half else 0, state.model_tag & 0xFFFFFFFF, state.partition,
                         state.offset, min(state.n_events, 0xFFFFFFFF), hidden.size),
@@ -225,6 +232,7 @@ def encode_state(state: UserState, *, half: bool = True) -> bytes:
     parts += [_COUNT.pack(len(state.negatives)), b"".join(map(item_key, state.negatives)),
               _COUNT.pack(len(state.origins))]
     parts.extend(_ORIGIN.pack(*origin) for origin in state.origins)
+    parts += [_COUNT.pack(len(state.exposure)), bytes(state.exposure)]
     return b"".join(parts)
 
 
@@ -247,6 +255,12 @@ def decode_state(data: bytes, items: Mapping[bytes, str] | None = None) -> UserS
             negatives, pos = (_keys_v5 if version >= 5 else _ids_v4)(data, pos, items)
         if version >= 3:
             origins, pos = _origins(data, pos, _ORIGIN if version >= 4 else _ORIGIN_V3)
+        exposure = b""
+        if version >= 6:
+            n, pos = _count(data, pos)
+            if n > MAX_EXPOSURE_BYTES or pos + n > len(data):
+                raise StateDecodeError("exposure section out of range")
+            exposure, pos = bytes(data[pos:pos + n]), pos + n
         if pos != len(data):
             raise StateDecodeError(f"{len(data) - pos} trailing bytes")
     except (struct.error, ValueError, UnicodeDecodeError) as exc:
@@ -254,7 +268,8 @@ def decode_state(data: bytes, items: Mapping[bytes, str] | None = None) -> UserS
             raise
         raise StateDecodeError(f"corrupt state: {exc}") from exc
     return UserState(hidden=hidden if size else None, history=history, partition=partition, offset=offset,
-                     n_events=n_events, model_tag=tag, negatives=negatives, origins=origins)
+                     n_events=n_events, model_tag=tag, negatives=negatives, origins=origins,
+                     exposure=exposure)
 
 
 def _count(data: bytes, pos: int) -> tuple[int, int]:
@@ -322,3 +337,32 @@ def _origins(data: bytes, pos: int, entry: struct.Struct) -> tuple[list[Origin],
         origins.append((*entry.unpack_from(data, pos), 0)[:3])
         pos += entry.size
     return origins, pos
+
+
+_CATALOGUE_KEYS: "WeakKeyDictionary[object, ItemKeys]" = WeakKeyDictionary()
+
+
+def catalogue_keys(model) -> ItemKeys:
+    """Item key -> item id of ``model``'s catalogue, how a state names its items (stream_rec/state.py),
+    extended when the catalogue grew (live items join it)."""
+    keys = _CATALOGUE_KEYS.get(model)
+    if keys is None:
+        keys = _CATALOGUE_KEYS[model] = ItemKeys()
+    if keys.indexed != len(model.item_ids):
+        keys.extend(model.item_ids)
+    return keys
+
+
+def read_state(raw: bytes | None, model=None, items: ItemKeys | None = None) -> UserState:
+    """The stored state, its items named by ``model``'s catalogue (``items``: that catalogue's keys, when
+    the caller has them already), or a fresh one (no state yet, or an unreadable old one: start the user
+    over rather than stop the stream). Anything but bytes or None is a caller's mistake (e.g. a dict's
+    ``get`` given as ``load_state``, which takes the partition for a default): TypeError."""
+    if raw is not None and not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise TypeError(f"a stored state is bytes or None, got {type(raw).__name__}")
+    try:
+        if items is None and model is not None:
+            items = catalogue_keys(model)
+        return decode_state(raw, items=items) if raw else UserState()
+    except StateDecodeError:
+        return UserState()

@@ -12,7 +12,8 @@ and the benchmarks.
   reports the send time of every event (end-to-end latency = rec arrival - event send, one clock).
 * :func:`wait_ready` sends probe events for a reserved user until a recommendation for it comes back:
   the worker has joined its group, loaded its model and written to Kafka, whatever its internals.
-* :func:`read_changelog_states` / :func:`state_bytes_per_user`: the state table as its changelog holds it.
+* :func:`read_changelog_states` / :func:`state_bytes_per_user` / :func:`read_changelog_arms`: the state table
+  as its changelog holds it (users' states; the exploration's arm records).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from stream_rec.io.broker import free_port, stop_with_parent_hook
 from stream_rec.io.kafka import kafka_consumer, kafka_producer, read_topic
 from stream_rec.io.topics import changelog_topic_name
 from stream_rec.settings import Settings
+from stream_rec.recsys.arms import ArmStats, decode_arm
+from stream_rec.recsys.exploring import ARM_PREFIX
 from stream_rec.state import ItemKeys, decode_state
 
 log = logging.getLogger(__name__)
@@ -304,6 +307,21 @@ async def wait_ready(settings: Settings, collector: RecCollector, probe_item: st
             await producer.stop()
 
 
+def catalog_applied(worker: WorkerProcess) -> float:
+    """How many catalog records the worker has applied (``stream_rec_catalog_items_total``; 0 while its
+    listener is not up)."""
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(worker.metrics_url(), timeout=5).read().decode()
+    except OSError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith("stream_rec_catalog_items_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
 # --- the state table, read from its changelog ----------------------------------------------------------
 def _decode_table_key(raw: bytes | None) -> str | None:
     """Faust writes table keys raw or JSON-encoded depending on the table's key serializer: accept both."""
@@ -324,15 +342,30 @@ async def read_changelog_states(settings: Settings, topic: str | None = None, it
     catalogue = ItemKeys(items)
     for rec in await read_topic(settings, topic or changelog_topic_name(settings)):
         user = _decode_table_key(rec.key)
+        if user is not None and user.startswith(ARM_PREFIX):
+            continue  # an exploration arm's record (read_changelog_arms)
         states[user] = None if rec.value is None else decode_state(rec.value, items=catalogue)
     return states
+
+
+async def read_changelog_arms(settings: Settings, topic: str | None = None) -> dict[tuple[int, str], ArmStats]:
+    """(events partition, item id) -> the exploration arm record as the state table's changelog holds it
+    (the latest per key; recsys/exploring.py). ``arms.merge_arms`` of an item's records is its total."""
+    arms: dict[tuple[int, str], ArmStats] = {}
+    for rec in await read_topic(settings, topic or changelog_topic_name(settings)):
+        key = _decode_table_key(rec.key)
+        if key is None or not key.startswith(ARM_PREFIX) or rec.value is None:
+            continue
+        partition, item_id = key[len(ARM_PREFIX):].split(":", 1)
+        arms[(int(partition), item_id)] = decode_arm(rec.value)
+    return arms
 
 
 async def state_bytes_per_user(settings: Settings) -> dict:
     """Mean/max size of the latest state value per user (the probe user left out), from the changelog."""
     latest: dict[bytes, int] = {}
     for rec in await read_topic(settings, changelog_topic_name(settings)):
-        if rec.key is not None and rec.key != PROBE_USER.encode():
+        if rec.key is not None and rec.key != PROBE_USER.encode() and not rec.key.startswith(ARM_PREFIX.encode()):
             latest[rec.key] = len(rec.value or b"")
     if not latest:
         return {"users": 0}

@@ -95,7 +95,7 @@ def test_state_round_trip_with_negatives():
     st = UserState(np.ones(8, np.float32), [("a", 1.5)], partition=1, offset=9, n_events=3,
                    model_tag=model_tag("m1"), negatives=["b", "ünïcode-neg", "c"])
     raw = encode_state(st)
-    assert raw[0] == 5  # version 5
+    assert raw[0] == 6  # version 6
     back = decode_state(raw, items=ItemKeys(["a", "b", "c", "ünïcode-neg"]))
     assert back.negatives == ["b", "ünïcode-neg", "c"] and back.history == [("a", 1.5)]
     assert back.seen_items() == ["a"]  # negatives are not "seen"
@@ -118,7 +118,7 @@ def test_state_decodes_version_1_bytes():
     np.testing.assert_allclose(back.hidden, h.astype(np.float32))
     with pytest.raises(StateDecodeError):
         decode_state(v1 + b"\x00\x00")  # version 1 has no negatives part: trailing bytes
-    again = decode_state(encode_state(back), items=ItemKeys(["ünï"]))  # re-written as version 5
+    again = decode_state(encode_state(back), items=ItemKeys(["ünï"]))  # re-written as version 6
     assert again.history == back.history and again.negatives == []
 
 
@@ -163,7 +163,7 @@ def test_state_decodes_version_4_bytes():
           + struct.pack("<HH", 1, 1) + b"n" + struct.pack("<H", 1) + struct.pack("<iqQ", 3, 10, 99))
     back = decode_state(v4)
     assert back.history == [("a", 1.5), ("ü", 2.5)] and back.negatives == ["n"] and back.origins == [(3, 10, 99)]
-    again = decode_state(encode_state(back), items=ItemKeys(["a", "ü", "n"]))  # re-written as version 5
+    again = decode_state(encode_state(back), items=ItemKeys(["a", "ü", "n"]))  # re-written as version 6
     assert (again.history, again.negatives, again.origins) == (back.history, back.negatives, back.origins)
     np.testing.assert_array_equal(again.hidden, back.hidden)
 

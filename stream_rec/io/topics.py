@@ -34,6 +34,7 @@ TOPIC_LAYOUT: dict[str, tuple[str | None, str | int, str, int | None]] = {
     "recommendations": ("recommendations_topic", "partitions", "delete", 6 * HOUR_MS),
     "events-dlq": ("dlq_topic", 1, "delete", 28 * 24 * HOUR_MS),
     "control": ("control_topic", 1, "delete", 24 * HOUR_MS),
+    "explore-arms": ("explore_arms_topic", 1, "compact", None),  # recsys/exploring.py: every worker's view
     "changelog": (None, "partitions", "compact", None),  # the user-state table: one partition per events partition
     "leader": (None, 1, "delete", None),  # Faust's leader-election topic
 }

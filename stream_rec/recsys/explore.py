@@ -59,6 +59,15 @@ class ExplorePolicy:
     z: float = 1.64  # quantile of the graduation / retirement tests (one-sided 95%)
     max_declines: int = 8  # a user's impressions of an item she left untaken this many times in a row stop counting
 
+    @classmethod
+    def from_settings(cls, settings) -> "ExplorePolicy | None":
+        """The worker's policy (``Settings.explore_*``), or None when ``explore_slots`` is 0 (off)."""
+        if settings.explore_slots <= 0:
+            return None
+        return cls(slots=settings.explore_slots, max_age_s=settings.explore_max_age_s,
+                   window_s=settings.explore_window_s, min_gain=settings.explore_min_gain, by=settings.explore_by,
+                   min_similarity=settings.explore_min_similarity, max_declines=settings.explore_max_declines)
+
     def __post_init__(self):
         if min(self.slots, self.max_age_s, self.window_s, self.min_gain, self.retire_share) < 0:
             raise ValueError(f"exploration policy values must be >= 0: {self}")

@@ -21,7 +21,7 @@ from .intake import take_batches
 from .models import control_loop
 from .observe import ConsumerLag, broker_silence_s, events_unacked, recovering, waits_of
 from .options import app_options
-from .services import WorkerServices
+from .services import WorkerServices, arms_loop
 from .table import BatchedChangelogTable, rocksdb_options
 from .transport import register_transport
 from .watchdog import check_stall
@@ -99,6 +99,11 @@ def declare_tasks(ctx: WorkerContext) -> None:
     @app.task
     async def follow_control():  # hot reload on {"type": "reload"} (every worker: group-less consumer)
         await control_loop(services.live, settings)
+
+    if settings.explore_slots > 0:  # exploration on (services.explorer)
+        @app.task
+        async def follow_arms():  # every partition's exploration arms, for this worker's view (every worker)
+            await arms_loop(services.explorer, settings)
 
     if settings.model and settings.model_poll_s > 0:
         @app.task

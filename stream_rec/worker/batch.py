@@ -26,6 +26,7 @@ from typing import Any, Sequence
 from .. import metrics
 from ..io.topics import read_headers, rerouted_headers
 from ..pipeline import TIMED_PHASES, BatchResult, Incoming, LoadState, process_batch_isolating
+from ..recsys.exploring import arm_table_key
 from .catalog import context_vectors
 from .context import WorkerContext
 from .sends import OutRecord, send_records, topic_partitions
@@ -54,8 +55,11 @@ async def _handle(ctx: WorkerContext, services: WorkerServices, batch: Sequence[
     model = services.model  # one version for the whole batch, even if a reload lands meanwhile
     queries = await batch_queries(services, model, incoming)
     _mark(trace, "queries")
+    if services.explorer is not None:  # the arm records: read through the table (staged first)
+        services.explorer.read_arm = arm_reader(ctx.table)
     result = process_batch_isolating(incoming, state_reader(ctx), model, services.config, queries=queries,
-                                     enricher=services.enricher, on_error=_log_batch_error)
+                                     enricher=services.enricher, on_error=_log_batch_error,
+                                     explorer=services.explorer)
     _mark(trace, "process")
     stage_user_states(services.state_cache, ctx.table, result, incoming)
     _mark(trace, "stage")
@@ -133,6 +137,11 @@ def state_reader(ctx: WorkerContext) -> LoadState:
     return lambda user_id, partition: read_user_state(cache, table, user_id.encode(), partition)
 
 
+def arm_reader(table):
+    """``read_arm(partition, item_id)`` for the explorer: the arm's record staged or stored on that partition."""
+    return lambda partition, item_id: table.stored(arm_table_key(partition, item_id), partition)
+
+
 def output_records(ctx: WorkerContext, batch: Sequence[Any],
                    result: BatchResult) -> tuple[list[OutRecord], list[OutRecord]]:
     """(the records sent as record batches: recommendations and re-routed events; the dead letters)."""
@@ -143,6 +152,9 @@ def output_records(ctx: WorkerContext, batch: Sequence[Any],
         records.append(OutRecord(m.topic, m.key, m.value, partition=partition,
                                  timestamp_ms=None if m.timestamp is None else int(m.timestamp * 1000),
                                  headers=rerouted_headers(m.headers, m.partition, m.offset)))
+    if result.arms:  # every worker's view of the arms (recsys/exploring.py): the explore-arms topic
+        topic = ctx.settings.topic(ctx.settings.explore_arms_topic)
+        records += [OutRecord(topic, arm_table_key(p, item), arm) for (p, item), arm in result.arms.items()]
     dead = [OutRecord(ctx.dlq_topic, _original_key(bad), json.dumps(bad).encode()) for bad in result.dlq]
     return records, dead
 
@@ -166,6 +178,8 @@ def record_metrics(services: WorkerServices, n_events: int, result: BatchResult,
         metrics.FRESH_SLOTS.inc(result.fresh_slots)
     if result.deleted:
         metrics.USERS_DELETED.inc(len(result.deleted))
+    if result.explore:  # exploration on (services.explorer) and something counted
+        record_explore_metrics(services.explorer, result)
     services.users_seen.difference_update(result.deleted)
     if result.applied:
         for phase in TIMED_PHASES:
@@ -176,3 +190,17 @@ def record_metrics(services: WorkerServices, n_events: int, result: BatchResult,
             metrics.CONSUME_TO_REC_LATENCY.observe(max(0.0, sent - ts))
         services.users_seen.update(result.states)
     metrics.USERS_IN_STATE.set(len(services.users_seen))
+
+
+def record_explore_metrics(explorer, result: BatchResult) -> None:
+    """The exploration's counters (docs/EXPLORATION.md) and its arms by state."""
+    counts = result.explore
+    metrics.EXPLORE_IMPRESSIONS.inc(counts["impressions"])
+    metrics.EXPLORE_HITS.inc(counts["hits"])
+    metrics.EXPLORE_SLOTS.labels(state="exploring").inc(counts["exploring"])
+    metrics.EXPLORE_SLOTS.labels(state="graduated").inc(counts["graduated_slots"])
+    metrics.EXPLORE_GRADUATED.inc(counts["graduated"])
+    metrics.EXPLORE_RETIRED.inc(counts["retired"])
+    states = explorer.states(time.time())
+    for state in ("exploring", "graduated", "retired"):
+        metrics.EXPLORE_ARMS.labels(state=state).set(states[state])

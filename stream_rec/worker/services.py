@@ -12,9 +12,13 @@ from typing import Hashable, Sequence
 from .. import metrics
 from ..learning.finetune import drift_finetuner
 from ..pipeline import BatchResult, Incoming, PipelineConfig
+from ..recsys.arms import ArmDecodeError, decode_arm
 from ..recsys.enricher import Enricher
+from ..recsys.exploring import ARM_PREFIX, Explorer, arm_table_key
 from ..settings import Settings
+from ..validation import Invalid
 from .catalog import CatalogVectors, LiveCatalog
+from .follow import follow_records
 from .listener import StreamGate
 from .live import UiState
 from .models import LiveModel
@@ -45,6 +49,8 @@ class WorkerServices:
         # negatives, re-ranking, reasons, interests, online HR@k + drift (stream_rec/recsys/enricher.py); it
         # rebuilds its item vectors itself when the model is swapped or the catalog grows
         self.enricher = Enricher.from_settings(settings)
+        # the exploration bandit (recsys/exploring.py): its arm records live in the state table (batch.py)
+        self.explorer = Explorer(self.config.explore) if self.config.explore is not None else None
         self.finetuner = (drift_finetuner(settings, lambda: list(self.enricher.recent or ()))
                           if settings.drift_finetune else None)
         self.users_seen: set[str] = set()
@@ -68,6 +74,8 @@ class WorkerServices:
         from the offset that reached the store."""
         self.state_cache.clear()
         table.forget_unflushed()
+        if self.explorer is not None:  # arm records of partitions this worker may no longer own
+            self.explorer.forget()
         if self.ui is not None:  # live pages: their user may now be answered by another worker
             self.ui.watchers.close_all("moved")
 
@@ -157,7 +165,10 @@ def stage_user_states(cache: StateCache, table, result: BatchResult, batch: Sequ
     """A micro-batch's new states and erasures, staged for the partition of the user's event that caused
     them (``table``: in memory now, in the local store once their changelog records are delivered); the
     state cache follows. An erasure with nothing after it is a tombstone; an erasure that arrived on
-    another partition than the user's also deletes what a producer with another partitioner left there."""
+    another partition than the user's also deletes what a producer with another partitioner left there.
+    The batch's exploration arm records go first (recsys/exploring.py says why)."""
+    for (partition, item_id), arm in result.arms.items():
+        table.stage(arm_table_key(partition, item_id), arm, partition)
     for user_id, index in result.deleted.items():
         key, partition = user_id.encode(), batch[index].partition
         cache.discard((key, partition))
@@ -172,3 +183,28 @@ def stage_user_states(cache: StateCache, table, result: BatchResult, batch: Sequ
         if read_user_state(cache, table, key, partition) is not None:
             table.stage(key, None, partition)
             cache.discard((key, partition))
+
+
+def parse_arm_record(message):
+    """An ``explore-arms`` record -> ((partition, item id), ArmStats), None (a tombstone) or Invalid."""
+    if message.value is None:
+        return None
+    try:
+        key = (message.key or b"").decode("utf-8")
+        if not key.startswith(ARM_PREFIX):
+            return Invalid("bad_key", "not an arm key")
+        partition, item_id = key[len(ARM_PREFIX):].split(":", 1)
+        return (int(partition), item_id), decode_arm(message.value)
+    except (UnicodeDecodeError, ValueError, ArmDecodeError) as exc:  # ArmDecodeError is a ValueError
+        return Invalid("bad_arm", str(exc)[:200])
+
+
+async def arms_loop(explorer: Explorer, settings: Settings, poll_ms: int = 500) -> None:
+    """Follow the ``explore-arms`` topic (every worker, whole topic, group-less): each partition's arm
+    records, for the bandit's view of the arms of partitions this worker does not process."""
+    async def apply(records) -> None:
+        for _, (key, arm) in records:
+            explorer.put_remote(key, arm)
+
+    await follow_records(settings, settings.topic(settings.explore_arms_topic), role="explore-arms",
+                         parse=parse_arm_record, apply=apply, poll_ms=poll_ms, max_records=5000)
