@@ -202,9 +202,13 @@ def test_two_prefixed_deployments_on_one_broker_never_see_each_others_state(brok
     import time
     import urllib.request
 
-    from conftest import WorkerProcess, consume, produce, write_items
+    from conftest import WorkerProcess, consume, produce, wait_until, write_items
     from stream_rec_devtools.synthetic import make_catalog
     from stream_rec_devtools.harness import read_changelog_states
+
+    def ready(worker) -> dict:  # /readyz's body once it says 200: it may trail the first lists by a moment
+        # (Faust signals the assignment after the flow resumed; the listener reads a 0.1 s snapshot)
+        return json.loads(urllib.request.urlopen(worker.url("/readyz"), timeout=5).read())
 
     catalog = make_catalog(items_per_theme=4)
     items = write_items(tmp_path, catalog)
@@ -229,7 +233,7 @@ def test_two_prefixed_deployments_on_one_broker_never_see_each_others_state(brok
                            and all(any(isinstance(r["value"], dict) and r["value"]["user_id"] == u
                                        and r["value"]["event_timestamp"] == now + n - 1 for r in rs) for u in users))
             assert recs, settings.topic_prefix
-        readiness = {name: json.loads(urllib.request.urlopen(w.url("/readyz"), timeout=5).read())
+        readiness = {name: wait_until(lambda w=w: ready(w), timeout_s=20, message=f"{name}'s /readyz 200")
                      for name, w in (("ta", wa), ("tb", wb))}
     for name, (settings, seq) in tenants.items():
         states = asyncio.run(read_changelog_states(settings, items=ids))
