@@ -36,7 +36,7 @@ EXPECTED_ERRORS = (
     ("stream_rec.io.broker", "BrokerError"),
     ("stream_rec.model.recommender", "ModelLoadError"),
     ("stream_rec.worker.models", "ModelResolutionError"),
-    ("stream_rec.worker.http", "ListenError"),
+    ("stream_rec.worker.listener", "ListenError"),
     ("aiokafka.errors", "KafkaConnectionError"),
 )
 
