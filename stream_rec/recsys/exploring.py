@@ -14,7 +14,7 @@ Two steps per batch (stream_rec/pipeline.py calls them):
 
 **Where the arm records live.** One record per (events partition, item) (``arms.ArmStats``, 32 bytes),
 in the user-state table under :func:`arm_table_key` (``"\\x00arm:<partition>:<item>"``; validation refuses
-ids with control characters, so no user key can be one), staged for the partition of the events that
+ids with a NUL character, so no user key can be one), staged for the partition of the events that
 changed it, *before* the batch's user states: a delivered state implies that the arm totals including its
 events were delivered. The reverse (arms delivered, a state not, then a crash) is closed by each record's
 ``applied`` watermark: an event of that partition at an offset <= the record's ``applied`` when the batch
