@@ -20,6 +20,7 @@ SPEC = WorldSpec(name="tiny", n_users=40, topics=2, series_per_topic=3, episodes
                  new_share=0.25, seed=5)
 
 
+@pytest.mark.slow  # 15 s; the default run keeps tests/test_explore_worker.py's exact counts (the suite's 15 min)
 def test_the_simulation_runs_through_a_real_worker_and_its_arms_count_the_hits(broker, tmp_path):
     import asyncio
 
