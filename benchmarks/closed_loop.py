@@ -57,6 +57,9 @@ def parse_args(argv=None):
                                                                       "(trained there when missing)")
     p.add_argument("--train-budget", type=float, default=240.0, help="seconds of training per world")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--train-set", nargs="*", default=[], metavar="NAME=VALUE",
+                   help="GRUConfig / TrainParams overrides for the models trained here (experiments; as "
+                        "benchmarks/quality.py --set)")
     p.add_argument("--draws-seed", type=int, default=None, help="the bandit's Thompson draws (default: --seed)")
     p.add_argument("--through-worker", action="store_true",
                    help="also run none and bandit through a real worker on an embedded broker")
@@ -104,8 +107,11 @@ def world_model(name: str, args, encoder):
     path = Path(args.models) / name
     if not (path / "VERSION").is_file():
         started = time.perf_counter()
+        from quality import overrides
+
+        model_kw, train_kw = overrides(args.train_set)
         rec, history = train_model(make_spec_world(datasets.WORLDS[name]), encoder, budget_s=args.train_budget,
-                                   threads=args.threads)
+                                   threads=args.threads, config_kwargs=model_kw, train_kwargs=train_kw)
         rec.save(path)
         print(f"{name}: trained in {time.perf_counter() - started:.0f} s, best epoch {history.best_epoch} of "
               f"{len(history.epochs)}, valid NDCG@10 {history.best_valid.get('ndcg@10', 0):.4f}", flush=True)

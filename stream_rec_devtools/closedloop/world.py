@@ -155,12 +155,14 @@ class Users:
         return item
 
 
-def train_model(sim_or_world, encoder, *, budget_s: float, threads: int = 1, progress: bool = False):
-    """``stream-rec train`` with its defaults on the world's log without the new items (excluded from the
-    catalogue: they join it from their text during the simulation). -> (Recommender, History)"""
+def train_model(sim_or_world, encoder, *, budget_s: float, threads: int = 1, progress: bool = False,
+                config_kwargs: dict | None = None, train_kwargs: dict | None = None):
+    """``stream-rec train`` with its defaults (``config_kwargs`` / ``train_kwargs``: GRUConfig / TrainParams
+    overrides, for experiments) on the world's log without the new items (excluded from the catalogue: they
+    join it from their text during the simulation). -> (Recommender, History)"""
     from stream_rec.model.train import TrainParams, train_recommender
 
     world = sim_or_world.world if isinstance(sim_or_world, SimWorld) else sim_or_world
-    params = TrainParams(threads=threads, time_budget_s=budget_s)
-    return train_recommender(training_split(world), item_texts(world), {}, params, encoder=encoder,
+    params = TrainParams(**{"threads": threads, "time_budget_s": budget_s} | dict(train_kwargs or {}))
+    return train_recommender(training_split(world), item_texts(world), dict(config_kwargs or {}), params, encoder=encoder,
                              exclude_items=list(world.new_items), progress=progress)
