@@ -203,3 +203,28 @@ def test_items_added_after_training_back_off_to_their_text_neighbours(tmp_path):
     assert np.isfinite(scores[0, 1:]).all()
     loaded = Recommender.load(rec.save(tmp_path / "m"), device="cpu")
     np.testing.assert_allclose(scores_after(loaded, [1, rows[0]]), scores, atol=1e-6)
+
+
+def test_training_hides_the_prior_of_the_items_whose_ids_are_dropped():
+    """ID dropout simulates items that join after training; they have no transitions into them, so the rows
+    whose IDs a draw hides lose their prior columns too (every other column keeps it)."""
+    model = model_with_prior(gate_bias=2.0)
+    model.config = type(model.config)(**(model.config.to_dict() | {"id_dropout": 0.5}))
+    model.train()
+    model.dropout.p = 0.0  # the same user vector in both calls
+    torch.manual_seed(3)
+    tables = model.item_tables()
+    hidden = tables.id_hidden
+    assert hidden is not None and 0 < int(hidden[1:].sum()) < N
+    hidden = torch.zeros(N + 1, dtype=torch.bool)  # a draw fixed here: the test needs a hidden item with a prior
+    hidden[[3, 7]] = True  # item 3 followed item 2 in training (a prior to hide), item 4 did too (kept)
+    tables = tables._replace(id_hidden=hidden)
+    state, recent = torch.randn(2, 8), torch.tensor([[0, 1, 2], [1, 2, 2]])
+    with torch.no_grad():
+        full = model.scores(state, tables, recent=recent)
+        hid = model.scores(state, tables, recent=recent, hide_prior=True)
+        prior = model.prior.scores(state, tables.vectors, recent)
+    assert (prior[:, 3] > 0).all() and (prior[:, 4] > 0).all()
+    torch.testing.assert_close(hid[:, ~hidden], full[:, ~hidden])
+    torch.testing.assert_close(hid[:, hidden], (full - prior)[:, hidden])
+    assert model.eval().item_tables().id_hidden is None  # serving: nothing hidden

@@ -153,6 +153,8 @@ class ItemTables(NamedTuple):
     nexts: torch.Tensor | None  # [N+1, d] "what follows this item" (ID + text); None without recent items
     bias: torch.Tensor  # [N+1] output bias (ID + text)
     keys: torch.Tensor | None = None  # [N+1, heads*d] attention keys of the read-out (None without recent items)
+    # [N+1] training only: the rows whose ID parts this draw of ID dropout hid (None: none hidden)
+    id_hidden: torch.Tensor | None = None
 
 
 def log_gap(seconds: torch.Tensor) -> torch.Tensor:
@@ -253,7 +255,8 @@ class HybridGRU(nn.Module):
         bias = self.item_bias if keep is None else self.item_bias * keep
         if c.text_bias and c.use_text:
             bias = bias + self.text_bias(self.text_vectors).squeeze(-1)
-        return ItemTables(vectors, nexts, bias, self.key(vectors) if c.recent else None)
+        return ItemTables(vectors, nexts, bias, self.key(vectors) if c.recent else None,
+                          None if keep is None else keep == 0)
 
     def item_vectors(self) -> torch.Tensor:
         """Representation of every item row: ID embedding + projected text vector.  # [N+1, d]"""
@@ -304,10 +307,13 @@ class HybridGRU(nn.Module):
         return u + (weights.sum(-2).unsqueeze(-1) * tables.nexts[recent]).sum(-2)  # the heads' mixes, added
 
     def scores(self, state: torch.Tensor, table=None, recent: torch.Tensor | None = None,
-               leave_out: torch.Tensor | None = None) -> torch.Tensor:
+               leave_out: torch.Tensor | None = None, hide_prior: bool = False) -> torch.Tensor:
         """Scores of every item row.  state [..., S] (or a bare hidden vector [..., H], with ``recent``
         rows [..., K] or none) -> [..., N+1]. ``leave_out`` [...] (training): each example's target, whose
-        own transition the transition prior leaves out of its counts."""
+        own transition the transition prior leaves out of its counts. ``hide_prior`` (training): the rows
+        whose IDs the table's ID dropout hid get no prior either -- as an item that joins after training,
+        which has no transitions into it: the text path learns to rank such an item against the others'
+        counts (``TrainParams.prior_id_dropout``)."""
         tables = self._tables(table)
         hidden, rows = self.split_state(state)
         if recent is not None:
@@ -317,7 +323,10 @@ class HybridGRU(nn.Module):
         if self.has_prior and rows is not None:
             lo = None if leave_out is None else leave_out.reshape(-1)
             h = hidden.reshape(-1, hidden.shape[-1])
-            s = s + self.prior.scores(h, tables.vectors, rows.reshape(-1, rows.shape[-1]), lo).reshape(s.shape)
+            prior = self.prior.scores(h, tables.vectors, rows.reshape(-1, rows.shape[-1]), lo).reshape(s.shape)
+            if hide_prior and tables.id_hidden is not None:
+                prior = prior.masked_fill(tables.id_hidden, 0.0)
+            s = s + prior
         s[..., PAD] = -math.inf
         return s
 

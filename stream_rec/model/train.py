@@ -63,6 +63,10 @@ class TrainParams:
     # The transition prior's counts hold the training sequences' own transitions: each example leaves its
     # own out (model/transitions.py). Off when the sequences are not the ones counted (fine-tuning).
     prior_leave_one_out: bool = True
+    # The items whose IDs ID dropout hides in a batch lose their prior columns too (the text path learns to
+    # rank an item with no transitions into it, as every new item is, against the counts of the others).
+    # Without it, plain ranking almost never showed a new item (docs/EXPLORATION.md, "the prior and new items").
+    prior_id_dropout: bool = True
     time_budget_s: float = 0.0  # wall-time budget: no epoch is started that would likely overrun it (0 = none)
     # Epochs of the learned initial state of a user with no events (model/coldstart.py; 0 = zeros): fitted
     # after training, every weight frozen, on the first events of the training users.
@@ -141,7 +145,8 @@ def train_epoch(model: HybridGRU, seqs: list[UserSequence], params: TrainParams,
                 continue
             window_recent = None if recent is None else recent[:, s:s + params.max_len][mask]
             leave_out = y[mask] if params.prior_leave_one_out else None
-            logits = model.scores(out[mask], tables, recent=window_recent, leave_out=leave_out)  # [n, N+1]
+            logits = model.scores(out[mask], tables, recent=window_recent, leave_out=leave_out,
+                                  hide_prior=params.prior_id_dropout)  # [n, N+1]
             if first_seen is not None:  # the lists never hold seen items: the softmax is over the unseen ones
                 b_idx, t_idx = mask.nonzero(as_tuple=True)
                 logits = logits.masked_fill(first_seen[b_idx] <= (t_idx + s).unsqueeze(1), -math.inf)
