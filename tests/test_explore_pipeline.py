@@ -148,7 +148,8 @@ def test_exploration_off_leaves_lists_records_and_states_as_before():
     result = w.batch([("u1", "space-00", NOW - 50)])
     assert "explore" not in result.recommendations[0] and not result.arms and not result.explore
     assert w.state("u1").exposure == b""
-    assert PipelineConfig.from_settings(Settings()).explore is None  # off by default
+    assert PipelineConfig.from_settings(Settings(explore_slots=0)).explore is None  # 0 slots: off
+    assert PipelineConfig.from_settings(Settings()).explore.slots == 2  # on by default (docs/EXPLORATION.md)
 
 
 def test_a_state_written_before_exposures_existed_is_explored():
