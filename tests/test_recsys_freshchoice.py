@@ -25,6 +25,9 @@ def test_pick_takes_the_most_new_item_hits_within_the_warm_cost_and_declines_whe
     assert policy.slots == 2 and why.startswith("chosen") and "0.300" in why  # slots 3: too costly
     policy, why = pick([grid_entry(1, 0.02, 0.001), grid_entry(3, 0.05, 0.01)], params)
     assert policy.slots == 0 and "do not carry relevance" in why
+    policy, why = pick([grid_entry(1, 0.106, 0.0137), grid_entry(2, 0.09, 0.019)], params)  # ml-1m-half-new's
+    assert policy.slots == 0 and "worth its warm cost" in why  # 0.08 per 1% of warm NDCG@10
+    assert pick([grid_entry(1, 0.106, 0.0137), grid_entry(1, 0.12, 0.0)], params)[0].slots == 1  # free: taken
     policy, why = pick([grid_entry(1, 0.5, 0.03)], params)
     assert policy.slots == 0 and "costs the warm users" in why
     assert pick([], params)[0].slots == 0

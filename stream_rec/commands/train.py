@@ -94,6 +94,8 @@ def add_serving_args(p: argparse.ArgumentParser, d) -> None:
                    help="most NDCG@10 the policy may cost the users whose next item is not new (validation)")
     f.add_argument("--fresh-min-new-hr", type=float, default=c.min_new_hr,
                    help="least HR@10 the policy must bring the users whose next item is new, else it is declined")
+    f.add_argument("--fresh-min-hr-per-cost", type=float, default=c.min_hr_per_cost,
+                   help="least new-item HR@10 per 1%% of warm NDCG@10 the policy costs, else it is declined")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -153,7 +155,8 @@ def choose_policy(rec, split, args: argparse.Namespace) -> dict:
     from ..recsys.freshchoice import ChoiceParams, FreshnessPolicy, choose_freshness, describe_policy
 
     params = ChoiceParams(hide_share=args.fresh_hide_share, max_warm_cost=args.fresh_max_warm_cost,
-                          min_new_hr=args.fresh_min_new_hr, seed=args.seed)
+                          min_new_hr=args.fresh_min_new_hr, min_hr_per_cost=args.fresh_min_hr_per_cost,
+                          seed=args.seed)
     if params.hide_share <= 0:
         return describe_policy(FreshnessPolicy(slots=0)) | {"why": "not chosen (--fresh-hide-share 0)"}
     entry = choose_freshness(rec, split, params)
