@@ -1,20 +1,29 @@
-"""Does a crowd of lookups slow the stream? One worker on an embedded broker, events at a steady rate, first
-alone, then while N clients keep asking ``GET /recommendations/{user}`` as fast as they are answered.
+"""Does a crowd of lookups slow the stream? One worker on an embedded broker, events at a steady rate, and N
+clients that keep asking ``GET /recommendations/{user}`` as fast as they are answered, in short phases:
 
-    python benchmarks/lookup_load.py [--rate 100] [--phase-s 10] [--rounds 4] [--concurrency 200] [--users 500]
-                                     [--items-per-theme 100] [--model DIR] [--token TOKEN] [--set NAME=VALUE]
-                                     [--client-nice N]
+    python benchmarks/lookup_load.py [--rate 100] [--phase-s 3] [--rounds 20] [--concurrency 200] [--users 500]
+                                     [--control] [--items-per-theme 100] [--model DIR] [--token TOKEN]
+                                     [--set NAME=VALUE] [--client-nice N] [--verbose]
 
-The two phases alternate ``--rounds`` times, and their order flips every round (idle, lookups; lookups,
-idle; ...): the box's other load drifts, and so does the embedded broker (it slows with the batches it
-holds, docs/RELIABILITY.md), so a fixed order would charge that drift to the later phase. Prints, for each
-phase, the consume -> recommendation latency the worker stamps on every record (``latency_ms``: from the
-moment it took the event to the moment the list was built) as p50 / p99 / mean, each round's ratio of the
-loaded p99 to the idle p99 and the pooled one, and the lookups answered per second with their p50 / p99.
-Issue 23's measurement (before lookups were batched): mean 4.9 -> 40.5 ms with 200 lookups at 100 ev/s.
-The clients run in this process on the same cores as the worker and the broker; ``--client-nice N`` runs
-them in a process of their own, niced N more than this one, instead (closer to clients on other machines: their CPU
-then yields to the worker's). Compare ratios from one run, and rerun when the box is busy.
+* ``idle``: the clients wait; ``lookups``: they ask the worker; ``control`` (with ``--control``): they ask a
+  trivial server in a process of its own that answers as slowly as the worker did (so the clients ask at the
+  worker's rate), which shows what the clients' own CPU costs the stream on these cores, apart from the
+  worker's answering.
+* The events flow the whole run; the clients (a process of their own, started once) are pointed at each
+  phase's target; ``--settle-s`` after each switch is not measured. Rounds of short phases, their order
+  turned each round: the box's other load drifts over seconds, and so does the embedded broker (it slows
+  with the batches it holds, docs/RELIABILITY.md); over many short alternations every phase sees the same
+  drift.
+* The clients' process runs ``--client-nice`` levels below this one, in a session of its own whose Linux
+  autogroup gets the same nice (autogroups share the CPU between sessions whatever a process's nice; the
+  worker and the broker run in sessions of their own): the clients' CPU yields to the worker's, as it
+  would with the clients on other machines.
+
+Prints, per phase, the consume -> recommendation latency the worker stamps on every record (``latency_ms``:
+from the moment it took the event to the moment the list was built) as p50 / p99 / mean over all rounds,
+the p99 ratios (lookups / idle is issue 23's goal: at most 1.20), the worker's CPU per phase and the
+lookups answered per second with their p50 / p99. Issue 23's measurement (before lookups were batched):
+mean 4.9 -> 40.5 ms with 200 lookups at 100 ev/s. Compare ratios from one run, and rerun when the box is busy.
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ import random
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from stream_rec.io.broker import EmbeddedBroker
 from stream_rec.io.kafka import ensure_topics, kafka_consumer
@@ -66,66 +77,133 @@ async def follow_latencies(settings, sink: dict) -> None:
         await consumer.stop()
 
 
-async def ask(url_of, users: list[str], token: str, stop: asyncio.Event, times: list[float]) -> None:
-    from aiohttp import ClientSession, TCPConnector
-
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with ClientSession(connector=TCPConnector(limit=0)) as session:
-        while not stop.is_set():
-            started = time.perf_counter()
-            async with session.get(url_of(random.choice(users)), headers=headers) as response:
-                await response.read()
-            times.append((time.perf_counter() - started) * 1000)
-
-
-def _client_process(urls: list[str], token: str, concurrency: int, nice: int, stop, out) -> None:
-    """A process of its own, ``nice`` levels below this one: ``concurrency`` clients until ``stop`` is set; their
-    answer times (ms) go to ``out``."""
+def lower_priority(nice: int) -> None:
+    """This process niced ``nice`` more, in a session of its own whose autogroup gets the same nice. Linux shares
+    the CPU between sessions' autogroups whatever their processes' nice (``/proc/sys/kernel/sched_autogroup_enabled``;
+    the worker and the broker run in sessions of their own), so a nice alone would not lower the clients."""
     import os
 
     os.nice(nice)
+    try:
+        os.setsid()
+        Path("/proc/self/autogroup").write_text(str(min(19, os.nice(0))))
+    except OSError:  # not Linux, or autogroups off: the nice is all there is
+        pass
+
+
+PAUSED, WORKER, CONTROL = 0, 1, 2  # where the clients aim (a shared value): nowhere, the worker, the control
+
+
+@dataclass
+class Shared:
+    """What the benchmark and the client process share: where the clients aim, the worker's answers so far."""
+
+    aim: Any
+    answered: Any
+    answered_ms: Any
+    failed: Any
+
+
+def _client_process(urls: dict, token: str, concurrency: int, nice: int, shared, stop, out) -> None:
+    """A process of its own, ``nice`` levels below this one: ``concurrency`` clients, each asking as fast as it is
+    answered the target that ``shared.aim`` names (none while :data:`PAUSED`), until ``stop`` is set. The
+    worker's answer times (ms) go to ``out`` at the end, their count and sum to ``shared`` as they come."""
+    import aiohttp
+    from aiohttp import ClientSession, TCPConnector
+
+    lower_priority(nice)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def client(session, times: list[float]) -> None:
+        while not stop.is_set():
+            target = shared.aim.value
+            if target == PAUSED:
+                await asyncio.sleep(0.01)
+                continue
+            started = time.perf_counter()
+            try:
+                async with session.get(random.choice(urls[target]), headers=headers) as response:
+                    await response.read()
+                    ok = response.status == 200
+            except (OSError, asyncio.TimeoutError, aiohttp.ClientError):
+                ok = False
+            if not ok:  # counted, and asked again after a pause (a refusal is not an answer)
+                shared.failed.value += 1
+                await asyncio.sleep(0.1)
+            elif target == WORKER:
+                times.append((time.perf_counter() - started) * 1000)
+                shared.answered.value += 1
+                shared.answered_ms.value += times[-1]
 
     async def main() -> list[float]:
-        halt, times = asyncio.Event(), []
-        clients = [asyncio.create_task(ask(lambda u: u, urls, token, halt, times)) for _ in range(concurrency)]
-        while not stop.is_set():
-            await asyncio.sleep(0.1)
-        halt.set()
-        await asyncio.gather(*clients, return_exceptions=True)
+        times: list[float] = []
+        async with ClientSession(connector=TCPConnector(limit=0)) as session:
+            await asyncio.gather(*(client(session, times) for _ in range(concurrency)), return_exceptions=True)
         return times
 
     out.put(asyncio.run(main()))
 
 
+def _control_server(port: int, body: bytes, nice: int, delay) -> None:
+    """The control: a trivial HTTP server in a process of its own that answers every lookup with ``body`` after
+    ``delay`` seconds (the worker's mean answer time, so that the clients ask at the worker's rate)."""
+    from aiohttp import web
+
+    lower_priority(nice)
+
+    async def answer(request):
+        await asyncio.sleep(delay.value)
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/recommendations/{user}", answer)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
 class Clients:
-    """The lookup clients of one phase: tasks in this process, or (``nice`` set) a process of their own."""
+    """The lookup clients (and the control server), started once and aimed at each phase's target."""
 
-    def __init__(self, args, worker, users: list[str], times: list[float]):
-        self.args, self.worker, self.users, self.times = args, worker, users, times
-        self.stop, self.tasks, self.proc = asyncio.Event(), [], None
+    def __init__(self, args, worker, users: list[str], body: bytes):
+        import multiprocessing
 
-    async def start(self) -> None:
-        args, urls = self.args, [self.worker.url(f"/recommendations/{u}") for u in self.users]
-        if args.client_nice is None:
-            self.tasks = [asyncio.create_task(ask(lambda u: u, urls, args.token, self.stop, self.times))
-                          for _ in range(args.concurrency)]
-        else:
-            import multiprocessing
+        ctx = multiprocessing.get_context("spawn")
+        self.stop, self.out = ctx.Event(), ctx.Queue()
+        self.shared = Shared(aim=ctx.Value("i", PAUSED, lock=False), answered=ctx.Value("i", 0, lock=False),
+                             answered_ms=ctx.Value("d", 0.0, lock=False), failed=ctx.Value("i", 0, lock=False))
+        self.delay = ctx.Value("d", 0.0, lock=False)
+        urls = {WORKER: [worker.url(f"/recommendations/{u}") for u in users]}
+        self.server = None
+        if args.control:
+            port = free_port()
+            urls[CONTROL] = [f"http://127.0.0.1:{port}/recommendations/{u}" for u in users]
+            self.server = ctx.Process(target=_control_server, args=(port, body, args.client_nice, self.delay),
+                                      daemon=True)
+            self.server.start()
+        self.proc = ctx.Process(target=_client_process, args=(urls, args.token, args.concurrency, args.client_nice,
+                                                              self.shared, self.stop, self.out))
+        self.proc.start()
 
-            ctx = multiprocessing.get_context("spawn")
-            self.mp_stop, self.mp_out = ctx.Event(), ctx.Queue()
-            self.proc = ctx.Process(target=_client_process, args=(urls, args.token, args.concurrency,
-                                                                  args.client_nice, self.mp_stop, self.mp_out))
-            self.proc.start()
-        await asyncio.sleep(1 if args.client_nice is None else 3)  # clients connected (a spawned process imports)
+    def point(self, phase: str) -> None:
+        self.shared.aim.value = {"idle": PAUSED, "lookups": WORKER, "control": CONTROL}[phase]
 
-    async def stop_all(self) -> None:
+    def mean_answer_s(self) -> float:
+        return self.shared.answered_ms.value / max(1, self.shared.answered.value) / 1000
+
+    async def close(self) -> list[float]:
         self.stop.set()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self.proc is not None:
-            self.mp_stop.set()
-            self.times.extend(await asyncio.to_thread(self.mp_out.get, True, 60))
-            await asyncio.to_thread(self.proc.join, 30)
+        times = await asyncio.to_thread(self.out.get, True, 60)
+        await asyncio.to_thread(self.proc.join, 30)
+        if self.server is not None:
+            self.server.terminate()
+        return times
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def p99(values: list[float]) -> float:
@@ -133,6 +211,8 @@ def p99(values: list[float]) -> float:
 
 
 async def run(args, settings, worker, catalog_ids: list[str]) -> None:
+    import urllib.request
+
     sink: dict = {}
     follower = asyncio.create_task(follow_latencies(settings, sink))
     producer = await harness.make_producer(settings)
@@ -141,65 +221,74 @@ async def run(args, settings, worker, catalog_ids: list[str]) -> None:
     warm = [harness.event_record(u, random.choice(catalog_ids), clock + n) for n, u in enumerate(users)]
     await harness.send_events(producer, settings, warm, rate=0)
     await asyncio.sleep(5)  # the warm-up's lists are built; every user has a state
+    request = urllib.request.Request(worker.url(f"/recommendations/{users[0]}"),
+                                     headers={"Authorization": f"Bearer {args.token}"} if args.token else {})
+    body = await asyncio.to_thread(lambda: urllib.request.urlopen(request, timeout=10).read())
+    clients = Clients(args, worker, users, body)
+    await asyncio.sleep(3)  # the spawned processes have imported and connected
 
-    def events(n: int):
-        for k in range(n):
+    halt = asyncio.Event()
+
+    def events():
+        while not halt.is_set():
             yield harness.event_record(random.choice(users), random.choice(catalog_ids), time.time())
 
-    results = {"idle": ([], [], 0.0, 0.0), "lookups": ([], [], 0.0, 0.0)}  # latencies, lookup times, s, cpu s
-    own_cpu: dict[str, float] = {}  # this process (producer + clients): it shares the cores with the worker
-    ratios = []
-    for round_ in range(args.rounds):  # alternating phases, the order flipped each round: the box drifts
-        got_by_phase = {}
-        for phase in (("idle", "lookups") if round_ % 2 == 0 else ("lookups", "idle")):
-            latencies, times, seconds, cpu_s = results[phase]
-            clients = Clients(args, worker, users, times) if phase == "lookups" else None
-            if clients is not None:
-                await clients.start()
-            cpu_before, started, own_before = worker_cpu_s(worker), time.monotonic(), time.process_time()
+    stream = asyncio.create_task(harness.send_events(producer, settings, events(), rate=args.rate, chunk=50))
+    phases = ["idle", "lookups"] + (["control"] if args.control else [])
+    seconds = dict.fromkeys(phases, 0.0)
+    cpu = dict.fromkeys(phases, 0.0)
+    for round_ in range(args.rounds):  # the phases' order turns each round: the box drifts
+        for phase in phases[round_ % len(phases):] + phases[:round_ % len(phases)]:
+            clients.point(phase)
+            await asyncio.sleep(args.settle_s)  # the last phase's requests are answered, the new ones asked
+            cpu_before, started = worker_cpu_s(worker), time.monotonic()
             sink["phase"] = phase
-            await harness.send_events(producer, settings, events(int(args.rate * args.phase_s)), rate=args.rate,
-                                      chunk=50)
-            await asyncio.sleep(1)
+            await asyncio.sleep(args.phase_s)
             sink["phase"] = None
-            if clients is not None:
-                await clients.stop_all()
-            got = got_by_phase[phase] = sink.pop(phase, [])
-            print(f"round {round_ + 1} {phase:8s} {quantiles(got)}", flush=True)
-            results[phase] = (latencies + got, times, seconds + time.monotonic() - started,
-                              cpu_s + worker_cpu_s(worker) - cpu_before)
-            own_cpu[phase] = own_cpu.get(phase, 0.0) + time.process_time() - own_before
-        ratios.append(p99(got_by_phase["lookups"]) / p99(got_by_phase["idle"]))
-        print(f"round {round_ + 1} p99 ratio {ratios[-1]:.2f}", flush=True)
+            seconds[phase] += time.monotonic() - started
+            cpu[phase] += worker_cpu_s(worker) - cpu_before
+            if phase == "lookups":  # the control answers as slowly as the worker does: the same request rate
+                clients.delay.value = clients.mean_answer_s()
+        if args.verbose:
+            print(f"round {round_ + 1}: " + ", ".join(f"{p} p99 {p99(sink.get(p, [])):.1f} ms" for p in phases),
+                  flush=True)
+    clients.point("idle")
+    halt.set()
+    await stream
     await producer.stop()
     follower.cancel()
-    idle, loaded = results["idle"][0], results["lookups"][0]
-    print(f"consume->recommendation, {args.rate:.0f} ev/s alone:            {quantiles(idle)}")
-    print(f"consume->recommendation, with {args.concurrency} lookup clients: {quantiles(loaded)}")
-    if len(idle) > 1 and len(loaded) > 1:
-        print(f"p99 with lookups / p99 alone: {p99(loaded) / p99(idle):.2f} pooled, rounds "
-              f"{' '.join(f'{r:.2f}' for r in ratios)} (goal: at most 1.20)")
-    cpu = {phase: r[3] / r[2] for phase, r in results.items() if r[2]}
-    where = ("this process" if args.client_nice is None
-             else f"this process (clients in another, niced +{args.client_nice})")
-    print(f"worker CPU: {cpu['idle']:.0%} of a core alone, {cpu['lookups']:.0%} with the lookups; {where}: "
-          f"{own_cpu['idle'] / results['idle'][2]:.0%} / {own_cpu['lookups'] / results['lookups'][2]:.0%}")
-    times, seconds = results["lookups"][1], results["lookups"][2]
-    print(f"lookups: {len(times) / seconds:.0f}/s answered, {quantiles(times)}")
+    times = await clients.close()
+    report(args, sink, phases, seconds, cpu, times)
+    print(f"requests that failed or were refused: {clients.shared.failed.value}")
+def report(args, sink: dict, phases: list[str], seconds: dict, cpu: dict, times: list[float]) -> None:
+    for phase in phases:
+        print(f"consume->recommendation, {phase:8s} ({args.rate:.0f} ev/s): {quantiles(sink.get(phase, []))}")
+    idle = p99(sink.get("idle", []))
+    print(f"p99 with lookups / p99 alone: {p99(sink.get('lookups', [])) / idle:.2f} (goal: at most 1.20)")
+    if args.control:
+        control = p99(sink.get("control", []))
+        print(f"p99 with the clients on the control / alone: {control / idle:.2f}; with lookups / with the "
+              f"control: {p99(sink.get('lookups', [])) / control:.2f} (what the worker's own answering adds)")
+    print("worker CPU: " + ", ".join(f"{p} {cpu[p] / seconds[p]:.0%}" for p in phases) + " of a core")
+    print(f"lookups: {len(times) / seconds['lookups']:.0f}/s answered, {quantiles(times)}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=100.0)
-    parser.add_argument("--phase-s", type=float, default=10.0)
-    parser.add_argument("--rounds", type=int, default=4, help="idle/lookups phase pairs, the order flipped each round")
+    parser.add_argument("--phase-s", type=float, default=3.0, help="one phase's measured seconds")
+    parser.add_argument("--settle-s", type=float, default=0.5, help="unmeasured seconds after each switch")
+    parser.add_argument("--rounds", type=int, default=20, help="rounds of the phases, their order turned each round")
+    parser.add_argument("--control", action="store_true",
+                        help="a third phase: the clients ask a trivial server in another process instead")
+    parser.add_argument("--verbose", action="store_true", help="print each round's running p99s")
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--items-per-theme", type=int, default=100, help="synthetic catalogue size (x themes)")
     parser.add_argument("--model", default="", help="a model directory (default: the untrained model)")
     parser.add_argument("--token", default="", help="run the worker with this bearer token")
-    parser.add_argument("--client-nice", type=int, default=None, metavar="N",
-                        help="run the clients in a process of their own, niced N more (default: in this one)")
+    parser.add_argument("--client-nice", type=int, default=10, metavar="N",
+                        help="the clients' process (and the control's) runs niced N more than this one")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a worker setting, e.g. lookup_loop_share=0.1 (repeatable)")
     args = parser.parse_args()

@@ -18,12 +18,12 @@ torch.set_num_threads(1)
 N_ITEMS, TEXT_DIM = 40, 16
 
 
-def make_model(use_time_gap=True, use_text=True, seed=0, recent=4):
+def make_model(use_time_gap=True, use_text=True, seed=0, recent=4, prior_mix=False):
     torch.manual_seed(seed)
     text = torch.cat([torch.zeros(1, TEXT_DIM), torch.nn.functional.normalize(torch.randn(N_ITEMS, TEXT_DIM), dim=1)])
     cfg = GRUConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, emb_dim=12, hidden=20, use_text=use_text,
                     use_time_gap=use_time_gap, dropout=0.3, recent=recent, text_bias=use_text, id_dropout=0.3,
-                    prior_neighbours=3)
+                    prior_neighbours=3, prior_mix=prior_mix)
     model = HybridGRU(cfg, text).eval()
     with torch.no_grad():  # non-trivial weights everywhere, as after training
         for p in model.parameters():
@@ -42,9 +42,10 @@ def random_histories(n, seed=1, max_len=17):
     return rows, gaps
 
 
-@pytest.mark.parametrize("use_time_gap,recent", [(True, 4), (False, 4), (True, 0)])
-def test_step_by_step_equals_full_forward(use_time_gap, recent):
-    model = make_model(use_time_gap, recent=recent)
+@pytest.mark.parametrize("use_time_gap,recent,prior_mix", [(True, 4, False), (False, 4, False), (True, 0, False),
+                                                          (True, 4, True)])
+def test_step_by_step_equals_full_forward(use_time_gap, recent, prior_mix):
+    model = make_model(use_time_gap, recent=recent, prior_mix=prior_mix)
     rows, gaps = random_histories(1, max_len=30)
     items, g = torch.from_numpy(rows[0])[None], torch.from_numpy(gaps[0])[None]
     with torch.no_grad():
@@ -57,6 +58,7 @@ def test_step_by_step_equals_full_forward(use_time_gap, recent):
             torch.testing.assert_close(state[0, :20], full[t], atol=1e-5, rtol=0)
             trained = model.scores(full[t:t + 1], recent=None if windows is None else windows[t:t + 1])[0]
             torch.testing.assert_close(model.scores(state)[0], trained, atol=1e-5, rtol=0)
+            assert torch.isfinite(trained[1:]).all()
 
 
 def test_the_prior_takes_part_in_the_parity_checks():

@@ -92,7 +92,7 @@ def test_rerouted_copies_are_applied_exactly_once_whatever_the_origin_header_say
         trickle = threading.Thread(target=send_to, args=(s, topic, 1, [(u.encode(), event(u, 0, base + 100))
                                                                        for u in misplaced], 0.04, 10))
         trickle.start()
-        wait_until(lambda: scrape(worker.metrics_url(), timeout_s=1).get("stream_rec_events_rerouted_total", 0) >= 60,
+        wait_until(lambda: scrape(worker.metrics_url(), timeout_s=1).get("stream_rec_events_rerouted_total", 0) >= 10,
                    timeout_s=60, interval_s=0.05, message="the first re-routes")
         worker.kill()  # kill -9 before the commit of the re-routed events' offsets
         trickle.join()

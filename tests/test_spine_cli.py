@@ -158,9 +158,11 @@ def test_demo_shows_live_recommendations_rolls_its_topics_and_stops_cleanly(tmp_
     assert not _port_open(bootstrap.group(1), int(bootstrap.group(2)))
 
 
+@pytest.mark.slow
 def test_bench_runs_its_baselines_and_writes_figures(tmp_path):
     """`stream-rec bench` without the model scenarios: bare Faust, the Faust floor and the spine each
-    consume the whole backlog in their own process and report a rate (no timing is asserted)."""
+    consume the whole backlog in their own process and report a rate (no timing is asserted). Slow-marked:
+    a benchmark's smoke test (27 s), run with the benchmarks (`make test-slow`)."""
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "stream_rec", "bench", "--synthetic-events", "2000", "--synthetic-users", "100",
                            "--skip-model", "--repeats", "1", "--timeout-s", "120", "--out", str(out)],

@@ -11,7 +11,7 @@ import json
 import logging
 import ssl
 import time
-from typing import Any, AsyncIterator, Iterable
+from typing import Any, AsyncIterator, Callable, Iterable
 
 from ..settings import Settings
 from .records import contain_header_keys
@@ -211,22 +211,17 @@ async def delete_topics(settings: Settings, names: Iterable[str]) -> None:
     finally:
         await admin.close()
 
+
 async def compact_topic(settings: Settings, topic: str) -> int:
     """Rewrite ``topic`` (one of the spec's, e.g. the state changelog) with only the newest record of each
     key on each partition, a tombstone dropping its key: what a compacting broker keeps. The embedded
     broker never compacts, so the demo does this at each roll, its worker stopped (nothing may write
     meanwhile). Returns the records kept."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    newest: dict[tuple[int, bytes | None], Any] = {}
-    for record in await read_topic(settings, topic, timeout_s=300.0):
-        newest[(record.partition, record.key)] = record
+    newest: dict[tuple[int, bytes | None], Any] = {}  # only the newest of each key is held, not the topic
+    await read_topic(settings, topic, timeout_s=300.0,
+                     take=lambda records: newest.update(((r.partition, r.key), r) for r in records))
     kept = [r for r in newest.values() if r.value is not None]
-    admin = await start_client(AIOKafkaAdminClient(**client_kwargs(settings)), settings)
-    try:
-        await admin.delete_topics([topic])
-    finally:
-        await admin.close()
+    await delete_topics(settings, [topic])
     await ensure_topics(settings)
     producer = await start_client(kafka_producer(settings, linger_ms=5), settings)
     try:
@@ -330,9 +325,11 @@ async def publish(settings: Settings, topic: str, events: Iterable[dict], total:
     return sent
 
 
-async def read_topic(settings: Settings, topic: str, *, timeout_s: float = 30.0) -> list:
+async def read_topic(settings: Settings, topic: str, *, timeout_s: float = 30.0,
+                     take: Callable[[list], Any] | None = None) -> list:
     """Every record of ``topic`` from the beginning up to its end offsets at call time (aiokafka
-    ``ConsumerRecord`` objects, partition by partition). No consumer group, nothing committed."""
+    ``ConsumerRecord`` objects, partition by partition). No consumer group, nothing committed. With ``take``,
+    each fetched list goes to it instead and nothing is kept (a caller may keep less than the topic)."""
     from aiokafka import TopicPartition
 
     consumer = await start_client(kafka_consumer(settings, auto_offset_reset="earliest"), settings)
@@ -346,12 +343,13 @@ async def read_topic(settings: Settings, topic: str, *, timeout_s: float = 30.0)
         await consumer.seek_to_beginning(*tps)
         # The end is the high watermark the *fetch* responses report: Tansu answers ListOffsets(latest),
         # which ``end_offsets`` uses, with the last batch's base offset + 1, not the high watermark.
-        records = []
+        records: list = []
+        take = take or records.extend
         deadline = time.monotonic() + timeout_s
         while True:
             batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
             for tp_records in batch.values():
-                records.extend(tp_records)
+                take(tp_records)
             ends = {tp: consumer.highwater(tp) for tp in tps}
             behind = [tp for tp, end in ends.items() if end is None or await consumer.position(tp) < end]
             if not behind:

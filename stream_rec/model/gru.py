@@ -93,6 +93,11 @@ class GRUConfig:
     prior_init: float = 1.0  # each prior feature's weight before training (the gate's starting output)
     text_experts: int = 0  # > 0: a mixture-of-experts adaptor of the text vectors (model/adaptor.py), 0 = linear
     query_text: bool = False  # the newest item's frozen text vector in the read-out's query too
+    # The last item's normalised count row as a second distribution, mixed with the model's softmax by a
+    # learned gate (TransitionPrior.mix; needs prior): the scores are the mixture's log-probabilities. Off:
+    # validation NDCG@10 topics 0.3105 (defaults 0.2988) but ML-100K 0.1245 vs 0.1291 at 12 epochs, series,
+    # noise, cold -0.2 to -0.8% (benchmarks/sweep.py; docs/QUALITY.md, "Mixture with the count row").
+    prior_mix: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -153,8 +158,7 @@ class ItemTables(NamedTuple):
     nexts: torch.Tensor | None  # [N+1, d] "what follows this item" (ID + text); None without recent items
     bias: torch.Tensor  # [N+1] output bias (ID + text)
     keys: torch.Tensor | None = None  # [N+1, heads*d] attention keys of the read-out (None without recent items)
-    # [N+1] training only: the rows whose ID parts this draw of ID dropout hid (None: none hidden)
-    id_hidden: torch.Tensor | None = None
+    id_hidden: torch.Tensor | None = None  # [N+1] training: the rows this draw of ID dropout hid (None: none)
 
 
 def log_gap(seconds: torch.Tensor) -> torch.Tensor:
@@ -224,7 +228,8 @@ class HybridGRU(nn.Module):
             self.position_key = nn.Parameter(torch.zeros(k, heads * d))  # index k-1 = the newest item
             self.position_bias = nn.Parameter(torch.zeros(heads, k))
         if config.prior and config.recent:
-            self.prior = TransitionPrior(n_rows, config.hidden, d, config.recent, config.prior_recent, config.prior_init)
+            self.prior = TransitionPrior(n_rows, config.hidden, d, config.recent, config.prior_recent, config.prior_init,
+                                         mix=config.prior_mix)
 
     @property
     def has_prior(self) -> bool:
@@ -323,10 +328,14 @@ class HybridGRU(nn.Module):
         if self.has_prior and rows is not None:
             lo = None if leave_out is None else leave_out.reshape(-1)
             h = hidden.reshape(-1, hidden.shape[-1])
-            prior = self.prior.scores(h, tables.vectors, rows.reshape(-1, rows.shape[-1]), lo).reshape(s.shape)
+            flat_rows = rows.reshape(-1, rows.shape[-1])
+            prior = self.prior.scores(h, tables.vectors, flat_rows, lo).reshape(s.shape)
             if hide_prior and tables.id_hidden is not None:
                 prior = prior.masked_fill(tables.id_hidden, 0.0)
             s = s + prior
+            if self.config.prior_mix:  # (its count row keeps the ID-dropped items' columns; off by default)
+                s[..., PAD] = -math.inf
+                s = self.prior.mix(s.reshape(-1, s.shape[-1]), h, tables.vectors, flat_rows[:, -1], lo).reshape(s.shape)
         s[..., PAD] = -math.inf
         return s
 

@@ -37,6 +37,8 @@ from torch import nn
 
 BACKOFF_ROW = 128  # entries kept per back-off row (the largest): bounds B at BACKOFF_ROW x items
 FEATURES = 3  # the last item's own counts, its text back-off, the earlier recent items' counts
+MIX_INIT = -2.0  # the mixture gate's starting logit: the count row's share starts at sigmoid(-2) = 0.12
+TINY = 1e-30  # log(0) stand-in: keeps the mixture's gradients finite where a probability is 0
 
 
 class CSR(NamedTuple):
@@ -195,13 +197,18 @@ class TransitionPrior(nn.Module):
     """The count tables (buffers, filled by ``set_tables``), the gate that weighs them per user state, and
     the attention that picks which earlier recent items' transitions count (``recent``)."""
 
-    def __init__(self, n_rows: int, hidden: int, emb_dim: int, recent: int, recent_row: int = 0, init: float = 1.0):
+    def __init__(self, n_rows: int, hidden: int, emb_dim: int, recent: int, recent_row: int = 0, init: float = 1.0,
+                 mix: bool = False):
         super().__init__()
         self.recent_row = recent_row  # entries of each earlier item's count row the attention mixes (0 = none)
         self.use_recent = recent_row > 0 and recent > 1
         self.gate = nn.Linear(hidden + emb_dim + 1, FEATURES)
         nn.init.zeros_(self.gate.weight)
         nn.init.constant_(self.gate.bias, math.log(math.expm1(init)))  # softplus(bias) = init: the starting weights
+        if mix:  # the share of the last item's normalised count row in a mixture of distributions (``mix``)
+            self.mix_gate = nn.Linear(hidden + emb_dim + 1, 1)
+            nn.init.zeros_(self.mix_gate.weight)
+            nn.init.constant_(self.mix_gate.bias, MIX_INIT)
         if self.use_recent:  # one attention head over the items before the last one
             self.query = nn.Linear(hidden + emb_dim, emb_dim)
             self.key = nn.Linear(emb_dim, emb_dim, bias=False)
@@ -235,13 +242,17 @@ class TransitionPrior(nn.Module):
     def features(self, last: torch.Tensor, leave_out: torch.Tensor | None = None) -> torch.Tensor:
         """log1p of the own and back-off rows of each last item.  last [B] -> [B, 2, N+1]
         ``leave_out`` [B]: each example's target, whose transition from ``last`` is taken out of the counts."""
-        n = self.n_rows
-        own = gather_rows(self.counts_indptr, self.counts_indices, self.counts_values, last, n)
+        own = self.own_rows(last, leave_out)
+        back = gather_rows(self.backoff_indptr, self.backoff_indices, self.backoff_values, last, self.n_rows)
+        return torch.log1p(torch.stack([own, back], dim=1))
+
+    def own_rows(self, last: torch.Tensor, leave_out: torch.Tensor | None = None) -> torch.Tensor:
+        """The count rows of the last items, dense, each example's own transition left out.  last [B] -> [B, N+1]"""
+        own = gather_rows(self.counts_indptr, self.counts_indices, self.counts_values, last, self.n_rows)
         if leave_out is not None:
             at = torch.arange(len(last), device=last.device)
             own[at, leave_out] = (own[at, leave_out] - 1.0).clamp(min=0.0)
-        back = gather_rows(self.backoff_indptr, self.backoff_indices, self.backoff_values, last, n)
-        return torch.log1p(torch.stack([own, back], dim=1))
+        return own
 
     def recent_feature(self, hidden: torch.Tensor, vectors: torch.Tensor, recent: torch.Tensor) -> torch.Tensor:
         """The count rows of the items before the last one (their ``recent_row`` largest entries), mixed by
@@ -258,9 +269,26 @@ class TransitionPrior(nn.Module):
     def weights(self, hidden: torch.Tensor, last_vector: torch.Tensor, last: torch.Tensor,
                 leave_out: torch.Tensor | None = None) -> torch.Tensor:
         """The gate: non-negative weight of each feature per user state.  -> [B, FEATURES]"""
+        return nn.functional.softplus(self.gate(self._gate_input(hidden, last_vector, last, leave_out)))
+
+    def _gate_input(self, hidden: torch.Tensor, last_vector: torch.Tensor, last: torch.Tensor,
+                    leave_out: torch.Tensor | None = None) -> torch.Tensor:
+        """What the gates see: the state, the last item's vector and log1p of its transitions out."""
         n_out = self.out_counts[last] - (0.0 if leave_out is None else 1.0)
-        x = torch.cat([hidden, last_vector, torch.log1p(n_out.clamp(min=0.0)).unsqueeze(-1)], dim=-1)
-        return nn.functional.softplus(self.gate(x))
+        return torch.cat([hidden, last_vector, torch.log1p(n_out.clamp(min=0.0)).unsqueeze(-1)], dim=-1)
+
+    def mix(self, logits: torch.Tensor, hidden: torch.Tensor, vectors: torch.Tensor, last: torch.Tensor,
+            leave_out: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-probabilities of the mixture ``(1 - lam) softmax(logits) + lam C[last] / n_last``, ``lam`` a gate
+        on the user state (0 without a count row). A log-linear term (``scores``) multiplies every counted
+        item by a power of its count, so a noisy one-off transition outranks the items the model ranks well
+        but that were never counted after ``last``; in the mixture, a count row only adds its share of
+        probability.  logits [B, N+1] (PAD at -inf), last [B] -> [B, N+1]"""
+        own = self.own_rows(last, leave_out)
+        total = own.sum(1, keepdim=True)
+        lam = torch.sigmoid(self.mix_gate(self._gate_input(hidden, vectors[last], last, leave_out))) * (total > 0)
+        counted = torch.log((own / total.clamp(min=1.0)).clamp(min=TINY)) + torch.log(lam.clamp(min=TINY))
+        return torch.logaddexp(torch.log_softmax(logits, dim=-1) + torch.log1p(-lam), counted)
 
     def scores(self, hidden: torch.Tensor, vectors: torch.Tensor, recent: torch.Tensor,
                leave_out: torch.Tensor | None = None) -> torch.Tensor:

@@ -14,7 +14,8 @@ instead of slowing the stream (and clients that wait for an answer before they a
 it). At most ``max_pending`` lookups wait; beyond that a lookup is refused at once (:class:`LookupsBusy`:
 the listener answers 503 with ``Retry-After``).
 
-Measured with ``python benchmarks/lookup_load.py`` (docs/RELIABILITY.md): FIGURE.
+How much a crowd of lookups still costs the stream, and why (the listener's HTTP handling shares the GIL with
+the stream): ``python benchmarks/lookup_load.py --control``, docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
