@@ -171,10 +171,8 @@ class Settings:
     # while its expected hits >= explore_min_gain x the displaced item's (explore_by=content: and text cosine
     # >= explore_min_similarity); a hit is the user's next event on it within explore_window_s; a user's
     # impressions of an item she left untaken explore_max_declines times in a row stop counting.
-    # On by default (2 slots): with `stream-rec train`'s models the bandit got 0.91 (cold) and 0.90 (series)
-    # of the oracle policy's new-item hits over a simulated week at a warm NDCG@10 cost of 0.6% / 0.3%
-    # (HR@10 2.4% / 1.5%) against plain ranking: docs/EXPLORATION.md, phase 3, `python
-    # benchmarks/closed_loop.py --worlds cold series --policies none bandit oracle --days 7 --users 1500`.
+    # On by default (2 slots): in the closed loop the bandit gets most of the oracle policy's new-item hits at
+    # a small warm cost (docs/EXPLORATION.md, phase 3, has the figures and the command).
     explore_slots: int = 2
     explore_max_age_s: float = 7 * 86400.0
     explore_min_gain: float = 0.5

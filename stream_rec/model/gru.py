@@ -95,8 +95,7 @@ class GRUConfig:
     query_text: bool = False  # the newest item's frozen text vector in the read-out's query too
     # The last item's normalised count row as a second distribution, mixed with the model's softmax by a
     # learned gate (TransitionPrior.mix; needs prior): the scores are the mixture's log-probabilities. Off:
-    # validation NDCG@10 topics 0.3105 (defaults 0.2988) but ML-100K 0.1245 vs 0.1291 at 12 epochs, series,
-    # noise, cold -0.2 to -0.8% (benchmarks/sweep.py; docs/QUALITY.md, "Mixture with the count row").
+    # it wins on topics' validation but costs ML-100K's (docs/QUALITY.md, "Mixture with the count row").
     prior_mix: bool = False
 
     def to_dict(self) -> dict:

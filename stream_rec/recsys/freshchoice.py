@@ -37,9 +37,9 @@ class ChoiceParams:
     hide_share: float = 0.1  # of the trained items hidden to simulate new ones (0 = choose nothing: off)
     max_warm_cost: float = 0.02  # most NDCG@10 the warm users may lose to the policy (validation)
     min_new_hr: float = 0.1  # least HR@10 of the new-item users worth any slot (validation)
-    # least new-item HR@10 a policy must bring per 1% of warm NDCG@10 it costs (validation). ml-1m-half-new's
-    # best policy within the 2% bound brought 0.106 for 1.37% (0.08 per 1%: titles carry little there); the
-    # worlds' choices bring 0.54-2.6 per 1% (docs/QUALITY.md, issue 21 phase 3).
+    # least new-item HR@10 a policy must bring per 1% of warm NDCG@10 it costs (validation): declines a slot
+    # that buys little where titles carry little (ml-1m-half-new; the worlds' choices clear it by far:
+    # docs/QUALITY.md, the new-item table).
     min_hr_per_cost: float = 0.1
     seed: int = 0
 
